@@ -1,0 +1,13 @@
+//! kudonet: a declarative network controller for container-like instances on Linux nodes.
+//!
+//! The crate is a functional core in an imperative shell:
+//!
+//! - [`spec`]: the desired state (YAML files), loaded and validated;
+//! - [`observe`]: the vocabulary of what the kernel has ([`observe::Observed`]);
+//! - [`plan`]: `plan(&Desired, &Observed) -> Plan`, pure and deterministic;
+//! - [`dataplane`]: executes a plan's actions, with an in-memory implementation.
+//!
+//! The binary (`kudonet`) is a thin command line over these.
+
+pub mod names;
+pub mod spec;

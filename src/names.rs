@@ -1,0 +1,65 @@
+//! How kudonet names and marks what it creates, so that ownership can be read back from the
+//! kernel. These are part of the external contract: changing one orphans existing nodes.
+
+/// Prefix of every instance namespace in the netns directory: `kudo-<instance>`.
+pub const NAMESPACE_PREFIX: &str = "kudo-";
+
+/// Prefix of the interface alias (IFLA_IFALIAS) that marks a link as kudonet's.
+pub const ALIAS_PREFIX: &str = "kudonet:";
+
+/// Name of the instance's interface inside its namespace.
+pub const INSTANCE_INTERFACE: &str = "eth0";
+
+/// Prefix of every iptables chain kudonet owns.
+pub const CHAIN_PREFIX: &str = "KUDO-";
+
+/// Linux interface names hold at most 15 bytes (IFNAMSIZ - 1).
+pub const MAX_INTERFACE_NAME: usize = 15;
+
+/// The namespace of an instance: `kudo-<instance>`.
+pub fn namespace_name(instance: &str) -> String {
+    format!("{NAMESPACE_PREFIX}{instance}")
+}
+
+/// The host end of an instance's veth pair: `kv` and 13 hex digits of a stable hash of the
+/// instance name. Instance names run to 63 characters, interface names to 15, so the name
+/// cannot carry the instance name; the alias does (`instance_alias`).
+pub fn host_interface_name(instance: &str) -> String {
+    format!("kv{:013x}", fnv1a64(instance.as_bytes()) & ((1 << 52) - 1))
+}
+
+/// The alias that marks a host veth as the one of `instance`.
+pub fn instance_alias(instance: &str) -> String {
+    format!("{ALIAS_PREFIX}instance:{instance}")
+}
+
+/// The alias that marks a bridge as kudonet's.
+pub fn bridge_alias() -> String {
+    format!("{ALIAS_PREFIX}bridge")
+}
+
+/// FNV-1a: tiny, and stable across Rust releases (unlike `DefaultHasher`), which names need.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_interface_names_are_stable_and_fit_the_kernel_limit() {
+        // Pinned: nodes in the field carry these names.
+        assert_eq!(host_interface_name("web"), "kv4ae9a2b3c8d29");
+        let long = "a".repeat(63);
+        assert_eq!(host_interface_name(&long).len(), MAX_INTERFACE_NAME);
+        assert_ne!(host_interface_name("web-1"), host_interface_name("web-2"));
+    }
+
+    #[test]
+    fn namespace_names_follow_the_contract() {
+        assert_eq!(namespace_name("web"), "kudo-web");
+    }
+}

@@ -1,0 +1,130 @@
+//! Errors about the desired-state files, each pointing at a file and a position in it.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A 1-based line and column, as editors count them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    pub line: u64,
+    pub column: u64,
+}
+
+impl Position {
+    pub const START: Position = Position { line: 1, column: 1 };
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.column)
+    }
+}
+
+/// A place in the desired state: a file and, for problems with its content, a position.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub position: Option<Position>,
+}
+
+impl Origin {
+    pub fn at(file: &Path, position: Position) -> Origin {
+        Origin {
+            file: file.to_path_buf(),
+            position: Some(position),
+        }
+    }
+
+    pub fn path(file: &Path) -> Origin {
+        Origin {
+            file: file.to_path_buf(),
+            position: None,
+        }
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(position) = self.position {
+            write!(f, ":{position}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One problem found in the desired state, printed as `FILE:LINE:COLUMN: message`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Diagnostic {
+    pub origin: Origin,
+    pub message: String,
+}
+
+impl Diagnostic {
+    pub fn new(origin: Origin, message: impl Into<String>) -> Diagnostic {
+        Diagnostic {
+            origin,
+            message: one_line(&message.into()),
+        }
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.origin, self.message)
+    }
+}
+
+/// Every problem found, in file and position order. Displayed one per line.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl Diagnostics {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.0.iter()
+    }
+}
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, diagnostic) in self.0.iter().enumerate() {
+            if index > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{diagnostic}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Diagnostics {}
+
+/// Messages quote user input, which may hold newlines or terminal escapes: keep each
+/// diagnostic on one line and harmless to print.
+fn one_line(message: &str) -> String {
+    if !message.chars().any(char::is_control) {
+        return message.to_string();
+    }
+    let mut line = String::with_capacity(message.len());
+    for c in message.chars() {
+        if c.is_control() {
+            line.extend(c.escape_debug());
+        } else {
+            line.push(c);
+        }
+    }
+    line
+}
+
+/// Quotes a user-supplied value for a message, escaping anything unprintable.
+pub fn quoted(value: &str) -> String {
+    format!("{value:?}")
+}

@@ -1,0 +1,25 @@
+//! The desired state: the YAML model of CONTRACT §1, loading a directory, and validation.
+//!
+//! Pure except for reading files. Every problem is reported with its file and position.
+
+mod diagnostic;
+mod load;
+mod model;
+mod permissions;
+mod raw;
+mod validate;
+
+use std::path::Path;
+
+pub use diagnostic::{Diagnostic, Diagnostics, Origin, Position};
+pub use load::{MAX_FILE_BYTES, is_state_file_name, state_files};
+pub use model::*;
+pub use permissions::unsafe_permissions;
+
+/// Loads and validates the desired-state directory (or single file) at `root`.
+///
+/// Returns every problem at once, sorted by file and position.
+pub fn load(root: &Path) -> Result<Spec, Diagnostics> {
+    let loaded = load::load(root);
+    validate::validate(root, &loaded).map_err(Diagnostics)
+}

@@ -1,0 +1,176 @@
+//! The validated desired state: what the YAML files mean once every rule of CONTRACT §1 holds.
+//!
+//! These types carry no source positions and cannot be invalid; they are what the planner,
+//! the controller and the library API work with.
+
+use std::net::Ipv4Addr;
+
+use cidr::{Ipv4Cidr, Ipv4Inet};
+
+/// Bridge name used when a Node does not set `bridge`.
+pub const DEFAULT_BRIDGE: &str = "kudo0";
+
+/// Everything one desired-state directory describes: possibly a whole cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    pub cluster: Option<Cluster>,
+    /// Sorted by name.
+    pub nodes: Vec<Node>,
+    /// Sorted by name.
+    pub instances: Vec<Instance>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    pub name: Option<String>,
+    /// Every node subnet lies inside; traffic inside it is never masqueraded.
+    pub cidr: Option<Ipv4Cidr>,
+    pub mode: ClusterMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClusterMode {
+    /// A route per peer node subnet via the peer's external address.
+    #[default]
+    Routed,
+    /// An overlay device, for nodes that do not share a layer-2 segment.
+    Vxlan,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    /// The bridge address and prefix: the gateway of this node's instances.
+    pub cidr: Ipv4Inet,
+    pub external_ip: Option<Ipv4Addr>,
+    pub bridge: String,
+    /// `None`: the interface of the default route, found when the node is observed.
+    pub uplink: Option<String>,
+    pub masquerade: bool,
+    /// `None`: leave the kernel's default MTU alone.
+    pub mtu: Option<u32>,
+}
+
+impl Node {
+    /// The node's instance subnet, e.g. 10.0.0.0/24 for a bridge at 10.0.0.1/24.
+    pub fn subnet(&self) -> Ipv4Cidr {
+        self.cidr.network()
+    }
+
+    /// The instances' default gateway: the bridge address.
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.cidr.address()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub name: String,
+    pub node: String,
+    /// Always carries the node's prefix length.
+    pub address: Ipv4Inet,
+    pub ports: Vec<PublishedPort>,
+}
+
+/// A port of the node forwarded (DNAT) to a port of an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PublishedPort {
+    pub host_port: u16,
+    pub instance_port: u16,
+    pub protocol: Protocol,
+    /// `None` (or 0.0.0.0 in the file): every address of the node.
+    pub host_ip: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What one node should have: its own Node, its instances, and the peers it routes to.
+/// This is the planner's input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    pub cluster: Option<Cluster>,
+    pub node: Node,
+    /// Every other node of the directory, sorted by name.
+    pub peers: Vec<Node>,
+    /// The instances on `node`, sorted by name.
+    pub instances: Vec<Instance>,
+}
+
+impl Spec {
+    /// Which node this machine manages: `explicit` (`--node`), else the only Node, else the
+    /// Node named like `hostname`.
+    pub fn select_node(
+        &self,
+        explicit: Option<&str>,
+        hostname: Option<&str>,
+    ) -> Result<&Node, String> {
+        let by_name = |name: &str| self.nodes.iter().find(|node| node.name == name);
+        if let Some(name) = explicit {
+            return by_name(name).ok_or_else(|| {
+                format!(
+                    "--node {name:?}: no Node of that name (known: {})",
+                    self.node_names()
+                )
+            });
+        }
+        if let [only] = self.nodes.as_slice() {
+            return Ok(only);
+        }
+        hostname.and_then(by_name).ok_or_else(|| {
+            format!(
+                "the directory describes {} nodes and none is named like this machine ({}): pass --node NAME (known: {})",
+                self.nodes.len(),
+                hostname.unwrap_or("unknown hostname"),
+                self.node_names()
+            )
+        })
+    }
+
+    fn node_names(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|node| node.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The desired state of the node named `node` (which must be one of `self.nodes`).
+    pub fn desired_for(&self, node: &Node) -> Desired {
+        Desired {
+            cluster: self.cluster.clone(),
+            node: node.clone(),
+            peers: self
+                .nodes
+                .iter()
+                .filter(|peer| peer.name != node.name)
+                .cloned()
+                .collect(),
+            instances: self
+                .instances
+                .iter()
+                .filter(|instance| instance.node == node.name)
+                .cloned()
+                .collect(),
+        }
+    }
+}

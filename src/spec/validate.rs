@@ -1,0 +1,873 @@
+//! Validation: turns parsed documents into a `Spec`, or reports every rule of CONTRACT §1 that
+//! does not hold, each at the position of the offending value.
+//!
+//! Two passes: each document is checked on its own (kind, fields, formats), then the
+//! documents are checked against each other (names, subnets, addresses, ports).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use cidr::{Ipv4Cidr, Ipv4Inet};
+use serde_saphyr::{Location, Spanned};
+
+use super::diagnostic::{Diagnostic, Origin, Position, quoted};
+use super::load::{Loaded, unknown_field_message};
+use super::model::{
+    Cluster, ClusterMode, DEFAULT_BRIDGE, Instance, Node, Protocol, PublishedPort, Spec,
+};
+use super::raw::{RawDocument, RawPort};
+use crate::names;
+
+const API_VERSION: &str = "kudonet/v1";
+
+const CLUSTER_FIELDS: &[&str] = &["apiVersion", "kind", "name", "cidr", "mode"];
+const NODE_FIELDS: &[&str] = &[
+    "apiVersion",
+    "kind",
+    "name",
+    "cidr",
+    "externalIp",
+    "bridge",
+    "uplink",
+    "masquerade",
+    "mtu",
+];
+const INSTANCE_FIELDS: &[&str] = &["apiVersion", "kind", "name", "node", "address", "ports"];
+
+/// The fields a document of `kind` may have.
+pub(super) fn fields_of(kind: &str) -> Option<&'static [&'static str]> {
+    match kind {
+        "Cluster" => Some(CLUSTER_FIELDS),
+        "Node" => Some(NODE_FIELDS),
+        "Instance" => Some(INSTANCE_FIELDS),
+        _ => None,
+    }
+}
+
+/// IPv4's minimum MTU up to the largest the kernel accepts on a bridge or veth.
+const MTU_RANGE: std::ops::RangeInclusive<i64> = 68..=65535;
+
+/// Node names are host names in practice.
+const MAX_NODE_NAME: usize = 253;
+
+/// A value and where it was written.
+#[derive(Debug, Clone)]
+struct At<T> {
+    value: T,
+    origin: Origin,
+}
+
+#[derive(Debug)]
+struct ClusterDecl {
+    doc: Origin,
+    value: Cluster,
+    cidr_origin: Option<Origin>,
+}
+
+#[derive(Debug)]
+struct NodeDecl {
+    name: At<String>,
+    cidr: Option<At<Ipv4Inet>>,
+    external_ip: Option<At<Ipv4Addr>>,
+    doc: Origin,
+    bridge: String,
+    uplink: Option<String>,
+    masquerade: bool,
+    mtu: Option<u32>,
+}
+
+#[derive(Debug)]
+struct InstanceDecl {
+    name: At<String>,
+    node: Option<At<String>>,
+    /// The address and, when written, its prefix length.
+    address: Option<At<(Ipv4Addr, Option<u8>)>>,
+    ports: Vec<At<PublishedPort>>,
+    doc: Origin,
+}
+
+/// Validates every document of `loaded`; `root` names the directory in directory-wide errors.
+pub(super) fn validate(root: &Path, loaded: &Loaded) -> Result<Spec, Vec<Diagnostic>> {
+    let mut checker = Checker {
+        diagnostics: loaded.diagnostics.clone(),
+        ..Checker::default()
+    };
+    for document in &loaded.documents {
+        let file = &loaded.files[document.file];
+        let context = DocumentContext {
+            path: &file.path,
+            text: &file.text,
+        };
+        checker.document(&context, &document.raw);
+    }
+    let spec = checker.cross_check(root);
+    let mut diagnostics = checker.diagnostics;
+    if diagnostics.is_empty() {
+        Ok(spec)
+    } else {
+        diagnostics.sort();
+        diagnostics.dedup();
+        Err(diagnostics)
+    }
+}
+
+struct DocumentContext<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl DocumentContext<'_> {
+    fn origin(&self, location: Location) -> Origin {
+        Origin::at(self.path, position(location))
+    }
+
+    /// Where the key of a field is: serde only gives the value's location, which for a block
+    /// sequence is the line after the key. The key is the last occurrence of its name before
+    /// its value.
+    fn key_origin(&self, value: Location, key: &str) -> Origin {
+        let value_byte = self
+            .text
+            .char_indices()
+            .nth(value.span().offset() as usize)
+            .map_or(self.text.len(), |(index, _)| index);
+        match self.text[..value_byte].rfind(key) {
+            Some(key_byte) => {
+                let before = &self.text[..key_byte];
+                let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+                Origin::at(
+                    self.path,
+                    Position {
+                        line: before.matches('\n').count() as u64 + 1,
+                        column: before[line_start..].chars().count() as u64 + 1,
+                    },
+                )
+            }
+            None => self.origin(value),
+        }
+    }
+}
+
+fn position(location: Location) -> Position {
+    Position {
+        line: location.line().max(1),
+        column: location.column().max(1),
+    }
+}
+
+#[derive(Default)]
+struct Checker {
+    diagnostics: Vec<Diagnostic>,
+    clusters: Vec<ClusterDecl>,
+    nodes: Vec<NodeDecl>,
+    instances: Vec<InstanceDecl>,
+    /// Node documents seen, including those too broken to declare a node.
+    node_documents: usize,
+}
+
+impl Checker {
+    fn error(&mut self, origin: Origin, message: impl Into<String>) {
+        self.diagnostics.push(Diagnostic::new(origin, message));
+    }
+
+    /// Checks a string field with `parse`, reporting its error at the field's value.
+    fn parse<T>(
+        &mut self,
+        context: &DocumentContext,
+        field: &Option<Spanned<String>>,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<At<T>> {
+        let field = field.as_ref()?;
+        let origin = context.origin(field.referenced);
+        match parse(&field.value) {
+            Ok(value) => Some(At { value, origin }),
+            Err(message) => {
+                self.error(origin, message);
+                None
+            }
+        }
+    }
+
+    fn require<'a, T>(
+        &mut self,
+        doc: &Origin,
+        kind: &str,
+        name: &str,
+        field: &'a Option<Spanned<T>>,
+    ) -> Option<&'a Spanned<T>> {
+        if field.is_none() {
+            self.error(
+                doc.clone(),
+                format!("{kind} is missing required field `{name}`"),
+            );
+        }
+        field.as_ref()
+    }
+
+    fn document(&mut self, context: &DocumentContext, document: &Spanned<RawDocument>) {
+        let raw = &document.value;
+        let doc = context.origin(document.referenced);
+        if let Some(version) = &raw.api_version
+            && version.value != API_VERSION
+        {
+            self.error(
+                context.origin(version.referenced),
+                format!(
+                    "unsupported apiVersion {}: expected {API_VERSION}",
+                    quoted(&version.value)
+                ),
+            );
+        }
+        let Some(kind) = &raw.kind else {
+            self.error(
+                doc,
+                "document has no `kind` (expected Cluster, Node or Instance)",
+            );
+            return;
+        };
+        let kind_name = kind.value.as_str();
+        let Some(allowed) = fields_of(kind_name) else {
+            self.error(
+                context.origin(kind.referenced),
+                format!(
+                    "unknown kind {}: expected Cluster, Node or Instance",
+                    quoted(kind_name)
+                ),
+            );
+            return;
+        };
+        for field in raw.fields() {
+            if let Some(location) = field.location
+                && !allowed.contains(&field.name)
+            {
+                self.error(
+                    context.key_origin(location, field.name),
+                    unknown_field_message(field.name, kind_name),
+                );
+            }
+        }
+        match kind_name {
+            "Cluster" => self.cluster(context, raw, doc),
+            "Node" => self.node(context, raw, doc),
+            _ => self.instance(context, raw, doc),
+        }
+    }
+
+    fn cluster(&mut self, context: &DocumentContext, raw: &RawDocument, doc: Origin) {
+        let name = self.parse(context, &raw.name, |name| {
+            check_name("Cluster", name).map(|()| name.to_string())
+        });
+        let cidr = self.parse(context, &raw.cidr, parse_network);
+        let mode = self
+            .parse(context, &raw.mode, |mode| match mode {
+                "routed" => Ok(ClusterMode::Routed),
+                "vxlan" => Ok(ClusterMode::Vxlan),
+                other => Err(format!(
+                    "unknown mode {}: expected routed or vxlan",
+                    quoted(other)
+                )),
+            })
+            .map(|mode| mode.value)
+            .unwrap_or_default();
+        self.clusters.push(ClusterDecl {
+            doc,
+            value: Cluster {
+                name: name.map(|name| name.value),
+                cidr: cidr.as_ref().map(|cidr| cidr.value),
+                mode,
+            },
+            cidr_origin: cidr.map(|cidr| cidr.origin),
+        });
+    }
+
+    fn node(&mut self, context: &DocumentContext, raw: &RawDocument, doc: Origin) {
+        self.node_documents += 1;
+        self.require(&doc, "Node", "name", &raw.name);
+        self.require(&doc, "Node", "cidr", &raw.cidr);
+        let name = self.parse(context, &raw.name, |name| {
+            check_name("Node", name).map(|()| name.to_string())
+        });
+        let cidr = self.parse(context, &raw.cidr, parse_gateway);
+        let external_ip = self.parse(context, &raw.external_ip, |ip| {
+            parse_address(ip, "externalIp")
+        });
+        let bridge = self.parse(context, &raw.bridge, |bridge| {
+            check_bridge_name(bridge).map(|()| bridge.to_string())
+        });
+        let uplink = self.parse(context, &raw.uplink, |uplink| {
+            check_interface_name(uplink).map(|()| uplink.to_string())
+        });
+        let mtu = raw.mtu.as_ref().and_then(|mtu| {
+            if MTU_RANGE.contains(&mtu.value) {
+                Some(mtu.value as u32)
+            } else {
+                self.error(
+                    context.origin(mtu.referenced),
+                    format!(
+                        "mtu {} is outside {}..{}",
+                        mtu.value,
+                        MTU_RANGE.start(),
+                        MTU_RANGE.end()
+                    ),
+                );
+                None
+            }
+        });
+        let Some(name) = name else { return };
+        self.nodes.push(NodeDecl {
+            name,
+            cidr,
+            external_ip,
+            doc,
+            bridge: bridge.map_or_else(|| DEFAULT_BRIDGE.to_string(), |bridge| bridge.value),
+            uplink: uplink.map(|uplink| uplink.value),
+            masquerade: raw
+                .masquerade
+                .as_ref()
+                .is_none_or(|masquerade| masquerade.value),
+            mtu,
+        });
+    }
+
+    fn instance(&mut self, context: &DocumentContext, raw: &RawDocument, doc: Origin) {
+        self.require(&doc, "Instance", "name", &raw.name);
+        self.require(&doc, "Instance", "address", &raw.address);
+        let name = self.parse(context, &raw.name, |name| {
+            check_instance_name(name).map(|()| name.to_string())
+        });
+        let node = self.parse(context, &raw.node, |node| {
+            check_name("Node", node).map(|()| node.to_string())
+        });
+        let address = self.parse(context, &raw.address, parse_instance_address);
+        let ports = raw
+            .ports
+            .iter()
+            .flat_map(|ports| &ports.value)
+            .filter_map(|port| self.port(context, port))
+            .collect();
+        let Some(name) = name else { return };
+        self.instances.push(InstanceDecl {
+            name,
+            node,
+            address,
+            ports,
+            doc,
+        });
+    }
+
+    fn port(
+        &mut self,
+        context: &DocumentContext,
+        port: &Spanned<RawPort>,
+    ) -> Option<At<PublishedPort>> {
+        let origin = context.origin(port.referenced);
+        let raw = &port.value;
+        let mut number = |field: &Option<Spanned<i64>>, name: &str| {
+            let Some(field) = field else {
+                self.error(
+                    origin.clone(),
+                    format!("port is missing required field `{name}`"),
+                );
+                return None;
+            };
+            match u16::try_from(field.value) {
+                Ok(port) if port != 0 => Some(port),
+                _ => {
+                    self.error(
+                        context.origin(field.referenced),
+                        format!("{name} {} is outside 1..65535", field.value),
+                    );
+                    None
+                }
+            }
+        };
+        let host_port = number(&raw.host_port, "hostPort");
+        let instance_port = number(&raw.instance_port, "instancePort");
+        let protocol = self.parse(context, &raw.protocol, |protocol| match protocol {
+            "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            other => Err(format!(
+                "unknown protocol {}: expected tcp or udp",
+                quoted(other)
+            )),
+        });
+        let protocol_valid = raw.protocol.is_none() || protocol.is_some();
+        let host_ip = self.parse(context, &raw.host_ip, |ip| parse_address(ip, "hostIp"));
+        let host_ip_valid = raw.host_ip.is_none() || host_ip.is_some();
+        let (Some(host_port), Some(instance_port), true, true) =
+            (host_port, instance_port, protocol_valid, host_ip_valid)
+        else {
+            return None;
+        };
+        Some(At {
+            value: PublishedPort {
+                host_port,
+                instance_port,
+                protocol: protocol.map(|protocol| protocol.value).unwrap_or_default(),
+                host_ip: host_ip.map(|ip| ip.value).filter(|ip| !ip.is_unspecified()),
+            },
+            origin,
+        })
+    }
+
+    /// The rules between documents. Returns the spec they describe (meaningful only when no
+    /// diagnostic was recorded).
+    fn cross_check(&mut self, root: &Path) -> Spec {
+        if let [first, rest @ ..] = self.clusters.as_slice() {
+            let duplicates: Vec<Diagnostic> = rest
+                .iter()
+                .map(|cluster| {
+                    Diagnostic::new(
+                        cluster.doc.clone(),
+                        format!("more than one Cluster: the first is at {}", first.doc),
+                    )
+                })
+                .collect();
+            self.diagnostics.extend(duplicates);
+        }
+        let cluster = self
+            .clusters
+            .first()
+            .map(|cluster| (cluster.value.clone(), cluster.cidr_origin.clone()));
+        if self.node_documents == 0 {
+            self.error(
+                Origin::path(root),
+                "no Node: at least one document of kind Node is required",
+            );
+        }
+        self.check_duplicate_names();
+        let nodes = self.check_nodes(cluster.as_ref().and_then(|(cluster, _)| cluster.cidr));
+        let instances = self.check_instances(&nodes);
+        let mut nodes: Vec<Node> = nodes.into_values().collect();
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        Spec {
+            cluster: cluster.map(|(cluster, _)| cluster),
+            nodes,
+            instances,
+        }
+    }
+
+    fn check_duplicate_names(&mut self) {
+        let mut errors = Vec::new();
+        let node_names = self.nodes.iter().map(|node| &node.name);
+        let instance_names = self.instances.iter().map(|instance| &instance.name);
+        for (kind, names) in [
+            ("Node", node_names.collect::<Vec<_>>()),
+            ("Instance", instance_names.collect()),
+        ] {
+            let mut first: HashMap<&str, &Origin> = HashMap::new();
+            for name in names {
+                if let Some(previous) = first.insert(&name.value, &name.origin) {
+                    errors.push(Diagnostic::new(
+                        name.origin.clone(),
+                        format!(
+                            "duplicate {kind} name {}: also defined at {previous}",
+                            quoted(&name.value)
+                        ),
+                    ));
+                    first.insert(&name.value, previous);
+                }
+            }
+        }
+        self.diagnostics.extend(errors);
+    }
+
+    /// Checks nodes against each other and the cluster; returns the well-formed ones by name.
+    fn check_nodes(&mut self, cluster_cidr: Option<Ipv4Cidr>) -> BTreeMap<String, Node> {
+        let mut errors = Vec::new();
+        let several = self.node_documents > 1;
+        let mut subnets: Vec<(Ipv4Cidr, &NodeDecl, &Origin)> = Vec::new();
+        let mut external_ips: HashMap<Ipv4Addr, &Origin> = HashMap::new();
+        for node in &self.nodes {
+            if let Some(cidr) = &node.cidr {
+                let subnet = cidr.value.network();
+                if let Some(cluster) = cluster_cidr
+                    && !contains(&cluster, &subnet)
+                {
+                    errors.push(Diagnostic::new(
+                        cidr.origin.clone(),
+                        format!(
+                            "subnet {subnet} of Node {} is outside the Cluster cidr {cluster}",
+                            quoted(&node.name.value)
+                        ),
+                    ));
+                }
+                for (other_subnet, other, other_origin) in &subnets {
+                    if overlaps(&subnet, other_subnet) {
+                        errors.push(Diagnostic::new(
+                            cidr.origin.clone(),
+                            format!(
+                                "subnet {subnet} of Node {} overlaps subnet {other_subnet} of Node {} at {other_origin}",
+                                quoted(&node.name.value),
+                                quoted(&other.name.value)
+                            ),
+                        ));
+                    }
+                }
+                subnets.push((subnet, node, &cidr.origin));
+            }
+            match &node.external_ip {
+                Some(ip) => {
+                    if let Some(previous) = external_ips.insert(ip.value, &ip.origin) {
+                        errors.push(Diagnostic::new(
+                            ip.origin.clone(),
+                            format!("externalIp {} is also used at {previous}", ip.value),
+                        ));
+                    }
+                }
+                None if several => errors.push(Diagnostic::new(
+                    node.doc.clone(),
+                    format!(
+                        "Node {} is missing `externalIp`, required when the directory describes several nodes",
+                        quoted(&node.name.value)
+                    ),
+                )),
+                None => {}
+            }
+        }
+        self.diagnostics.extend(errors);
+        self.nodes
+            .iter()
+            .filter_map(|node| {
+                let cidr = node.cidr.as_ref()?.value;
+                Some(Node {
+                    name: node.name.value.clone(),
+                    cidr,
+                    external_ip: node.external_ip.as_ref().map(|ip| ip.value),
+                    bridge: node.bridge.clone(),
+                    uplink: node.uplink.clone(),
+                    masquerade: node.masquerade,
+                    mtu: node.mtu,
+                })
+            })
+            .map(|node| (node.name.clone(), node))
+            .collect()
+    }
+
+    fn check_instances(&mut self, nodes: &BTreeMap<String, Node>) -> Vec<Instance> {
+        let mut errors = Vec::new();
+        let mut instances = Vec::new();
+        let only_node = match self.nodes.as_slice() {
+            [node] if self.node_documents == 1 => Some(node.name.value.as_str()),
+            _ => None,
+        };
+        let mut addresses: HashMap<Ipv4Addr, &Origin> = HashMap::new();
+        // Who publishes each (node, protocol, host port), on which host address.
+        type Publisher<'a> = (Option<Ipv4Addr>, &'a str, &'a Origin);
+        let mut published: HashMap<(&str, Protocol, u16), Vec<Publisher>> = HashMap::new();
+        let mut interfaces: HashMap<String, &str> = HashMap::new();
+        for instance in &self.instances {
+            let name = instance.name.value.as_str();
+            let node_name = match (&instance.node, only_node) {
+                (Some(node), _) => {
+                    if !self
+                        .nodes
+                        .iter()
+                        .any(|declared| declared.name.value == node.value)
+                    {
+                        errors.push(Diagnostic::new(
+                            node.origin.clone(),
+                            format!(
+                                "Instance {} is on Node {}, which does not exist",
+                                quoted(name),
+                                quoted(&node.value)
+                            ),
+                        ));
+                    }
+                    node.value.as_str()
+                }
+                (None, Some(only)) => only,
+                (None, None) => {
+                    if self.node_documents > 1 {
+                        errors.push(Diagnostic::new(
+                            instance.doc.clone(),
+                            format!(
+                                "Instance {} is missing `node`, required when the directory describes several nodes",
+                                quoted(name)
+                            ),
+                        ));
+                    }
+                    continue;
+                }
+            };
+            let interface = names::host_interface_name(name);
+            if let Some(other) = interfaces.insert(interface.clone(), name) {
+                errors.push(Diagnostic::new(
+                    instance.name.origin.clone(),
+                    format!(
+                        "instances {} and {} would share host interface {interface}; rename one",
+                        quoted(other),
+                        quoted(name)
+                    ),
+                ));
+            }
+            for port in &instance.ports {
+                let key = (node_name, port.value.protocol, port.value.host_port);
+                let users = published.entry(key).or_default();
+                let clash = users.iter().find(|(ip, _, _)| {
+                    ip.is_none() || port.value.host_ip.is_none() || *ip == port.value.host_ip
+                });
+                if let Some((_, other, origin)) = clash {
+                    errors.push(Diagnostic::new(
+                        port.origin.clone(),
+                        format!(
+                            "host port {}/{} on Node {} is already published by Instance {} at {origin}",
+                            port.value.host_port,
+                            port.value.protocol,
+                            quoted(node_name),
+                            quoted(other)
+                        ),
+                    ));
+                }
+                users.push((port.value.host_ip, name, &port.origin));
+            }
+            let (Some(node), Some(address)) = (nodes.get(node_name), &instance.address) else {
+                continue;
+            };
+            let (ip, prefix) = address.value;
+            match check_instance_address(ip, prefix, node) {
+                Err(message) => errors.push(Diagnostic::new(address.origin.clone(), message)),
+                Ok(address_inet) => {
+                    if let Some(previous) = addresses.insert(ip, &address.origin) {
+                        errors.push(Diagnostic::new(
+                            address.origin.clone(),
+                            format!("address {ip} is already used at {previous}"),
+                        ));
+                    }
+                    instances.push(Instance {
+                        name: name.to_string(),
+                        node: node_name.to_string(),
+                        address: address_inet,
+                        ports: instance.ports.iter().map(|port| port.value).collect(),
+                    });
+                }
+            }
+        }
+        self.diagnostics.extend(errors);
+        instances.sort_by(|a, b| a.name.cmp(&b.name));
+        instances
+    }
+}
+
+fn contains(outer: &Ipv4Cidr, inner: &Ipv4Cidr) -> bool {
+    outer.network_length() <= inner.network_length() && outer.contains(&inner.first_address())
+}
+
+fn overlaps(a: &Ipv4Cidr, b: &Ipv4Cidr) -> bool {
+    contains(a, b) || contains(b, a)
+}
+
+fn check_instance_address(
+    ip: Ipv4Addr,
+    prefix: Option<u8>,
+    node: &Node,
+) -> Result<Ipv4Inet, String> {
+    let subnet = node.subnet();
+    let node_name = quoted(&node.name);
+    if let Some(prefix) = prefix
+        && prefix != subnet.network_length()
+    {
+        return Err(format!(
+            "prefix /{prefix} of address {ip} differs from the /{} of Node {node_name}'s subnet {subnet}",
+            subnet.network_length()
+        ));
+    }
+    if !subnet.contains(&ip) {
+        return Err(format!(
+            "address {ip} is outside Node {node_name}'s subnet {subnet}"
+        ));
+    }
+    if ip == subnet.first_address() {
+        return Err(format!(
+            "address {ip} is the network address of subnet {subnet}"
+        ));
+    }
+    if ip == subnet.last_address() {
+        return Err(format!(
+            "address {ip} is the broadcast address of subnet {subnet}"
+        ));
+    }
+    if ip == node.gateway() {
+        return Err(format!(
+            "address {ip} is Node {node_name}'s gateway (its bridge address)"
+        ));
+    }
+    Ipv4Inet::new(ip, subnet.network_length()).map_err(|error| error.to_string())
+}
+
+/// An IPv4 address, with a clear word for IPv6 and anything else.
+fn parse_address(text: &str, what: &str) -> Result<Ipv4Addr, String> {
+    text.parse::<Ipv4Addr>().map_err(|_| {
+        if text.parse::<std::net::Ipv6Addr>().is_ok() {
+            format!("{what} {}: IPv6 is not supported", quoted(text))
+        } else {
+            format!("{what} {} is not an IPv4 address", quoted(text))
+        }
+    })
+}
+
+/// `A.B.C.D/N`, with a clear message for each way it can be wrong.
+fn parse_prefixed(text: &str, what: &str) -> Result<(Ipv4Addr, u8), String> {
+    let Some((address, prefix)) = text.split_once('/') else {
+        return Err(format!(
+            "{what} {} needs a prefix length, as in 10.0.0.1/24",
+            quoted(text)
+        ));
+    };
+    let address = parse_address(address, what).map_err(|_| {
+        format!(
+            "{what} {} is not an IPv4 CIDR such as 10.0.0.1/24",
+            quoted(text)
+        )
+    })?;
+    // Digits only, no leading zero: `/024` or `/+24` are typos, not prefixes.
+    let canonical = !prefix.is_empty()
+        && prefix.bytes().all(|b| b.is_ascii_digit())
+        && (prefix == "0" || !prefix.starts_with('0'));
+    match prefix.parse::<u8>() {
+        Ok(prefix) if canonical && prefix <= 32 => Ok((address, prefix)),
+        _ => Err(format!(
+            "{what} {} has an invalid prefix length (0..32)",
+            quoted(text)
+        )),
+    }
+}
+
+/// A Cluster `cidr`: a network such as 10.0.0.0/16.
+fn parse_network(text: &str) -> Result<Ipv4Cidr, String> {
+    let (address, prefix) = parse_prefixed(text, "cidr")?;
+    Ipv4Cidr::new(address, prefix).map_err(|_| {
+        let network = Ipv4Inet::new(address, prefix).map(|inet| inet.network());
+        format!(
+            "cidr {} has host bits set: did you mean {}?",
+            quoted(text),
+            network
+                .map(|network| network.to_string())
+                .unwrap_or_default()
+        )
+    })
+}
+
+/// A Node `cidr`: the bridge's address and prefix, a usable host address of its subnet.
+fn parse_gateway(text: &str) -> Result<Ipv4Inet, String> {
+    let (address, prefix) = parse_prefixed(text, "cidr")?;
+    if prefix > 30 {
+        return Err(format!(
+            "cidr {}: a node subnet needs a prefix of at most /30 to hold instances",
+            quoted(text)
+        ));
+    }
+    let inet = Ipv4Inet::new(address, prefix).map_err(|error| error.to_string())?;
+    let subnet = inet.network();
+    if address == subnet.first_address() || address == subnet.last_address() {
+        return Err(format!(
+            "cidr {} is the {} address of {subnet}, not a usable bridge address (e.g. {}/{prefix})",
+            quoted(text),
+            if address == subnet.first_address() {
+                "network"
+            } else {
+                "broadcast"
+            },
+            Ipv4Addr::from(u32::from(subnet.first_address()) + 1),
+        ));
+    }
+    Ok(inet)
+}
+
+/// An Instance `address`: `10.0.0.2/24` or `10.0.0.2`.
+fn parse_instance_address(text: &str) -> Result<(Ipv4Addr, Option<u8>), String> {
+    if text.contains('/') {
+        let (address, prefix) = parse_prefixed(text, "address")?;
+        Ok((address, Some(prefix)))
+    } else {
+        Ok((parse_address(text, "address")?, None))
+    }
+}
+
+/// Rules every name follows: it ends up in paths, interface aliases and log lines.
+fn check_name(kind: &str, name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err(format!("{kind} name must not be empty"));
+    }
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "{kind} name {} contains a control character (U+{:04X})",
+            quoted(name),
+            c as u32
+        ));
+    }
+    if name.contains('/') || name.contains("..") {
+        return Err(format!(
+            "{kind} name {} must not contain `/` or `..`",
+            quoted(name)
+        ));
+    }
+    if name.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "{kind} name {} must not contain whitespace",
+            quoted(name)
+        ));
+    }
+    if name.len() > MAX_NODE_NAME {
+        return Err(format!(
+            "{kind} name is {} characters long, over the limit of {MAX_NODE_NAME}",
+            name.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Instance names are DNS labels: they name namespaces and appear in DNS-like places.
+fn check_instance_name(name: &str) -> Result<(), String> {
+    check_name("Instance", name)?;
+    let label = name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if label {
+        Ok(())
+    } else {
+        Err(format!(
+            "Instance name {} is not a DNS label: lowercase letters, digits and `-`, \
+             starting and ending with a letter or digit, at most 63 characters",
+            quoted(name)
+        ))
+    }
+}
+
+fn check_bridge_name(name: &str) -> Result<(), String> {
+    let valid = (1..=names::MAX_INTERFACE_NAME).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        && name != "."
+        && name != "..";
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "bridge {} must be 1..15 characters of [a-zA-Z0-9_.-]",
+            quoted(name)
+        ))
+    }
+}
+
+/// Any name the kernel accepts for an existing interface.
+fn check_interface_name(name: &str) -> Result<(), String> {
+    let valid = (1..=names::MAX_INTERFACE_NAME).contains(&name.len())
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+        && name != "."
+        && name != "..";
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "uplink {} is not an interface name (1..15 characters, no `/`, `:` or whitespace)",
+            quoted(name)
+        ))
+    }
+}
