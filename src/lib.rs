@@ -5,9 +5,13 @@
 //! - [`spec`]: the desired state (YAML files), loaded and validated;
 //! - [`observe`]: the vocabulary of what the kernel has ([`observe::Observed`]);
 //! - [`plan`]: `plan(&Desired, &Observed) -> Plan`, pure and deterministic;
-//! - [`dataplane`]: executes a plan's actions, with an in-memory implementation.
+//! - [`dataplane`]: executes a plan's actions; [`dataplane::memory`] does so in memory;
+//! - [`names`]: how kudonet names and marks what it owns.
 //!
 //! The binary (`kudonet`) is a thin command line over these.
 
+pub mod dataplane;
 pub mod names;
+pub mod observe;
+pub mod plan;
 pub mod spec;

@@ -1,0 +1,289 @@
+//! A dataplane over an in-memory [`Observed`], refusing what the kernel refuses (creating
+//! what exists, deleting what does not, routing through a link that is down) and cascading
+//! what the kernel cascades (deleting one end of a veth deletes the other). Property tests
+//! use it to prove that plans converge.
+
+use super::{Dataplane, DataplaneError};
+use crate::names;
+use crate::observe::{Link, LinkKind, LinkRef, Namespace, Observed, Route, Table};
+use crate::plan::Action;
+
+/// The loopback MTU the kernel gives a new namespace's `lo`.
+const LOOPBACK_MTU: u32 = 65536;
+
+#[derive(Debug, Clone, Default)]
+pub struct MemoryDataplane {
+    /// The node as it is now.
+    pub state: Observed,
+    /// How many actions were applied: a converged node needs none.
+    pub writes: usize,
+}
+
+impl MemoryDataplane {
+    pub fn new(state: Observed) -> MemoryDataplane {
+        MemoryDataplane { state, writes: 0 }
+    }
+
+    fn link_mut(&mut self, link: &LinkRef) -> Option<&mut Link> {
+        match &link.netns {
+            None => self.state.links.get_mut(&link.name),
+            Some(netns) => self
+                .state
+                .namespaces
+                .get_mut(netns)?
+                .links
+                .get_mut(&link.name),
+        }
+    }
+
+    /// Removes a link and what the kernel removes with it.
+    fn remove_link(&mut self, link: &LinkRef) -> Option<Link> {
+        let removed = match &link.netns {
+            None => self.state.links.remove(&link.name),
+            Some(netns) => {
+                let namespace = self.state.namespaces.get_mut(netns)?;
+                let removed = namespace.links.remove(&link.name)?;
+                // Its routes go with it; an instance namespace routes only through eth0.
+                if link.name == names::INSTANCE_INTERFACE {
+                    namespace.default_gateway = None;
+                }
+                Some(removed)
+            }
+        }?;
+        if let Some(peer) = &removed.peer {
+            self.remove_link(peer);
+        }
+        if link.netns.is_none() {
+            for port in self.state.links.values_mut() {
+                if port.master.as_ref() == Some(&link.name) {
+                    port.master = None;
+                    port.hairpin = false;
+                }
+            }
+            let prefix = format!("net.ipv4.conf.{}.", link.name);
+            self.state
+                .sysctls
+                .retain(|key, _| !key.starts_with(&prefix));
+        }
+        Some(removed)
+    }
+
+    fn apply_action(&mut self, action: &Action) -> Result<(), String> {
+        let no_such_link = |link: &LinkRef| format!("no link {link}");
+        match action {
+            Action::CreateNamespace { name } => {
+                if self.state.namespaces.contains_key(name) {
+                    return Err("namespace exists".into());
+                }
+                let lo = Link {
+                    mtu: LOOPBACK_MTU,
+                    ..Link::new(LinkKind::Loopback)
+                };
+                let namespace = Namespace {
+                    owned: true,
+                    links: [("lo".to_string(), lo)].into(),
+                    default_gateway: None,
+                };
+                self.state.namespaces.insert(name.clone(), namespace);
+            }
+            Action::DeleteNamespace { name } => {
+                let namespace = self
+                    .state
+                    .namespaces
+                    .remove(name)
+                    .ok_or("no such namespace")?;
+                for peer in namespace
+                    .links
+                    .values()
+                    .filter_map(|link| link.peer.as_ref())
+                {
+                    self.remove_link(peer);
+                }
+            }
+            Action::CreateBridge { name, mtu } => {
+                if self.state.links.contains_key(name) {
+                    return Err("link exists".into());
+                }
+                let bridge = Link {
+                    alias: Some(names::bridge_alias()),
+                    mtu: mtu.unwrap_or(Link::new(LinkKind::Bridge).mtu),
+                    ..Link::new(LinkKind::Bridge)
+                };
+                self.state.links.insert(name.clone(), bridge);
+                self.state
+                    .sysctls
+                    .insert(crate::plan::route_localnet(name), "0".into());
+            }
+            Action::CreateVeth {
+                host,
+                namespace,
+                instance,
+                mtu,
+            } => {
+                let eth0 = LinkRef::in_namespace(namespace, names::INSTANCE_INTERFACE);
+                let inside = self
+                    .state
+                    .namespaces
+                    .get(namespace)
+                    .ok_or("no such namespace")?;
+                if self.state.links.contains_key(host) || inside.links.contains_key(&eth0.name) {
+                    return Err("link exists".into());
+                }
+                let end = |alias: Option<String>, peer: LinkRef| Link {
+                    alias,
+                    mtu: mtu.unwrap_or(Link::new(LinkKind::Veth).mtu),
+                    peer: Some(peer),
+                    ..Link::new(LinkKind::Veth)
+                };
+                let host_end = end(Some(names::instance_alias(instance)), eth0.clone());
+                let inner_end = end(None, LinkRef::host(host));
+                self.state.links.insert(host.clone(), host_end);
+                if let Some(inside) = self.state.namespaces.get_mut(namespace) {
+                    inside.links.insert(eth0.name, inner_end);
+                }
+            }
+            Action::DeleteLink { link } => {
+                self.remove_link(link).ok_or_else(|| no_such_link(link))?;
+            }
+            Action::SetMtu { link, mtu } => {
+                self.link_mut(link).ok_or_else(|| no_such_link(link))?.mtu = *mtu
+            }
+            Action::SetUp { link } => {
+                self.link_mut(link).ok_or_else(|| no_such_link(link))?.up = true
+            }
+            Action::SetMaster { link, bridge } => {
+                if self
+                    .state
+                    .links
+                    .get(bridge)
+                    .is_none_or(|bridge| bridge.kind != LinkKind::Bridge)
+                {
+                    return Err(format!("no bridge {bridge}"));
+                }
+                let port = self
+                    .state
+                    .links
+                    .get_mut(link)
+                    .ok_or_else(|| no_such_link(&LinkRef::host(link)))?;
+                port.master = Some(bridge.clone());
+            }
+            Action::SetHairpin { link } => {
+                let port = self
+                    .state
+                    .links
+                    .get_mut(link)
+                    .ok_or_else(|| no_such_link(&LinkRef::host(link)))?;
+                if port.master.is_none() {
+                    return Err("not a bridge port".into());
+                }
+                port.hairpin = true;
+            }
+            Action::AddAddress { link, address } => {
+                if !self
+                    .link_mut(link)
+                    .ok_or_else(|| no_such_link(link))?
+                    .addresses
+                    .insert(*address)
+                {
+                    return Err("address exists".into());
+                }
+            }
+            Action::DeleteAddress { link, address } => {
+                if !self
+                    .link_mut(link)
+                    .ok_or_else(|| no_such_link(link))?
+                    .addresses
+                    .remove(address)
+                {
+                    return Err("no such address".into());
+                }
+            }
+            Action::ReplaceDefaultRoute { namespace, gateway } => {
+                let inside = self
+                    .state
+                    .namespaces
+                    .get_mut(namespace)
+                    .ok_or("no such namespace")?;
+                let reachable = inside
+                    .links
+                    .get(names::INSTANCE_INTERFACE)
+                    .is_some_and(|eth0| {
+                        eth0.up
+                            && eth0
+                                .addresses
+                                .iter()
+                                .any(|address| address.network().contains(gateway))
+                    });
+                if !reachable {
+                    return Err("network is unreachable".into());
+                }
+                inside.default_gateway = Some(*gateway);
+            }
+            Action::ReplaceRoute {
+                destination,
+                gateway,
+            } => {
+                let route = Route {
+                    gateway: Some(*gateway),
+                    device: None,
+                    owned: true,
+                };
+                self.state.routes.insert(*destination, route);
+            }
+            Action::DeleteRoute { destination } => {
+                self.state
+                    .routes
+                    .remove(destination)
+                    .ok_or("no such route")?;
+            }
+            Action::SetSysctl { key, value } => {
+                if let Some(device) = key
+                    .strip_prefix("net.ipv4.conf.")
+                    .and_then(|rest| rest.split('.').next())
+                    && device != "all"
+                    && device != "default"
+                    && !self.state.links.contains_key(device)
+                {
+                    return Err(format!("no sysctl {key}: no link {device}"));
+                }
+                self.state.sysctls.insert(key.clone(), value.clone());
+            }
+            Action::SyncTable {
+                table,
+                chains,
+                jumps,
+                ..
+            } => {
+                let current = self.state.firewall.entry(table.clone()).or_default();
+                current
+                    .chains
+                    .retain(|chain, _| !Table::is_owned_chain(chain));
+                for rules in current.chains.values_mut() {
+                    rules.retain(|rule| !Table::is_owned_jump(rule));
+                }
+                for (chain, rules) in jumps {
+                    let builtin = current.chains.entry(chain.clone()).or_default();
+                    builtin.splice(0..0, rules.iter().cloned());
+                }
+                current.chains.extend(
+                    chains
+                        .iter()
+                        .map(|(chain, rules)| (chain.clone(), rules.clone())),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Dataplane for MemoryDataplane {
+    fn observe(&mut self) -> Result<Observed, DataplaneError> {
+        Ok(self.state.clone())
+    }
+
+    fn apply(&mut self, action: &Action) -> Result<(), DataplaneError> {
+        self.writes += 1;
+        self.apply_action(action)
+            .map_err(|reason| DataplaneError::action(action, reason))
+    }
+}

@@ -1,0 +1,40 @@
+//! Executing a plan's actions. The [`Dataplane`] trait is the seam between the pure planner
+//! and the kernel; [`memory::MemoryDataplane`] implements it over an in-memory [`Observed`],
+//! with the kernel's semantics, for tests that need no root.
+
+pub mod memory;
+
+use crate::observe::Observed;
+use crate::plan::Action;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("reading the node: {0}")]
+    Observe(String),
+    /// `action` is the action as the plan prints it.
+    #[error("{action}: {reason}")]
+    Action { action: String, reason: String },
+}
+
+impl DataplaneError {
+    pub fn action(action: &Action, reason: impl Into<String>) -> DataplaneError {
+        DataplaneError::Action {
+            action: action.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Reads the node and changes it, one action at a time.
+pub trait Dataplane {
+    /// What the node has now.
+    fn observe(&mut self) -> Result<Observed, DataplaneError>;
+
+    /// Carries out one action.
+    fn apply(&mut self, action: &Action) -> Result<(), DataplaneError>;
+
+    /// Carries out `actions` in order, stopping at the first failure.
+    fn apply_all(&mut self, actions: &[Action]) -> Result<(), DataplaneError> {
+        actions.iter().try_for_each(|action| self.apply(action))
+    }
+}

@@ -1,0 +1,181 @@
+//! What the kernel has, in the planner's vocabulary: links, addresses, routes, namespaces,
+//! sysctls and iptables chains of the node.
+//!
+//! The model holds everything kudonet owns and everything that could collide with it (a
+//! foreign link on the bridge's name, a foreign namespace named `kudo-web`, foreign rules
+//! around its jump rules). Ownership is read from marks kudonet leaves in the kernel
+//! (`crate::names`), never from a local database, so that a rebooted or wiped node, or a
+//! second kudonet binary, sees the truth.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use cidr::{Ipv4Cidr, Ipv4Inet};
+use serde::Deserialize;
+
+use crate::names;
+
+/// The node as observed. `Default` is an empty machine.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct Observed {
+    /// Links of the node's own network namespace, by name.
+    pub links: BTreeMap<String, Link>,
+    /// Named namespaces of the netns directory, by name.
+    pub namespaces: BTreeMap<String, Namespace>,
+    /// Routes of the node namespace's main table that kudonet owns or that share a
+    /// destination with one it wants, by destination.
+    pub routes: BTreeMap<Ipv4Cidr, Route>,
+    /// The interface of the node's default route: the uplink when a Node names none.
+    pub default_route_interface: Option<String>,
+    /// Sysctls kudonet sets, by dotted name (`net.ipv4.ip_forward`), with their values.
+    pub sysctls: BTreeMap<String, String>,
+    /// iptables, by table name (`nat`, `filter`).
+    pub firewall: BTreeMap<String, Table>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum LinkKind {
+    Bridge,
+    Veth,
+    Vxlan,
+    Loopback,
+    /// Anything kudonet never creates (a physical NIC, a tun, a dummy...).
+    Other,
+}
+
+/// A network interface.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Link {
+    pub kind: LinkKind,
+    /// The interface alias (IFLA_IFALIAS): kudonet's ownership mark.
+    #[serde(default)]
+    pub alias: Option<String>,
+    #[serde(default)]
+    pub up: bool,
+    #[serde(default = "default_mtu")]
+    pub mtu: u32,
+    /// The bridge this link is a port of.
+    #[serde(default)]
+    pub master: Option<String>,
+    #[serde(default)]
+    pub addresses: BTreeSet<Ipv4Inet>,
+    /// Bridge port hairpin mode.
+    #[serde(default)]
+    pub hairpin: bool,
+    /// For a veth: where its other end is.
+    #[serde(default)]
+    pub peer: Option<LinkRef>,
+}
+
+fn default_mtu() -> u32 {
+    1500
+}
+
+impl Link {
+    /// A link as the kernel creates it: down, default MTU, no address, no master.
+    pub fn new(kind: LinkKind) -> Link {
+        Link {
+            kind,
+            alias: None,
+            up: false,
+            mtu: default_mtu(),
+            master: None,
+            addresses: BTreeSet::new(),
+            hairpin: false,
+            peer: None,
+        }
+    }
+
+    /// Whether kudonet created this link (its alias carries kudonet's mark).
+    pub fn is_owned(&self) -> bool {
+        self.alias
+            .as_deref()
+            .is_some_and(|alias| alias.starts_with(names::ALIAS_PREFIX))
+    }
+}
+
+/// A link by namespace and name. `netns: None` is the node's own namespace.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkRef {
+    #[serde(default)]
+    pub netns: Option<String>,
+    pub name: String,
+}
+
+impl LinkRef {
+    pub fn host(name: &str) -> LinkRef {
+        LinkRef {
+            netns: None,
+            name: name.to_string(),
+        }
+    }
+
+    pub fn in_namespace(netns: &str, name: &str) -> LinkRef {
+        LinkRef {
+            netns: Some(netns.to_string()),
+            name: name.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for LinkRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.netns {
+            Some(netns) => write!(f, "{netns}/{}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+/// A named network namespace (an entry of the netns directory).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct Namespace {
+    /// Whether kudonet created it: its loopback carries kudonet's alias, set before the
+    /// namespace is mounted, so a half-created namespace is never mistaken for a foreign one.
+    pub owned: bool,
+    pub links: BTreeMap<String, Link>,
+    /// The gateway of the namespace's default route, if it has one.
+    pub default_gateway: Option<Ipv4Addr>,
+}
+
+/// A route of the node namespace's main table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Route {
+    pub gateway: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub device: Option<String>,
+    /// Whether it carries kudonet's route protocol number.
+    #[serde(default)]
+    pub owned: bool,
+}
+
+/// One iptables table: every chain with its rules, as `iptables-save` prints them after
+/// `-A CHAIN ` (for example `-p tcp -m tcp --dport 80 -j ACCEPT`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Table {
+    pub chains: BTreeMap<String, Vec<String>>,
+}
+
+impl Table {
+    /// Whether `chain` is one of kudonet's (`KUDO-*`).
+    pub fn is_owned_chain(chain: &str) -> bool {
+        chain.starts_with(names::CHAIN_PREFIX)
+    }
+
+    /// Whether `rule`, in a chain that is not kudonet's, is one of kudonet's jump rules.
+    pub fn is_owned_jump(rule: &str) -> bool {
+        rule.strip_prefix(JUMP_MARK)
+            .and_then(|rest| rest.strip_prefix(" -j "))
+            .is_some_and(|target| target.starts_with(names::CHAIN_PREFIX) && !target.contains(' '))
+    }
+}
+
+/// The comment on kudonet's jump rules in built-in chains, as `iptables-save` prints it.
+pub const JUMP_MARK: &str = "-m comment --comment kudonet";

@@ -1,0 +1,172 @@
+//! The steps a plan is made of. Each is idempotent in intent and small enough to retry alone.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use cidr::{Ipv4Cidr, Ipv4Inet};
+
+use crate::observe::LinkRef;
+
+/// One change to the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// A named network namespace in the netns directory, marked as kudonet's, `lo` down.
+    CreateNamespace {
+        name: String,
+    },
+    DeleteNamespace {
+        name: String,
+    },
+    /// A bridge in the node namespace, marked as kudonet's, down.
+    CreateBridge {
+        name: String,
+        mtu: Option<u32>,
+    },
+    /// A veth pair: `host` in the node namespace (marked as `instance`'s) and `eth0` created
+    /// directly in `namespace`; both down.
+    CreateVeth {
+        host: String,
+        namespace: String,
+        instance: String,
+        mtu: Option<u32>,
+    },
+    DeleteLink {
+        link: LinkRef,
+    },
+    SetMtu {
+        link: LinkRef,
+        mtu: u32,
+    },
+    SetUp {
+        link: LinkRef,
+    },
+    /// Makes a node-namespace link a port of `bridge`.
+    SetMaster {
+        link: String,
+        bridge: String,
+    },
+    /// Lets a bridge port send frames back where they came from (an instance reaching
+    /// itself through a published port).
+    SetHairpin {
+        link: String,
+    },
+    AddAddress {
+        link: LinkRef,
+        address: Ipv4Inet,
+    },
+    DeleteAddress {
+        link: LinkRef,
+        address: Ipv4Inet,
+    },
+    /// The default route of an instance namespace, via its node's bridge.
+    ReplaceDefaultRoute {
+        namespace: String,
+        gateway: Ipv4Addr,
+    },
+    /// A route of the node namespace, marked as kudonet's (a peer node's instance subnet).
+    ReplaceRoute {
+        destination: Ipv4Cidr,
+        gateway: Ipv4Addr,
+    },
+    DeleteRoute {
+        destination: Ipv4Cidr,
+    },
+    SetSysctl {
+        key: String,
+        value: String,
+    },
+    /// Rewrites kudonet's chains of one table in one transaction: each `KUDO-*` chain to
+    /// exactly `chains` (chains absent from it are deleted) and kudonet's jump rules at the
+    /// head of the built-in chains to exactly `jumps`. Other rules are left as they are.
+    /// `diff` describes the change for people (`+ -A KUDO-PORTS ...`), one line per rule.
+    SyncTable {
+        table: String,
+        chains: BTreeMap<String, Vec<String>>,
+        jumps: BTreeMap<String, Vec<String>>,
+        diff: Vec<String>,
+    },
+}
+
+/// How an action counts in the plan summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    Add,
+    Change,
+    Destroy,
+}
+
+impl Action {
+    pub fn effect(&self) -> Effect {
+        match self {
+            Action::CreateNamespace { .. }
+            | Action::CreateBridge { .. }
+            | Action::CreateVeth { .. }
+            | Action::AddAddress { .. } => Effect::Add,
+            Action::DeleteNamespace { .. }
+            | Action::DeleteLink { .. }
+            | Action::DeleteAddress { .. }
+            | Action::DeleteRoute { .. } => Effect::Destroy,
+            Action::SetMtu { .. }
+            | Action::SetUp { .. }
+            | Action::SetMaster { .. }
+            | Action::SetHairpin { .. }
+            | Action::ReplaceDefaultRoute { .. }
+            | Action::ReplaceRoute { .. }
+            | Action::SetSysctl { .. }
+            | Action::SyncTable { .. } => Effect::Change,
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    /// One line, prefixed like Terraform: `+` adds, `~` changes, `-` destroys.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = match self.effect() {
+            Effect::Add => '+',
+            Effect::Change => '~',
+            Effect::Destroy => '-',
+        };
+        write!(f, "{sign} ")?;
+        let mtu = |mtu: &Option<u32>| mtu.map(|mtu| format!(" (mtu {mtu})")).unwrap_or_default();
+        match self {
+            Action::CreateNamespace { name } => write!(f, "namespace {name}"),
+            Action::DeleteNamespace { name } => write!(f, "namespace {name}"),
+            Action::CreateBridge { name, mtu: m } => write!(f, "bridge {name}{}", mtu(m)),
+            Action::CreateVeth {
+                host,
+                namespace,
+                instance,
+                mtu: m,
+            } => {
+                write!(
+                    f,
+                    "veth {host} <-> {namespace}/eth0 for instance {instance}{}",
+                    mtu(m)
+                )
+            }
+            Action::DeleteLink { link } => write!(f, "link {link}"),
+            Action::SetMtu { link, mtu } => write!(f, "link {link}: mtu {mtu}"),
+            Action::SetUp { link } => write!(f, "link {link}: up"),
+            Action::SetMaster { link, bridge } => {
+                write!(f, "link {link}: attach to bridge {bridge}")
+            }
+            Action::SetHairpin { link } => write!(f, "link {link}: hairpin on"),
+            Action::AddAddress { link, address } => write!(f, "address {address} on {link}"),
+            Action::DeleteAddress { link, address } => write!(f, "address {address} on {link}"),
+            Action::ReplaceDefaultRoute { namespace, gateway } => {
+                write!(f, "route default via {gateway} in {namespace}")
+            }
+            Action::ReplaceRoute {
+                destination,
+                gateway,
+            } => write!(f, "route {destination} via {gateway}"),
+            Action::DeleteRoute { destination } => write!(f, "route {destination}"),
+            Action::SetSysctl { key, value } => write!(f, "sysctl {key} = {value}"),
+            Action::SyncTable { table, diff, .. } => {
+                write!(f, "iptables table {table}")?;
+                diff.iter().try_for_each(|line| write!(f, "\n    {line}"))
+            }
+        }
+    }
+}

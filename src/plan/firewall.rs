@@ -1,0 +1,134 @@
+//! The iptables rules a node needs, written exactly as `iptables-save` prints them so that
+//! desired and observed chains compare as plain strings.
+//!
+//! Everything lives in kudonet's own `KUDO-*` chains; built-in chains only get one jump rule
+//! each, marked with a comment, at their head.
+
+use std::collections::BTreeMap;
+
+use crate::observe::JUMP_MARK;
+use crate::spec::Desired;
+
+/// The `KUDO-*` chains of a table, and kudonet's jump rules per built-in chain.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TableRules {
+    pub chains: BTreeMap<String, Vec<String>>,
+    pub jumps: BTreeMap<String, Vec<String>>,
+}
+
+pub const NAT: &str = "nat";
+pub const FILTER: &str = "filter";
+
+/// The rules of every table kudonet uses, for `desired`. `uplink` is the interface that
+/// leads out of the node (the Node's `uplink`, else the default route's), if known.
+pub fn desired_tables(desired: &Desired, uplink: Option<&str>) -> BTreeMap<String, TableRules> {
+    BTreeMap::from([
+        (NAT.to_string(), nat(desired, uplink)),
+        (FILTER.to_string(), filter(desired)),
+    ])
+}
+
+/// The tables as they are once kudonet is gone: no chain, no jump.
+pub fn empty_tables() -> BTreeMap<String, TableRules> {
+    [NAT, FILTER]
+        .into_iter()
+        .map(|table| (table.to_string(), TableRules::default()))
+        .collect()
+}
+
+fn jump(chain: &str) -> String {
+    format!("{JUMP_MARK} -j {chain}")
+}
+
+fn nat(desired: &Desired, uplink: Option<&str>) -> TableRules {
+    let node = &desired.node;
+    let bridge = &node.bridge;
+    let subnet = node.subnet();
+
+    // Published ports: DNAT traffic for the node's addresses, whether it arrives from outside
+    // (PREROUTING) or is sent by the node itself, 127.0.0.1 included (OUTPUT).
+    let local = "-m addrtype --dst-type LOCAL -j KUDO-PORTS".to_string();
+    let mut ports = Vec::new();
+    for instance in &desired.instances {
+        for port in &instance.ports {
+            let destination = port
+                .host_ip
+                .map(|ip| format!("-d {ip}/32 "))
+                .unwrap_or_default();
+            let protocol = port.protocol;
+            ports.push(format!(
+                "{destination}-p {protocol} -m {protocol} --dport {} -m comment --comment {} -j DNAT --to-destination {}:{}",
+                port.host_port,
+                instance.name,
+                instance.address.address(),
+                port.instance_port
+            ));
+        }
+    }
+
+    let mut postrouting = vec![
+        // Hairpin: an instance reaching a published port of its own node gets answered by
+        // the node, not directly by the target instance, which would drop the reply.
+        format!("-s {subnet} -o {bridge} -m conntrack --ctstate DNAT -j MASQUERADE"),
+        // The node reaching its own published ports (127.0.0.1 needs route_localnet).
+        format!(
+            "-o {bridge} -m addrtype --src-type LOCAL -m conntrack --ctstate DNAT -j MASQUERADE"
+        ),
+    ];
+    if node.masquerade {
+        // Traffic inside the cluster keeps its source address.
+        for exempt in cluster_destinations(desired) {
+            postrouting.push(format!("-s {subnet} -d {exempt} -j RETURN"));
+        }
+        postrouting.push(match uplink {
+            Some(uplink) => format!("-s {subnet} -o {uplink} -j MASQUERADE"),
+            None => format!("-s {subnet} ! -o {bridge} -j MASQUERADE"),
+        });
+    }
+
+    TableRules {
+        chains: BTreeMap::from([
+            ("KUDO-OUTPUT".to_string(), vec![local.clone()]),
+            ("KUDO-PORTS".to_string(), ports),
+            ("KUDO-POSTROUTING".to_string(), postrouting),
+            ("KUDO-PREROUTING".to_string(), vec![local]),
+        ]),
+        jumps: BTreeMap::from([
+            ("OUTPUT".to_string(), vec![jump("KUDO-OUTPUT")]),
+            ("POSTROUTING".to_string(), vec![jump("KUDO-POSTROUTING")]),
+            ("PREROUTING".to_string(), vec![jump("KUDO-PREROUTING")]),
+        ]),
+    }
+}
+
+fn filter(desired: &Desired) -> TableRules {
+    let bridge = &desired.node.bridge;
+    // Accepted explicitly, so that hosts whose FORWARD policy is DROP still forward
+    // kudonet's traffic, and nothing else.
+    let mut forward = vec![
+        format!("-i {bridge} -j ACCEPT"),
+        format!("-o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
+        format!("-o {bridge} -m conntrack --ctstate DNAT -j ACCEPT"),
+    ];
+    for source in cluster_destinations(desired) {
+        if source != desired.node.subnet() {
+            forward.push(format!("-s {source} -o {bridge} -j ACCEPT"));
+        }
+    }
+    TableRules {
+        chains: BTreeMap::from([("KUDO-FORWARD".to_string(), forward)]),
+        jumps: BTreeMap::from([("FORWARD".to_string(), vec![jump("KUDO-FORWARD")])]),
+    }
+}
+
+/// Where this node's instances reach other instances: the Cluster cidr, or else every
+/// node subnet (the node's own first).
+fn cluster_destinations(desired: &Desired) -> Vec<cidr::Ipv4Cidr> {
+    match desired.cluster.as_ref().and_then(|cluster| cluster.cidr) {
+        Some(cidr) => vec![cidr],
+        None => std::iter::once(&desired.node)
+            .chain(&desired.peers)
+            .map(|node| node.subnet())
+            .collect(),
+    }
+}

@@ -1,0 +1,571 @@
+//! The planner: `plan(&Desired, &Observed) -> Plan`. Pure and deterministic; this is where
+//! kudonet's logic lives.
+//!
+//! A plan lists, in an order the kernel accepts, the actions that turn what is observed into
+//! what is desired, touching only what kudonet owns:
+//!
+//! 1. deletions of what kudonet owns but no longer wants (dependants first: a veth before
+//!    its namespace, routes before nothing else needs them);
+//! 2. node-wide settings and the bridge;
+//! 3. each instance: namespace, veth pair, then their addresses, state and routes;
+//! 4. routes to peer nodes;
+//! 5. the firewall, one transaction per table.
+//!
+//! Something foreign in the way (a link on the bridge's name, a namespace named like an
+//! instance's that kudonet did not create) is never touched: it becomes a [`Conflict`] and
+//! whatever depends on it is left out of the plan.
+
+mod action;
+pub mod firewall;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+pub use action::{Action, Effect};
+use firewall::TableRules;
+
+use crate::names;
+use crate::observe::{Link, LinkKind, LinkRef, Observed, Table};
+use crate::spec::{ClusterMode, Desired, Instance};
+
+/// The sysctl that lets the node route between the bridge and the uplink.
+pub const IP_FORWARD: &str = "net.ipv4.ip_forward";
+
+/// The sysctl that lets the node DNAT 127.0.0.1 to an instance behind `bridge`.
+pub fn route_localnet(bridge: &str) -> String {
+    format!("net.ipv4.conf.{bridge}.route_localnet")
+}
+
+/// Something foreign stands where kudonet needs to put one of its objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// The instance held back by the conflict; `None` when it blocks the whole node.
+    pub instance: Option<String>,
+    /// What is wrong and what the operator can do about it.
+    pub message: String,
+}
+
+impl fmt::Display for Conflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The actions that converge the node, in order, and what stops some of them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    pub conflicts: Vec<Conflict>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.actions.is_empty()
+    }
+
+    /// How many actions add, change and destroy something.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let count = |effect| {
+            self.actions
+                .iter()
+                .filter(|action| action.effect() == effect)
+                .count()
+        };
+        (
+            count(Effect::Add),
+            count(Effect::Change),
+            count(Effect::Destroy),
+        )
+    }
+}
+
+impl fmt::Display for Plan {
+    /// One action a line, then the summary: `Plan: N to add, M to change, K to destroy.`, or
+    /// `No changes.` Conflicts follow, one a line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for action in &self.actions {
+            writeln!(f, "{action}")?;
+        }
+        if self.actions.is_empty() {
+            writeln!(f, "No changes.")?;
+        } else {
+            let (add, change, destroy) = self.counts();
+            writeln!(
+                f,
+                "Plan: {add} to add, {change} to change, {destroy} to destroy."
+            )?;
+        }
+        for conflict in &self.conflicts {
+            writeln!(f, "conflict: {conflict}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The plan that makes `observed` match `desired`.
+pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
+    let mut planner = Planner::new(observed);
+    let wanted = Wanted::from(desired);
+    planner.delete_unwanted(&wanted);
+    planner.sysctl(IP_FORWARD, "1");
+    if planner.bridge(desired) {
+        planner.sysctl(&route_localnet(&desired.node.bridge), "1");
+        for instance in &desired.instances {
+            planner.instance(desired, instance);
+        }
+    }
+    planner.peer_routes(&wanted);
+    let uplink = desired
+        .node
+        .uplink
+        .as_deref()
+        .or(observed.default_route_interface.as_deref());
+    planner.firewall(&firewall::desired_tables(desired, uplink));
+    planner.plan
+}
+
+/// The plan that removes everything kudonet owns on the node, and nothing else.
+pub fn plan_teardown(observed: &Observed) -> Plan {
+    let mut planner = Planner::new(observed);
+    planner.delete_unwanted(&Wanted::default());
+    planner.firewall(&firewall::empty_tables());
+    planner.plan
+}
+
+/// The names of what kudonet wants to own, for deciding what to delete.
+#[derive(Debug, Default)]
+struct Wanted {
+    bridge: Option<String>,
+    /// Host veth name -> the alias it must carry.
+    host_links: BTreeMap<String, String>,
+    namespaces: BTreeSet<String>,
+    routes: BTreeMap<cidr::Ipv4Cidr, std::net::Ipv4Addr>,
+}
+
+impl From<&Desired> for Wanted {
+    fn from(desired: &Desired) -> Wanted {
+        let routed = desired
+            .cluster
+            .as_ref()
+            .is_none_or(|cluster| cluster.mode == ClusterMode::Routed);
+        Wanted {
+            bridge: Some(desired.node.bridge.clone()),
+            host_links: desired
+                .instances
+                .iter()
+                .map(|instance| {
+                    (
+                        names::host_interface_name(&instance.name),
+                        names::instance_alias(&instance.name),
+                    )
+                })
+                .collect(),
+            namespaces: desired
+                .instances
+                .iter()
+                .map(|instance| names::namespace_name(&instance.name))
+                .collect(),
+            routes: desired
+                .peers
+                .iter()
+                .filter(|_| routed)
+                .filter_map(|peer| Some((peer.subnet(), peer.external_ip?)))
+                .collect(),
+        }
+    }
+}
+
+struct Planner<'a> {
+    observed: &'a Observed,
+    plan: Plan,
+    /// Links the plan deletes as a side effect of an earlier action: the other end of a
+    /// deleted veth, the veths of a deleted namespace.
+    gone: BTreeSet<LinkRef>,
+}
+
+impl<'a> Planner<'a> {
+    fn new(observed: &'a Observed) -> Planner<'a> {
+        Planner {
+            observed,
+            plan: Plan::default(),
+            gone: BTreeSet::new(),
+        }
+    }
+
+    fn push(&mut self, action: Action) {
+        self.plan.actions.push(action);
+    }
+
+    /// The observed link, unless an earlier action of the plan takes it away.
+    fn link(&self, link: &LinkRef) -> Option<&'a Link> {
+        if self.gone.contains(link) {
+            return None;
+        }
+        let links = match &link.netns {
+            None => &self.observed.links,
+            Some(netns) => &self.observed.namespaces.get(netns)?.links,
+        };
+        links.get(&link.name)
+    }
+
+    fn delete_link(&mut self, link: LinkRef) {
+        if let Some(existing) = self.link(&link) {
+            self.gone.extend(existing.peer.clone());
+            self.gone.insert(link.clone());
+            self.push(Action::DeleteLink { link });
+        }
+    }
+
+    fn conflict(&mut self, instance: Option<&str>, message: String) {
+        self.plan.conflicts.push(Conflict {
+            instance: instance.map(str::to_string),
+            message,
+        });
+    }
+
+    /// Deletes what kudonet owns and `wanted` does not name: host veths first (that takes
+    /// their peers out of the namespaces), then namespaces, bridges and routes.
+    fn delete_unwanted(&mut self, wanted: &Wanted) {
+        let observed = self.observed;
+        for (name, link) in &observed.links {
+            if link.kind == LinkKind::Veth
+                && link.is_owned()
+                && wanted.host_links.get(name) != link.alias.as_ref()
+            {
+                self.delete_link(LinkRef::host(name));
+            }
+        }
+        for (name, namespace) in &observed.namespaces {
+            if namespace.owned && !wanted.namespaces.contains(name) {
+                self.gone.extend(
+                    namespace
+                        .links
+                        .values()
+                        .filter_map(|link| link.peer.clone()),
+                );
+                self.push(Action::DeleteNamespace { name: name.clone() });
+            }
+        }
+        for (name, link) in &observed.links {
+            if link.kind == LinkKind::Bridge
+                && link.is_owned()
+                && wanted.bridge.as_ref() != Some(name)
+            {
+                self.delete_link(LinkRef::host(name));
+            }
+        }
+        for (destination, route) in &observed.routes {
+            if route.owned && !wanted.routes.contains_key(destination) {
+                self.push(Action::DeleteRoute {
+                    destination: *destination,
+                });
+            }
+        }
+    }
+
+    fn sysctl(&mut self, key: &str, value: &str) {
+        if self.observed.sysctls.get(key).map(String::as_str) != Some(value) {
+            self.push(Action::SetSysctl {
+                key: key.to_string(),
+                value: value.to_string(),
+            });
+        }
+    }
+
+    /// Creates or repairs the bridge. Returns false when a foreign link holds its name.
+    fn bridge(&mut self, desired: &Desired) -> bool {
+        let node = &desired.node;
+        let name = &node.bridge;
+        let link = LinkRef::host(name);
+        let current = match self.observed.links.get(name) {
+            Some(existing)
+                if existing.kind == LinkKind::Bridge
+                    && existing.alias.as_deref() == Some(&names::bridge_alias()) =>
+            {
+                Some(existing)
+            }
+            Some(existing) => {
+                self.conflict(
+                    None,
+                    format!(
+                        "link {name} exists and is not kudonet's bridge ({}): kudonet leaves it alone; \
+                         delete or rename it, or set `bridge:` on Node {:?} to a free name",
+                        describe(existing),
+                        node.name
+                    ),
+                );
+                return false;
+            }
+            None => {
+                self.push(Action::CreateBridge {
+                    name: name.clone(),
+                    mtu: node.mtu,
+                });
+                None
+            }
+        };
+        let created = Link {
+            mtu: node.mtu.unwrap_or(Link::new(LinkKind::Bridge).mtu),
+            ..Link::new(LinkKind::Bridge)
+        };
+        let current = current.unwrap_or(&created);
+        self.converge_link(&link, current, node.mtu, &BTreeSet::from([node.cidr]));
+        true
+    }
+
+    /// MTU, addresses (exactly `addresses`) and up, in the order the kernel needs them.
+    fn converge_link(
+        &mut self,
+        link: &LinkRef,
+        current: &Link,
+        mtu: Option<u32>,
+        addresses: &BTreeSet<cidr::Ipv4Inet>,
+    ) {
+        if let Some(mtu) = mtu
+            && current.mtu != mtu
+        {
+            self.push(Action::SetMtu {
+                link: link.clone(),
+                mtu,
+            });
+        }
+        for address in current.addresses.difference(addresses) {
+            self.push(Action::DeleteAddress {
+                link: link.clone(),
+                address: *address,
+            });
+        }
+        for address in addresses.difference(&current.addresses) {
+            self.push(Action::AddAddress {
+                link: link.clone(),
+                address: *address,
+            });
+        }
+        if !current.up {
+            self.push(Action::SetUp { link: link.clone() });
+        }
+    }
+
+    fn instance(&mut self, desired: &Desired, instance: &Instance) {
+        let node = &desired.node;
+        let netns = names::namespace_name(&instance.name);
+        let host = names::host_interface_name(&instance.name);
+        let alias = names::instance_alias(&instance.name);
+        let eth0 = names::INSTANCE_INTERFACE;
+
+        let namespace = match self.observed.namespaces.get(&netns) {
+            Some(namespace) if namespace.owned => Some(namespace),
+            Some(_) => {
+                self.conflict(
+                    Some(&instance.name),
+                    format!(
+                        "namespace {netns} exists and was not created by kudonet: kudonet leaves it alone; \
+                         delete it (ip netns delete {netns}) if nothing uses it"
+                    ),
+                );
+                return;
+            }
+            None => {
+                self.push(Action::CreateNamespace {
+                    name: netns.clone(),
+                });
+                None
+            }
+        };
+        let host_ref = LinkRef::host(&host);
+        let eth0_ref = LinkRef::in_namespace(&netns, eth0);
+        let host_link = self.link(&host_ref);
+        if let Some(existing) = host_link
+            && !existing.is_owned()
+        {
+            self.conflict(
+                Some(&instance.name),
+                format!(
+                    "link {host}, the host interface of instance {:?}, exists and is not kudonet's ({}): \
+                     kudonet leaves it alone; delete or rename it",
+                    instance.name,
+                    describe(existing)
+                ),
+            );
+            return;
+        }
+        // A stale link of another instance under this name is deleted by `delete_unwanted`.
+        let host_link = host_link
+            .filter(|link| link.kind == LinkKind::Veth && link.alias.as_ref() == Some(&alias));
+        let peer = self.link(&eth0_ref);
+        let paired = matches!((host_link, peer), (Some(h), Some(p))
+            if p.kind == LinkKind::Veth && h.peer.as_ref() == Some(&eth0_ref) && p.peer.as_ref() == Some(&host_ref));
+
+        let (host_now, peer_now, gateway_now);
+        let created = Link {
+            mtu: node.mtu.unwrap_or(Link::new(LinkKind::Veth).mtu),
+            ..Link::new(LinkKind::Veth)
+        };
+        if paired {
+            (host_now, peer_now) = (host_link.unwrap_or(&created), peer.unwrap_or(&created));
+            gateway_now = namespace.and_then(|namespace| namespace.default_gateway);
+        } else {
+            // Half built or broken: rebuild the pair (deleting an end that is still there;
+            // `delete_link` knows that deleting one end of a veth takes the other with it).
+            self.delete_link(host_ref.clone());
+            self.delete_link(eth0_ref.clone());
+            self.push(Action::CreateVeth {
+                host: host.clone(),
+                namespace: netns.clone(),
+                instance: instance.name.clone(),
+                mtu: node.mtu,
+            });
+            (host_now, peer_now, gateway_now) = (&created, &created, None);
+        }
+
+        // Host end: a port of the bridge, no address of its own.
+        if host_now.master.as_ref() != Some(&node.bridge) {
+            self.push(Action::SetMaster {
+                link: host.clone(),
+                bridge: node.bridge.clone(),
+            });
+        }
+        if !host_now.hairpin {
+            self.push(Action::SetHairpin { link: host.clone() });
+        }
+        self.converge_link(&host_ref, host_now, node.mtu, &BTreeSet::new());
+
+        // Inside: lo up, eth0 with the instance address, default route via the bridge.
+        if !self
+            .link(&LinkRef::in_namespace(&netns, "lo"))
+            .is_some_and(|lo| lo.up)
+        {
+            self.push(Action::SetUp {
+                link: LinkRef::in_namespace(&netns, "lo"),
+            });
+        }
+        let addresses = BTreeSet::from([instance.address]);
+        let readdressed = peer_now.addresses != addresses;
+        self.converge_link(&eth0_ref, peer_now, node.mtu, &addresses);
+        // The kernel drops routes through an address that goes away: re-assert it then too.
+        if gateway_now != Some(node.gateway()) || readdressed {
+            self.push(Action::ReplaceDefaultRoute {
+                namespace: netns,
+                gateway: node.gateway(),
+            });
+        }
+    }
+
+    fn peer_routes(&mut self, wanted: &Wanted) {
+        for (destination, gateway) in &wanted.routes {
+            match self.observed.routes.get(destination) {
+                Some(route) if !route.owned => self.conflict(
+                    None,
+                    format!(
+                        "a route to {destination} exists and is not kudonet's: kudonet leaves it alone; \
+                         delete it to let the peer node's instances be reached via {gateway}"
+                    ),
+                ),
+                Some(route) if route.gateway == Some(*gateway) => {}
+                _ => self.push(Action::ReplaceRoute { destination: *destination, gateway: *gateway }),
+            }
+        }
+    }
+
+    fn firewall(&mut self, tables: &BTreeMap<String, TableRules>) {
+        let empty = Table::default();
+        for (table, rules) in tables {
+            let observed = self.observed.firewall.get(table).unwrap_or(&empty);
+            let diff = table_diff(observed, rules);
+            if !diff.is_empty() {
+                self.push(Action::SyncTable {
+                    table: table.clone(),
+                    chains: rules.chains.clone(),
+                    jumps: rules.jumps.clone(),
+                    diff,
+                });
+            }
+        }
+    }
+}
+
+/// How an observed table differs from kudonet's rules for it, one line per rule, in the
+/// `iptables-save` form (`+ -A CHAIN rule`, `- -A CHAIN rule`, `- -X CHAIN`). Empty when
+/// they match, including kudonet's jump rules standing first in their chains.
+fn table_diff(observed: &Table, rules: &TableRules) -> Vec<String> {
+    let mut diff = Vec::new();
+    for (chain, wanted) in &rules.chains {
+        match observed.chains.get(chain) {
+            Some(current) => chain_diff(&mut diff, chain, current, wanted),
+            None => {
+                diff.push(format!("+ -N {chain}"));
+                diff.extend(wanted.iter().map(|rule| format!("+ -A {chain} {rule}")));
+            }
+        }
+    }
+    for chain in observed.chains.keys() {
+        if Table::is_owned_chain(chain) && !rules.chains.contains_key(chain) {
+            diff.push(format!("- -X {chain}"));
+        }
+    }
+    let others = observed
+        .chains
+        .keys()
+        .filter(|chain| !Table::is_owned_chain(chain));
+    for chain in others.chain(rules.jumps.keys()).collect::<BTreeSet<_>>() {
+        let current = observed
+            .chains
+            .get(chain)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let wanted = rules
+            .jumps
+            .get(chain)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let ours: Vec<String> = current
+            .iter()
+            .filter(|rule| Table::is_owned_jump(rule))
+            .cloned()
+            .collect();
+        if current.starts_with(wanted) && ours.len() == wanted.len() {
+            continue;
+        }
+        chain_diff(&mut diff, chain, &ours, wanted);
+        if ours == wanted {
+            diff.push(format!("~ -A {chain}: move kudonet's rules to the head"));
+        }
+    }
+    diff
+}
+
+fn chain_diff(diff: &mut Vec<String>, chain: &str, current: &[String], wanted: &[String]) {
+    if current == wanted {
+        return;
+    }
+    let removed: Vec<String> = current
+        .iter()
+        .filter(|rule| !wanted.contains(rule))
+        .map(|rule| format!("- -A {chain} {rule}"))
+        .collect();
+    let added: Vec<String> = wanted
+        .iter()
+        .filter(|rule| !current.contains(rule))
+        .map(|rule| format!("+ -A {chain} {rule}"))
+        .collect();
+    if removed.is_empty() && added.is_empty() {
+        diff.push(format!("~ -A {chain}: reorder or deduplicate rules"));
+    }
+    diff.extend(removed);
+    diff.extend(added);
+}
+
+/// A short description of a foreign link, for conflict messages.
+fn describe(link: &Link) -> String {
+    let kind = match link.kind {
+        LinkKind::Bridge => "a bridge",
+        LinkKind::Veth => "a veth",
+        LinkKind::Vxlan => "a vxlan",
+        LinkKind::Loopback => "a loopback",
+        LinkKind::Other => "an interface",
+    };
+    match &link.alias {
+        Some(alias) => format!("{kind} with alias {alias:?}"),
+        None => format!("{kind} without kudonet's mark"),
+    }
+}
