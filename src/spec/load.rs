@@ -22,6 +22,9 @@ const MAX_DIR_DEPTH: usize = 32;
 /// Our documents nest three levels deep (document, `ports`, a port); anything much deeper is hostile.
 const MAX_YAML_DEPTH: usize = 16;
 
+/// Events replayed through aliases, per document: plenty for a few shared port lists.
+const MAX_ALIAS_EVENTS: usize = 10_000;
+
 /// A desired-state file as read from disk.
 #[derive(Debug)]
 pub(super) struct SourceFile {
@@ -41,6 +44,8 @@ pub(super) struct Loaded {
     pub files: Vec<SourceFile>,
     pub documents: Vec<Document>,
     pub diagnostics: Vec<Diagnostic>,
+    /// The names (when readable) of Node documents that failed to parse.
+    pub broken_nodes: Vec<Option<String>>,
 }
 
 /// Reads every desired-state file below `root` (or `root` itself, when it is a file).
@@ -214,6 +219,9 @@ fn parser_options() -> Options {
     budget.max_nodes = 4_000_000;
     let mut options = Options::default();
     options.budget = Some(budget);
+    // Our documents have no use for large alias expansions: stop a bomb long before it
+    // costs noticeable time, also when a document is read leniently for its kind.
+    options.alias_limits.max_total_replayed_events = MAX_ALIAS_EVENTS;
     options
 }
 
@@ -221,17 +229,23 @@ fn parse_documents(path: &Path, file: usize, text: &str, loaded: &mut Loaded) {
     let mut reader = text.as_bytes();
     let documents =
         serde_saphyr::read_with_options::<_, Spanned<RawDocument>>(&mut reader, parser_options());
-    let mut kinds = None;
+    let mut outlines = None;
     for (index, result) in documents.enumerate() {
         match result {
             Ok(raw) => loaded.documents.push(Document { file, raw }),
             Err(error) => {
-                let mut diagnostic = yaml_diagnostic(path, &error);
-                if let Some(field) = unknown_document_field(&diagnostic.message) {
-                    let kinds = kinds.get_or_insert_with(|| document_kinds(text));
-                    if let Some(Some(kind)) = kinds.get(index) {
-                        diagnostic.message = unknown_field_message(field, kind);
-                    }
+                let mut diagnostic = yaml_diagnostic(path, text, &error);
+                let outlines = outlines.get_or_insert_with(|| outlines_of(text));
+                let outline = outlines.get(index).cloned().unwrap_or_default();
+                if let (Some(field), Some(kind)) =
+                    (unknown_document_field(&diagnostic.message), &outline.kind)
+                {
+                    diagnostic.message = unknown_field_message(field, kind);
+                }
+                // A broken Node still exists: it must not also cause "no Node" or
+                // "Node does not exist" errors.
+                if outline.kind.as_deref() == Some("Node") {
+                    loaded.broken_nodes.push(outline.name);
                 }
                 loaded.diagnostics.push(diagnostic);
             }
@@ -249,16 +263,41 @@ fn unknown_document_field(message: &str) -> Option<&str> {
         .then_some(field)
 }
 
-/// The `kind` of each non-empty document of `text`, read leniently (other fields ignored),
-/// in the order the strict parse yields them.
-fn document_kinds(text: &str) -> Vec<Option<String>> {
+/// The `kind` and `name` of a document, when they are strings.
+#[derive(Debug, Clone, Default)]
+struct Outline {
+    kind: Option<String>,
+    name: Option<String>,
+}
+
+/// The outline of each non-empty document of `text`, read leniently (other fields and
+/// values of other types ignored), in the order the strict parse yields them.
+fn outlines_of(text: &str) -> Vec<Outline> {
     #[derive(serde::Deserialize)]
-    struct KindOnly {
-        kind: Option<String>,
+    #[serde(untagged)]
+    enum Text {
+        Text(String),
+        Other(serde::de::IgnoredAny),
     }
+    #[derive(serde::Deserialize)]
+    struct Lenient {
+        kind: Option<Text>,
+        name: Option<Text>,
+    }
+    let text_of = |value: Option<Text>| match value {
+        Some(Text::Text(text)) => Some(text),
+        _ => None,
+    };
     let mut reader = text.as_bytes();
-    serde_saphyr::read_with_options::<_, KindOnly>(&mut reader, parser_options())
-        .map(|document| document.ok().and_then(|document| document.kind))
+    serde_saphyr::read_with_options::<_, Lenient>(&mut reader, parser_options())
+        .map(|document| {
+            document
+                .map(|document| Outline {
+                    kind: text_of(document.kind),
+                    name: text_of(document.name),
+                })
+                .unwrap_or_default()
+        })
         .collect()
 }
 
@@ -313,7 +352,7 @@ fn is_typo_of(a: &str, b: &str) -> bool {
     d[a.len()][b.len()] <= 2
 }
 
-fn yaml_diagnostic(path: &Path, error: &serde_saphyr::Error) -> Diagnostic {
+fn yaml_diagnostic(path: &Path, text: &str, error: &serde_saphyr::Error) -> Diagnostic {
     let position = error
         .location()
         .map(|location| Position {
@@ -323,11 +362,49 @@ fn yaml_diagnostic(path: &Path, error: &serde_saphyr::Error) -> Diagnostic {
         .unwrap_or(Position::START);
     let message = match error {
         serde_saphyr::Error::Budget { breach, .. } => budget_message(breach),
-        _ => serde_saphyr::DefaultMessageFormatter
-            .format_message(error)
-            .into_owned(),
+        serde_saphyr::Error::AliasReplayLimitExceeded { .. }
+        | serde_saphyr::Error::AliasExpansionLimitExceeded { .. }
+        | serde_saphyr::Error::AliasReplayStackDepthExceeded { .. }
+        | serde_saphyr::Error::AliasReplayCounterOverflow { .. } => ALIAS_BOMB.to_string(),
+        _ => {
+            let message = serde_saphyr::DefaultMessageFormatter.format_message(error);
+            if message.contains("recursion limit exceeded") {
+                format!("nesting deeper than {MAX_YAML_DEPTH} levels")
+            } else {
+                type_message(text, position, &message).unwrap_or_else(|| message.into_owned())
+            }
+        }
     };
     Diagnostic::new(Origin::at(path, position), message)
+}
+
+const ALIAS_BOMB: &str = "document too large once aliases are expanded (alias bomb?)";
+
+/// Rephrases the parser's terse type errors (`invalid i64`, `expected string scalar`) as what
+/// the field at `position` must be, naming the field when it is written on that line.
+fn type_message(text: &str, position: Position, message: &str) -> Option<String> {
+    let expected = match message {
+        "expected string scalar" => "a string",
+        "expected sequence start" => "a list",
+        "expected mapping start" => "a mapping",
+        "invalid boolean" => "true or false",
+        _ if message.starts_with("invalid i") || message.starts_with("invalid u") => "an integer",
+        _ => return None,
+    };
+    let line = text.lines().nth(position.line as usize - 1)?;
+    let before: String = line.chars().take(position.column as usize - 1).collect();
+    let key = before
+        .trim_end()
+        .strip_suffix(':')
+        .map(|key| key.trim_start().trim_start_matches("- ").trim())
+        .filter(|key| !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric()));
+    Some(match key {
+        Some(key) => format!("`{key}` must be {expected}"),
+        None if position.column == 1 && expected == "a mapping" => {
+            "a document must be a mapping of fields, such as `kind: Node`".to_string()
+        }
+        None => format!("expected {expected}"),
+    })
 }
 
 fn budget_message(breach: &serde_saphyr::budget::BudgetBreach) -> String {
@@ -337,9 +414,7 @@ fn budget_message(breach: &serde_saphyr::budget::BudgetBreach) -> String {
         BudgetBreach::Aliases { .. }
         | BudgetBreach::AliasAnchorRatio { .. }
         | BudgetBreach::Nodes { .. }
-        | BudgetBreach::Events { .. } => {
-            "document too large once aliases are expanded (alias bomb?)".to_string()
-        }
+        | BudgetBreach::Events { .. } => ALIAS_BOMB.to_string(),
         other => format!("document exceeds the parser's limits ({other:?})"),
     }
 }

@@ -12,7 +12,7 @@ use cidr::{Ipv4Cidr, Ipv4Inet};
 use serde_saphyr::{Location, Spanned};
 
 use super::diagnostic::{Diagnostic, Origin, Position, quoted};
-use super::load::{Loaded, unknown_field_message};
+use super::load::Loaded;
 use super::model::{
     Cluster, ClusterMode, DEFAULT_BRIDGE, Instance, Node, Protocol, PublishedPort, Spec,
 };
@@ -45,8 +45,24 @@ pub(super) fn fields_of(kind: &str) -> Option<&'static [&'static str]> {
     }
 }
 
+/// A field of another kind: say whose it is rather than guess at a typo.
+fn misplaced_field_message(field: &str, kind: &str, allowed: &[&str]) -> String {
+    let owners: Vec<&str> = ["Cluster", "Node", "Instance"]
+        .into_iter()
+        .filter(|owner| fields_of(owner).is_some_and(|fields| fields.contains(&field)))
+        .collect();
+    format!(
+        "field `{field}` is not allowed in a {kind} (it is a field of {}), expected one of {}",
+        owners.join(" and "),
+        allowed.join(", ")
+    )
+}
+
 /// IPv4's minimum MTU up to the largest the kernel accepts on a bridge or veth.
 const MTU_RANGE: std::ops::RangeInclusive<i64> = 68..=65535;
+
+/// Instance names are DNS labels.
+const MAX_INSTANCE_NAME: usize = 63;
 
 /// Node names are host names in practice.
 const MAX_NODE_NAME: usize = 253;
@@ -91,6 +107,8 @@ struct InstanceDecl {
 pub(super) fn validate(root: &Path, loaded: &Loaded) -> Result<Spec, Vec<Diagnostic>> {
     let mut checker = Checker {
         diagnostics: loaded.diagnostics.clone(),
+        node_documents: loaded.broken_nodes.len(),
+        broken_nodes: loaded.broken_nodes.clone(),
         ..Checker::default()
     };
     for document in &loaded.documents {
@@ -101,7 +119,12 @@ pub(super) fn validate(root: &Path, loaded: &Loaded) -> Result<Spec, Vec<Diagnos
         };
         checker.document(&context, &document.raw);
     }
-    let spec = checker.cross_check(root);
+    // An unreadable DIR is reported once, not also as "no Node".
+    let root_unreadable = loaded
+        .diagnostics
+        .iter()
+        .any(|diagnostic| diagnostic.origin == Origin::path(root));
+    let spec = checker.cross_check(root, root_unreadable);
     let mut diagnostics = checker.diagnostics;
     if diagnostics.is_empty() {
         Ok(spec)
@@ -163,6 +186,8 @@ struct Checker {
     instances: Vec<InstanceDecl>,
     /// Node documents seen, including those too broken to declare a node.
     node_documents: usize,
+    /// The names (when readable) of Node documents that failed to parse.
+    broken_nodes: Vec<Option<String>>,
 }
 
 impl Checker {
@@ -242,7 +267,7 @@ impl Checker {
             {
                 self.error(
                     context.key_origin(location, field.name),
-                    unknown_field_message(field.name, kind_name),
+                    misplaced_field_message(field.name, kind_name, allowed),
                 );
             }
         }
@@ -412,7 +437,7 @@ impl Checker {
 
     /// The rules between documents. Returns the spec they describe (meaningful only when no
     /// diagnostic was recorded).
-    fn cross_check(&mut self, root: &Path) -> Spec {
+    fn cross_check(&mut self, root: &Path, root_unreadable: bool) -> Spec {
         if let [first, rest @ ..] = self.clusters.as_slice() {
             let duplicates: Vec<Diagnostic> = rest
                 .iter()
@@ -429,7 +454,7 @@ impl Checker {
             .clusters
             .first()
             .map(|cluster| (cluster.value.clone(), cluster.cidr_origin.clone()));
-        if self.node_documents == 0 {
+        if self.node_documents == 0 && !root_unreadable {
             self.error(
                 Origin::path(root),
                 "no Node: at least one document of kind Node is required",
@@ -560,11 +585,15 @@ impl Checker {
             let name = instance.name.value.as_str();
             let node_name = match (&instance.node, only_node) {
                 (Some(node), _) => {
-                    if !self
+                    let declared = self
                         .nodes
                         .iter()
-                        .any(|declared| declared.name.value == node.value)
-                    {
+                        .any(|declared| declared.name.value == node.value);
+                    let broken = self
+                        .broken_nodes
+                        .iter()
+                        .any(|broken| broken.as_ref() == Some(&node.value));
+                    if !declared && !broken {
                         errors.push(Diagnostic::new(
                             node.origin.clone(),
                             format!(
@@ -591,7 +620,10 @@ impl Checker {
                 }
             };
             let interface = names::host_interface_name(name);
-            if let Some(other) = interfaces.insert(interface.clone(), name) {
+            // Equal names are reported as duplicates; only distinct names can collide here.
+            if let Some(other) = interfaces.insert(interface.clone(), name)
+                && other != name
+            {
                 errors.push(Diagnostic::new(
                     instance.name.origin.clone(),
                     format!(
@@ -607,13 +639,21 @@ impl Checker {
                 let clash = users.iter().find(|(ip, _, _)| {
                     ip.is_none() || port.value.host_ip.is_none() || *ip == port.value.host_ip
                 });
-                if let Some((_, other, origin)) = clash {
+                if let Some((other_ip, other, origin)) = clash {
+                    let at = |ip: &Option<Ipv4Addr>| {
+                        let ip = ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
+                        format!("{ip}:{}/{}", port.value.host_port, port.value.protocol)
+                    };
+                    let (this, other_port) = (at(&port.value.host_ip), at(other_ip));
+                    let on = if this == other_port {
+                        String::new()
+                    } else {
+                        format!(" on {other_port}")
+                    };
                     errors.push(Diagnostic::new(
                         port.origin.clone(),
                         format!(
-                            "host port {}/{} on Node {} is already published by Instance {} at {origin}",
-                            port.value.host_port,
-                            port.value.protocol,
+                            "host port {this} on Node {} is already published{on} by Instance {} at {origin}",
                             quoted(node_name),
                             quoted(other)
                         ),
@@ -715,10 +755,14 @@ fn parse_prefixed(text: &str, what: &str) -> Result<(Ipv4Addr, u8), String> {
         ));
     };
     let address = parse_address(address, what).map_err(|_| {
-        format!(
-            "{what} {} is not an IPv4 CIDR such as 10.0.0.1/24",
-            quoted(text)
-        )
+        if address.parse::<std::net::Ipv6Addr>().is_ok() {
+            format!("{what} {}: IPv6 is not supported", quoted(text))
+        } else {
+            format!(
+                "{what} {} is not an IPv4 CIDR such as 10.0.0.1/24",
+                quoted(text)
+            )
+        }
     })?;
     // Digits only, no leading zero: `/024` or `/+24` are typos, not prefixes.
     let canonical = !prefix.is_empty()
@@ -811,7 +855,7 @@ fn check_name(kind: &str, name: &str) -> Result<(), String> {
     if name.len() > MAX_NODE_NAME {
         return Err(format!(
             "{kind} name is {} characters long, over the limit of {MAX_NODE_NAME}",
-            name.len()
+            name.chars().count()
         ));
     }
     Ok(())
@@ -819,11 +863,16 @@ fn check_name(kind: &str, name: &str) -> Result<(), String> {
 
 /// Instance names are DNS labels: they name namespaces and appear in DNS-like places.
 fn check_instance_name(name: &str) -> Result<(), String> {
+    if name.len() > MAX_INSTANCE_NAME {
+        return Err(format!(
+            "Instance name is {} characters long, over the DNS label limit of {MAX_INSTANCE_NAME}",
+            name.chars().count()
+        ));
+    }
     check_name("Instance", name)?;
-    let label = name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    let label = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-');
     if label {
