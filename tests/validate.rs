@@ -1,0 +1,942 @@
+//! `kudonet validate DIR` end to end: the built binary on directories written to a temp dir,
+//! asserting the exact exit code and the exact stderr lines (CONTRACT §1 and §3).
+
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const NODE: &str = "kind: Node\nname: node-a\ncidr: 10.0.0.1/24\n";
+
+/// Hostile input must be rejected in bounded time, even by a debug build on a busy machine.
+const QUICK: Duration = Duration::from_secs(5);
+
+fn run(dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kudonet"))
+        .arg("validate")
+        .arg(dir)
+        .output()
+        .expect("run kudonet")
+}
+
+fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("kudonet-validate-")
+        .tempdir()
+        .expect("temp dir")
+}
+
+/// Writes `files` (path relative to the directory, content) below a fresh directory.
+fn write(dir: &Path, files: &[(&str, &str)]) {
+    for (path, content) in files {
+        let path = dir.join(path);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, content).unwrap();
+    }
+}
+
+/// The stderr lines of `output`, with the directory's path replaced by `$DIR`.
+fn stderr_lines(dir: &Path, output: &Output) -> Vec<String> {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    stderr
+        .lines()
+        .map(|line| line.replace(&dir.display().to_string(), "$DIR"))
+        .collect()
+}
+
+/// Validates `dir`; expects exit 1 and exactly `expected` on stderr (`$DIR` standing for the
+/// directory), or exit 0 and nothing on stderr when `expected` is empty.
+fn assert_validate(dir: &Path, expected: &[&str]) -> Output {
+    let output = run(dir);
+    let lines = stderr_lines(dir, &output);
+    assert_eq!(lines, expected, "stderr of kudonet validate");
+    let code = if expected.is_empty() { 0 } else { 1 };
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "exit code; stderr: {lines:?}"
+    );
+    output
+}
+
+/// One case: a directory holding `files`, and the stderr lines it must give.
+fn case(files: &[(&str, &str)], expected: &[&str]) {
+    let dir = temp_dir();
+    write(dir.path(), files);
+    assert_validate(dir.path(), expected);
+}
+
+/// A case with the Node above plus one Instance file, `i.yaml`.
+fn instance_case(instance: &str, expected: &[&str]) {
+    case(&[("node.yaml", NODE), ("i.yaml", instance)], expected);
+}
+
+fn instance(name: &str, address: &str) -> String {
+    format!("kind: Instance\nname: {name}\naddress: {address}\n")
+}
+
+// ---- the bundled example --------------------------------------------------------------
+
+#[test]
+fn the_bundled_example_is_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/desired-state");
+    let output = Command::new(env!("CARGO_BIN_EXE_kudonet"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["validate", "examples/desired-state"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "examples/desired-state: valid (1 node, 4 instances)\n"
+    );
+    assert_eq!(output.status.code(), Some(0));
+    assert!(dir.join("node.yaml").is_file());
+}
+
+#[test]
+fn a_valid_directory_prints_a_summary_on_stdout() {
+    let dir = temp_dir();
+    write(
+        dir.path(),
+        &[
+            (
+                "cluster.yaml",
+                "kind: Cluster\nname: demo\ncidr: 10.0.0.0/16\n",
+            ),
+            ("node.yaml", NODE),
+            ("web.yaml", &instance("web", "10.0.0.2/24")),
+        ],
+    );
+    let output = assert_validate(dir.path(), &[]);
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        format!(
+            "{}: valid (1 node, 1 instance, cluster)\n",
+            dir.path().display()
+        )
+    );
+}
+
+// ---- syntax, kinds, fields, types -----------------------------------------------------
+
+#[test]
+fn syntax_errors_are_reported_at_their_position() {
+    instance_case(
+        "kind: Instance\nname: \"web\naddress: 10.0.0.2\n",
+        &["$DIR/i.yaml:2:7: unclosed quote"],
+    );
+    instance_case(
+        "kind: Instance\n  name: web\n",
+        &["$DIR/i.yaml:2:7: mapping values are not allowed in this context"],
+    );
+}
+
+#[test]
+fn documents_need_a_known_kind() {
+    instance_case(
+        "kind: Pod\nname: web\n",
+        &["$DIR/i.yaml:1:7: unknown kind \"Pod\": expected Cluster, Node or Instance"],
+    );
+    instance_case(
+        "name: web\naddress: 10.0.0.2\n",
+        &["$DIR/i.yaml:1:1: document has no `kind` (expected Cluster, Node or Instance)"],
+    );
+    instance_case(
+        "just a string\n",
+        &["$DIR/i.yaml:1:1: a document must be a mapping of fields, such as `kind: Node`"],
+    );
+}
+
+#[test]
+fn api_version_must_be_kudonet_v1() {
+    case(
+        &[("node.yaml", &format!("apiVersion: v1\n{NODE}"))],
+        &["$DIR/node.yaml:1:13: unsupported apiVersion \"v1\": expected kudonet/v1"],
+    );
+    case(
+        &[("node.yaml", &format!("apiVersion: kudonet/v1\n{NODE}"))],
+        &[],
+    );
+}
+
+#[test]
+fn unknown_fields_are_errors() {
+    instance_case(
+        "kind: Instance\nname: web\naddress: 10.0.0.2\nadress: 10.0.0.3\n",
+        &[
+            "$DIR/i.yaml:4:1: unknown field `adress` in an Instance, expected one of apiVersion, \
+             kind, name, node, address, ports (did you mean `address`?)",
+        ],
+    );
+    instance_case(
+        "kind: Instance\nname: web\naddress: 10.0.0.2\nports:\n  - hostPort: 80\n    instancePort: 80\n    proto: udp\n",
+        &[
+            "$DIR/i.yaml:7:5: unknown field `proto`, expected one of hostPort, instancePort, \
+             protocol, hostIp",
+        ],
+    );
+}
+
+#[test]
+fn a_field_of_another_kind_is_reported_at_its_key() {
+    case(
+        &[(
+            "node.yaml",
+            "kind: Node\nname: node-a\ncidr: 10.0.0.1/24\nports:\n  - hostPort: 80\n    instancePort: 80\n",
+        )],
+        &[
+            "$DIR/node.yaml:4:1: field `ports` is not allowed in a Node (it is a field of \
+             Instance), expected one of apiVersion, kind, name, cidr, externalIp, bridge, uplink, \
+             masquerade, mtu",
+        ],
+    );
+    case(
+        &[(
+            "node.yaml",
+            "kind: Node\nname: node-a\ncidr: 10.0.0.1/24\nmode: vxlan\n",
+        )],
+        &[
+            "$DIR/node.yaml:4:1: field `mode` is not allowed in a Node (it is a field of \
+             Cluster), expected one of apiVersion, kind, name, cidr, externalIp, bridge, uplink, \
+             masquerade, mtu",
+        ],
+    );
+}
+
+#[test]
+fn wrong_types_name_the_field() {
+    case(
+        &[(
+            "node.yaml",
+            "kind: Node\nname: node-a\ncidr: 10.0.0.1/24\nmtu: big\n",
+        )],
+        &["$DIR/node.yaml:4:6: `mtu` must be an integer"],
+    );
+    case(
+        &[(
+            "node.yaml",
+            "kind: Node\nname: node-a\ncidr: 10.0.0.1/24\nmasquerade: maybe\n",
+        )],
+        &["$DIR/node.yaml:4:13: `masquerade` must be true or false"],
+    );
+    case(
+        &[(
+            "node.yaml",
+            "kind: Node\nname: [node-a]\ncidr: 10.0.0.1/24\n",
+        )],
+        &["$DIR/node.yaml:2:7: `name` must be a string"],
+    );
+    instance_case(
+        "kind: Instance\nname: web\naddress: 10.0.0.2\nports: 80\n",
+        &["$DIR/i.yaml:4:8: `ports` must be a list"],
+    );
+    instance_case(
+        "kind: Instance\nname: web\naddress: 10.0.0.2\nports:\n  - hostPort: 80\n    instancePort: http\n",
+        &["$DIR/i.yaml:6:19: `instancePort` must be an integer"],
+    );
+}
+
+#[test]
+fn a_broken_node_causes_no_further_errors() {
+    // Not also "no Node", nor "Node does not exist" for its instances.
+    case(
+        &[
+            (
+                "node.yaml",
+                "kind: Node\nname: node-a\ncidr: 10.0.0.1/24\nmtu: big\n",
+            ),
+            (
+                "i.yaml",
+                "kind: Instance\nname: web\nnode: node-a\naddress: 10.0.0.2\n",
+            ),
+        ],
+        &["$DIR/node.yaml:4:6: `mtu` must be an integer"],
+    );
+}
+
+#[test]
+fn required_fields_are_reported_at_their_document() {
+    case(
+        &[
+            ("node.yaml", "kind: Node\n"),
+            ("i.yaml", "kind: Instance\n"),
+        ],
+        &[
+            "$DIR/i.yaml:1:1: Instance is missing required field `address`",
+            "$DIR/i.yaml:1:1: Instance is missing required field `name`",
+            "$DIR/node.yaml:1:1: Node is missing required field `cidr`",
+            "$DIR/node.yaml:1:1: Node is missing required field `name`",
+        ],
+    );
+    instance_case(
+        "kind: Instance\nname: web\naddress: 10.0.0.2\nports:\n  - protocol: udp\n",
+        &[
+            "$DIR/i.yaml:5:5: port is missing required field `hostPort`",
+            "$DIR/i.yaml:5:5: port is missing required field `instancePort`",
+        ],
+    );
+}
+
+// ---- names -----------------------------------------------------------------------------
+
+const NOT_A_LABEL: &str = "is not a DNS label: lowercase letters, digits and `-`, starting and \
+                           ending with a letter or digit, at most 63 characters";
+
+#[test]
+fn instance_names_are_dns_labels() {
+    for name in ["Web", "-web", "web-", "web_1", "wéb"] {
+        instance_case(
+            &instance(name, "10.0.0.2"),
+            &[&format!(
+                "$DIR/i.yaml:2:7: Instance name {name:?} {NOT_A_LABEL}"
+            )],
+        );
+    }
+    instance_case(
+        &instance(&"a".repeat(64), "10.0.0.2"),
+        &["$DIR/i.yaml:2:7: Instance name is 64 characters long, over the DNS label limit of 63"],
+    );
+    instance_case(&instance(&"a".repeat(63), "10.0.0.2"), &[]);
+    instance_case(&instance("web-1", "10.0.0.2"), &[]);
+}
+
+#[test]
+fn names_reject_slash_dots_whitespace_and_control_characters() {
+    let node = |name: &str| format!("kind: Node\nname: {name}\ncidr: 10.0.0.1/24\n");
+    for (name, message) in [
+        ("a/b", "Node name \"a/b\" must not contain `/` or `..`"),
+        ("a..b", "Node name \"a..b\" must not contain `/` or `..`"),
+        ("\"a b\"", "Node name \"a b\" must not contain whitespace"),
+        (
+            "\"a\\0b\"",
+            "Node name \"a\\0b\" contains a control character (U+0000)",
+        ),
+        (
+            "\"a\\tb\"",
+            "Node name \"a\\tb\" contains a control character (U+0009)",
+        ),
+        (
+            "\"a\\e[31mb\"",
+            "Node name \"a\\u{1b}[31mb\" contains a control character (U+001B)",
+        ),
+        (
+            "\"a\\nb\"",
+            "Node name \"a\\nb\" contains a control character (U+000A)",
+        ),
+    ] {
+        case(
+            &[("node.yaml", &node(name))],
+            &[&format!("$DIR/node.yaml:2:7: {message}")],
+        );
+    }
+    instance_case(
+        "kind: Instance\nname: \"web\\0\"\naddress: 10.0.0.2\n",
+        &["$DIR/i.yaml:2:7: Instance name \"web\\0\" contains a control character (U+0000)"],
+    );
+    instance_case(
+        &instance("a/b", "10.0.0.2"),
+        &["$DIR/i.yaml:2:7: Instance name \"a/b\" must not contain `/` or `..`"],
+    );
+}
+
+#[test]
+fn duplicate_names_name_both_files() {
+    case(
+        &[
+            ("node.yaml", NODE),
+            ("a.yaml", &instance("web", "10.0.0.2")),
+            ("b.yaml", &instance("web", "10.0.0.3")),
+        ],
+        &["$DIR/b.yaml:2:7: duplicate Instance name \"web\": also defined at $DIR/a.yaml:2:7"],
+    );
+    case(
+        &[
+            (
+                "a.yaml",
+                "kind: Node\nname: n\ncidr: 10.0.0.1/24\nexternalIp: 192.168.0.1\n",
+            ),
+            (
+                "b.yaml",
+                "kind: Node\nname: n\ncidr: 10.0.1.1/24\nexternalIp: 192.168.0.2\n",
+            ),
+        ],
+        &["$DIR/b.yaml:2:7: duplicate Node name \"n\": also defined at $DIR/a.yaml:2:7"],
+    );
+    // The same name in different kinds is fine.
+    instance_case(&instance("node-a", "10.0.0.2"), &[]);
+}
+
+// ---- addresses and subnets -------------------------------------------------------------
+
+#[test]
+fn node_cidrs_must_parse() {
+    for (cidr, message) in [
+        (
+            "10.0.0.300/24",
+            "cidr \"10.0.0.300/24\" is not an IPv4 CIDR such as 10.0.0.1/24",
+        ),
+        (
+            "10.0.0.1",
+            "cidr \"10.0.0.1\" needs a prefix length, as in 10.0.0.1/24",
+        ),
+        (
+            "10.0.0.1/33",
+            "cidr \"10.0.0.1/33\" has an invalid prefix length (0..32)",
+        ),
+        ("fd00::1/64", "cidr \"fd00::1/64\": IPv6 is not supported"),
+        (
+            "10.0.0.0/24",
+            "cidr \"10.0.0.0/24\" is the network address of 10.0.0.0/24, not a usable bridge \
+             address (e.g. 10.0.0.1/24)",
+        ),
+    ] {
+        case(
+            &[("node.yaml", &format!("kind: Node\nname: n\ncidr: {cidr}\n"))],
+            &[&format!("$DIR/node.yaml:3:7: {message}")],
+        );
+    }
+}
+
+#[test]
+fn instance_addresses_must_parse_and_lie_in_the_node_subnet() {
+    for (address, message) in [
+        ("10.0.0", "address \"10.0.0\" is not an IPv4 address"),
+        ("fd00::2", "address \"fd00::2\": IPv6 is not supported"),
+        (
+            "10.0.1.2",
+            "address 10.0.1.2 is outside Node \"node-a\"'s subnet 10.0.0.0/24",
+        ),
+        (
+            "10.0.0.0",
+            "address 10.0.0.0 is the network address of subnet 10.0.0.0/24",
+        ),
+        (
+            "10.0.0.255/24",
+            "address 10.0.0.255 is the broadcast address of subnet 10.0.0.0/24",
+        ),
+        (
+            "10.0.0.1",
+            "address 10.0.0.1 is Node \"node-a\"'s gateway (its bridge address)",
+        ),
+        (
+            "10.0.0.2/16",
+            "prefix /16 of address 10.0.0.2 differs from the /24 of Node \"node-a\"'s subnet \
+             10.0.0.0/24",
+        ),
+    ] {
+        instance_case(
+            &instance("web", address),
+            &[&format!("$DIR/i.yaml:3:10: {message}")],
+        );
+    }
+    instance_case(&instance("web", "10.0.0.254/24"), &[]);
+}
+
+#[test]
+fn an_address_is_used_once() {
+    case(
+        &[
+            ("node.yaml", NODE),
+            ("a.yaml", &instance("a", "10.0.0.2")),
+            ("b.yaml", &instance("b", "10.0.0.2/24")),
+        ],
+        &["$DIR/b.yaml:3:10: address 10.0.0.2 is already used at $DIR/a.yaml:3:10"],
+    );
+}
+
+fn peer(name: &str, cidr: &str, external_ip: &str) -> String {
+    format!("kind: Node\nname: {name}\ncidr: {cidr}\nexternalIp: {external_ip}\n")
+}
+
+#[test]
+fn node_subnets_do_not_overlap() {
+    case(
+        &[
+            ("a.yaml", &peer("a", "10.0.0.1/24", "192.168.56.11")),
+            ("b.yaml", &peer("b", "10.0.0.129/25", "192.168.56.12")),
+        ],
+        &[
+            "$DIR/b.yaml:3:7: subnet 10.0.0.128/25 of Node \"b\" overlaps subnet 10.0.0.0/24 of \
+             Node \"a\" at $DIR/a.yaml:3:7",
+        ],
+    );
+    case(
+        &[
+            ("a.yaml", &peer("a", "10.0.0.1/24", "192.168.56.11")),
+            ("b.yaml", &peer("b", "10.0.1.1/24", "192.168.56.12")),
+        ],
+        &[],
+    );
+}
+
+#[test]
+fn node_subnets_lie_inside_the_cluster_cidr() {
+    case(
+        &[
+            (
+                "cluster.yaml",
+                "kind: Cluster\nname: demo\ncidr: 10.0.0.0/16\n",
+            ),
+            ("a.yaml", &peer("a", "10.1.0.1/24", "192.168.56.11")),
+        ],
+        &[
+            "$DIR/a.yaml:3:7: subnet 10.1.0.0/24 of Node \"a\" is outside the Cluster cidr 10.0.0.0/16",
+        ],
+    );
+}
+
+#[test]
+fn at_most_one_cluster() {
+    case(
+        &[
+            (
+                "cluster.yaml",
+                "kind: Cluster\nname: demo\ncidr: 10.0.0.0/16\n---\nkind: Cluster\nname: other\n",
+            ),
+            ("node.yaml", NODE),
+        ],
+        &["$DIR/cluster.yaml:5:1: more than one Cluster: the first is at $DIR/cluster.yaml:1:1"],
+    );
+}
+
+// ---- ports -----------------------------------------------------------------------------
+
+fn with_ports(name: &str, address: &str, ports: &str) -> String {
+    format!("kind: Instance\nname: {name}\naddress: {address}\nports:\n{ports}")
+}
+
+#[test]
+fn ports_lie_in_1_to_65535() {
+    instance_case(
+        &with_ports(
+            "web",
+            "10.0.0.2",
+            "  - hostPort: 0\n    instancePort: 65536\n  - hostPort: -1\n    instancePort: 80\n",
+        ),
+        &[
+            "$DIR/i.yaml:5:15: hostPort 0 is outside 1..65535",
+            "$DIR/i.yaml:6:19: instancePort 65536 is outside 1..65535",
+            "$DIR/i.yaml:7:15: hostPort -1 is outside 1..65535",
+        ],
+    );
+    instance_case(
+        &with_ports(
+            "web",
+            "10.0.0.2",
+            "  - hostPort: 65535\n    instancePort: 1\n",
+        ),
+        &[],
+    );
+    instance_case(
+        &with_ports(
+            "web",
+            "10.0.0.2",
+            "  - hostPort: 80\n    instancePort: 80\n    protocol: sctp\n",
+        ),
+        &["$DIR/i.yaml:7:15: unknown protocol \"sctp\": expected tcp or udp"],
+    );
+}
+
+#[test]
+fn a_host_port_is_published_once_per_protocol_and_address() {
+    // tcp and udp on the same port are distinct.
+    instance_case(
+        &with_ports(
+            "web",
+            "10.0.0.2",
+            "  - hostPort: 53\n    instancePort: 53\n  - hostPort: 53\n    instancePort: 53\n    protocol: udp\n",
+        ),
+        &[],
+    );
+    case(
+        &[
+            ("node.yaml", NODE),
+            (
+                "a.yaml",
+                &with_ports("a", "10.0.0.2", "  - hostPort: 80\n    instancePort: 80\n"),
+            ),
+            (
+                "b.yaml",
+                &with_ports(
+                    "b",
+                    "10.0.0.3",
+                    "  - hostPort: 80\n    instancePort: 8080\n    protocol: tcp\n",
+                ),
+            ),
+        ],
+        &[
+            "$DIR/b.yaml:5:5: host port 0.0.0.0:80/tcp on Node \"node-a\" is already published by \
+             Instance \"a\" at $DIR/a.yaml:5:5",
+        ],
+    );
+    // 0.0.0.0 is every address, so it clashes with a specific one.
+    case(
+        &[
+            ("node.yaml", NODE),
+            (
+                "a.yaml",
+                &with_ports(
+                    "a",
+                    "10.0.0.2",
+                    "  - hostPort: 80\n    instancePort: 80\n    hostIp: 0.0.0.0\n",
+                ),
+            ),
+            (
+                "b.yaml",
+                &with_ports(
+                    "b",
+                    "10.0.0.3",
+                    "  - hostPort: 80\n    instancePort: 80\n    hostIp: 10.0.0.1\n",
+                ),
+            ),
+        ],
+        &[
+            "$DIR/b.yaml:5:5: host port 10.0.0.1:80/tcp on Node \"node-a\" is already published \
+             on 0.0.0.0:80/tcp by Instance \"a\" at $DIR/a.yaml:5:5",
+        ],
+    );
+    // Two different specific addresses do not clash.
+    case(
+        &[
+            ("node.yaml", NODE),
+            (
+                "a.yaml",
+                &with_ports(
+                    "a",
+                    "10.0.0.2",
+                    "  - hostPort: 80\n    instancePort: 80\n    hostIp: 192.168.56.11\n",
+                ),
+            ),
+            (
+                "b.yaml",
+                &with_ports(
+                    "b",
+                    "10.0.0.3",
+                    "  - hostPort: 80\n    instancePort: 80\n    hostIp: 10.0.0.1\n",
+                ),
+            ),
+        ],
+        &[],
+    );
+    instance_case(
+        &with_ports(
+            "web",
+            "10.0.0.2",
+            "  - hostPort: 80\n    instancePort: 80\n    hostIp: localhost\n",
+        ),
+        &["$DIR/i.yaml:7:13: hostIp \"localhost\" is not an IPv4 address"],
+    );
+}
+
+// ---- nodes -----------------------------------------------------------------------------
+
+#[test]
+fn an_instance_needs_an_existing_node() {
+    instance_case(
+        "kind: Instance\nname: web\nnode: node-b\naddress: 10.0.0.2\n",
+        &["$DIR/i.yaml:3:7: Instance \"web\" is on Node \"node-b\", which does not exist"],
+    );
+}
+
+#[test]
+fn several_nodes_need_external_ips_and_instances_a_node() {
+    case(
+        &[
+            ("a.yaml", "kind: Node\nname: a\ncidr: 10.0.0.1/24\n"),
+            ("b.yaml", "kind: Node\nname: b\ncidr: 10.0.1.1/24\n"),
+            ("i.yaml", &instance("web", "10.0.0.2")),
+        ],
+        &[
+            "$DIR/a.yaml:1:1: Node \"a\" is missing `externalIp`, required when the directory \
+             describes several nodes",
+            "$DIR/b.yaml:1:1: Node \"b\" is missing `externalIp`, required when the directory \
+             describes several nodes",
+            "$DIR/i.yaml:1:1: Instance \"web\" is missing `node`, required when the directory \
+             describes several nodes",
+        ],
+    );
+}
+
+#[test]
+fn a_directory_without_a_node_is_invalid() {
+    case(
+        &[("i.yaml", &instance("web", "10.0.0.2"))],
+        &["$DIR: no Node: at least one document of kind Node is required"],
+    );
+    case(
+        &[],
+        &["$DIR: no Node: at least one document of kind Node is required"],
+    );
+}
+
+#[test]
+fn a_missing_directory_is_one_error() {
+    let dir = temp_dir();
+    let missing = dir.path().join("missing");
+    let output = run(&missing);
+    assert_eq!(
+        stderr_lines(dir.path(), &output),
+        [
+            "$DIR/missing: cannot read desired-state directory: No such file or directory (os error 2)"
+        ]
+    );
+    assert_eq!(output.status.code(), Some(1));
+}
+
+// ---- which files are read --------------------------------------------------------------
+
+#[test]
+fn hidden_files_editor_leftovers_and_other_extensions_are_skipped() {
+    case(
+        &[
+            ("node.yml", NODE),
+            (".hidden.yaml", "{{{ not yaml"),
+            ("x.yaml~", "{{{ not yaml"),
+            ("x.yaml.swp", "{{{ not yaml"),
+            ("x.tmp", "{{{ not yaml"),
+            ("x.yaml.tmp", "{{{ not yaml"),
+            ("README.md", "{{{ not yaml"),
+            (".git/config.yaml", "{{{ not yaml"),
+            ("instances/team/web.yaml", &instance("web", "10.0.0.2")),
+        ],
+        &[],
+    );
+    // Proof that the nested file was read.
+    case(
+        &[
+            ("node.yaml", NODE),
+            ("instances/team/web.yaml", &instance("Web", "10.0.0.2")),
+        ],
+        &[&format!(
+            "$DIR/instances/team/web.yaml:2:7: Instance name \"Web\" {NOT_A_LABEL}"
+        )],
+    );
+}
+
+#[test]
+fn a_file_holds_several_documents_and_empty_ones_are_ignored() {
+    case(
+        &[(
+            "all.yaml",
+            &format!(
+                "---\n{NODE}---\n---\n# only a comment\n---\n{}---\n{}...\n",
+                instance("web", "10.0.0.2"),
+                instance("Bad", "10.0.0.3")
+            ),
+        )],
+        &[&format!(
+            "$DIR/all.yaml:14:7: Instance name \"Bad\" {NOT_A_LABEL}"
+        )],
+    );
+}
+
+#[test]
+fn a_kubernetes_configmap_mount_is_read_once() {
+    let dir = temp_dir();
+    let root = dir.path();
+    let data = "..2026_11_28_10_00_00.123";
+    write(
+        root,
+        &[
+            (&format!("{data}/node.yaml"), NODE),
+            (&format!("{data}/web.yaml"), &instance("web", "10.0.0.2")),
+        ],
+    );
+    symlink(data, root.join("..data")).unwrap();
+    symlink("..data/node.yaml", root.join("node.yaml")).unwrap();
+    symlink("..data/web.yaml", root.join("web.yaml")).unwrap();
+    let output = assert_validate(root, &[]);
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        format!("{}: valid (1 node, 1 instance)\n", root.display())
+    );
+}
+
+#[test]
+fn a_symlink_loop_between_folders_ends() {
+    let dir = temp_dir();
+    let root = dir.path();
+    write(
+        root,
+        &[
+            ("node.yaml", NODE),
+            ("a/web.yaml", &instance("web", "10.0.0.2")),
+        ],
+    );
+    fs::create_dir(root.join("b")).unwrap();
+    symlink("../b", root.join("a/to-b")).unwrap();
+    symlink("../a", root.join("b/to-a")).unwrap();
+    let started = Instant::now();
+    let output = assert_validate(root, &[]);
+    assert!(started.elapsed() < QUICK);
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        format!("{}: valid (1 node, 1 instance)\n", root.display())
+    );
+}
+
+#[test]
+fn a_dangling_symlink_named_like_state_is_an_error() {
+    let dir = temp_dir();
+    write(dir.path(), &[("node.yaml", NODE)]);
+    symlink("gone.yaml", dir.path().join("web.yaml")).unwrap();
+    assert_validate(
+        dir.path(),
+        &["$DIR/web.yaml: cannot read: No such file or directory (os error 2)"],
+    );
+}
+
+// ---- hostile input ---------------------------------------------------------------------
+
+/// Validates `files` and expects exit 1 with exactly `expected`, quickly and without a panic.
+fn hostile_case(files: &[(&str, &[u8])], expected: &[&str]) {
+    let dir = temp_dir();
+    for (path, content) in files {
+        fs::write(dir.path().join(path), content).unwrap();
+    }
+    let started = Instant::now();
+    assert_validate(dir.path(), expected);
+    assert!(started.elapsed() < QUICK, "took {:?}", started.elapsed());
+}
+
+#[test]
+fn an_alias_bomb_is_rejected_quickly() {
+    let mut bomb = String::from(
+        "kind: Instance\nname: web\naddress: 10.0.0.2\na: &a [x, x, x, x, x, x, x, x, x]\n",
+    );
+    for (anchor, alias) in ["b", "c", "d", "e", "f", "g", "h", "i"]
+        .iter()
+        .zip(["a", "b", "c", "d", "e", "f", "g", "h"])
+    {
+        bomb.push_str(&format!(
+            "{anchor}: &{anchor} [{}]\n",
+            vec![format!("*{alias}"); 9].join(", ")
+        ));
+    }
+    hostile_case(
+        &[
+            ("node.yaml", NODE.as_bytes()),
+            ("bomb.yaml", bomb.as_bytes()),
+        ],
+        &[
+            "$DIR/bomb.yaml:4:1: unknown field `a`, expected one of apiVersion, kind, name, cidr, mode, externalIp, bridge, uplink, masquerade, mtu, node, address, ports",
+        ],
+    );
+}
+
+#[test]
+fn deep_nesting_is_rejected_quickly() {
+    let deep = format!(
+        "kind: Instance\nname: web\naddress: 10.0.0.2\nports: {}{}\n",
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    hostile_case(
+        &[
+            ("node.yaml", NODE.as_bytes()),
+            ("deep.yaml", deep.as_bytes()),
+        ],
+        &["$DIR/deep.yaml:4:263: nesting deeper than 16 levels"],
+    );
+    let deep_name = format!(
+        "kind: Instance\nname: {}{}\n",
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    hostile_case(
+        &[
+            ("node.yaml", NODE.as_bytes()),
+            ("deep.yaml", deep_name.as_bytes()),
+        ],
+        &["$DIR/deep.yaml:2:7: `name` must be a string"],
+    );
+}
+
+#[test]
+fn a_file_over_16_mib_is_rejected_unread() {
+    let dir = temp_dir();
+    write(dir.path(), &[("node.yaml", NODE)]);
+    let big = fs::File::create(dir.path().join("big.yaml")).unwrap();
+    big.set_len(16 * 1024 * 1024 + 1).unwrap();
+    let started = Instant::now();
+    assert_validate(
+        dir.path(),
+        &["$DIR/big.yaml: file is 16777217 bytes, over the limit of 16777216 bytes (16 MiB)"],
+    );
+    assert!(started.elapsed() < QUICK);
+}
+
+#[test]
+fn bytes_that_are_not_utf8_are_reported_at_their_position() {
+    hostile_case(
+        &[
+            ("node.yaml", NODE.as_bytes()),
+            (
+                "i.yaml",
+                b"kind: Instance\nname: caf\xc3\xa9\xff\naddress: 10.0.0.2\n",
+            ),
+        ],
+        &["$DIR/i.yaml:2:11: file is not valid UTF-8 (byte 0xff)"],
+    );
+}
+
+#[test]
+fn a_huge_name_is_rejected_quickly() {
+    let huge = instance(&"a".repeat(1 << 20), "10.0.0.2");
+    hostile_case(
+        &[("node.yaml", NODE.as_bytes()), ("i.yaml", huge.as_bytes())],
+        &[
+            "$DIR/i.yaml:2:7: Instance name is 1048576 characters long, over the DNS label limit of 63",
+        ],
+    );
+    let huge_node = format!(
+        "kind: Node\nname: {}\ncidr: 10.0.0.1/24\n",
+        "a".repeat(1 << 20)
+    );
+    hostile_case(
+        &[("node.yaml", huge_node.as_bytes())],
+        &["$DIR/node.yaml:2:7: Node name is 1048576 characters long, over the limit of 253"],
+    );
+}
+
+// ---- permissions -----------------------------------------------------------------------
+
+#[test]
+fn a_world_writable_file_is_a_warning_only() {
+    let dir = temp_dir();
+    write(dir.path(), &[("node.yaml", NODE)]);
+    fs::set_permissions(
+        dir.path().join("node.yaml"),
+        fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+    let output = run(dir.path());
+    assert_eq!(
+        stderr_lines(dir.path(), &output),
+        ["warning: $DIR/node.yaml: is writable by every user (mode 0666); run chmod o-w on it"]
+    );
+    assert_eq!(output.status.code(), Some(0));
+}
+
+#[test]
+fn a_world_writable_folder_is_a_warning_next_to_the_errors() {
+    let dir = temp_dir();
+    write(
+        dir.path(),
+        &[
+            ("node.yaml", NODE),
+            ("sub/i.yaml", &instance("Web", "10.0.0.2")),
+        ],
+    );
+    fs::set_permissions(dir.path().join("sub"), fs::Permissions::from_mode(0o777)).unwrap();
+    assert_validate(
+        dir.path(),
+        &[
+            "warning: $DIR/sub: is writable by every user (mode 0777); run chmod o-w on it",
+            &format!("$DIR/sub/i.yaml:2:7: Instance name \"Web\" {NOT_A_LABEL}"),
+        ],
+    );
+}
