@@ -143,7 +143,11 @@ impl MemoryDataplane {
                 }
             }
             Action::DeleteLink { link } => {
-                self.remove_link(link).ok_or_else(|| no_such_link(link))?;
+                let existing = self.link_mut(link).ok_or_else(|| no_such_link(link))?;
+                if existing.kind == LinkKind::Loopback {
+                    return Err("operation not supported: a loopback cannot be deleted".into());
+                }
+                self.remove_link(link);
             }
             Action::SetMtu { link, mtu } => {
                 self.link_mut(link).ok_or_else(|| no_such_link(link))?.mtu = *mtu
@@ -165,7 +169,10 @@ impl MemoryDataplane {
                     .links
                     .get_mut(link)
                     .ok_or_else(|| no_such_link(&LinkRef::host(link)))?;
-                port.master = Some(bridge.clone());
+                if port.master.as_ref() != Some(bridge) {
+                    port.master = Some(bridge.clone());
+                    port.hairpin = false;
+                }
             }
             Action::SetHairpin { link } => {
                 let port = self

@@ -81,12 +81,12 @@ impl Plan {
 
 impl fmt::Display for Plan {
     /// One action a line, then the summary: `Plan: N to add, M to change, K to destroy.`, or
-    /// `No changes.` Conflicts follow, one a line.
+    /// `No changes.` when the node is converged. Conflicts follow, one a line.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for action in &self.actions {
             writeln!(f, "{action}")?;
         }
-        if self.actions.is_empty() {
+        if self.actions.is_empty() && self.conflicts.is_empty() {
             writeln!(f, "No changes.")?;
         } else {
             let (add, change, destroy) = self.counts();
@@ -107,12 +107,15 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
     let mut planner = Planner::new(observed);
     let wanted = Wanted::from(desired);
     planner.delete_unwanted(&wanted);
+    // Without its bridge the node cannot work, and rules naming the bridge would apply to
+    // a foreign interface: change nothing more until the conflict is resolved.
+    if !planner.bridge(desired) {
+        return planner.plan;
+    }
     planner.sysctl(IP_FORWARD, "1");
-    if planner.bridge(desired) {
-        planner.sysctl(&route_localnet(&desired.node.bridge), "1");
-        for instance in &desired.instances {
-            planner.instance(desired, instance);
-        }
+    planner.sysctl(&route_localnet(&desired.node.bridge), "1");
+    for instance in &desired.instances {
+        planner.instance(desired, instance);
     }
     planner.peer_routes(&wanted);
     let uplink = desired
@@ -419,13 +422,15 @@ impl<'a> Planner<'a> {
         }
 
         // Host end: a port of the bridge, no address of its own.
-        if host_now.master.as_ref() != Some(&node.bridge) {
+        // Bridge-port settings such as hairpin only exist while attached, and reset on a move.
+        let attached = host_now.master.as_ref() == Some(&node.bridge);
+        if !attached {
             self.push(Action::SetMaster {
                 link: host.clone(),
                 bridge: node.bridge.clone(),
             });
         }
-        if !host_now.hairpin {
+        if !(attached && host_now.hairpin) {
             self.push(Action::SetHairpin { link: host.clone() });
         }
         self.converge_link(&host_ref, host_now, node.mtu, &BTreeSet::new());

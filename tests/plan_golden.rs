@@ -1,0 +1,67 @@
+//! Golden plans: each folder of `tests/golden/` is a case with
+//!
+//! - `desired/`: a desired-state directory (absent for a teardown case);
+//! - `observed.yaml`: the node as observed (an `Observed`; absent: an empty machine);
+//! - `node`: optional, the node to plan for (`--node`);
+//! - `expected.plan`: the plan, exactly as `kudonet plan` prints it.
+//!
+//! `UPDATE_GOLDEN=1 cargo test --test plan_golden` rewrites the expectations; review the diff.
+
+use std::fs;
+use std::path::Path;
+
+use kudonet::observe::Observed;
+use kudonet::plan::{plan, plan_teardown};
+use kudonet::spec;
+
+fn run_case(case: &Path) -> Result<(), String> {
+    let observed: Observed = match fs::read_to_string(case.join("observed.yaml")) {
+        Ok(text) => serde_saphyr::from_str(&text).map_err(|e| format!("observed.yaml: {e}"))?,
+        Err(_) => Observed::default(),
+    };
+    let desired_dir = case.join("desired");
+    let actual = if desired_dir.exists() {
+        let spec = spec::load(&desired_dir).map_err(|e| format!("desired/: {e}"))?;
+        let node_name = fs::read_to_string(case.join("node")).ok();
+        let node = spec.select_node(node_name.as_deref().map(str::trim), None)?;
+        plan(&spec.desired_for(node), &observed).to_string()
+    } else {
+        plan_teardown(&observed).to_string()
+    };
+    let expected_path = case.join("expected.plan");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        fs::write(&expected_path, &actual).map_err(|e| e.to_string())?;
+        return Ok(());
+    }
+    let expected = fs::read_to_string(&expected_path).map_err(|e| format!("expected.plan: {e}"))?;
+    if actual != expected {
+        return Err(format!(
+            "plan differs.\n--- expected\n{expected}\n--- actual\n{actual}"
+        ));
+    }
+    Ok(())
+}
+
+#[test]
+fn golden_plans() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let mut cases: Vec<_> = fs::read_dir(&root)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    cases.sort();
+    assert!(
+        cases.len() >= 5,
+        "golden cases missing in {}",
+        root.display()
+    );
+    let failures: Vec<String> = cases
+        .iter()
+        .filter_map(|case| {
+            run_case(case)
+                .err()
+                .map(|error| format!("{}: {error}", case.display()))
+        })
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
