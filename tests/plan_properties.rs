@@ -307,10 +307,7 @@ fn add_foreign(state: &mut Observed, foreign: &Foreign) {
         state.links.entry(name.clone()).or_insert(link);
     }
     for name in &foreign.namespaces {
-        state
-            .namespaces
-            .entry(name.clone())
-            .or_insert_with(Namespace::default);
+        state.namespaces.entry(name.clone()).or_default();
     }
     for third_octet in &foreign.routes {
         let destination = Ipv4Cidr::new(Ipv4Addr::new(10, 0, *third_octet, 0), 24).unwrap();
