@@ -839,7 +839,7 @@ fn deep_nesting_is_rejected_quickly() {
             ("node.yaml", NODE.as_bytes()),
             ("deep.yaml", deep.as_bytes()),
         ],
-        &["$DIR/deep.yaml:4:263: nesting deeper than 16 levels"],
+        &["$DIR/deep.yaml:4:263: nesting too deep (recursion limit exceeded)"],
     );
     let deep_name = format!(
         "kind: Instance\nname: {}{}\n",

@@ -368,8 +368,10 @@ fn yaml_diagnostic(path: &Path, text: &str, error: &serde_saphyr::Error) -> Diag
         | serde_saphyr::Error::AliasReplayCounterOverflow { .. } => ALIAS_BOMB.to_string(),
         _ => {
             let message = serde_saphyr::DefaultMessageFormatter.format_message(error);
+            // The parser's own limit (deeper than our budget, which a streaming read does
+            // not always reach first): do not claim our number.
             if message.contains("recursion limit exceeded") {
-                format!("nesting deeper than {MAX_YAML_DEPTH} levels")
+                "nesting too deep (recursion limit exceeded)".to_string()
             } else {
                 type_message(text, position, &message).unwrap_or_else(|| message.into_owned())
             }
