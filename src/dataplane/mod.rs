@@ -2,6 +2,7 @@
 //! and the kernel; [`memory::MemoryDataplane`] implements it over an in-memory [`Observed`],
 //! with the kernel's semantics, for tests that need no root.
 
+pub mod iptables;
 pub mod memory;
 
 use crate::observe::Observed;
