@@ -6,6 +6,7 @@
 //! - [`observe`]: the vocabulary of what the kernel has ([`observe::Observed`]);
 //! - [`plan`]: `plan(&Desired, &Observed) -> Plan`, pure and deterministic;
 //! - [`dataplane`]: executes a plan's actions; [`dataplane::memory`] does so in memory;
+//! - [`reconcile`]: observe → plan → apply → verify, and instance status;
 //! - [`names`]: how kudonet names and marks what it owns.
 //!
 //! The binary (`kudonet`) is a thin command line over these.
@@ -14,4 +15,6 @@ pub mod dataplane;
 pub mod names;
 pub mod observe;
 pub mod plan;
+pub mod privileges;
+pub mod reconcile;
 pub mod spec;

@@ -1,22 +1,57 @@
-//! The `kudonet` command line: parse, call the library, print, map outcomes to exit codes.
+//! The `kudonet` command line: parse, call the library, print, map outcomes to exit codes
+//! (0 done, 1 failed or invalid, 2 usage).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
-use kudonet::spec;
+use kudonet::dataplane::iptables::Iptables;
+use kudonet::dataplane::kernel::KernelDataplane;
+use kudonet::dataplane::{Dataplane, DataplaneError};
+use kudonet::observe::Observed;
+use kudonet::plan::{Effect, plan, plan_teardown};
+use kudonet::reconcile::{self, InstanceStatus, load_desired};
+use kudonet::{privileges, spec};
 
 /// kudonet: a declarative network controller for container-like instances.
 ///
 /// Reads YAML files describing nodes and instances from a directory and makes this node's
 /// network match them: a bridge, a namespace and veth pair per instance, routes and iptables
-/// rules in kudonet's own KUDO-* chains.
+/// rules in kudonet's own KUDO-* chains. Nothing kudonet did not create is changed.
 #[derive(Debug, Parser)]
 #[command(name = "kudonet", version, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+
+    /// Where instance namespaces are mounted (as `ip netns` does).
+    #[arg(long, global = true, default_value = "/run/netns", value_name = "PATH")]
+    netns_dir: PathBuf,
+
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    /// More log output (-v: info, -vv: debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    verbose: u8,
+
+    /// Only errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Output {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -27,21 +62,86 @@ enum Command {
     /// skipped, symlinks followed) and reports every problem at once, one per line, as
     /// FILE:LINE:COLUMN: message. Exits 0 when the directory is valid, 1 otherwise.
     /// Files or folders that users other than root can write are reported as warnings
-    /// (apply and run refuse them).
+    /// (apply and plan refuse them).
     Validate {
         /// The desired-state directory (or a single YAML file).
         dir: PathBuf,
+    },
+    /// Show what `apply` would change on this node, one action a line; changes nothing.
+    ///
+    /// `+` adds, `~` changes, `-` destroys. Ends with `Plan: N to add, M to change, K to
+    /// destroy.`, or `No changes.` when the node matches DIR. Foreign objects in the way are
+    /// listed as conflicts.
+    Plan {
+        dir: PathBuf,
+        /// The Node of DIR this machine is (default: the only Node, else the hostname's).
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Make this node match DIR, once; exit 0 when it does, 1 otherwise (each failure named).
+    Apply {
+        dir: PathBuf,
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Show each instance: name, phase (Ready, Pending, Drifted, Failed), address, netns, message.
+    Status {
+        dir: PathBuf,
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Remove everything kudonet owns on this node (bridge, veths, namespaces, routes,
+    /// chains, jump rules), and nothing else.
+    Teardown {
+        /// Accepted for symmetry with the other commands; ownership is read from the kernel.
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        node: Option<String>,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Validate { dir } => validate(&dir),
+    init_logging(&cli);
+    let result = match &cli.command {
+        Command::Validate { dir } => validate(dir),
+        Command::Plan { dir, node } => plan_command(&cli, dir, node.as_deref()),
+        Command::Apply { dir, node } => apply(&cli, dir, node.as_deref()),
+        Command::Status { dir, node, output } => status(&cli, dir, node.as_deref(), *output),
+        Command::Teardown { .. } => teardown(&cli),
+    };
+    match result {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("kudonet: {message}");
+            ExitCode::FAILURE
+        }
     }
 }
 
-fn validate(dir: &std::path::Path) -> ExitCode {
+fn init_logging(cli: &Cli) {
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, _) => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KUDONET_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+type CommandResult = Result<ExitCode, String>;
+
+fn validate(dir: &Path) -> CommandResult {
     for warning in spec::unsafe_permissions(dir) {
         eprintln!("warning: {warning}");
     }
@@ -60,15 +160,197 @@ fn validate(dir: &std::path::Path) -> ExitCode {
                     ""
                 },
             );
-            ExitCode::SUCCESS
+            Ok(ExitCode::SUCCESS)
         }
         Err(diagnostics) => {
             eprintln!("{diagnostics}");
-            ExitCode::FAILURE
+            Ok(ExitCode::FAILURE)
         }
     }
 }
 
 fn plural(count: usize) -> &'static str {
     if count == 1 { "" } else { "s" }
+}
+
+/// The kernel dataplane of this node, after checking privileges.
+fn dataplane(cli: &Cli, command: &str) -> Result<KernelDataplane, String> {
+    privileges::require(&format!("kudonet {command}"), privileges::NODE_ADMIN)?;
+    KernelDataplane::new(&cli.netns_dir, Iptables::new()).map_err(|error| error.to_string())
+}
+
+fn observe(dataplane: &mut KernelDataplane) -> Result<Observed, String> {
+    dataplane.observe().map_err(|error| error.to_string())
+}
+
+fn plan_command(cli: &Cli, dir: &Path, node: Option<&str>) -> CommandResult {
+    let (_, desired) = load_desired(dir, node).map_err(|error| error.to_string())?;
+    let mut dataplane = dataplane(cli, "plan")?;
+    print!("{}", plan(&desired, &observe(&mut dataplane)?));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn apply(cli: &Cli, dir: &Path, node: Option<&str>) -> CommandResult {
+    let (_, desired) = load_desired(dir, node).map_err(|error| error.to_string())?;
+    let mut dataplane = dataplane(cli, "apply")?;
+    let outcome = reconcile::converge(&mut dataplane, &desired, |action| println!("{action}"))
+        .map_err(|error| error.to_string())?;
+    report_outcome(
+        "Apply",
+        &outcome.applied,
+        &outcome.failures,
+        &outcome.remaining,
+    )
+}
+
+fn teardown(cli: &Cli) -> CommandResult {
+    let mut dataplane = dataplane(cli, "teardown")?;
+    let planned = plan_teardown(&observe(&mut dataplane)?);
+    let mut applied = Vec::new();
+    let mut failures = Vec::new();
+    for action in planned.actions {
+        match dataplane.apply(&action) {
+            Ok(()) => {
+                println!("{action}");
+                applied.push(action);
+            }
+            Err(error) => failures.push(error),
+        }
+    }
+    let remaining = plan_teardown(&observe(&mut dataplane)?);
+    report_outcome("Teardown", &applied, &failures, &remaining)
+}
+
+/// Prints the summary of an apply or teardown; exit 1 when the node does not match.
+fn report_outcome(
+    verb: &str,
+    applied: &[kudonet::plan::Action],
+    failures: &[DataplaneError],
+    remaining: &kudonet::plan::Plan,
+) -> CommandResult {
+    let count = |effect| {
+        applied
+            .iter()
+            .filter(|action| action.effect() == effect)
+            .count()
+    };
+    let summary = format!(
+        "{} added, {} changed, {} destroyed",
+        count(Effect::Add),
+        count(Effect::Change),
+        count(Effect::Destroy)
+    );
+    let converged = remaining.actions.is_empty() && remaining.conflicts.is_empty();
+    if converged {
+        if applied.is_empty() {
+            println!("No changes.");
+        } else {
+            println!("{verb} complete: {summary}.");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    for failure in failures {
+        eprintln!("error: {failure}");
+    }
+    for conflict in &remaining.conflicts {
+        eprintln!("conflict: {conflict}");
+    }
+    for action in &remaining.actions {
+        if !failures
+            .iter()
+            .any(|failure| failure.to_string().starts_with(&action.to_string()))
+        {
+            eprintln!(
+                "still differs: {}",
+                action.to_string().lines().next().unwrap_or_default()
+            );
+        }
+    }
+    eprintln!("{verb} incomplete: {summary}; the node does not match the desired state.");
+    Ok(ExitCode::FAILURE)
+}
+
+/// The status document of CONTRACT §4.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusDocument {
+    node: String,
+    valid: bool,
+    errors: Vec<String>,
+    observed_at: String,
+    instances: Vec<InstanceStatus>,
+}
+
+fn status(cli: &Cli, dir: &Path, node: Option<&str>, output: Output) -> CommandResult {
+    let desired = load_desired(dir, node);
+    let mut dataplane = dataplane(cli, "status")?;
+    let observed = observe(&mut dataplane)?;
+    let observed_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let document = match &desired {
+        Ok((_, desired)) => StatusDocument {
+            node: desired.node.name.clone(),
+            valid: true,
+            errors: Vec::new(),
+            observed_at,
+            instances: reconcile::instance_status(desired, &observed, &cli.netns_dir, &[]),
+        },
+        Err(error) => StatusDocument {
+            node: node.unwrap_or_default().to_string(),
+            valid: false,
+            errors: error.to_string().lines().map(str::to_string).collect(),
+            observed_at,
+            instances: reconcile::instances_in_force(&observed, &cli.netns_dir),
+        },
+    };
+    match output {
+        Output::Json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&document).map_err(|error| error.to_string())?
+            )
+        }
+        Output::Text => print_status_table(&document),
+    }
+    Ok(if document.valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn print_status_table(document: &StatusDocument) {
+    for error in &document.errors {
+        eprintln!("{error}");
+    }
+    let rows: Vec<[String; 5]> = document
+        .instances
+        .iter()
+        .map(|i| {
+            [
+                i.name.clone(),
+                format!("{:?}", i.phase),
+                i.address.clone(),
+                i.netns.clone(),
+                i.message.clone(),
+            ]
+        })
+        .collect();
+    let header = ["NAME", "PHASE", "ADDRESS", "NETNS", "MESSAGE"].map(str::to_string);
+    let mut widths = header.clone().map(|h| h.len());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    for row in std::iter::once(&header).chain(&rows) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:width$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+    if rows.is_empty() {
+        println!("(no instances on node {})", document.node);
+    }
 }

@@ -13,6 +13,10 @@ pub const INSTANCE_INTERFACE: &str = "eth0";
 /// Prefix of every iptables chain kudonet owns.
 pub const CHAIN_PREFIX: &str = "KUDO-";
 
+/// The route protocol number (`rtm_protocol`, `ip route ... proto 75`) that marks routes
+/// kudonet owns. 75 is unassigned in iproute2's rt_protos.
+pub const ROUTE_PROTOCOL: u8 = 75;
+
 /// Linux interface names hold at most 15 bytes (IFNAMSIZ - 1).
 pub const MAX_INTERFACE_NAME: usize = 15;
 
@@ -38,6 +42,34 @@ pub fn bridge_alias() -> String {
     format!("{ALIAS_PREFIX}bridge")
 }
 
+/// Prefix of the temporary name a host link has between its creation and its rename, while
+/// kudonet marks it. A link left with such a name by a crash is kudonet's and is deleted.
+pub const SCRATCH_PREFIX: &str = "kudonet-";
+
+/// A fresh scratch name: `kudonet-` and 7 hex digits (15 characters).
+pub fn scratch_link_name() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos() as u64);
+    let seed = format!(
+        "{}-{nanos}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    format!(
+        "{SCRATCH_PREFIX}{:07x}",
+        fnv1a64(seed.as_bytes()) & 0xfff_ffff
+    )
+}
+
+/// Whether `name` is a scratch name (see [`SCRATCH_PREFIX`]).
+pub fn is_scratch_link_name(name: &str) -> bool {
+    name.strip_prefix(SCRATCH_PREFIX)
+        .is_some_and(|rest| rest.len() == 7 && rest.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// FNV-1a: tiny, and stable across Rust releases (unlike `DefaultHasher`), which names need.
 fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
@@ -56,6 +88,16 @@ mod tests {
         let long = "a".repeat(63);
         assert_eq!(host_interface_name(&long).len(), MAX_INTERFACE_NAME);
         assert_ne!(host_interface_name("web-1"), host_interface_name("web-2"));
+    }
+
+    #[test]
+    fn scratch_names_fit_the_kernel_limit_and_are_recognised() {
+        let scratch = scratch_link_name();
+        assert_eq!(scratch.len(), MAX_INTERFACE_NAME);
+        assert!(is_scratch_link_name(&scratch));
+        assert_ne!(scratch, scratch_link_name());
+        assert!(!is_scratch_link_name("kudonet-web"));
+        assert!(!is_scratch_link_name("kudo0"));
     }
 
     #[test]

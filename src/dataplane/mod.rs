@@ -3,7 +3,10 @@
 //! with the kernel's semantics, for tests that need no root.
 
 pub mod iptables;
+pub mod kernel;
 pub mod memory;
+pub mod netlink;
+pub mod netns;
 
 use crate::observe::Observed;
 use crate::plan::Action;

@@ -7,6 +7,8 @@
 //! (`crate::names`), never from a local database, so that a rebooted or wiped node, or a
 //! second kudonet binary, sees the truth.
 
+pub mod kernel;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 

@@ -230,6 +230,12 @@ impl<'a> Planner<'a> {
     /// their peers out of the namespaces), then namespaces, bridges and routes.
     fn delete_unwanted(&mut self, wanted: &Wanted) {
         let observed = self.observed;
+        // Left by a crash between creating a link and marking it.
+        for name in observed.links.keys() {
+            if names::is_scratch_link_name(name) {
+                self.delete_link(LinkRef::host(name));
+            }
+        }
         for (name, link) in &observed.links {
             if link.kind == LinkKind::Veth
                 && link.is_owned()

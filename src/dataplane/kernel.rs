@@ -1,0 +1,205 @@
+//! The dataplane of a real node: rtnetlink for links, addresses and routes, the netns
+//! directory for namespaces, `/proc/sys` for sysctls, iptables-restore for the firewall.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::iptables::Iptables;
+use super::netlink::{Netlink, NetlinkError};
+use super::{Dataplane, DataplaneError, netns};
+use crate::names;
+use crate::observe::kernel::{observe, sysctl_path};
+use crate::observe::{LinkRef, Observed};
+use crate::plan::Action;
+
+pub struct KernelDataplane {
+    netns_dir: PathBuf,
+    iptables: Iptables,
+    /// A socket in the node's namespace (the one kudonet runs in).
+    host: Netlink,
+    /// Sockets inside instance namespaces, opened on first use and reused.
+    namespaces: HashMap<String, Netlink>,
+}
+
+impl KernelDataplane {
+    /// A dataplane for the network namespace of the calling thread, with instance
+    /// namespaces in `netns_dir`.
+    pub fn new(netns_dir: &Path, iptables: Iptables) -> Result<KernelDataplane, DataplaneError> {
+        let host = Netlink::open().map_err(|error| {
+            DataplaneError::Observe(format!("cannot open a netlink socket: {error}"))
+        })?;
+        Ok(KernelDataplane {
+            netns_dir: netns_dir.to_path_buf(),
+            iptables,
+            host,
+            namespaces: HashMap::new(),
+        })
+    }
+
+    fn socket(&mut self, netns: Option<&str>) -> Result<&mut Netlink, String> {
+        let Some(netns) = netns else {
+            return Ok(&mut self.host);
+        };
+        if !self.namespaces.contains_key(netns) {
+            let socket = Netlink::open_in(&netns::path(&self.netns_dir, netns))
+                .map_err(|error| format!("cannot enter namespace {netns}: {error}"))?;
+            self.namespaces.insert(netns.to_string(), socket);
+        }
+        Ok(self.namespaces.get_mut(netns).expect("inserted above"))
+    }
+
+    /// The socket of `link`'s namespace and the link's index there.
+    fn link(&mut self, link: &LinkRef) -> Result<(&mut Netlink, u32), String> {
+        let socket = self.socket(link.netns.as_deref())?;
+        let index = socket
+            .link_index(&link.name)
+            .map_err(|error| error.to_string())?;
+        Ok((socket, index))
+    }
+
+    /// Creates a host link marked as kudonet's: under a scratch name, then marked, then
+    /// renamed, so that a crash at any point leaves either nothing, a scratch link that the
+    /// next plan deletes, or a marked link.
+    fn create_marked(
+        &mut self,
+        name: &str,
+        alias: &str,
+        create: impl FnOnce(&mut Netlink, &str) -> Result<(), NetlinkError>,
+    ) -> Result<(), String> {
+        let scratch = names::scratch_link_name();
+        let host = &mut self.host;
+        create(host, &scratch).map_err(|error| error.to_string())?;
+        let marked = (|| {
+            let index = host.link_index(&scratch)?;
+            host.set_alias(index, &scratch, alias)?;
+            host.rename(index, &scratch, name)
+        })();
+        marked.map_err(|error| {
+            if let Ok(index) = host.link_index(&scratch) {
+                let _ = host.delete_link(index, &scratch);
+            }
+            error.to_string()
+        })
+    }
+
+    fn apply_action(&mut self, action: &Action) -> Result<(), String> {
+        match action {
+            Action::CreateNamespace { name } => netns::create(&self.netns_dir, name)
+                .map_err(|error| format!("create namespace: {error}")),
+            Action::DeleteNamespace { name } => {
+                self.namespaces.remove(name);
+                netns::delete(&self.netns_dir, name)
+                    .map_err(|error| format!("delete namespace: {error}"))
+            }
+            Action::CreateBridge { name, mtu } => {
+                self.create_marked(name, &names::bridge_alias(), |host, scratch| {
+                    host.create_bridge(scratch, *mtu)
+                })
+            }
+            Action::CreateVeth {
+                host,
+                namespace,
+                instance,
+                mtu,
+            } => {
+                let peer_netns = netns::open(&self.netns_dir, namespace)
+                    .map_err(|error| format!("open namespace {namespace}: {error}"))?;
+                self.create_marked(host, &names::instance_alias(instance), |socket, scratch| {
+                    socket.create_veth(scratch, names::INSTANCE_INTERFACE, &peer_netns, *mtu)
+                })
+            }
+            Action::DeleteLink { link } => {
+                let (socket, index) = self.link(link)?;
+                socket
+                    .delete_link(index, &link.name)
+                    .map_err(|error| error.to_string())
+            }
+            Action::SetMtu { link, mtu } => {
+                let (socket, index) = self.link(link)?;
+                socket
+                    .set_mtu(index, &link.name, *mtu)
+                    .map_err(|error| error.to_string())
+            }
+            Action::SetUp { link } => {
+                let (socket, index) = self.link(link)?;
+                socket
+                    .set_up(index, &link.name)
+                    .map_err(|error| error.to_string())
+            }
+            Action::SetMaster { link, bridge } => {
+                let host = &mut self.host;
+                let (index, master) =
+                    (|| Ok::<_, NetlinkError>((host.link_index(link)?, host.link_index(bridge)?)))(
+                    )
+                    .map_err(|error| error.to_string())?;
+                host.set_master(index, link, master, bridge)
+                    .map_err(|error| error.to_string())
+            }
+            Action::SetHairpin { link } => {
+                let (socket, index) = self.link(&LinkRef::host(link))?;
+                socket
+                    .set_hairpin(index, link)
+                    .map_err(|error| error.to_string())
+            }
+            Action::AddAddress { link, address } => {
+                let (socket, index) = self.link(link)?;
+                socket
+                    .add_address(index, &link.name, *address)
+                    .map_err(|error| error.to_string())
+            }
+            Action::DeleteAddress { link, address } => {
+                let (socket, index) = self.link(link)?;
+                socket
+                    .delete_address(index, &link.name, *address)
+                    .map_err(|error| error.to_string())
+            }
+            Action::ReplaceDefaultRoute { namespace, gateway } => {
+                let eth0 = LinkRef::in_namespace(namespace, names::INSTANCE_INTERFACE);
+                let (socket, index) = self.link(&eth0)?;
+                let default =
+                    cidr::Ipv4Cidr::new(std::net::Ipv4Addr::UNSPECIFIED, 0).expect("0.0.0.0/0");
+                socket
+                    .replace_route(default, *gateway, Some(index), names::ROUTE_PROTOCOL)
+                    .map_err(|error| error.to_string())
+            }
+            Action::ReplaceRoute {
+                destination,
+                gateway,
+            } => self
+                .host
+                .replace_route(*destination, *gateway, None, names::ROUTE_PROTOCOL)
+                .map_err(|error| error.to_string()),
+            Action::DeleteRoute { destination } => self
+                .host
+                .delete_route(*destination, names::ROUTE_PROTOCOL)
+                .map_err(|error| error.to_string()),
+            Action::SetSysctl { key, value } => {
+                let path = sysctl_path(key);
+                fs::write(&path, value)
+                    .map_err(|error| format!("write {}: {error}", path.display()))
+            }
+            Action::SyncTable {
+                table,
+                chains,
+                jumps,
+                ..
+            } => self
+                .iptables
+                .sync_table(table, chains, jumps)
+                .map_err(|error| error.to_string()),
+        }
+    }
+}
+
+impl Dataplane for KernelDataplane {
+    fn observe(&mut self) -> Result<Observed, DataplaneError> {
+        observe(&self.netns_dir, &self.iptables)
+            .map_err(|error| DataplaneError::Observe(error.to_string()))
+    }
+
+    fn apply(&mut self, action: &Action) -> Result<(), DataplaneError> {
+        self.apply_action(action)
+            .map_err(|reason| DataplaneError::action(action, reason))
+    }
+}

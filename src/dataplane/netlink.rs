@@ -1,0 +1,516 @@
+//! A small synchronous rtnetlink client: one socket per network namespace, with helpers
+//! named after what they do. Synchronous on purpose: the library API is synchronous, a
+//! request is a few microseconds, and no async runtime has to be entered to change a link.
+//!
+//! A netlink socket talks to the namespace it was created in, so [`Netlink::open_in`] creates
+//! it on a short-lived thread that has entered the target namespace; the socket then works
+//! from any thread.
+
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use cidr::{Ipv4Cidr, Ipv4Inet};
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
+    LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+/// A failed netlink request: what was asked, and the kernel's answer.
+#[derive(Debug)]
+pub struct NetlinkError {
+    pub operation: String,
+    pub source: io::Error,
+}
+
+impl fmt::Display for NetlinkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.operation, self.source)
+    }
+}
+
+impl std::error::Error for NetlinkError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+impl NetlinkError {
+    fn new(operation: impl Into<String>, source: io::Error) -> NetlinkError {
+        NetlinkError {
+            operation: operation.into(),
+            source,
+        }
+    }
+
+    /// The errno the kernel answered, if any.
+    pub fn errno(&self) -> Option<i32> {
+        self.source.raw_os_error()
+    }
+}
+
+pub type Result<T> = std::result::Result<T, NetlinkError>;
+
+/// A dump interrupted by a concurrent change is retried this many times.
+const DUMP_ATTEMPTS: usize = 5;
+
+pub struct Netlink {
+    socket: Socket,
+    sequence: u32,
+}
+
+impl Netlink {
+    /// A socket in the calling thread's network namespace.
+    pub fn open() -> io::Result<Netlink> {
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        Ok(Netlink {
+            socket,
+            sequence: 0,
+        })
+    }
+
+    /// A socket in the network namespace bound at `netns` (a file of the netns directory).
+    pub fn open_in(netns: &Path) -> io::Result<Netlink> {
+        let namespace = File::open(netns)?;
+        in_namespace(&namespace, Netlink::open)?
+    }
+
+    fn request(
+        &mut self,
+        message: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.sequence = self.sequence.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | flags;
+        header.sequence_number = self.sequence;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(message));
+        packet.finalize();
+        let mut buffer = vec![0; packet.buffer_len()];
+        packet.serialize(&mut buffer);
+        self.socket.send(&buffer, 0)?;
+
+        let mut replies = Vec::new();
+        loop {
+            let (bytes, _) = self.socket.recv_from_full()?;
+            let mut offset = 0;
+            while offset < bytes.len() {
+                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes[offset..])
+                    .map_err(|error| {
+                        io::Error::new(io::ErrorKind::InvalidData, error.to_string())
+                    })?;
+                let length = reply.header.length as usize;
+                if reply.header.sequence_number == self.sequence {
+                    if reply.header.flags & NLM_F_DUMP_INTR != 0 {
+                        return Err(io::Error::from(io::ErrorKind::Interrupted));
+                    }
+                    match reply.payload {
+                        NetlinkPayload::Done(_) => return Ok(replies),
+                        NetlinkPayload::Error(error) => {
+                            return match error.code {
+                                Some(_) => Err(error.to_io()),
+                                None => Ok(replies),
+                            };
+                        }
+                        NetlinkPayload::InnerMessage(inner) => {
+                            replies.push(inner);
+                            if flags & NLM_F_DUMP != NLM_F_DUMP && flags & NLM_F_ACK == 0 {
+                                return Ok(replies);
+                            }
+                        }
+                        NetlinkPayload::Overrun(_) => {
+                            return Err(io::Error::other("netlink overrun"));
+                        }
+                        _ => {}
+                    }
+                }
+                if length == 0 {
+                    break;
+                }
+                offset += length;
+            }
+        }
+    }
+
+    /// A request the kernel acknowledges; errors name `operation`.
+    fn change(
+        &mut self,
+        operation: impl FnOnce() -> String,
+        message: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<()> {
+        self.request(message, flags | NLM_F_ACK)
+            .map(drop)
+            .map_err(|error| NetlinkError::new(operation(), error))
+    }
+
+    fn dump(
+        &mut self,
+        what: &str,
+        message: RouteNetlinkMessage,
+    ) -> Result<Vec<RouteNetlinkMessage>> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.request(message.clone(), NLM_F_DUMP) {
+                Err(error)
+                    if error.kind() == io::ErrorKind::Interrupted && attempt < DUMP_ATTEMPTS =>
+                {
+                    continue;
+                }
+                result => {
+                    return result
+                        .map_err(|error| NetlinkError::new(format!("dump {what}"), error));
+                }
+            }
+        }
+    }
+
+    pub fn dump_links(&mut self) -> Result<Vec<LinkMessage>> {
+        let replies = self.dump(
+            "links",
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+        )?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|reply| match reply {
+                RouteNetlinkMessage::NewLink(link) => Some(link),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Every IPv4 address, as (interface index, address with prefix).
+    pub fn dump_addresses(&mut self) -> Result<Vec<(u32, Ipv4Inet)>> {
+        let mut request = AddressMessage::default();
+        request.header.family = AddressFamily::Inet;
+        let replies = self.dump("addresses", RouteNetlinkMessage::GetAddress(request))?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|reply| match reply {
+                RouteNetlinkMessage::NewAddress(address) => {
+                    let ip = address
+                        .attributes
+                        .iter()
+                        .find_map(|attribute| match attribute {
+                            AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                            _ => None,
+                        })?;
+                    let inet = Ipv4Inet::new(ip, address.header.prefix_len).ok()?;
+                    Some((address.header.index, inet))
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The IPv4 routes of the main table.
+    pub fn dump_routes(&mut self) -> Result<Vec<RouteMessage>> {
+        let mut request = RouteMessage::default();
+        request.header.address_family = AddressFamily::Inet;
+        let replies = self.dump("routes", RouteNetlinkMessage::GetRoute(request))?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|reply| match reply {
+                RouteNetlinkMessage::NewRoute(route)
+                    if route.header.table == RouteHeader::RT_TABLE_MAIN =>
+                {
+                    Some(route)
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The index of the link named `name`.
+    pub fn link_index(&mut self, name: &str) -> Result<u32> {
+        let mut request = LinkMessage::default();
+        request
+            .attributes
+            .push(LinkAttribute::IfName(name.to_string()));
+        let replies = self
+            .request(RouteNetlinkMessage::GetLink(request), 0)
+            .map_err(|error| NetlinkError::new(format!("find link {name}"), error))?;
+        replies
+            .into_iter()
+            .find_map(|reply| match reply {
+                RouteNetlinkMessage::NewLink(link) => Some(link.header.index),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                NetlinkError::new(
+                    format!("find link {name}"),
+                    io::Error::from_raw_os_error(libc_enodev()),
+                )
+            })
+    }
+
+    /// Creates a bridge, down.
+    pub fn create_bridge(&mut self, name: &str, mtu: Option<u32>) -> Result<()> {
+        let mut message = LinkMessage::default();
+        message
+            .attributes
+            .push(LinkAttribute::IfName(name.to_string()));
+        message
+            .attributes
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                InfoKind::Bridge,
+            )]));
+        message.attributes.extend(mtu.map(LinkAttribute::Mtu));
+        self.change(
+            || format!("create bridge {name}"),
+            RouteNetlinkMessage::NewLink(message),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// Creates a veth pair, down: `name` here and `peer_name` directly in the namespace
+    /// `peer_netns` (no move needed).
+    pub fn create_veth(
+        &mut self,
+        name: &str,
+        peer_name: &str,
+        peer_netns: &File,
+        mtu: Option<u32>,
+    ) -> Result<()> {
+        let mut peer = LinkMessage::default();
+        peer.attributes
+            .push(LinkAttribute::IfName(peer_name.to_string()));
+        peer.attributes
+            .push(LinkAttribute::NetNsFd(peer_netns.as_raw_fd()));
+        peer.attributes.extend(mtu.map(LinkAttribute::Mtu));
+        let mut message = LinkMessage::default();
+        message
+            .attributes
+            .push(LinkAttribute::IfName(name.to_string()));
+        message.attributes.extend(mtu.map(LinkAttribute::Mtu));
+        message.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+        ]));
+        self.change(
+            || format!("create veth {name} with peer {peer_name}"),
+            RouteNetlinkMessage::NewLink(message),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    pub fn delete_link(&mut self, index: u32, name: &str) -> Result<()> {
+        let mut message = LinkMessage::default();
+        message.header.index = index;
+        self.change(
+            || format!("delete link {name}"),
+            RouteNetlinkMessage::DelLink(message),
+            0,
+        )
+    }
+
+    /// Changes attributes of an existing link.
+    fn set_link(
+        &mut self,
+        index: u32,
+        what: impl FnOnce() -> String,
+        edit: impl FnOnce(&mut LinkMessage),
+    ) -> Result<()> {
+        let mut message = LinkMessage::default();
+        message.header.index = index;
+        edit(&mut message);
+        self.change(what, RouteNetlinkMessage::SetLink(message), 0)
+    }
+
+    pub fn set_up(&mut self, index: u32, name: &str) -> Result<()> {
+        self.set_link(
+            index,
+            || format!("set {name} up"),
+            |message| {
+                message.header.flags = LinkFlags::Up;
+                message.header.change_mask = LinkFlags::Up;
+            },
+        )
+    }
+
+    pub fn set_mtu(&mut self, index: u32, name: &str, mtu: u32) -> Result<()> {
+        self.set_link(
+            index,
+            || format!("set mtu {mtu} on {name}"),
+            |message| {
+                message.attributes.push(LinkAttribute::Mtu(mtu));
+            },
+        )
+    }
+
+    pub fn set_alias(&mut self, index: u32, name: &str, alias: &str) -> Result<()> {
+        self.set_link(
+            index,
+            || format!("set alias of {name}"),
+            |message| {
+                message
+                    .attributes
+                    .push(LinkAttribute::IfAlias(alias.to_string()));
+            },
+        )
+    }
+
+    pub fn rename(&mut self, index: u32, from: &str, to: &str) -> Result<()> {
+        self.set_link(
+            index,
+            || format!("rename {from} to {to}"),
+            |message| {
+                message
+                    .attributes
+                    .push(LinkAttribute::IfName(to.to_string()));
+            },
+        )
+    }
+
+    pub fn set_master(
+        &mut self,
+        index: u32,
+        name: &str,
+        master: u32,
+        master_name: &str,
+    ) -> Result<()> {
+        self.set_link(
+            index,
+            || format!("attach {name} to {master_name}"),
+            |message| {
+                message.attributes.push(LinkAttribute::Controller(master));
+            },
+        )
+    }
+
+    /// Turns on hairpin mode of a bridge port (`ip link set NAME type bridge_slave hairpin on`).
+    pub fn set_hairpin(&mut self, index: u32, name: &str) -> Result<()> {
+        let mut message = LinkMessage::default();
+        message.header.index = index;
+        message.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::PortKind(InfoPortKind::Bridge),
+            LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                true,
+            )])),
+        ]));
+        self.change(
+            || format!("set hairpin on {name}"),
+            RouteNetlinkMessage::NewLink(message),
+            0,
+        )
+    }
+
+    fn address_message(index: u32, address: Ipv4Inet) -> AddressMessage {
+        let mut message = AddressMessage::default();
+        message.header.family = AddressFamily::Inet;
+        message.header.prefix_len = address.network_length();
+        message.header.index = index;
+        message
+            .attributes
+            .push(AddressAttribute::Local(IpAddr::V4(address.address())));
+        message
+            .attributes
+            .push(AddressAttribute::Address(IpAddr::V4(address.address())));
+        if address.network_length() < 31 {
+            message.attributes.push(AddressAttribute::Broadcast(
+                address.network().last_address(),
+            ));
+        }
+        message
+    }
+
+    pub fn add_address(&mut self, index: u32, name: &str, address: Ipv4Inet) -> Result<()> {
+        self.change(
+            || format!("add address {address} to {name}"),
+            RouteNetlinkMessage::NewAddress(Self::address_message(index, address)),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    pub fn delete_address(&mut self, index: u32, name: &str, address: Ipv4Inet) -> Result<()> {
+        self.change(
+            || format!("delete address {address} from {name}"),
+            RouteNetlinkMessage::DelAddress(Self::address_message(index, address)),
+            0,
+        )
+    }
+
+    fn route_message(destination: Ipv4Cidr, protocol: u8) -> RouteMessage {
+        let mut message = RouteMessage::default();
+        message.header.address_family = AddressFamily::Inet;
+        message.header.destination_prefix_length = destination.network_length();
+        message.header.table = RouteHeader::RT_TABLE_MAIN;
+        message.header.protocol = RouteProtocol::from(protocol);
+        message.header.scope = RouteScope::Universe;
+        message.header.kind = RouteType::Unicast;
+        if destination.network_length() > 0 {
+            message
+                .attributes
+                .push(RouteAttribute::Destination(RouteAddress::Inet(
+                    destination.first_address(),
+                )));
+        }
+        message
+    }
+
+    /// Adds or replaces the route to `destination` via `gateway` (out of `device`, if given),
+    /// marked with `protocol`.
+    pub fn replace_route(
+        &mut self,
+        destination: Ipv4Cidr,
+        gateway: Ipv4Addr,
+        device: Option<u32>,
+        protocol: u8,
+    ) -> Result<()> {
+        let mut message = Self::route_message(destination, protocol);
+        message
+            .attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet(gateway)));
+        message.attributes.extend(device.map(RouteAttribute::Oif));
+        self.change(
+            || format!("replace route {destination} via {gateway}"),
+            RouteNetlinkMessage::NewRoute(message),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+    }
+
+    /// Deletes the route to `destination`, only if it carries `protocol`.
+    pub fn delete_route(&mut self, destination: Ipv4Cidr, protocol: u8) -> Result<()> {
+        let message = Self::route_message(destination, protocol);
+        self.change(
+            || format!("delete route {destination}"),
+            RouteNetlinkMessage::DelRoute(message),
+            0,
+        )
+    }
+}
+
+/// Runs `work` on a thread that has entered the network namespace `namespace`: namespaces
+/// are per thread, and the caller's own thread must stay where it is.
+pub fn in_namespace<T: Send>(namespace: &File, work: impl FnOnce() -> T + Send) -> io::Result<T> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::setns(namespace, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(io::Error::from)?;
+                Ok(work())
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("namespace worker thread panicked")))
+    })
+}
+
+fn libc_enodev() -> i32 {
+    nix::errno::Errno::ENODEV as i32
+}

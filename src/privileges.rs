@@ -1,0 +1,63 @@
+//! Checking, before touching anything, that kudonet may do what it is asked, so that a
+//! missing privilege is one clear line instead of a half-applied plan.
+
+use std::fmt;
+
+/// A Linux capability kudonet needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capability {
+    /// Links, addresses, routes, iptables.
+    NetAdmin,
+    /// Creating, entering and mounting namespaces.
+    SysAdmin,
+}
+
+impl Capability {
+    fn bit(self) -> u32 {
+        match self {
+            Capability::NetAdmin => 12,
+            Capability::SysAdmin => 21,
+        }
+    }
+}
+
+impl fmt::Display for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Capability::NetAdmin => "CAP_NET_ADMIN",
+            Capability::SysAdmin => "CAP_SYS_ADMIN",
+        })
+    }
+}
+
+/// What changing a node needs.
+pub const NODE_ADMIN: &[Capability] = &[Capability::NetAdmin, Capability::SysAdmin];
+
+/// Ok when the process has every capability of `needed` in its effective set; else the
+/// one-line reason, naming what `command` lacks.
+pub fn require(command: &str, needed: &[Capability]) -> Result<(), String> {
+    let effective = effective_capabilities().unwrap_or(0);
+    let missing: Vec<String> = needed
+        .iter()
+        .filter(|cap| effective & (1 << cap.bit()) == 0)
+        .map(ToString::to_string)
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{command} needs root (missing {}): run it as root",
+            missing.join(" and ")
+        ))
+    }
+}
+
+/// The effective capability set, from `/proc/self/status`.
+fn effective_capabilities() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))?
+        .trim();
+    u64::from_str_radix(hex, 16).ok()
+}

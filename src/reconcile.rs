@@ -1,0 +1,278 @@
+//! One reconcile: observe → plan → apply → verify, and the status of each instance. The
+//! command line, the controller loop and the library API all converge a node through here.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::dataplane::{Dataplane, DataplaneError};
+use crate::names;
+use crate::observe::{LinkRef, Observed};
+use crate::plan::{Action, Plan, plan};
+use crate::spec::{self, Desired, Diagnostics, Spec};
+
+/// Why the desired state could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DesiredError {
+    #[error("{0}")]
+    Invalid(Diagnostics),
+    /// Files or folders others can write: one line each.
+    #[error("{}", .0.iter().map(|d| format!("{d} (refusing to use it)")).collect::<Vec<_>>().join("\n"))]
+    Unsafe(Vec<spec::Diagnostic>),
+    #[error("{0}")]
+    Node(String),
+}
+
+/// Loads `dir`, refusing files others can write, and selects the node to manage.
+pub fn load_desired(dir: &Path, node: Option<&str>) -> Result<(Spec, Desired), DesiredError> {
+    let unsafe_paths = spec::unsafe_permissions(dir);
+    if !unsafe_paths.is_empty() {
+        return Err(DesiredError::Unsafe(unsafe_paths));
+    }
+    let spec = spec::load(dir).map_err(DesiredError::Invalid)?;
+    let hostname = nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok());
+    let node = spec
+        .select_node(node, hostname.as_deref())
+        .map_err(DesiredError::Node)?;
+    let desired = spec.desired_for(node);
+    Ok((spec, desired))
+}
+
+/// What a converge did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Actions applied successfully, in order.
+    pub applied: Vec<Action>,
+    /// Actions that failed.
+    pub failures: Vec<DataplaneError>,
+    /// What still differs after applying: empty when the node matches the desired state.
+    pub remaining: Plan,
+    /// The node as observed at the end.
+    pub observed: Observed,
+}
+
+impl Outcome {
+    pub fn converged(&self) -> bool {
+        self.remaining.actions.is_empty() && self.remaining.conflicts.is_empty()
+    }
+}
+
+/// Passes over the node before giving up on converging it: the second absorbs what the
+/// kernel did meanwhile (a link coming up late), more would only repeat a real failure.
+const PASSES: usize = 2;
+
+/// Converges the node to `desired`: observe, plan, apply every action (a failure does not
+/// stop the others), and observe again to verify; repeats once if something still differs.
+/// `on_applied` is told about each action as it succeeds.
+pub fn converge(
+    dataplane: &mut dyn Dataplane,
+    desired: &Desired,
+    mut on_applied: impl FnMut(&Action),
+) -> Result<Outcome, DataplaneError> {
+    let mut outcome = Outcome {
+        observed: dataplane.observe()?,
+        ..Outcome::default()
+    };
+    for _ in 0..PASSES {
+        let planned = plan(desired, &outcome.observed);
+        if planned.actions.is_empty() {
+            outcome.remaining = planned;
+            return Ok(outcome);
+        }
+        outcome.failures.clear();
+        for action in planned.actions {
+            match dataplane.apply(&action) {
+                Ok(()) => {
+                    on_applied(&action);
+                    outcome.applied.push(action);
+                }
+                Err(error) => outcome.failures.push(error),
+            }
+        }
+        outcome.observed = dataplane.observe()?;
+        outcome.remaining = plan(desired, &outcome.observed);
+        if outcome.remaining.actions.is_empty() {
+            break;
+        }
+    }
+    Ok(outcome)
+}
+
+/// The lifecycle phase of an instance, as `status` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Phase {
+    /// Everything it needs is in place.
+    Ready,
+    /// Not created yet.
+    Pending,
+    /// Created, but something differs from the desired state.
+    Drifted,
+    /// Cannot be converged: a conflict or a failed action, see the message.
+    Failed,
+}
+
+/// One instance in the status document (CONTRACT §4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceStatus {
+    pub name: String,
+    pub phase: Phase,
+    pub address: String,
+    pub netns: String,
+    pub host_interface: String,
+    pub message: String,
+}
+
+/// The status of every instance of `desired` on a node observed as `observed`.
+/// `failures` are errors of the last apply, reported on the instances they concern.
+pub fn instance_status(
+    desired: &Desired,
+    observed: &Observed,
+    netns_dir: &Path,
+    failures: &[DataplaneError],
+) -> Vec<InstanceStatus> {
+    let remaining = plan(desired, observed);
+    let node_actions: Vec<&Action> = remaining
+        .actions
+        .iter()
+        .filter(|action| instance_of(action, desired).is_none())
+        .collect();
+    let node_conflict = remaining
+        .conflicts
+        .iter()
+        .find(|conflict| conflict.instance.is_none());
+    desired
+        .instances
+        .iter()
+        .map(|instance| {
+            let netns = names::namespace_name(&instance.name);
+            let own_actions: Vec<&Action> = remaining
+                .actions
+                .iter()
+                .filter(|action| instance_of(action, desired) == Some(instance.name.as_str()))
+                .collect();
+            let conflict = remaining
+                .conflicts
+                .iter()
+                .find(|conflict| conflict.instance.as_deref() == Some(instance.name.as_str()))
+                .or(node_conflict);
+            let failure = failures
+                .iter()
+                .find(|failure| mentions(failure, &instance.name));
+            let (phase, message) = if let Some(conflict) = conflict {
+                (Phase::Failed, conflict.message.clone())
+            } else if let Some(failure) = failure {
+                (Phase::Failed, failure.to_string())
+            } else if !observed.namespaces.contains_key(&netns) {
+                (Phase::Pending, "not created yet".to_string())
+            } else if !own_actions.is_empty() || !node_actions.is_empty() {
+                let pending: Vec<String> = own_actions
+                    .iter()
+                    .chain(&node_actions)
+                    .map(|action| first_line(action))
+                    .collect();
+                (
+                    Phase::Drifted,
+                    format!("{} pending: {}", pending.len(), pending.join("; ")),
+                )
+            } else {
+                (Phase::Ready, String::new())
+            };
+            InstanceStatus {
+                name: instance.name.clone(),
+                phase,
+                address: instance.address.to_string(),
+                netns: netns_dir.join(&netns).display().to_string(),
+                host_interface: names::host_interface_name(&instance.name),
+                message,
+            }
+        })
+        .collect()
+}
+
+fn first_line(action: &Action) -> String {
+    action
+        .to_string()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn mentions(failure: &DataplaneError, instance: &str) -> bool {
+    let text = failure.to_string();
+    text.contains(&names::namespace_name(instance))
+        || text.contains(&names::host_interface_name(instance))
+}
+
+/// The instance an action is about, if any (others concern the whole node).
+pub fn instance_of<'a>(action: &Action, desired: &'a Desired) -> Option<&'a str> {
+    let by_namespace = |netns: &str| {
+        desired
+            .instances
+            .iter()
+            .find(|i| names::namespace_name(&i.name) == netns)
+            .map(|i| i.name.as_str())
+    };
+    let by_host_link = |link: &str| {
+        desired
+            .instances
+            .iter()
+            .find(|i| names::host_interface_name(&i.name) == link)
+            .map(|i| i.name.as_str())
+    };
+    let by_link = |link: &LinkRef| match &link.netns {
+        Some(netns) => by_namespace(netns),
+        None => by_host_link(&link.name),
+    };
+    match action {
+        Action::CreateNamespace { name } | Action::DeleteNamespace { name } => by_namespace(name),
+        Action::CreateVeth { host, .. } => by_host_link(host),
+        Action::SetMaster { link, .. } | Action::SetHairpin { link } => by_host_link(link),
+        Action::DeleteLink { link }
+        | Action::SetMtu { link, .. }
+        | Action::SetUp { link }
+        | Action::AddAddress { link, .. }
+        | Action::DeleteAddress { link, .. } => by_link(link),
+        Action::ReplaceDefaultRoute { namespace, .. } => by_namespace(namespace),
+        Action::CreateBridge { .. }
+        | Action::ReplaceRoute { .. }
+        | Action::DeleteRoute { .. }
+        | Action::SetSysctl { .. }
+        | Action::SyncTable { .. } => None,
+    }
+}
+
+/// The instances kudonet has on a node, read from the kernel alone: what is in force when
+/// the desired state cannot be read.
+pub fn instances_in_force(observed: &Observed, netns_dir: &Path) -> Vec<InstanceStatus> {
+    observed
+        .namespaces
+        .iter()
+        .filter(|(_, namespace)| namespace.owned)
+        .filter_map(|(netns, namespace)| {
+            let name = netns.strip_prefix(names::NAMESPACE_PREFIX)?;
+            let eth0 = namespace.links.get(names::INSTANCE_INTERFACE);
+            let address = eth0
+                .and_then(|eth0| eth0.addresses.iter().next())
+                .map(ToString::to_string);
+            let working = eth0.is_some_and(|eth0| eth0.up)
+                && address.is_some()
+                && namespace.default_gateway.is_some();
+            Some(InstanceStatus {
+                name: name.to_string(),
+                phase: if working {
+                    Phase::Ready
+                } else {
+                    Phase::Drifted
+                },
+                address: address.unwrap_or_default(),
+                netns: netns_dir.join(netns).display().to_string(),
+                host_interface: names::host_interface_name(name),
+                message: "desired state unreadable: showing what is in force".to_string(),
+            })
+        })
+        .collect()
+}
