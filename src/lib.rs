@@ -16,5 +16,6 @@ pub mod names;
 pub mod observe;
 pub mod plan;
 pub mod privileges;
+pub mod probe;
 pub mod reconcile;
 pub mod spec;

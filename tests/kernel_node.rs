@@ -1,0 +1,211 @@
+//! One node on a real kernel, in a sandbox: `kudonet apply` builds it, real packets prove
+//! every connectivity case of CONTRACT §2, a second apply changes nothing, removal and
+//! teardown take exactly kudonet's objects, and foreign firewall rules survive untouched.
+//!
+//! The sandbox's own namespace is the node. "outside" is a namespace behind the node's
+//! uplink `eth0` (203.0.113.1/24; outside is 203.0.113.254 and the default gateway).
+
+mod common;
+
+use std::net::SocketAddrV4;
+use std::path::Path;
+use std::process::Output;
+
+use kudonet::probe::{self, Place};
+use kudonet::spec::Protocol::{Tcp, Udp};
+
+const KUDONET: &str = env!("CARGO_BIN_EXE_kudonet");
+
+const NODE: &str = r#"
+kind: Node
+name: node-a
+cidr: 10.0.0.1/24
+---
+kind: Instance
+name: web
+address: 10.0.0.2/24
+ports:
+  - hostPort: 8080
+    instancePort: 80
+  - hostPort: 5353
+    instancePort: 53
+    protocol: udp
+  - hostPort: 9443
+    instancePort: 443
+    hostIp: 203.0.113.1
+---
+kind: Instance
+name: db
+address: 10.0.0.3/24
+"#;
+
+/// Foreign firewall state a real host has: a DROP forward policy, Docker-like chains, an
+/// admin's rules. kudonet must work with them and leave them exactly as they are.
+const FOREIGN_RULES: &str = "
+iptables -w -P FORWARD DROP
+iptables -w -N DOCKER-USER
+iptables -w -A DOCKER-USER -j RETURN
+iptables -w -A FORWARD -j DOCKER-USER
+iptables -w -A FORWARD -i eth9 -j DROP
+iptables -w -t nat -A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE
+iptables -w -t nat -A PREROUTING -d 198.51.100.7/32 -j RETURN
+";
+
+fn kudonet(args: &[&str]) -> Output {
+    common::run(KUDONET, args)
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn setup_outside() {
+    common::sh(
+        "ip netns add outside
+         ip link add eth0 type veth peer name up0 netns outside
+         ip addr add 203.0.113.1/24 dev eth0 && ip link set eth0 up
+         ip -n outside addr add 203.0.113.254/24 dev up0
+         ip -n outside link set up0 up && ip -n outside link set lo up
+         ip route add default via 203.0.113.254",
+    );
+}
+
+fn netns(name: &str) -> Place {
+    Place::netns(Path::new("/run/netns").join(name))
+}
+
+fn addr(text: &str) -> SocketAddrV4 {
+    text.parse().unwrap()
+}
+
+/// The address the server saw, asking from `from` to `target`.
+fn seen(from: &Place, protocol: kudonet::spec::Protocol, target: &str) -> String {
+    match probe::ask(from, protocol, addr(target)) {
+        Ok(source) => source.ip().to_string(),
+        Err(error) => panic!("{protocol} {target} from {from:?}: {error}"),
+    }
+}
+
+/// iptables-save without counters and comments, per table: what must not change.
+fn firewall() -> String {
+    common::sh("iptables-save -t nat | grep -v '^#'; iptables-save -t filter | grep -v '^#'")
+}
+
+fn foreign_rules(firewall: &str) -> Vec<String> {
+    firewall
+        .lines()
+        .filter(|line| !line.contains("KUDO-"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn one_node_end_to_end() {
+    common::sandboxed("one_node_end_to_end", || {
+        setup_outside();
+        common::sh(FOREIGN_RULES);
+        let foreign_before = foreign_rules(&firewall());
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("node.yaml"), NODE).unwrap();
+        let dir = dir.path().to_str().unwrap();
+
+        let apply = kudonet(&["apply", dir]);
+        assert!(
+            apply.status.success(),
+            "apply failed: {}{}",
+            stdout(&apply),
+            String::from_utf8_lossy(&apply.stderr)
+        );
+        assert!(
+            stdout(&apply).ends_with("Apply complete: 8 added, 17 changed, 0 destroyed.\n"),
+            "{}",
+            stdout(&apply)
+        );
+
+        let web = netns("kudo-web");
+        let db = netns("kudo-db");
+        let outside = netns("outside");
+        let _web80 = probe::serve(&web, Tcp, addr("0.0.0.0:80")).unwrap();
+        let _web53 = probe::serve(&web, Udp, addr("0.0.0.0:53")).unwrap();
+        let _web443 = probe::serve(&web, Tcp, addr("0.0.0.0:443")).unwrap();
+        let _db80 = probe::serve(&db, Tcp, addr("0.0.0.0:80")).unwrap();
+        let _node = probe::serve(&Place::Here, Tcp, addr("0.0.0.0:7000")).unwrap();
+        let _outside = probe::serve(&outside, Tcp, addr("0.0.0.0:9000")).unwrap();
+
+        // Instance <-> instance on the node, sources preserved.
+        assert_eq!(seen(&db, Tcp, "10.0.0.2:80"), "10.0.0.3");
+        assert_eq!(seen(&web, Tcp, "10.0.0.3:80"), "10.0.0.2");
+        // Instance -> node (its gateway).
+        assert_eq!(seen(&web, Tcp, "10.0.0.1:7000"), "10.0.0.2");
+        // Node -> instance.
+        assert_eq!(seen(&Place::Here, Tcp, "10.0.0.2:80"), "10.0.0.1");
+        // Instance -> outside, masqueraded behind the node's uplink address.
+        assert_eq!(seen(&web, Tcp, "203.0.113.254:9000"), "203.0.113.1");
+        // Outside -> published ports, TCP and UDP; the instance sees the real client.
+        assert_eq!(seen(&outside, Tcp, "203.0.113.1:8080"), "203.0.113.254");
+        assert_eq!(seen(&outside, Udp, "203.0.113.1:5353"), "203.0.113.254");
+        assert_eq!(seen(&outside, Tcp, "203.0.113.1:9443"), "203.0.113.254");
+        // The node itself, via localhost and via its own addresses.
+        assert_eq!(seen(&Place::Here, Tcp, "127.0.0.1:8080"), "10.0.0.1");
+        assert_eq!(seen(&Place::Here, Udp, "127.0.0.1:5353"), "10.0.0.1");
+        assert_eq!(seen(&Place::Here, Tcp, "203.0.113.1:8080"), "10.0.0.1");
+        // Hairpin: instances reaching a published port of their own node, the target itself too.
+        assert_eq!(seen(&db, Tcp, "203.0.113.1:8080"), "10.0.0.1");
+        assert_eq!(seen(&web, Tcp, "203.0.113.1:8080"), "10.0.0.1");
+        assert_eq!(seen(&web, Tcp, "10.0.0.1:8080"), "10.0.0.1");
+        // hostIp is honoured: 9443 is published on 203.0.113.1 only.
+        assert!(probe::ask(&Place::Here, Tcp, addr("127.0.0.1:9443")).is_err());
+
+        // Idempotent to the byte: no change, same rules, same links.
+        let rules = firewall();
+        let links = common::sh("ip -d -o link show | sed 's/ promiscuity.*//'");
+        let again = kudonet(&["apply", dir]);
+        assert!(again.status.success());
+        assert_eq!(stdout(&again), "No changes.\n");
+        assert_eq!(firewall(), rules);
+        assert_eq!(
+            common::sh("ip -d -o link show | sed 's/ promiscuity.*//'"),
+            links
+        );
+        assert_eq!(stdout(&kudonet(&["plan", dir])), "No changes.\n");
+        assert_eq!(
+            foreign_rules(&rules),
+            foreign_before,
+            "foreign rules unchanged and in order"
+        );
+
+        // Removing an instance removes exactly its objects.
+        std::fs::write(
+            Path::new(dir).join("node.yaml"),
+            NODE.split("---\nkind: Instance\nname: db").next().unwrap(),
+        )
+        .unwrap();
+        let remove = kudonet(&["apply", dir]);
+        assert!(
+            remove.status.success(),
+            "{}",
+            String::from_utf8_lossy(&remove.stderr)
+        );
+        assert_eq!(
+            stdout(&remove),
+            "- link kv14e07b53ba1e3\n- namespace kudo-db\nApply complete: 0 added, 0 changed, 2 destroyed.\n"
+        );
+        assert_eq!(seen(&outside, Tcp, "203.0.113.1:8080"), "203.0.113.254");
+
+        // Teardown leaves no kudonet object and every foreign one.
+        let teardown = kudonet(&["teardown"]);
+        assert!(
+            teardown.status.success(),
+            "{}",
+            String::from_utf8_lossy(&teardown.stderr)
+        );
+        assert_eq!(common::sh("ls /run/netns"), "outside\n");
+        assert_eq!(
+            common::sh("ip -o link show | cut -d: -f2 | tr -d ' ' | sed 's/@.*//'"),
+            "lo\neth0\n"
+        );
+        let after = firewall();
+        assert!(!after.contains("KUDO"), "{after}");
+        assert_eq!(foreign_rules(&after), foreign_before);
+    });
+}
