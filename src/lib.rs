@@ -12,6 +12,7 @@
 //! The binary (`kudonet`) is a thin command line over these.
 
 pub mod dataplane;
+pub mod demo;
 pub mod names;
 pub mod observe;
 pub mod plan;

@@ -100,6 +100,14 @@ enum Command {
         #[arg(long)]
         node: Option<String>,
     },
+    /// A guided tour that leaves the host untouched: in a throwaway network and mount
+    /// namespace, apply DIR (default: the bundled example), prove connectivity with real
+    /// packets, print the status, and exit (1 if a check failed).
+    Demo {
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        node: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -111,6 +119,7 @@ fn main() -> ExitCode {
         Command::Apply { dir, node } => apply(&cli, dir, node.as_deref()),
         Command::Status { dir, node, output } => status(&cli, dir, node.as_deref(), *output),
         Command::Teardown { .. } => teardown(&cli),
+        Command::Demo { dir, node } => demo(&cli, dir.as_deref(), node.as_deref()),
     };
     match result {
         Ok(code) => code,
@@ -270,6 +279,20 @@ fn report_outcome(
     Ok(ExitCode::FAILURE)
 }
 
+fn demo(cli: &Cli, dir: Option<&Path>, node: Option<&str>) -> CommandResult {
+    privileges::require("kudonet demo", privileges::NODE_ADMIN)?;
+    // Still single-threaded here, as unsharing the mount namespace requires.
+    kudonet::demo::enter_sandbox()
+        .map_err(|error| format!("cannot create the demo's namespaces: {error}"))?;
+    let passed = kudonet::demo::run(dir, node, &cli.netns_dir, &mut std::io::stdout())
+        .map_err(|error| format!("demo: {error}"))?;
+    Ok(if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 /// The status document of CONTRACT §4.
 #[derive(serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -328,7 +351,7 @@ fn print_status_table(document: &StatusDocument) {
         .map(|i| {
             [
                 i.name.clone(),
-                format!("{:?}", i.phase),
+                i.phase.to_string(),
                 i.address.clone(),
                 i.netns.clone(),
                 i.message.clone(),

@@ -113,6 +113,17 @@ pub enum Phase {
     Failed,
 }
 
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            Phase::Ready => "Ready",
+            Phase::Pending => "Pending",
+            Phase::Drifted => "Drifted",
+            Phase::Failed => "Failed",
+        })
+    }
+}
+
 /// One instance in the status document (CONTRACT §4).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
