@@ -106,7 +106,7 @@ pub fn run(
 
     let mut dataplane = KernelDataplane::new(netns_dir, Iptables::new())
         .map_err(|e| io::Error::other(e.to_string()))?;
-    let outcome = reconcile::converge(&mut dataplane, &desired, |_| {})
+    let outcome = reconcile::converge(&mut dataplane, &desired, &Default::default(), |_| {})
         .map_err(|e| io::Error::other(e.to_string()))?;
     let (add, change, destroy) = crate::plan::Plan {
         actions: outcome.applied.clone(),

@@ -13,6 +13,7 @@
 
 pub mod dataplane;
 pub mod demo;
+pub mod lock;
 pub mod names;
 pub mod observe;
 pub mod plan;

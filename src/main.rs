@@ -6,12 +6,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use kudonet::dataplane::Dataplane;
 use kudonet::dataplane::iptables::Iptables;
 use kudonet::dataplane::kernel::KernelDataplane;
-use kudonet::dataplane::{Dataplane, DataplaneError};
 use kudonet::observe::Observed;
 use kudonet::plan::{Effect, plan, plan_teardown};
-use kudonet::reconcile::{self, InstanceStatus, load_desired};
+use kudonet::reconcile::{self, Failure, StatusDocument, load_desired};
 use kudonet::{privileges, spec};
 
 /// kudonet: a declarative network controller for container-like instances.
@@ -202,8 +202,12 @@ fn plan_command(cli: &Cli, dir: &Path, node: Option<&str>) -> CommandResult {
 fn apply(cli: &Cli, dir: &Path, node: Option<&str>) -> CommandResult {
     let (_, desired) = load_desired(dir, node).map_err(|error| error.to_string())?;
     let mut dataplane = dataplane(cli, "apply")?;
-    let outcome = reconcile::converge(&mut dataplane, &desired, |action| println!("{action}"))
+    let _lock = kudonet::lock::wait_lock(Path::new(kudonet::lock::LOCK_DIR), &desired.node.name)
         .map_err(|error| error.to_string())?;
+    let outcome = reconcile::converge(&mut dataplane, &desired, &Default::default(), |action| {
+        println!("{action}")
+    })
+    .map_err(|error| error.to_string())?;
     report_outcome(
         "Apply",
         &outcome.applied,
@@ -223,7 +227,7 @@ fn teardown(cli: &Cli) -> CommandResult {
                 println!("{action}");
                 applied.push(action);
             }
-            Err(error) => failures.push(error),
+            Err(error) => failures.push(Failure { action, error }),
         }
     }
     let remaining = plan_teardown(&observe(&mut dataplane)?);
@@ -234,7 +238,7 @@ fn teardown(cli: &Cli) -> CommandResult {
 fn report_outcome(
     verb: &str,
     applied: &[kudonet::plan::Action],
-    failures: &[DataplaneError],
+    failures: &[Failure],
     remaining: &kudonet::plan::Plan,
 ) -> CommandResult {
     let count = |effect| {
@@ -293,22 +297,11 @@ fn demo(cli: &Cli, dir: Option<&Path>, node: Option<&str>) -> CommandResult {
     })
 }
 
-/// The status document of CONTRACT §4.
-#[derive(serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct StatusDocument {
-    node: String,
-    valid: bool,
-    errors: Vec<String>,
-    observed_at: String,
-    instances: Vec<InstanceStatus>,
-}
-
 fn status(cli: &Cli, dir: &Path, node: Option<&str>, output: Output) -> CommandResult {
     let desired = load_desired(dir, node);
     let mut dataplane = dataplane(cli, "status")?;
     let observed = observe(&mut dataplane)?;
-    let observed_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let observed_at = reconcile::timestamp();
     let document = match &desired {
         Ok((_, desired)) => StatusDocument {
             node: desired.node.name.clone(),

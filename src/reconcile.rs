@@ -1,6 +1,7 @@
 //! One reconcile: observe → plan → apply → verify, and the status of each instance. The
 //! command line, the controller loop and the library API all converge a node through here.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde::Serialize;
@@ -40,13 +41,26 @@ pub fn load_desired(dir: &Path, node: Option<&str>) -> Result<(Spec, Desired), D
     Ok((spec, desired))
 }
 
+/// An action that failed, and why.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub action: Action,
+    pub error: DataplaneError,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
 /// What a converge did.
 #[derive(Debug, Default)]
 pub struct Outcome {
     /// Actions applied successfully, in order.
     pub applied: Vec<Action>,
     /// Actions that failed.
-    pub failures: Vec<DataplaneError>,
+    pub failures: Vec<Failure>,
     /// What still differs after applying: empty when the node matches the desired state.
     pub remaining: Plan,
     /// The node as observed at the end.
@@ -65,39 +79,71 @@ const PASSES: usize = 2;
 
 /// Converges the node to `desired`: observe, plan, apply every action (a failure does not
 /// stop the others), and observe again to verify; repeats once if something still differs.
-/// `on_applied` is told about each action as it succeeds.
+/// Actions about an instance of `held_back` (one waiting out its retry backoff) are left
+/// for later. `on_applied` is told about each action as it succeeds.
 pub fn converge(
     dataplane: &mut dyn Dataplane,
     desired: &Desired,
+    held_back: &BTreeSet<String>,
     mut on_applied: impl FnMut(&Action),
 ) -> Result<Outcome, DataplaneError> {
     let mut outcome = Outcome {
         observed: dataplane.observe()?,
         ..Outcome::default()
     };
+    let wanted = |action: &&Action| {
+        instance_of(action, desired).is_none_or(|name| !held_back.contains(name))
+    };
     for _ in 0..PASSES {
         let planned = plan(desired, &outcome.observed);
-        if planned.actions.is_empty() {
+        if !planned.actions.iter().any(|action| wanted(&action)) {
             outcome.remaining = planned;
             return Ok(outcome);
         }
         outcome.failures.clear();
-        for action in planned.actions {
-            match dataplane.apply(&action) {
+        for action in planned.actions.iter().filter(wanted) {
+            match dataplane.apply(action) {
                 Ok(()) => {
-                    on_applied(&action);
-                    outcome.applied.push(action);
+                    on_applied(action);
+                    outcome.applied.push(action.clone());
                 }
-                Err(error) => outcome.failures.push(error),
+                Err(error) => outcome.failures.push(Failure {
+                    action: action.clone(),
+                    error,
+                }),
             }
         }
         outcome.observed = dataplane.observe()?;
         outcome.remaining = plan(desired, &outcome.observed);
-        if outcome.remaining.actions.is_empty() {
+        if !outcome
+            .remaining
+            .actions
+            .iter()
+            .any(|action| wanted(&action))
+        {
             break;
         }
     }
     Ok(outcome)
+}
+
+/// The status document of CONTRACT §4, as `status --output json` prints it and `run
+/// --status-file` writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusDocument {
+    pub node: String,
+    pub valid: bool,
+    /// Why the desired state is invalid, one line each.
+    pub errors: Vec<String>,
+    /// RFC 3339, UTC.
+    pub observed_at: String,
+    pub instances: Vec<InstanceStatus>,
+}
+
+/// Now, as the status document writes it.
+pub fn timestamp() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
 /// The lifecycle phase of an instance, as `status` reports it.
@@ -142,7 +188,7 @@ pub fn instance_status(
     desired: &Desired,
     observed: &Observed,
     netns_dir: &Path,
-    failures: &[DataplaneError],
+    failures: &[Failure],
 ) -> Vec<InstanceStatus> {
     let remaining = plan(desired, observed);
     let node_actions: Vec<&Action> = remaining
@@ -169,9 +215,9 @@ pub fn instance_status(
                 .iter()
                 .find(|conflict| conflict.instance.as_deref() == Some(instance.name.as_str()))
                 .or(node_conflict);
-            let failure = failures
-                .iter()
-                .find(|failure| mentions(failure, &instance.name));
+            let failure = failures.iter().find(|failure| {
+                instance_of(&failure.action, desired) == Some(instance.name.as_str())
+            });
             let (phase, message) = if let Some(conflict) = conflict {
                 (Phase::Failed, conflict.message.clone())
             } else if let Some(failure) = failure {
@@ -210,12 +256,6 @@ fn first_line(action: &Action) -> String {
         .next()
         .unwrap_or_default()
         .to_string()
-}
-
-fn mentions(failure: &DataplaneError, instance: &str) -> bool {
-    let text = failure.to_string();
-    text.contains(&names::namespace_name(instance))
-        || text.contains(&names::host_interface_name(instance))
 }
 
 /// The instance an action is about, if any (others concern the whole node).

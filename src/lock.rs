@@ -1,0 +1,110 @@
+//! One writer per node: `kudonet run` and `kudonet apply` hold an exclusive lock on
+//! `/run/kudonet/<node>.lock` while they change the node. A second controller refuses to
+//! start; a second apply waits its turn.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+
+/// Where lock files live. On tmpfs: a reboot clears them, as it clears what they protect.
+pub const LOCK_DIR: &str = "/run/kudonet";
+
+/// The held lock; released when dropped (or when the process dies, however it dies).
+pub struct NodeLock {
+    _lock: Flock<File>,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("another kudonet is managing node {node} (pid {holder}, lock {path}); stop it first")]
+    Held {
+        node: String,
+        holder: String,
+        path: String,
+    },
+    #[error("cannot lock {path}: {source}")]
+    Io { path: String, source: io::Error },
+}
+
+/// The lock file of `node` in `dir`.
+pub fn lock_path(dir: &Path, node: &str) -> PathBuf {
+    dir.join(format!("{node}.lock"))
+}
+
+/// Takes the lock of `node`, failing at once if someone holds it.
+pub fn try_lock(dir: &Path, node: &str) -> Result<NodeLock, LockError> {
+    lock(dir, node, false)
+}
+
+/// Takes the lock of `node`, waiting for its holder to finish.
+pub fn wait_lock(dir: &Path, node: &str) -> Result<NodeLock, LockError> {
+    lock(dir, node, true)
+}
+
+fn lock(dir: &Path, node: &str, wait: bool) -> Result<NodeLock, LockError> {
+    let path = lock_path(dir, node);
+    let io_error = |source| LockError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    fs::create_dir_all(dir).map_err(io_error)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_error)?;
+    let mode = if wait {
+        FlockArg::LockExclusive
+    } else {
+        FlockArg::LockExclusiveNonblock
+    };
+    let mut lock = match Flock::lock(file, mode) {
+        Ok(lock) => lock,
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            return Err(LockError::Held {
+                node: node.to_string(),
+                holder: holder.trim().to_string(),
+                path: path.display().to_string(),
+            });
+        }
+        Err((_, errno)) => return Err(io_error(errno.into())),
+    };
+    // The holder's pid, for the message a second controller prints.
+    let write_pid = |file: &mut File| -> io::Result<()> {
+        file.set_len(0)?;
+        file.rewind()?;
+        writeln!(file, "{}", std::process::id())
+    };
+    write_pid(&mut lock).map_err(io_error)?;
+    Ok(NodeLock { _lock: lock, path })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_holder_is_refused_with_the_first_ones_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = try_lock(dir.path(), "node-a").unwrap();
+        let error = try_lock(dir.path(), "node-a").err().unwrap().to_string();
+        assert_eq!(
+            error,
+            format!(
+                "another kudonet is managing node node-a (pid {}, lock {}); stop it first",
+                std::process::id(),
+                first.path.display()
+            )
+        );
+        assert!(try_lock(dir.path(), "node-b").is_ok(), "locks are per node");
+        drop(first);
+        assert!(try_lock(dir.path(), "node-a").is_ok(), "released on drop");
+    }
+}
