@@ -15,7 +15,8 @@ use crate::plan::Action;
 pub enum DataplaneError {
     #[error("reading the node: {0}")]
     Observe(String),
-    /// `action` is the action as the plan prints it.
+    /// `action` is the first line of the action as the plan prints it (without the rule
+    /// diff of a table sync), so that the error is one line.
     #[error("{action}: {reason}")]
     Action { action: String, reason: String },
 }
@@ -23,7 +24,12 @@ pub enum DataplaneError {
 impl DataplaneError {
     pub fn action(action: &Action, reason: impl Into<String>) -> DataplaneError {
         DataplaneError::Action {
-            action: action.to_string(),
+            action: action
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
             reason: reason.into(),
         }
     }
