@@ -1,0 +1,1025 @@
+//! The `kudonet` binary against a real kernel, one scenario per test, each in its own
+//! sandbox (see `common::sandboxed`): foreign objects in kudonet's way, missing tools and
+//! privileges, drift, status, MTU, crash leftovers, the uplink, teardown and rebuild.
+//! Every test asserts the exact output and exit code, and the kernel state it leaves.
+//!
+//! The sandbox's own namespace is the node. Where packets must leave it, "outside" is a
+//! namespace behind the node's uplink `eth0` (203.0.113.1/24; outside is 203.0.113.254 and
+//! the node's default gateway).
+
+mod common;
+
+use std::net::SocketAddrV4;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use kudonet::probe::{self, Place};
+use kudonet::spec::Protocol::Tcp;
+use serde_json::Value;
+
+const KUDONET: &str = env!("CARGO_BIN_EXE_kudonet");
+
+/// web publishes 8080 -> 80; db publishes nothing.
+const NODE: &str = "\
+kind: Node
+name: node-a
+cidr: 10.0.0.1/24
+---
+kind: Instance
+name: web
+address: 10.0.0.2/24
+ports:
+  - hostPort: 8080
+    instancePort: 80
+---
+kind: Instance
+name: db
+address: 10.0.0.3/24
+";
+
+/// Host ends of the veths of web and db (pinned by `names::host_interface_name`).
+const WEB_VETH: &str = "kv0e11948721ef1";
+const DB_VETH: &str = "kv14e07b53ba1e3";
+
+/// The filter table of a fresh node with bridge kudo0, as `plan` and `apply` print it.
+const FILTER_ADDED: &str = "\
+~ iptables table filter
+    + -N KUDO-FORWARD
+    + -A KUDO-FORWARD -i kudo0 -j ACCEPT
+    + -A KUDO-FORWARD -o kudo0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+    + -A KUDO-FORWARD -o kudo0 -m conntrack --ctstate DNAT -j ACCEPT
+    + -A FORWARD -m comment --comment kudonet -j KUDO-FORWARD
+";
+
+/// The nat table of a fresh node for `NODE`, with `masquerade` as the uplink rule.
+fn nat_added(masquerade: &str) -> String {
+    format!(
+        "\
+~ iptables table nat
+    + -N KUDO-OUTPUT
+    + -A KUDO-OUTPUT -m addrtype --dst-type LOCAL -j KUDO-PORTS
+    + -N KUDO-PORTS
+    + -A KUDO-PORTS -p tcp -m tcp --dport 8080 -m comment --comment web -j DNAT --to-destination 10.0.0.2:80
+    + -N KUDO-POSTROUTING
+    + -A KUDO-POSTROUTING -s 10.0.0.0/24 -o kudo0 -m conntrack --ctstate DNAT -j MASQUERADE
+    + -A KUDO-POSTROUTING -o kudo0 -m addrtype --src-type LOCAL -m conntrack --ctstate DNAT -j MASQUERADE
+    + -A KUDO-POSTROUTING -s 10.0.0.0/24 -d 10.0.0.0/24 -j RETURN
+    + -A KUDO-POSTROUTING {masquerade}
+    + -N KUDO-PREROUTING
+    + -A KUDO-PREROUTING -m addrtype --dst-type LOCAL -j KUDO-PORTS
+    + -A OUTPUT -m comment --comment kudonet -j KUDO-OUTPUT
+    + -A POSTROUTING -m comment --comment kudonet -j KUDO-POSTROUTING
+    + -A PREROUTING -m comment --comment kudonet -j KUDO-PREROUTING
+"
+    )
+}
+
+/// The actions that build instance `name` (with `veth`, address `address`) from nothing.
+fn instance_added(name: &str, veth: &str, address: &str) -> String {
+    format!(
+        "\
++ namespace kudo-{name}
++ veth {veth} <-> kudo-{name}/eth0 for instance {name}
+~ link {veth}: attach to bridge kudo0
+~ link {veth}: hairpin on
+~ link {veth}: up
+~ link kudo-{name}/lo: up
++ address {address} on kudo-{name}/eth0
+~ link kudo-{name}/eth0: up
+~ route default via 10.0.0.1 in kudo-{name}
+"
+    )
+}
+
+/// What `apply` prints building `NODE` on a node without kudonet objects; `ip_forward`:
+/// whether the sysctl still has to be set.
+fn fresh_apply(ip_forward: bool, masquerade: &str) -> String {
+    let forward = if ip_forward {
+        "~ sysctl net.ipv4.ip_forward = 1\n"
+    } else {
+        ""
+    };
+    format!(
+        "+ bridge kudo0\n+ address 10.0.0.1/24 on kudo0\n~ link kudo0: up\n{forward}\
+         ~ sysctl net.ipv4.conf.kudo0.route_localnet = 1\n{}{}{FILTER_ADDED}{}",
+        instance_added("db", DB_VETH, "10.0.0.3/24"),
+        instance_added("web", WEB_VETH, "10.0.0.2/24"),
+        nat_added(masquerade),
+    )
+}
+
+/// The outcome of one kudonet run.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    /// Asserts the exit code and both outputs, exactly.
+    #[track_caller]
+    fn expect(&self, code: i32, stdout: &str, stderr: &str) {
+        assert_eq!(
+            (self.code, self.stdout.as_str(), self.stderr.as_str()),
+            (code, stdout, stderr),
+            "exit code, stdout, stderr"
+        );
+    }
+}
+
+fn run_command(command: &mut Command) -> Run {
+    let output = command.output().expect("kudonet runs");
+    Run {
+        code: output.status.code().expect("exited, not killed"),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn kudonet(args: &[&str]) -> Run {
+    run_command(Command::new(KUDONET).args(args))
+}
+
+/// A desired-state directory as a root-run kudonet accepts it (and others can read).
+struct StateDir {
+    dir: tempfile::TempDir,
+}
+
+impl StateDir {
+    fn new(yaml: &str) -> StateDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let state = StateDir { dir };
+        state.write("node.yaml", yaml);
+        state
+    }
+
+    fn write(&self, file: &str, yaml: &str) {
+        let path = self.dir.path().join(file);
+        std::fs::write(&path, yaml).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+
+    fn path(&self) -> &str {
+        self.dir.path().to_str().unwrap()
+    }
+
+    fn file(&self, file: &str) -> String {
+        self.dir.path().join(file).display().to_string()
+    }
+}
+
+/// `ip -j -d link show dev NAME` (in namespace `netns`), or None when there is no such link.
+fn link(netns: Option<&str>, name: &str) -> Option<Value> {
+    let mut args = Vec::new();
+    if let Some(netns) = netns {
+        args.extend(["-n", netns]);
+    }
+    args.extend(["-j", "-d", "link", "show", "dev", name]);
+    let output = common::run("ip", &args);
+    if !output.status.success() {
+        return None;
+    }
+    let links: Value = serde_json::from_slice(&output.stdout).unwrap();
+    Some(links[0].clone())
+}
+
+fn is_up(link: &Value) -> bool {
+    link["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|flag| flag == "UP")
+}
+
+/// The IPv4 addresses of a link, as `ADDRESS/PREFIX`.
+fn addresses(netns: Option<&str>, name: &str) -> Vec<String> {
+    let mut args = Vec::new();
+    if let Some(netns) = netns {
+        args.extend(["-n", netns]);
+    }
+    args.extend(["-j", "-4", "addr", "show", "dev", name]);
+    let links: Value = serde_json::from_str(&common::run_ok("ip", &args)).unwrap();
+    links[0]["addr_info"]
+        .as_array()
+        .map(|infos| {
+            infos
+                .iter()
+                .map(|info| format!("{}/{}", info["local"].as_str().unwrap(), info["prefixlen"]))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Names of the links of the node (or of `netns`), in ifindex order.
+fn link_names(netns: Option<&str>) -> Vec<String> {
+    let mut args = Vec::new();
+    if let Some(netns) = netns {
+        args.extend(["-n", netns]);
+    }
+    args.extend(["-j", "link", "show"]);
+    let links: Value = serde_json::from_str(&common::run_ok("ip", &args)).unwrap();
+    links
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|link| link["ifname"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The entries of /run/netns (none when it does not exist).
+fn namespaces() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|entries| {
+            entries
+                .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// iptables-save of nat and filter, without comments and counters.
+fn firewall() -> String {
+    common::sh("iptables-save -t nat | grep -v '^#'; iptables-save -t filter | grep -v '^#'")
+}
+
+fn ip_forward() -> String {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// The uplink and the network behind it (see the module documentation).
+fn setup_outside() {
+    common::sh(
+        "ip netns add outside
+         ip link add eth0 type veth peer name up0 netns outside
+         ip addr add 203.0.113.1/24 dev eth0 && ip link set eth0 up
+         ip -n outside addr add 203.0.113.254/24 dev up0
+         ip -n outside link set up0 up && ip -n outside link set lo up
+         ip route add default via 203.0.113.254",
+    );
+}
+
+fn netns(name: &str) -> Place {
+    Place::netns(Path::new("/run/netns").join(name))
+}
+
+fn addr(text: &str) -> SocketAddrV4 {
+    text.parse().unwrap()
+}
+
+/// The source address a TCP server at `target` saw, asked from `from`.
+#[track_caller]
+fn seen(from: &Place, target: &str) -> String {
+    match probe::ask(from, Tcp, addr(target)) {
+        Ok(source) => source.ip().to_string(),
+        Err(error) => panic!("tcp {target} from {from:?}: {error}"),
+    }
+}
+
+const APPLY_INCOMPLETE: &str = "the node does not match the desired state.\n";
+
+#[test]
+fn foreign_link_on_the_bridge_name_is_left_alone() {
+    common::sandboxed("foreign_link_on_the_bridge_name_is_left_alone", || {
+        let state = StateDir::new(NODE);
+        let firewall_before = firewall();
+        for (create, description) in [
+            (
+                "ip link add kudo0 type bridge",
+                "a bridge without kudonet's mark",
+            ),
+            (
+                "ip link add kudo0 type bridge && ip link set kudo0 alias docker",
+                "a bridge with alias \"docker\"",
+            ),
+            (
+                "ip link add kudo0 type veth peer name kudo0p",
+                "a veth without kudonet's mark",
+            ),
+        ] {
+            common::sh(create);
+            let before = link(None, "kudo0").unwrap();
+            let conflict = format!(
+                "conflict: link kudo0 exists and is not kudonet's bridge ({description}): \
+                 kudonet leaves it alone; delete or rename it, or set `bridge:` on Node \
+                 \"node-a\" to a free name\n"
+            );
+
+            kudonet(&["apply", state.path()]).expect(
+                1,
+                "",
+                &format!("{conflict}Apply incomplete: 0 added, 0 changed, 0 destroyed; {APPLY_INCOMPLETE}"),
+            );
+            kudonet(&["plan", state.path()]).expect(
+                0,
+                &format!("Plan: 0 to add, 0 to change, 0 to destroy.\n{conflict}"),
+                "",
+            );
+
+            // Untouched: the same link, down, without address or master; nothing else built.
+            let after = link(None, "kudo0").unwrap();
+            assert_eq!(after, before, "the foreign link is exactly as it was");
+            assert!(!is_up(&after));
+            assert_eq!(addresses(None, "kudo0"), Vec::<String>::new());
+            assert_eq!(namespaces(), Vec::<String>::new());
+            assert_eq!(firewall(), firewall_before, "no KUDO chain, no jump");
+            assert!(!firewall().contains("KUDO"));
+            assert_eq!(ip_forward(), "0");
+            // And teardown does not take it either.
+            kudonet(&["teardown"]).expect(0, "No changes.\n", "");
+            assert_eq!(link(None, "kudo0").unwrap(), before);
+
+            common::sh("ip link del kudo0");
+        }
+
+        // With the name free, the node builds.
+        let apply = kudonet(&["apply", state.path()]);
+        assert_eq!(apply.code, 0, "{apply:?}");
+        assert_eq!(
+            link(None, "kudo0").unwrap()["ifalias"],
+            Value::from("kudonet:bridge")
+        );
+    });
+}
+
+#[test]
+fn foreign_namespace_holds_back_only_its_instance() {
+    common::sandboxed("foreign_namespace_holds_back_only_its_instance", || {
+        setup_outside();
+        common::sh("ip netns add kudo-web");
+        let foreign_lo = link(Some("kudo-web"), "lo").unwrap();
+        let state = StateDir::new(NODE);
+        let conflict = "conflict: namespace kudo-web exists and was not created by kudonet: \
+                        kudonet leaves it alone; delete it (ip netns delete kudo-web) if nothing \
+                        uses it\n";
+
+        let expected = format!(
+            "+ bridge kudo0\n+ address 10.0.0.1/24 on kudo0\n~ link kudo0: up\n\
+             ~ sysctl net.ipv4.ip_forward = 1\n~ sysctl net.ipv4.conf.kudo0.route_localnet = 1\n\
+             {}{FILTER_ADDED}{}",
+            instance_added("db", DB_VETH, "10.0.0.3/24"),
+            nat_added("-s 10.0.0.0/24 -o eth0 -j MASQUERADE"),
+        );
+        kudonet(&["apply", state.path()]).expect(
+            1,
+            &expected,
+            &format!(
+                "{conflict}Apply incomplete: 5 added, 11 changed, 0 destroyed; {APPLY_INCOMPLETE}"
+            ),
+        );
+        kudonet(&["plan", state.path()]).expect(
+            0,
+            &format!("Plan: 0 to add, 0 to change, 0 to destroy.\n{conflict}"),
+            "",
+        );
+        // A second apply changes nothing more and still names the conflict.
+        kudonet(&["apply", state.path()]).expect(
+            1,
+            "",
+            &format!(
+                "{conflict}Apply incomplete: 0 added, 0 changed, 0 destroyed; {APPLY_INCOMPLETE}"
+            ),
+        );
+
+        // web's namespace is untouched: only its own loopback, as it was.
+        assert_eq!(link_names(Some("kudo-web")), ["lo"]);
+        assert_eq!(link(Some("kudo-web"), "lo").unwrap(), foreign_lo);
+        assert_eq!(link(None, WEB_VETH), None);
+
+        // db is converged and reachable, and reaches out.
+        let db = netns("kudo-db");
+        let _db80 = probe::serve(&db, Tcp, addr("0.0.0.0:80")).unwrap();
+        let _outside = probe::serve(&netns("outside"), Tcp, addr("0.0.0.0:9000")).unwrap();
+        assert_eq!(seen(&Place::Here, "10.0.0.3:80"), "10.0.0.1");
+        assert_eq!(seen(&db, "203.0.113.254:9000"), "203.0.113.1");
+
+        let status = kudonet(&["status", state.path()]);
+        status.expect(
+            0,
+            &format!(
+                "NAME  PHASE   ADDRESS      NETNS                MESSAGE\n\
+                 db    Ready   10.0.0.3/24  /run/netns/kudo-db\n\
+                 web   Failed  10.0.0.2/24  /run/netns/kudo-web  {}",
+                conflict.strip_prefix("conflict: ").unwrap()
+            ),
+            "",
+        );
+
+        // Teardown takes db and leaves the foreign namespace.
+        let teardown = kudonet(&["teardown"]);
+        assert_eq!(teardown.code, 0, "{teardown:?}");
+        assert_eq!(namespaces(), ["kudo-web", "outside"]);
+        assert_eq!(link_names(Some("kudo-web")), ["lo"]);
+        assert_eq!(link(Some("kudo-web"), "lo").unwrap(), foreign_lo);
+        assert_eq!(link_names(None), ["lo", "eth0"]);
+    });
+}
+
+#[test]
+fn missing_iptables_changes_nothing() {
+    common::sandboxed("missing_iptables_changes_nothing", || {
+        let state = StateDir::new(NODE);
+        let firewall_before = firewall();
+        // kudonet also looks in the sbin directories, whatever PATH says: hide the binaries
+        // (both are links to one multi-call binary) in a mount namespace of kudonet's own.
+        let binary = std::fs::canonicalize(
+            common::sh("command -v iptables-save || echo /usr/sbin/iptables-save").trim(),
+        )
+        .unwrap();
+        let binary = binary.to_str().unwrap();
+        for command in ["apply", "plan", "status"] {
+            let script = format!(
+                "mount --bind /dev/null {binary} && PATH=/nonexistent exec {KUDONET} {command} {}",
+                state.path()
+            );
+            run_command(Command::new("unshare").args(["--mount", "--", "sh", "-c", &script]))
+                .expect(
+                    1,
+                    "",
+                    "kudonet: reading the node: iptables-save not found: install the iptables \
+                     package (apt-get install iptables)\n",
+                );
+        }
+        assert_eq!(link_names(None), ["lo"], "no bridge, no veth");
+        assert_eq!(namespaces(), Vec::<String>::new());
+        assert_eq!(ip_forward(), "0");
+        assert_eq!(firewall(), firewall_before);
+
+        // Only iptables-restore missing: the links are built, each table sync fails on one
+        // line naming the table and the reason. The namespaces kudonet mounts must outlive
+        // its private mount namespace: make the netns directory shared first, as
+        // `ip netns` does, and keep it shared in kudonet's.
+        common::sh(
+            "mkdir -p /run/netns && mount --bind /run/netns /run/netns && mount --make-shared /run/netns",
+        );
+        let bin = tempfile::tempdir().unwrap();
+        let save = bin.path().join("iptables-save");
+        std::fs::copy(binary, &save).unwrap();
+        let script = format!(
+            "mount --bind /dev/null {binary} && PATH={} exec {KUDONET} apply {}",
+            bin.path().display(),
+            state.path()
+        );
+        let apply = run_command(Command::new("unshare").args([
+            "--mount",
+            "--propagation",
+            "unchanged",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ]));
+        assert_eq!(apply.code, 1, "{apply:?}");
+        let stderr: Vec<&str> = apply.stderr.lines().collect();
+        let not_found =
+            "iptables-restore not found: install the iptables package (apt-get install iptables)";
+        assert_eq!(
+            stderr
+                .iter()
+                .filter(|line| line.starts_with("error: "))
+                .collect::<Vec<_>>(),
+            [
+                &format!("error: ~ iptables table filter: {not_found}").as_str(),
+                &format!("error: ~ iptables table nat: {not_found}").as_str(),
+            ],
+            "{}",
+            apply.stderr
+        );
+        assert_eq!(
+            stderr.last(),
+            Some(
+                &format!("Apply incomplete: 8 added, 15 changed, 0 destroyed; {APPLY_INCOMPLETE}")
+                    .trim_end()
+            ),
+        );
+        assert!(!firewall().contains("KUDO"));
+        // With iptables back, only the tables are left to do.
+        let apply = kudonet(&["apply", state.path()]);
+        assert_eq!(apply.code, 0, "{apply:?}");
+        assert_eq!(
+            apply.stdout,
+            format!(
+                "{FILTER_ADDED}{}Apply complete: 0 added, 2 changed, 0 destroyed.\n",
+                nat_added("-s 10.0.0.0/24 ! -o kudo0 -j MASQUERADE")
+            )
+        );
+    });
+}
+
+#[test]
+fn missing_privileges_are_named() {
+    common::sandboxed("missing_privileges_are_named", || {
+        let state = StateDir::new(NODE);
+        let nobody = ["--reuid=65534", "--regid=65534", "--clear-groups"];
+        let as_nobody = |args: &[&str]| {
+            run_command(Command::new("setpriv").args(nobody).arg(KUDONET).args(args))
+        };
+        for command in ["apply", "plan", "status"] {
+            as_nobody(&[command, state.path()]).expect(
+                1,
+                "",
+                &format!(
+                    "kudonet: kudonet {command} needs root (missing CAP_NET_ADMIN and \
+                     CAP_SYS_ADMIN): run it as root\n"
+                ),
+            );
+        }
+        as_nobody(&["teardown"]).expect(
+            1,
+            "",
+            "kudonet: kudonet teardown needs root (missing CAP_NET_ADMIN and CAP_SYS_ADMIN): \
+             run it as root\n",
+        );
+        as_nobody(&["validate", state.path()]).expect(
+            0,
+            &format!("{}: valid (1 node, 2 instances)\n", state.path()),
+            "",
+        );
+
+        // Root without one capability: the message names it.
+        for (drop, missing) in [
+            ("-net_admin", "CAP_NET_ADMIN"),
+            ("-sys_admin", "CAP_SYS_ADMIN"),
+        ] {
+            run_command(
+                Command::new("setpriv")
+                    .args(["--inh-caps=-all", &format!("--bounding-set={drop}")])
+                    .args([KUDONET, "apply", state.path()]),
+            )
+            .expect(
+                1,
+                "",
+                &format!("kudonet: kudonet apply needs root (missing {missing}): run it as root\n"),
+            );
+        }
+        assert_eq!(link_names(None), ["lo"]);
+        assert_eq!(namespaces(), Vec::<String>::new());
+        assert!(!firewall().contains("KUDO"));
+    });
+}
+
+#[test]
+fn apply_repairs_drift() {
+    common::sandboxed("apply_repairs_drift", || {
+        setup_outside();
+        let state = StateDir::new(NODE);
+        let first = kudonet(&["apply", state.path()]);
+        assert_eq!(first.code, 0, "{first:?}");
+        let rules = firewall();
+
+        common::sh(&format!(
+            "ip link del {DB_VETH}
+             ip link set kudo0 down
+             iptables -t nat -F KUDO-PORTS
+             ip -n kudo-web route del default
+             echo 0 > /proc/sys/net/ipv4/ip_forward"
+        ));
+        let repairs = format!(
+            "~ link kudo0: up\n\
+             ~ sysctl net.ipv4.ip_forward = 1\n\
+             + veth {DB_VETH} <-> kudo-db/eth0 for instance db\n\
+             ~ link {DB_VETH}: attach to bridge kudo0\n\
+             ~ link {DB_VETH}: hairpin on\n\
+             ~ link {DB_VETH}: up\n\
+             + address 10.0.0.3/24 on kudo-db/eth0\n\
+             ~ link kudo-db/eth0: up\n\
+             ~ route default via 10.0.0.1 in kudo-db\n\
+             ~ route default via 10.0.0.1 in kudo-web\n\
+             ~ iptables table nat\n    \
+             + -A KUDO-PORTS -p tcp -m tcp --dport 8080 -m comment --comment web -j DNAT --to-destination 10.0.0.2:80\n"
+        );
+        kudonet(&["plan", state.path()]).expect(
+            0,
+            &format!("{repairs}Plan: 2 to add, 9 to change, 0 to destroy.\n"),
+            "",
+        );
+        kudonet(&["apply", state.path()]).expect(
+            0,
+            &format!("{repairs}Apply complete: 2 added, 9 changed, 0 destroyed.\n"),
+            "",
+        );
+        kudonet(&["plan", state.path()]).expect(0, "No changes.\n", "");
+        assert_eq!(firewall(), rules);
+        assert_eq!(ip_forward(), "1");
+
+        let web = netns("kudo-web");
+        let db = netns("kudo-db");
+        let outside = netns("outside");
+        let _web80 = probe::serve(&web, Tcp, addr("0.0.0.0:80")).unwrap();
+        let _db80 = probe::serve(&db, Tcp, addr("0.0.0.0:80")).unwrap();
+        let _outside = probe::serve(&outside, Tcp, addr("0.0.0.0:9000")).unwrap();
+        assert_eq!(seen(&outside, "203.0.113.1:8080"), "203.0.113.254");
+        assert_eq!(seen(&db, "10.0.0.2:80"), "10.0.0.3");
+        assert_eq!(seen(&web, "10.0.0.3:80"), "10.0.0.2");
+        assert_eq!(seen(&web, "203.0.113.254:9000"), "203.0.113.1");
+        kudonet(&["apply", state.path()]).expect(0, "No changes.\n", "");
+    });
+}
+
+/// The JSON status document, checked for what every document has; returns it.
+#[track_caller]
+fn status_json(state: &StateDir, code: i32) -> Value {
+    let run = kudonet(&["status", state.path(), "--output", "json"]);
+    assert_eq!((run.code, run.stderr.as_str()), (code, ""), "{run:?}");
+    let document: Value = serde_json::from_str(&run.stdout).unwrap();
+    let observed_at = document["observedAt"].as_str().unwrap();
+    let parsed = humantime::parse_rfc3339(observed_at)
+        .unwrap_or_else(|error| panic!("observedAt {observed_at:?}: {error}"));
+    let age = std::time::SystemTime::now()
+        .duration_since(parsed)
+        .expect("observedAt is not in the future");
+    assert!(age.as_secs() < 60, "observedAt {observed_at} is now");
+    let mut keys: Vec<&String> = document.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["errors", "instances", "node", "observedAt", "valid"],
+        "{document}"
+    );
+    document
+}
+
+fn instance(name: &str, phase: &str, address: &str, veth: &str, message: &str) -> Value {
+    serde_json::json!({
+        "name": name,
+        "phase": phase,
+        "address": address,
+        "netns": format!("/run/netns/kudo-{name}"),
+        "hostInterface": veth,
+        "message": message,
+    })
+}
+
+#[test]
+fn status_reports_each_instance() {
+    common::sandboxed("status_reports_each_instance", || {
+        let state = StateDir::new(NODE);
+        let header = "NAME  PHASE    ADDRESS      NETNS                MESSAGE\n";
+
+        // Before apply: Pending.
+        kudonet(&["status", state.path()]).expect(
+            0,
+            "NAME  PHASE    ADDRESS      NETNS                MESSAGE\n\
+             db    Pending  10.0.0.3/24  /run/netns/kudo-db   not created yet\n\
+             web   Pending  10.0.0.2/24  /run/netns/kudo-web  not created yet\n",
+            "",
+        );
+        let document = status_json(&state, 0);
+        assert_eq!(document["node"], "node-a");
+        assert_eq!(document["valid"], true);
+        assert_eq!(document["errors"], serde_json::json!([]));
+        assert_eq!(
+            document["instances"],
+            serde_json::json!([
+                instance("db", "Pending", "10.0.0.3/24", DB_VETH, "not created yet"),
+                instance("web", "Pending", "10.0.0.2/24", WEB_VETH, "not created yet"),
+            ])
+        );
+
+        // After apply: Ready.
+        let apply = kudonet(&["apply", state.path()]);
+        assert_eq!(apply.code, 0, "{apply:?}");
+        kudonet(&["status", state.path()]).expect(
+            0,
+            "NAME  PHASE  ADDRESS      NETNS                MESSAGE\n\
+             db    Ready  10.0.0.3/24  /run/netns/kudo-db\n\
+             web   Ready  10.0.0.2/24  /run/netns/kudo-web\n",
+            "",
+        );
+        let document = status_json(&state, 0);
+        assert_eq!(
+            (&document["node"], &document["valid"], &document["errors"]),
+            (
+                &Value::from("node-a"),
+                &Value::from(true),
+                &serde_json::json!([])
+            )
+        );
+        assert_eq!(
+            document["instances"],
+            serde_json::json!([
+                instance("db", "Ready", "10.0.0.3/24", DB_VETH, ""),
+                instance("web", "Ready", "10.0.0.2/24", WEB_VETH, ""),
+            ])
+        );
+
+        // A veth deleted behind kudonet's back: that instance is Drifted, the other Ready.
+        common::run_ok("ip", &["link", "del", WEB_VETH]);
+        let drift = format!(
+            "7 pending: + veth {WEB_VETH} <-> kudo-web/eth0 for instance web; \
+             ~ link {WEB_VETH}: attach to bridge kudo0; ~ link {WEB_VETH}: hairpin on; \
+             ~ link {WEB_VETH}: up; + address 10.0.0.2/24 on kudo-web/eth0; \
+             ~ link kudo-web/eth0: up; ~ route default via 10.0.0.1 in kudo-web"
+        );
+        kudonet(&["status", state.path()]).expect(
+            0,
+            &format!(
+                "{header}\
+                 db    Ready    10.0.0.3/24  /run/netns/kudo-db\n\
+                 web   Drifted  10.0.0.2/24  /run/netns/kudo-web  {drift}\n"
+            ),
+            "",
+        );
+        assert_eq!(
+            status_json(&state, 0)["instances"],
+            serde_json::json!([
+                instance("db", "Ready", "10.0.0.3/24", DB_VETH, ""),
+                instance("web", "Drifted", "10.0.0.2/24", WEB_VETH, &drift),
+            ])
+        );
+
+        // An invalid directory: valid false, the errors as FILE:LINE:COLUMN lines, exit 1;
+        // the instances show what is still in force.
+        state.write(
+            "broken.yaml",
+            "kind: Instance\nname: cache\nadress: 10.0.0.4\n---\n\
+             kind: Instance\nname: cache2\naddress: 10.0.9.5\n",
+        );
+        let broken = state.file("broken.yaml");
+        let errors = [
+            format!(
+                "{broken}:3:1: unknown field `adress` in an Instance, expected one of apiVersion, \
+                 kind, name, node, address, ports (did you mean `address`?)"
+            ),
+            format!(
+                "{broken}:7:10: address 10.0.9.5 is outside Node \"node-a\"'s subnet 10.0.0.0/24"
+            ),
+        ];
+        let document = status_json(&state, 1);
+        assert_eq!(document["valid"], false);
+        assert_eq!(document["errors"], serde_json::json!(errors));
+        let in_force = "desired state unreadable: showing what is in force";
+        assert_eq!(
+            document["instances"],
+            serde_json::json!([
+                instance("db", "Ready", "10.0.0.3/24", DB_VETH, in_force),
+                // Its eth0 went with the host veth: no address is in force.
+                instance("web", "Drifted", "", WEB_VETH, in_force),
+            ])
+        );
+        let text = kudonet(&["status", state.path()]);
+        assert_eq!(text.code, 1);
+        assert_eq!(text.stderr, format!("{}\n", errors.join("\n")));
+        assert_eq!(
+            text.stdout,
+            format!(
+                "NAME  PHASE    ADDRESS      NETNS                MESSAGE\n\
+                 db    Ready    10.0.0.3/24  /run/netns/kudo-db   {in_force}\n\
+                 web   Drifted               /run/netns/kudo-web  {in_force}\n"
+            )
+        );
+    });
+}
+
+#[test]
+fn mtu_reaches_bridge_veths_and_instances() {
+    common::sandboxed("mtu_reaches_bridge_veths_and_instances", || {
+        let state =
+            StateDir::new(&NODE.replace("cidr: 10.0.0.1/24\n", "cidr: 10.0.0.1/24\nmtu: 1400\n"));
+        let apply = kudonet(&["apply", state.path()]);
+        assert_eq!(apply.code, 0, "{apply:?}");
+        assert!(
+            apply.stdout.starts_with("+ bridge kudo0 (mtu 1400)\n"),
+            "{}",
+            apply.stdout
+        );
+        assert!(apply.stdout.contains(&format!(
+            "+ veth {WEB_VETH} <-> kudo-web/eth0 for instance web (mtu 1400)\n"
+        )));
+        let mtus = || {
+            [
+                link(None, "kudo0"),
+                link(None, WEB_VETH),
+                link(None, DB_VETH),
+                link(Some("kudo-web"), "eth0"),
+                link(Some("kudo-db"), "eth0"),
+            ]
+            .map(|link| link.unwrap()["mtu"].as_u64().unwrap())
+        };
+        assert_eq!(mtus(), [1400; 5]);
+        kudonet(&["plan", state.path()]).expect(0, "No changes.\n", "");
+
+        // A changed MTU is changed in place, up or down.
+        for mtu in [1300, 9000] {
+            let yaml = NODE.replace(
+                "cidr: 10.0.0.1/24\n",
+                &format!("cidr: 10.0.0.1/24\nmtu: {mtu}\n"),
+            );
+            state.write("node.yaml", &yaml);
+            kudonet(&["apply", state.path()]).expect(
+                0,
+                &format!(
+                    "~ link kudo0: mtu {mtu}\n\
+                     ~ link {DB_VETH}: mtu {mtu}\n\
+                     ~ link kudo-db/eth0: mtu {mtu}\n\
+                     ~ link {WEB_VETH}: mtu {mtu}\n\
+                     ~ link kudo-web/eth0: mtu {mtu}\n\
+                     Apply complete: 0 added, 5 changed, 0 destroyed.\n"
+                ),
+                "",
+            );
+            assert_eq!(mtus(), [mtu; 5]);
+            kudonet(&["apply", state.path()]).expect(0, "No changes.\n", "");
+        }
+    });
+}
+
+#[test]
+fn crash_leftovers_are_cleaned_up() {
+    common::sandboxed("crash_leftovers_are_cleaned_up", || {
+        let state = StateDir::new(NODE);
+        // A bridge left between creation and marking, and a look-alike that is not one.
+        common::sh(
+            "ip link add kudonet-abc1234 type bridge
+             ip link add kudonet-web type bridge",
+        );
+        let plan = kudonet(&["plan", state.path()]);
+        assert_eq!(plan.code, 0, "{plan:?}");
+        assert!(
+            plan.stdout
+                .starts_with("- link kudonet-abc1234\n+ bridge kudo0\n"),
+            "{}",
+            plan.stdout
+        );
+        let apply = kudonet(&["apply", state.path()]);
+        assert_eq!(apply.code, 0, "{apply:?}");
+        assert_eq!(
+            apply.stdout,
+            format!(
+                "- link kudonet-abc1234\n{}Apply complete: 8 added, 17 changed, 1 destroyed.\n",
+                fresh_apply(true, "-s 10.0.0.0/24 ! -o kudo0 -j MASQUERADE")
+            )
+        );
+        assert_eq!(link(None, "kudonet-abc1234"), None);
+        assert!(
+            link(None, "kudonet-web").is_some(),
+            "not a scratch name: not kudonet's"
+        );
+
+        // A veth left by a crash between its creation and its rename: it holds web's eth0.
+        common::sh(&format!(
+            "ip link del {WEB_VETH}
+             ip link add kudonet-0f0f0f0 type veth peer name eth0 netns kudo-web"
+        ));
+        kudonet(&["apply", state.path()]).expect(
+            0,
+            &format!(
+                "- link kudonet-0f0f0f0\n\
+                 + veth {WEB_VETH} <-> kudo-web/eth0 for instance web\n\
+                 ~ link {WEB_VETH}: attach to bridge kudo0\n\
+                 ~ link {WEB_VETH}: hairpin on\n\
+                 ~ link {WEB_VETH}: up\n\
+                 + address 10.0.0.2/24 on kudo-web/eth0\n\
+                 ~ link kudo-web/eth0: up\n\
+                 ~ route default via 10.0.0.1 in kudo-web\n\
+                 Apply complete: 2 added, 5 changed, 1 destroyed.\n"
+            ),
+            "",
+        );
+        assert_eq!(link(None, "kudonet-0f0f0f0"), None);
+        assert_eq!(
+            link(None, WEB_VETH).unwrap()["ifalias"],
+            Value::from("kudonet:instance:web")
+        );
+        kudonet(&["plan", state.path()]).expect(0, "No changes.\n", "");
+    });
+}
+
+/// kudonet's MASQUERADE rule towards the uplink, from iptables-save.
+fn uplink_rule() -> String {
+    let rules: Vec<String> = common::sh("iptables-save -t nat")
+        .lines()
+        .filter(|line| {
+            line.starts_with("-A KUDO-POSTROUTING -s 10.0.0.0/24 ")
+                && line.ends_with("-j MASQUERADE")
+                && !line.contains("--ctstate")
+        })
+        .map(str::to_string)
+        .collect();
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    rules[0].clone()
+}
+
+#[test]
+fn masquerade_names_the_uplink() {
+    common::sandboxed("masquerade_names_the_uplink", || {
+        // No default route and no uplink: everything not for the bridge.
+        let state = StateDir::new(NODE);
+        let apply = kudonet(&["apply", state.path()]);
+        assert_eq!(apply.code, 0, "{apply:?}");
+        assert_eq!(
+            uplink_rule(),
+            "-A KUDO-POSTROUTING -s 10.0.0.0/24 ! -o kudo0 -j MASQUERADE"
+        );
+
+        // The default route's interface.
+        setup_outside();
+        let masquerade = |from: &str, to: &str| {
+            format!(
+                "~ iptables table nat\n    \
+                 - -A KUDO-POSTROUTING -s 10.0.0.0/24 {from} -j MASQUERADE\n    \
+                 + -A KUDO-POSTROUTING -s 10.0.0.0/24 {to} -j MASQUERADE\n"
+            )
+        };
+        kudonet(&["apply", state.path()]).expect(
+            0,
+            &format!(
+                "{}Apply complete: 0 added, 1 changed, 0 destroyed.\n",
+                masquerade("! -o kudo0", "-o eth0")
+            ),
+            "",
+        );
+        assert_eq!(
+            uplink_rule(),
+            "-A KUDO-POSTROUTING -s 10.0.0.0/24 -o eth0 -j MASQUERADE"
+        );
+        let web = netns("kudo-web");
+        let _outside = probe::serve(&netns("outside"), Tcp, addr("0.0.0.0:9000")).unwrap();
+        assert_eq!(seen(&web, "203.0.113.254:9000"), "203.0.113.1");
+
+        // An explicit uplink wins over the default route.
+        state.write(
+            "node.yaml",
+            &NODE.replace("cidr: 10.0.0.1/24\n", "cidr: 10.0.0.1/24\nuplink: wan1\n"),
+        );
+        kudonet(&["apply", state.path()]).expect(
+            0,
+            &format!(
+                "{}Apply complete: 0 added, 1 changed, 0 destroyed.\n",
+                masquerade("-o eth0", "-o wan1")
+            ),
+            "",
+        );
+        assert_eq!(
+            uplink_rule(),
+            "-A KUDO-POSTROUTING -s 10.0.0.0/24 -o wan1 -j MASQUERADE"
+        );
+        // Traffic leaving through eth0 is then not masqueraded (outside routes it back).
+        common::sh("ip -n outside route add 10.0.0.0/24 via 203.0.113.1");
+        assert_eq!(seen(&web, "203.0.113.254:9000"), "10.0.0.2");
+        kudonet(&["plan", state.path()]).expect(0, "No changes.\n", "");
+    });
+}
+
+#[test]
+fn teardown_then_apply_rebuilds() {
+    common::sandboxed("teardown_then_apply_rebuilds", || {
+        // Nothing of kudonet's: nothing to do.
+        kudonet(&["teardown"]).expect(0, "No changes.\n", "");
+        let state = StateDir::new(NODE);
+        kudonet(&["teardown", state.path()]).expect(0, "No changes.\n", "");
+
+        setup_outside();
+        let masquerade = "-s 10.0.0.0/24 -o eth0 -j MASQUERADE";
+        kudonet(&["apply", state.path()]).expect(
+            0,
+            &format!(
+                "{}Apply complete: 8 added, 17 changed, 0 destroyed.\n",
+                fresh_apply(true, masquerade)
+            ),
+            "",
+        );
+        let rules = firewall();
+        let teardown = kudonet(&["teardown", state.path()]);
+        assert_eq!(
+            (teardown.code, teardown.stderr.as_str()),
+            (0, ""),
+            "{teardown:?}"
+        );
+        assert!(
+            teardown
+                .stdout
+                .ends_with("Teardown complete: 0 added, 2 changed, 5 destroyed.\n"),
+            "{}",
+            teardown.stdout
+        );
+        assert_eq!(link_names(None), ["lo", "eth0"]);
+        assert_eq!(namespaces(), ["outside"]);
+        assert!(!firewall().contains("KUDO"));
+        kudonet(&["teardown"]).expect(0, "No changes.\n", "");
+
+        // As after a reboot: ip_forward is back to 0 as well.
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "0").unwrap();
+        kudonet(&["apply", state.path()]).expect(
+            0,
+            &format!(
+                "{}Apply complete: 8 added, 17 changed, 0 destroyed.\n",
+                fresh_apply(true, masquerade)
+            ),
+            "",
+        );
+        assert_eq!(firewall(), rules);
+        kudonet(&["apply", state.path()]).expect(0, "No changes.\n", "");
+        let web = netns("kudo-web");
+        let _web80 = probe::serve(&web, Tcp, addr("0.0.0.0:80")).unwrap();
+        assert_eq!(seen(&netns("outside"), "203.0.113.1:8080"), "203.0.113.254");
+        assert_eq!(seen(&netns("kudo-db"), "10.0.0.2:80"), "10.0.0.3");
+    });
+}
