@@ -43,11 +43,17 @@ pub fn require(command: &str, needed: &[Capability]) -> Result<(), String> {
         .map(ToString::to_string)
         .collect();
     if missing.is_empty() {
-        Ok(())
+        return Ok(());
+    }
+    let missing = missing.join(" and ");
+    if nix::unistd::geteuid().is_root() {
+        // Root without the capability: a container or a unit's bounding set dropped it.
+        Err(format!(
+            "{command} needs {missing}, which this root process lacks: grant it (e.g. in the container or systemd unit)"
+        ))
     } else {
         Err(format!(
-            "{command} needs root (missing {}): run it as root",
-            missing.join(" and ")
+            "{command} needs root (missing {missing}): run it as root"
         ))
     }
 }

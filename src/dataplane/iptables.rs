@@ -256,6 +256,19 @@ impl Iptables {
 
     /// Table `table` as it is now (`iptables-save -t TABLE`; that binary takes no `-w`: it
     /// reads without the lock).
+    /// Checks that both programs can be found, before anything is changed: a node must not
+    /// be left half built because `iptables-restore` is missing.
+    pub fn check_available(&self) -> Result<(), FirewallError> {
+        for program in [&self.save, &self.restore] {
+            if locate(program).is_none() {
+                return Err(FirewallError::NotFound {
+                    program: program.display().to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     pub fn read_table(&self, table: &str) -> Result<Table, FirewallError> {
         let output = run(&self.save, &["-t", table], None)?;
         let text = String::from_utf8_lossy(&output.stdout);

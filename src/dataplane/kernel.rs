@@ -26,6 +26,9 @@ impl KernelDataplane {
     /// A dataplane for the network namespace of the calling thread, with instance
     /// namespaces in `netns_dir`.
     pub fn new(netns_dir: &Path, iptables: Iptables) -> Result<KernelDataplane, DataplaneError> {
+        iptables
+            .check_available()
+            .map_err(|error| DataplaneError::Unavailable(error.to_string()))?;
         let host = Netlink::open().map_err(|error| {
             DataplaneError::Observe(format!("cannot open a netlink socket: {error}"))
         })?;
@@ -194,10 +197,14 @@ impl KernelDataplane {
 
 impl Dataplane for KernelDataplane {
     fn observe(&mut self) -> Result<Observed, DataplaneError> {
-        observe(&self.netns_dir, &self.iptables)
-            .map_err(|error| DataplaneError::Observe(error.to_string()))
+        let observed = observe(&self.netns_dir, &self.iptables)
+            .map_err(|error| DataplaneError::Observe(error.to_string()))?;
+        // A cached socket keeps its namespace alive: let go of those that left the netns
+        // directory, or a namespace deleted behind kudonet's back would never be freed.
+        self.namespaces
+            .retain(|name, _| observed.namespaces.contains_key(name));
+        Ok(observed)
     }
-
     fn apply(&mut self, action: &Action) -> Result<(), DataplaneError> {
         self.apply_action(action)
             .map_err(|reason| DataplaneError::action(action, reason))

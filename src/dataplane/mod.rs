@@ -15,6 +15,9 @@ use crate::plan::Action;
 pub enum DataplaneError {
     #[error("reading the node: {0}")]
     Observe(String),
+    /// A tool or facility the dataplane needs is missing; nothing was changed.
+    #[error("{0}")]
+    Unavailable(String),
     /// `action` is the first line of the action as the plan prints it (without the rule
     /// diff of a table sync), so that the error is one line.
     #[error("{action}: {reason}")]

@@ -118,12 +118,28 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
         planner.instance(desired, instance);
     }
     planner.peer_routes(&wanted);
+    // An instance held back by a conflict publishes nothing: its address may lead elsewhere.
+    let blocked: BTreeSet<&str> = planner
+        .plan
+        .conflicts
+        .iter()
+        .filter_map(|conflict| conflict.instance.as_deref())
+        .collect();
+    let serving = Desired {
+        instances: desired
+            .instances
+            .iter()
+            .filter(|i| !blocked.contains(i.name.as_str()))
+            .cloned()
+            .collect(),
+        ..desired.clone()
+    };
     let uplink = desired
         .node
         .uplink
         .as_deref()
         .or(observed.default_route_interface.as_deref());
-    planner.firewall(&firewall::desired_tables(desired, uplink));
+    planner.firewall(&firewall::desired_tables(&serving, uplink));
     planner.plan
 }
 
