@@ -11,6 +11,7 @@
 //!
 //! The binary (`kudonet`) is a thin command line over these.
 
+pub mod controller;
 pub mod dataplane;
 pub mod demo;
 pub mod lock;

@@ -100,6 +100,27 @@ enum Command {
         #[arg(long)]
         node: Option<String>,
     },
+    /// The controller: keep this node matching DIR, repairing what others change, until
+    /// SIGTERM or SIGINT (which leave the network in place).
+    ///
+    /// Reconciles at start-up (rebuilding the node after a reboot), when DIR changes, on
+    /// kernel events about kudonet's objects, every --resync seconds (which also catches
+    /// iptables changes), and on SIGHUP. An invalid DIR never changes the node: the last
+    /// valid state stays in force and the errors are reported until DIR is valid again.
+    Run {
+        dir: PathBuf,
+        #[arg(long)]
+        node: Option<String>,
+        /// Seconds between full resyncs.
+        #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+        resync: u64,
+        /// Write the status document (JSON) here after every reconcile, atomically.
+        #[arg(long, value_name = "PATH")]
+        status_file: Option<PathBuf>,
+        /// Serve Prometheus /metrics, /healthz and /readyz here (e.g. 127.0.0.1:9101).
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<std::net::SocketAddr>,
+    },
     /// A guided tour that leaves the host untouched: in a throwaway network and mount
     /// namespace, apply DIR (default: the bundled example), prove connectivity with real
     /// packets, print the status, and exit (1 if a check failed).
@@ -120,6 +141,24 @@ fn main() -> ExitCode {
         Command::Status { dir, node, output } => status(&cli, dir, node.as_deref(), *output),
         Command::Teardown { .. } => teardown(&cli),
         Command::Demo { dir, node } => demo(&cli, dir.as_deref(), node.as_deref()),
+        Command::Run {
+            dir,
+            node,
+            resync,
+            status_file,
+            metrics_addr,
+        } => run(
+            &cli,
+            kudonet::controller::Options {
+                dir: dir.clone(),
+                node: node.clone(),
+                netns_dir: cli.netns_dir.clone(),
+                lock_dir: PathBuf::from(kudonet::lock::LOCK_DIR),
+                resync: std::time::Duration::from_secs(*resync),
+                status_file: status_file.clone(),
+                metrics_addr: *metrics_addr,
+            },
+        ),
     };
     match result {
         Ok(code) => code,
@@ -131,8 +170,11 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(cli: &Cli) {
+    // The controller reports what it does; one-shot commands print their own results.
+    let daemon = matches!(cli.command, Command::Run { .. });
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => "error",
+        (false, 0) if daemon => "info",
         (false, 0) => "warn",
         (false, 1) => "info",
         (false, _) => "debug",
@@ -141,7 +183,8 @@ fn init_logging(cli: &Cli) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match cli.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -184,7 +227,7 @@ fn plural(count: usize) -> &'static str {
 
 /// The kernel dataplane of this node, after checking privileges.
 fn dataplane(cli: &Cli, command: &str) -> Result<KernelDataplane, String> {
-    privileges::require(&format!("kudonet {command}"), privileges::NODE_ADMIN)?;
+    privileges::require(command, privileges::NODE_ADMIN)?;
     KernelDataplane::new(&cli.netns_dir, Iptables::new()).map_err(|error| error.to_string())
 }
 
@@ -283,8 +326,18 @@ fn report_outcome(
     Ok(ExitCode::FAILURE)
 }
 
+fn run(_cli: &Cli, options: kudonet::controller::Options) -> CommandResult {
+    privileges::require("run", privileges::NODE_ADMIN)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| format!("cannot start the runtime: {error}"))?;
+    runtime.block_on(kudonet::controller::run(options))?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn demo(cli: &Cli, dir: Option<&Path>, node: Option<&str>) -> CommandResult {
-    privileges::require("kudonet demo", privileges::NODE_ADMIN)?;
+    privileges::require("demo", privileges::NODE_ADMIN)?;
     // Still single-threaded here, as unsharing the mount namespace requires.
     kudonet::demo::enter_sandbox()
         .map_err(|error| format!("cannot create the demo's namespaces: {error}"))?;

@@ -97,6 +97,28 @@ pub enum Effect {
 }
 
 impl Action {
+    /// A stable snake_case name of the action's kind, for metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::CreateNamespace { .. } => "create_namespace",
+            Action::DeleteNamespace { .. } => "delete_namespace",
+            Action::CreateBridge { .. } => "create_bridge",
+            Action::CreateVeth { .. } => "create_veth",
+            Action::DeleteLink { .. } => "delete_link",
+            Action::SetMtu { .. } => "set_mtu",
+            Action::SetUp { .. } => "set_up",
+            Action::SetMaster { .. } => "set_master",
+            Action::SetHairpin { .. } => "set_hairpin",
+            Action::AddAddress { .. } => "add_address",
+            Action::DeleteAddress { .. } => "delete_address",
+            Action::ReplaceDefaultRoute { .. } => "replace_default_route",
+            Action::ReplaceRoute { .. } => "replace_route",
+            Action::DeleteRoute { .. } => "delete_route",
+            Action::SetSysctl { .. } => "set_sysctl",
+            Action::SyncTable { .. } => "sync_table",
+        }
+    }
+
     pub fn effect(&self) -> Effect {
         match self {
             Action::CreateNamespace { .. }

@@ -1,0 +1,287 @@
+//! What makes the controller reconcile: the desired-state directory changing, kernel events
+//! on the node and inside instance namespaces, the periodic resync, SIGHUP, a retry coming
+//! due. Triggers are level-based hints: every reconcile looks at everything, so a lost or
+//! duplicated trigger costs at most one pass.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+
+use crate::dataplane::netlink::in_namespace;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Trigger {
+    /// The controller started: the first pass rebuilds everything (after a reboot too).
+    Startup,
+    /// Something changed below the desired-state directory.
+    Files,
+    /// A link, address or route changed, or a namespace appeared or vanished.
+    Kernel,
+    /// The kernel dropped events (a netlink overrun, an inotify overflow): look at everything.
+    Overrun,
+    /// The periodic full resync: catches what raises no event (iptables).
+    Resync,
+    /// SIGHUP.
+    Hangup,
+    /// A failing instance's backoff ran out.
+    Retry,
+}
+
+impl Trigger {
+    /// Whether the desired state must be read again.
+    pub fn reloads(self) -> bool {
+        matches!(
+            self,
+            Trigger::Startup
+                | Trigger::Files
+                | Trigger::Overrun
+                | Trigger::Resync
+                | Trigger::Hangup
+        )
+    }
+
+    /// How long to wait for more triggers before acting: editors and agents write files in
+    /// bursts; kernel events come in tight groups.
+    fn quiet(self) -> Duration {
+        match self {
+            Trigger::Files => Duration::from_millis(150),
+            _ => Duration::from_millis(20),
+        }
+    }
+}
+
+/// Triggers received together, acted on by one reconcile.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Batch(pub BTreeSet<Trigger>);
+
+impl Batch {
+    pub fn reloads(&self) -> bool {
+        self.0.iter().any(|trigger| trigger.reloads())
+    }
+}
+
+/// A burst never delays a reconcile by more than this.
+pub const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
+
+/// Collects `first` and whatever follows it until the triggers go quiet (the longest quiet
+/// period of what was received) or `MAX_DEBOUNCE` has passed since `first`.
+pub async fn debounce(receiver: &mut mpsc::Receiver<Trigger>, first: Trigger) -> Batch {
+    let started = Instant::now();
+    let mut batch = Batch(BTreeSet::from([first]));
+    loop {
+        let quiet = batch
+            .0
+            .iter()
+            .map(|trigger| trigger.quiet())
+            .max()
+            .unwrap_or_default();
+        let deadline = (Instant::now() + quiet).min(started + MAX_DEBOUNCE);
+        tokio::select! {
+            received = receiver.recv() => match received {
+                Some(trigger) => { batch.0.insert(trigger); }
+                None => return batch,
+            },
+            () = sleep_until(deadline) => return batch,
+        }
+    }
+}
+
+/// Sends `trigger` unless the channel is full (a trigger is already waiting: enough).
+fn send(sender: &mpsc::Sender<Trigger>, trigger: Trigger) {
+    let _ = sender.try_send(trigger);
+}
+
+/// Watches a directory recursively (the desired state) or not (the netns directory).
+pub struct DirWatcher {
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl DirWatcher {
+    pub fn new(
+        dir: &Path,
+        recursive: bool,
+        sender: mpsc::Sender<Trigger>,
+        trigger: Trigger,
+    ) -> notify::Result<DirWatcher> {
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+                Ok(event) if event.need_rescan() => send(&sender, Trigger::Overrun),
+                // Reading the files (kudonet's own reload among them) changes nothing.
+                Ok(event) if event.kind.is_access() => {}
+                Ok(_) => send(&sender, trigger),
+                Err(_) => send(&sender, Trigger::Overrun),
+            })?;
+        let mode = if recursive {
+            RecursiveMode::Recursive
+        } else {
+            RecursiveMode::NonRecursive
+        };
+        watcher.watch(dir, mode)?;
+        Ok(DirWatcher { _watcher: watcher })
+    }
+}
+
+/// rtnetlink multicast groups: links, IPv4 addresses, IPv4 routes.
+const GROUPS: u32 = 0x1 | 0x10 | 0x40;
+
+/// Kernel events from the node's namespace and from each instance namespace, read by one
+/// thread with epoll. Namespaces are added and removed as instances come and go: a socket
+/// inside a namespace keeps it alive, so one that vanished from the netns directory must
+/// be let go.
+pub struct KernelEvents {
+    epoll: Arc<Epoll>,
+    sockets: Mutex<HashMap<PathBuf, netlink_sys::Socket>>,
+    _node: netlink_sys::Socket,
+}
+
+impl KernelEvents {
+    pub fn start(sender: mpsc::Sender<Trigger>) -> io::Result<KernelEvents> {
+        let epoll = Arc::new(Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?);
+        let node = subscribe()?;
+        epoll.add(
+            node.as_fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN, node.as_raw_fd() as u64),
+        )?;
+        let reader = epoll.clone();
+        std::thread::Builder::new()
+            .name("kernel-events".into())
+            .spawn(move || read_events(&reader, &sender))?;
+        Ok(KernelEvents {
+            epoll,
+            sockets: Mutex::new(HashMap::new()),
+            _node: node,
+        })
+    }
+
+    /// Listens inside exactly the namespaces of `paths` from now on.
+    pub fn watch_namespaces(&self, paths: &[PathBuf]) {
+        let mut sockets = self
+            .sockets
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let wanted: BTreeSet<&PathBuf> = paths.iter().collect();
+        sockets.retain(|path, socket| {
+            let keep = wanted.contains(path);
+            if !keep {
+                let _ = self.epoll.delete(socket.as_fd());
+            }
+            keep
+        });
+        for path in paths {
+            if sockets.contains_key(path) {
+                continue;
+            }
+            let socket = std::fs::File::open(path)
+                .and_then(|namespace| in_namespace(&namespace, subscribe)?);
+            if let Ok(socket) = socket {
+                let event = EpollEvent::new(EpollFlags::EPOLLIN, socket.as_raw_fd() as u64);
+                if self.epoll.add(socket.as_fd(), event).is_ok() {
+                    sockets.insert(path.clone(), socket);
+                }
+            }
+        }
+    }
+}
+
+/// A non-blocking socket subscribed to link, address and route events of the calling
+/// thread's namespace.
+fn subscribe() -> io::Result<netlink_sys::Socket> {
+    let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
+    socket.bind(&netlink_sys::SocketAddr::new(0, GROUPS))?;
+    socket.set_non_blocking(true)?;
+    Ok(socket)
+}
+
+fn read_events(epoll: &Epoll, sender: &mpsc::Sender<Trigger>) {
+    let mut ready = [EpollEvent::empty(); 64];
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let count = match epoll.wait(&mut ready, EpollTimeout::from(1000u16)) {
+            Ok(count) => count,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return,
+        };
+        for event in &ready[..count] {
+            let fd = event.data() as i32;
+            // Drain the socket; the content does not matter, only that something changed.
+            loop {
+                let read = nix::sys::socket::recv(
+                    fd,
+                    &mut buffer,
+                    nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+                );
+                match read {
+                    Ok(0) => break,
+                    Ok(_) => send(sender, Trigger::Kernel),
+                    Err(nix::errno::Errno::ENOBUFS) => send(sender, Trigger::Overrun),
+                    Err(_) => break,
+                }
+            }
+        }
+        if sender.is_closed() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_file_events_is_one_batch_after_the_quiet_period() {
+        let (sender, mut receiver) = mpsc::channel(16);
+        let start = Instant::now();
+        tokio::spawn(async move {
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                sender.send(Trigger::Files).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            sender.send(Trigger::Kernel).await.unwrap();
+        });
+        let batch = debounce(&mut receiver, Trigger::Files).await;
+        assert_eq!(batch, Batch(BTreeSet::from([Trigger::Files])));
+        // Last event at 300 ms, then 150 ms of quiet.
+        assert_eq!(start.elapsed(), Duration::from_millis(450));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn kernel_events_wait_only_briefly() {
+        let (_sender, mut receiver) = mpsc::channel::<Trigger>(16);
+        let start = Instant::now();
+        let batch = debounce(&mut receiver, Trigger::Kernel).await;
+        assert_eq!(batch, Batch(BTreeSet::from([Trigger::Kernel])));
+        assert!(!batch.reloads());
+        assert_eq!(start.elapsed(), Duration::from_millis(20));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endless_stream_is_cut_at_the_maximum_delay() {
+        let (sender, mut receiver) = mpsc::channel(16);
+        let start = Instant::now();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                if sender.send(Trigger::Kernel).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let batch = debounce(&mut receiver, Trigger::Resync).await;
+        assert_eq!(
+            batch,
+            Batch(BTreeSet::from([Trigger::Kernel, Trigger::Resync]))
+        );
+        assert!(batch.reloads());
+        assert_eq!(start.elapsed(), MAX_DEBOUNCE);
+    }
+}
