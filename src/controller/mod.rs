@@ -64,7 +64,8 @@ struct Controller {
     dataplane: Option<KernelDataplane>,
     lock: Option<NodeLock>,
     metrics: Arc<Metrics>,
-    desired_watcher: Option<DirWatcher>,
+    /// The watch on DIR (with DIR's inode), or on its parent while DIR is missing (`None`).
+    desired_watcher: Option<(Option<u64>, DirWatcher)>,
     kernel_events: Option<KernelEvents>,
     _netns_watcher: Option<DirWatcher>,
 }
@@ -155,13 +156,31 @@ impl Controller {
         Ok(())
     }
 
-    /// (Re)establishes the watch on the desired-state directory; it may not exist yet, or
-    /// may have been replaced.
+    /// (Re)establishes the watch on the desired-state directory: at start, when DIR was
+    /// replaced (a new inode: `mv new DIR`), and while DIR does not exist (not checked out or
+    /// mounted yet), when its parent is watched for its arrival instead.
     fn watch_desired(&mut self) {
-        if self.desired_watcher.is_none() {
-            self.desired_watcher =
-                DirWatcher::new(&self.options.dir, true, self.sender.clone(), Trigger::Files).ok();
+        use std::os::unix::fs::MetadataExt;
+        let dir = &self.options.dir;
+        let inode = std::fs::metadata(dir)
+            .ok()
+            .filter(|meta| meta.is_dir())
+            .map(|meta| meta.ino());
+        if matches!(&self.desired_watcher, Some((watched, _)) if inode.is_some() && *watched == inode)
+        {
+            return;
         }
+        let parent = dir
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let watch = |path: &Path, recursive| {
+            DirWatcher::new(path, recursive, self.sender.clone(), Trigger::Files).ok()
+        };
+        self.desired_watcher = match inode.and_then(|_| watch(dir, true)) {
+            Some(watcher) => Some((inode, watcher)),
+            None => watch(parent, false).map(|watcher| (None, watcher)),
+        };
     }
 
     /// Reads the directory; keeps the last valid desired state when it is invalid.
