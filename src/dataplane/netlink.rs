@@ -106,6 +106,7 @@ impl Netlink {
         self.socket.send(&buffer, 0)?;
 
         let mut replies = Vec::new();
+        let mut interrupted = false;
         loop {
             let (bytes, _) = self.socket.recv_from_full()?;
             let mut offset = 0;
@@ -116,10 +117,13 @@ impl Netlink {
                     })?;
                 let length = reply.header.length as usize;
                 if reply.header.sequence_number == self.sequence {
-                    if reply.header.flags & NLM_F_DUMP_INTR != 0 {
-                        return Err(io::Error::from(io::ErrorKind::Interrupted));
-                    }
+                    // The dump raced a change: read it to its end (a socket runs one dump at
+                    // a time), then let the caller dump again.
+                    interrupted |= reply.header.flags & NLM_F_DUMP_INTR != 0;
                     match reply.payload {
+                        NetlinkPayload::Done(_) if interrupted => {
+                            return Err(io::Error::from(io::ErrorKind::Interrupted));
+                        }
                         NetlinkPayload::Done(_) => return Ok(replies),
                         NetlinkPayload::Error(error) => {
                             return match error.code {
