@@ -73,6 +73,11 @@ struct Controller {
 /// Runs the controller until SIGTERM or SIGINT. Errors are the fatal ones: another
 /// controller holds the node, or the metrics address cannot be bound.
 pub async fn run(options: Options) -> Result<(), String> {
+    // First of all: a SIGTERM during start-up must stop the controller cleanly too, not
+    // kill it with the default disposition.
+    let mut terminate = signal(SignalKind::terminate()).map_err(|error| error.to_string())?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|error| error.to_string())?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(|error| error.to_string())?;
     let (sender, mut receiver) = mpsc::channel(64);
     let metrics = Arc::new(Metrics::new());
     if let Some(address) = options.metrics_addr {
@@ -111,9 +116,6 @@ pub async fn run(options: Options) -> Result<(), String> {
     }
     controller.watch_desired();
 
-    let mut terminate = signal(SignalKind::terminate()).map_err(|error| error.to_string())?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(|error| error.to_string())?;
-    let mut hangup = signal(SignalKind::hangup()).map_err(|error| error.to_string())?;
     let mut resync = tokio::time::interval_at(
         Instant::now() + controller.options.resync,
         controller.options.resync,
