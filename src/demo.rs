@@ -246,7 +246,7 @@ impl Uplink {
         let err =
             |error: crate::dataplane::netlink::NetlinkError| io::Error::other(error.to_string());
         let mut node = Netlink::open()?;
-        node.create_veth(&self.device, "up0", &outside_file, desired.node.mtu)
+        node.create_veth(&self.device, "up0", &outside_file, None, desired.node.mtu)
             .map_err(err)?;
         let index = node.link_index(&self.device).map_err(err)?;
         node.add_address(index, &self.device, self.address)

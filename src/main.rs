@@ -174,7 +174,8 @@ fn init_logging(cli: &Cli) {
     let daemon = matches!(cli.command, Command::Run { .. });
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => "error",
-        (false, 0) if daemon => "info",
+        // Other crates' info lines (notify's, say) are noise in a daemon's log.
+        (false, 0) if daemon => "warn,kudonet=info",
         (false, 0) => "warn",
         (false, 1) => "info",
         (false, _) => "debug",

@@ -13,6 +13,17 @@ pub const INSTANCE_INTERFACE: &str = "eth0";
 /// Prefix of every iptables chain kudonet owns.
 pub const CHAIN_PREFIX: &str = "KUDO-";
 
+/// The overlay device of a node in a `mode: vxlan` cluster.
+pub const VXLAN_DEVICE: &str = "kudo-vxlan";
+
+/// The VXLAN network identifier of kudonet's overlay, and its UDP port (IANA's).
+pub const VXLAN_ID: u32 = 75;
+pub const VXLAN_PORT: u16 = 4789;
+
+/// VXLAN's encapsulation overhead over IPv4: outer IP, UDP and VXLAN headers and the inner
+/// Ethernet header.
+pub const VXLAN_OVERHEAD: u32 = 50;
+
 /// The route protocol number (`rtm_protocol`, `ip route ... proto 75`) that marks routes
 /// kudonet owns. 75 is unassigned in iproute2's rt_protos.
 pub const ROUTE_PROTOCOL: u8 = 75;
@@ -32,9 +43,21 @@ pub fn host_interface_name(instance: &str) -> String {
     format!("kv{:013x}", fnv1a64(instance.as_bytes()) & ((1 << 52) - 1))
 }
 
+/// The MAC address of an instance's eth0: locally administered, derived from its name, so
+/// that a veth pair rebuilt after drift keeps it and neighbours' ARP caches stay right.
+pub fn instance_mac(instance: &str) -> [u8; 6] {
+    let hash = fnv1a64(instance.as_bytes()).to_be_bytes();
+    [0x0a, hash[3], hash[4], hash[5], hash[6], hash[7]]
+}
+
 /// The alias that marks a host veth as the one of `instance`.
 pub fn instance_alias(instance: &str) -> String {
     format!("{ALIAS_PREFIX}instance:{instance}")
+}
+
+/// The alias that marks the overlay device as kudonet's.
+pub fn vxlan_alias() -> String {
+    format!("{ALIAS_PREFIX}vxlan")
 }
 
 /// The alias that marks a bridge as kudonet's.

@@ -289,6 +289,9 @@ pub fn instance_of<'a>(action: &Action, desired: &'a Desired) -> Option<&'a str>
         | Action::DeleteAddress { link, .. } => by_link(link),
         Action::ReplaceDefaultRoute { namespace, .. } => by_namespace(namespace),
         Action::CreateBridge { .. }
+        | Action::CreateVxlan { .. }
+        | Action::AddFlood { .. }
+        | Action::DeleteFlood { .. }
         | Action::ReplaceRoute { .. }
         | Action::DeleteRoute { .. }
         | Action::SetSysctl { .. }

@@ -296,17 +296,17 @@ impl Controller {
             .iter()
             .any(|trigger| matches!(trigger, Trigger::Startup | Trigger::Files | Trigger::Hangup));
         if !outcome.applied.is_empty() {
-            if desired_changed {
-                info!(
-                    actions = outcome.applied.len(),
-                    "converged the node to the desired state"
-                );
-            } else {
+            let (applied, failed) = (outcome.applied.len(), outcome.failures.len());
+            match (desired_changed, outcome.converged()) {
+                (true, true) => info!(applied, "converged the node to the desired state"),
+                (false, true) => info!(applied, "repaired changes made behind kudonet's back"),
+                (_, false) => info!(
+                    applied,
+                    failed, "applied what could be; the node does not match yet"
+                ),
+            }
+            if !desired_changed {
                 self.metrics.drift_repairs.inc();
-                info!(
-                    actions = outcome.applied.len(),
-                    "repaired changes made behind kudonet's back"
-                );
             }
         }
         for conflict in &outcome.remaining.conflicts {
@@ -339,8 +339,18 @@ impl Controller {
         } else {
             "failed"
         });
-        if outcome.converged() {
+        // Ready once the node itself (bridge, firewall, routes) is in place: one broken
+        // instance, reported as Failed, must not keep the whole node unready.
+        let node_ok = !failed.contains(NODE_KEY)
+            && outcome
+                .remaining
+                .conflicts
+                .iter()
+                .all(|c| c.instance.is_some());
+        if node_ok {
             self.metrics.ready.store(true, Ordering::Relaxed);
+        }
+        if outcome.converged() {
             let unix = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default();
@@ -367,11 +377,20 @@ impl Controller {
         let Some(path) = self.options.status_file.clone() else {
             return;
         };
-        let instances = if outcome.is_some() {
+        let mut instances = if outcome.is_some() {
             statuses
         } else {
             self.instances_in_force()
         };
+        if !self.errors.is_empty() {
+            for instance in instances
+                .iter_mut()
+                .filter(|instance| instance.message.is_empty())
+            {
+                instance.message =
+                    "desired state invalid: the last valid state stays in force".to_string();
+            }
+        }
         let document = StatusDocument {
             node: self
                 .desired

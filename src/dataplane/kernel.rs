@@ -109,7 +109,13 @@ impl KernelDataplane {
                 let peer_netns = netns::open(&self.netns_dir, namespace)
                     .map_err(|error| format!("open namespace {namespace}: {error}"))?;
                 self.create_marked(host, &names::instance_alias(instance), |socket, scratch| {
-                    socket.create_veth(scratch, names::INSTANCE_INTERFACE, &peer_netns, *mtu)
+                    socket.create_veth(
+                        scratch,
+                        names::INSTANCE_INTERFACE,
+                        &peer_netns,
+                        Some(names::instance_mac(instance)),
+                        *mtu,
+                    )
                 })
             }
             Action::DeleteLink { link } => {
@@ -169,6 +175,49 @@ impl KernelDataplane {
             Action::ReplaceRoute {
                 destination,
                 gateway,
+                device: Some(device),
+            } => {
+                let host = &mut self.host;
+                let index = host.link_index(device).map_err(|error| error.to_string())?;
+                host.replace_route_onlink(*destination, *gateway, index, names::ROUTE_PROTOCOL)
+                    .map_err(|error| error.to_string())
+            }
+            Action::CreateVxlan {
+                name,
+                id,
+                local,
+                port,
+                uplink,
+                mtu,
+            } => {
+                let uplink_index = match uplink {
+                    Some(uplink) => Some(
+                        self.host
+                            .link_index(uplink)
+                            .map_err(|error| error.to_string())?,
+                    ),
+                    None => None,
+                };
+                self.create_marked(name, &names::vxlan_alias(), |host, scratch| {
+                    host.create_vxlan(scratch, *id, *local, *port, uplink_index, *mtu)
+                })
+            }
+            Action::AddFlood { link, destination } => {
+                let (socket, index) = self.link(&LinkRef::host(link))?;
+                socket
+                    .add_flood(index, link, *destination)
+                    .map_err(|error| error.to_string())
+            }
+            Action::DeleteFlood { link, destination } => {
+                let (socket, index) = self.link(&LinkRef::host(link))?;
+                socket
+                    .delete_flood(index, link, *destination)
+                    .map_err(|error| error.to_string())
+            }
+            Action::ReplaceRoute {
+                destination,
+                gateway,
+                device: None,
             } => self
                 .host
                 .replace_route(*destination, *gateway, None, names::ROUTE_PROTOCOL)

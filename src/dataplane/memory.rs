@@ -5,7 +5,7 @@
 
 use super::{Dataplane, DataplaneError};
 use crate::names;
-use crate::observe::{Link, LinkKind, LinkRef, Namespace, Observed, Route, Table};
+use crate::observe::{Link, LinkKind, LinkRef, Namespace, Observed, Route, Table, Vxlan};
 use crate::plan::Action;
 
 /// The loopback MTU the kernel gives a new namespace's `lo`.
@@ -229,13 +229,65 @@ impl MemoryDataplane {
             Action::ReplaceRoute {
                 destination,
                 gateway,
+                device,
             } => {
+                if let Some(device) = device
+                    && !self.state.links.get(device).is_some_and(|link| link.up)
+                {
+                    return Err(format!("network is down: {device}"));
+                }
                 let route = Route {
                     gateway: Some(*gateway),
-                    device: None,
+                    device: device.clone(),
                     owned: true,
                 };
                 self.state.routes.insert(*destination, route);
+            }
+            Action::CreateVxlan {
+                name,
+                id,
+                local,
+                port,
+                uplink,
+                mtu,
+            } => {
+                if self.state.links.contains_key(name) {
+                    return Err("link exists".into());
+                }
+                let vxlan = Link {
+                    alias: Some(names::vxlan_alias()),
+                    mtu: mtu.unwrap_or(Link::new(LinkKind::Vxlan).mtu),
+                    vxlan: Some(Vxlan {
+                        id: *id,
+                        local: *local,
+                        port: *port,
+                        device: uplink.clone(),
+                    }),
+                    ..Link::new(LinkKind::Vxlan)
+                };
+                self.state.links.insert(name.clone(), vxlan);
+            }
+            Action::AddFlood { link, destination } => {
+                let vxlan = self
+                    .state
+                    .links
+                    .get_mut(link)
+                    .filter(|l| l.kind == LinkKind::Vxlan)
+                    .ok_or("no such vxlan")?;
+                if !vxlan.flood.insert(*destination) {
+                    return Err("entry exists".into());
+                }
+            }
+            Action::DeleteFlood { link, destination } => {
+                let vxlan = self
+                    .state
+                    .links
+                    .get_mut(link)
+                    .filter(|l| l.kind == LinkKind::Vxlan)
+                    .ok_or("no such vxlan")?;
+                if !vxlan.flood.remove(destination) {
+                    return Err("no such entry".into());
+                }
             }
             Action::DeleteRoute { destination } => {
                 self.state

@@ -15,16 +15,20 @@ use std::path::Path;
 
 use cidr::{Ipv4Cidr, Ipv4Inet};
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
-    NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_REPLACE,
+    NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
-    LinkFlags, LinkInfo, LinkMessage,
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, InfoVxlan,
+    LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
@@ -290,11 +294,14 @@ impl Netlink {
         name: &str,
         peer_name: &str,
         peer_netns: &File,
+        peer_mac: Option<[u8; 6]>,
         mtu: Option<u32>,
     ) -> Result<()> {
         let mut peer = LinkMessage::default();
         peer.attributes
             .push(LinkAttribute::IfName(peer_name.to_string()));
+        peer.attributes
+            .extend(peer_mac.map(|mac| LinkAttribute::Address(mac.to_vec())));
         peer.attributes
             .push(LinkAttribute::NetNsFd(peer_netns.as_raw_fd()));
         peer.attributes.extend(mtu.map(LinkAttribute::Mtu));
@@ -477,7 +484,33 @@ impl Netlink {
         device: Option<u32>,
         protocol: u8,
     ) -> Result<()> {
+        self.replace_route_with(destination, gateway, device, protocol, false)
+    }
+
+    /// Like [`Netlink::replace_route`], with the gateway on-link on `device`: reachable
+    /// there although no address of the node covers it (a peer's bridge over the overlay).
+    pub fn replace_route_onlink(
+        &mut self,
+        destination: Ipv4Cidr,
+        gateway: Ipv4Addr,
+        device: u32,
+        protocol: u8,
+    ) -> Result<()> {
+        self.replace_route_with(destination, gateway, Some(device), protocol, true)
+    }
+
+    fn replace_route_with(
+        &mut self,
+        destination: Ipv4Cidr,
+        gateway: Ipv4Addr,
+        device: Option<u32>,
+        protocol: u8,
+        onlink: bool,
+    ) -> Result<()> {
         let mut message = Self::route_message(destination, protocol);
+        if onlink {
+            message.header.flags |= RouteFlags::Onlink;
+        }
         message
             .attributes
             .push(RouteAttribute::Gateway(RouteAddress::Inet(gateway)));
@@ -487,6 +520,101 @@ impl Netlink {
             RouteNetlinkMessage::NewRoute(message),
             NLM_F_CREATE | NLM_F_REPLACE,
         )
+    }
+
+    /// Creates a vxlan device, down, learning remote MAC addresses.
+    pub fn create_vxlan(
+        &mut self,
+        name: &str,
+        id: u32,
+        local: Option<Ipv4Addr>,
+        port: u16,
+        uplink: Option<u32>,
+        mtu: Option<u32>,
+    ) -> Result<()> {
+        let mut data = vec![
+            InfoVxlan::Id(id),
+            InfoVxlan::Port(port),
+            InfoVxlan::Learning(true),
+        ];
+        data.extend(local.map(InfoVxlan::Local));
+        data.extend(uplink.map(InfoVxlan::Link));
+        let mut message = LinkMessage::default();
+        message
+            .attributes
+            .push(LinkAttribute::IfName(name.to_string()));
+        message.attributes.extend(mtu.map(LinkAttribute::Mtu));
+        let info = vec![
+            LinkInfo::Kind(InfoKind::Vxlan),
+            LinkInfo::Data(InfoData::Vxlan(data)),
+        ];
+        message.attributes.push(LinkAttribute::LinkInfo(info));
+        self.change(
+            || format!("create vxlan {name}"),
+            RouteNetlinkMessage::NewLink(message),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// The all-zero forwarding entry of a vxlan device that floods to `destination`
+    /// (`bridge fdb append 00:00:00:00:00:00 dev DEVICE dst DESTINATION`).
+    fn flood_message(index: u32, destination: Ipv4Addr) -> NeighbourMessage {
+        let mut message = NeighbourMessage::default();
+        message.header.family = AddressFamily::Bridge;
+        message.header.ifindex = index;
+        message.header.state = NeighbourState::Permanent;
+        message.header.flags = NeighbourFlags::Own;
+        message
+            .attributes
+            .push(NeighbourAttribute::LinkLayerAddress(vec![0; 6]));
+        message
+            .attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                destination,
+            )));
+        message
+    }
+
+    pub fn add_flood(&mut self, index: u32, name: &str, destination: Ipv4Addr) -> Result<()> {
+        self.change(
+            || format!("flood {name} to {destination}"),
+            RouteNetlinkMessage::NewNeighbour(Self::flood_message(index, destination)),
+            NLM_F_CREATE | NLM_F_APPEND,
+        )
+    }
+
+    pub fn delete_flood(&mut self, index: u32, name: &str, destination: Ipv4Addr) -> Result<()> {
+        self.change(
+            || format!("stop flooding {name} to {destination}"),
+            RouteNetlinkMessage::DelNeighbour(Self::flood_message(index, destination)),
+            0,
+        )
+    }
+
+    /// The flood destinations of every vxlan device, as (interface index, destination).
+    pub fn dump_flood(&mut self) -> Result<Vec<(u32, Ipv4Addr)>> {
+        let mut request = NeighbourMessage::default();
+        request.header.family = AddressFamily::Bridge;
+        let replies = self.dump(
+            "forwarding entries",
+            RouteNetlinkMessage::GetNeighbour(request),
+        )?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|reply| match reply {
+                RouteNetlinkMessage::NewNeighbour(entry) => {
+                    let flood = entry.attributes.iter().any(|attribute| {
+                        matches!(attribute, NeighbourAttribute::LinkLayerAddress(mac) if mac.iter().all(|b| *b == 0))
+                    });
+                    let destination = entry.attributes.iter().find_map(|attribute| match attribute {
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+                        _ => None,
+                    })?;
+                    flood.then_some((entry.header.ifindex, destination))
+                }
+                _ => None,
+            })
+            .collect())
     }
 
     /// Deletes the route to `destination`, only if it carries `protocol`.

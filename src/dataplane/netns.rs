@@ -58,7 +58,16 @@ pub fn create(dir: &Path, name: &str) -> io::Result<()> {
         Ok(_) => {}
         // An empty file that is not a mounted namespace is what an interrupted
         // `ip netns add` (or kudonet) leaves behind: nothing lives there; reuse it.
-        Err(error) if error.kind() == io::ErrorKind::AlreadyExists && !is_namespace(&path) => {}
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists && is_leftover(&path) => {}
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists && !is_namespace(&path) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a namespace: remove it",
+                    path.display()
+                ),
+            ));
+        }
         Err(error) => return Err(error),
     }
     let created = std::thread::scope(|scope| {
@@ -113,6 +122,13 @@ pub fn list(dir: &Path) -> io::Result<Vec<String>> {
         .collect();
     names.sort();
     Ok(names)
+}
+
+/// Whether `path` is an empty regular file that is not a namespace: the mount point an
+/// interrupted `ip netns add` leaves behind.
+fn is_leftover(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|meta| meta.is_file() && meta.len() == 0)
+        && !is_namespace(path)
 }
 
 /// Whether `path` is a network namespace (a bind mount of one), not a plain file.

@@ -7,12 +7,12 @@ use std::fs;
 use std::path::Path;
 
 use netlink_packet_route::link::{
-    InfoBridgePort, InfoKind, InfoPortData, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType,
-    LinkMessage,
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoVxlan, LinkAttribute, LinkFlags,
+    LinkInfo, LinkLayerType, LinkMessage,
 };
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 
-use super::{Link, LinkKind, LinkRef, Namespace, Observed, Route};
+use super::{Link, LinkKind, LinkRef, Namespace, Observed, Route, Vxlan};
 use crate::dataplane::iptables::Iptables;
 use crate::dataplane::netlink::{Netlink, NetlinkError};
 use crate::dataplane::netns;
@@ -39,6 +39,14 @@ pub enum ObserveError {
 pub fn observe(netns_dir: &Path, iptables: &Iptables) -> Result<Observed, ObserveError> {
     let mut host = Netlink::open().map_err(ObserveError::Socket)?;
     let (mut links, indexes) = read_links(&mut host)?;
+    // Forwarding entries are only read when there is an overlay: a bridge may have many.
+    if links.values().any(|link| link.link.kind == LinkKind::Vxlan) {
+        for (index, destination) in host.dump_flood()? {
+            if let Some(link) = indexes.get(&index).and_then(|name| links.get_mut(name)) {
+                link.link.flood.insert(destination);
+            }
+        }
+    }
     let mut observed = Observed::default();
 
     for route in host.dump_routes()? {
@@ -192,7 +200,10 @@ fn read_links(netlink: &mut Netlink) -> Result<LinkTable, ObserveError> {
                     LinkAttribute::Link(peer) if link.kind == LinkKind::Veth => {
                         peer_index = Some(*peer)
                     }
-                    LinkAttribute::LinkInfo(infos) => link.hairpin = hairpin(infos),
+                    LinkAttribute::LinkInfo(infos) => {
+                        link.hairpin = hairpin(infos);
+                        link.vxlan = vxlan(infos, &indexes);
+                    }
                     _ => {}
                 }
             }
@@ -248,6 +259,29 @@ fn hairpin(infos: &[LinkInfo]) -> bool {
             .any(|attribute| matches!(attribute, InfoBridgePort::HairpinMode(true))),
         _ => false,
     })
+}
+
+fn vxlan(infos: &[LinkInfo], indexes: &HashMap<u32, String>) -> Option<Vxlan> {
+    let data = infos.iter().find_map(|info| match info {
+        LinkInfo::Data(InfoData::Vxlan(data)) => Some(data),
+        _ => None,
+    })?;
+    let mut vxlan = Vxlan {
+        id: 0,
+        local: None,
+        port: 0,
+        device: None,
+    };
+    for attribute in data {
+        match attribute {
+            InfoVxlan::Id(id) => vxlan.id = *id,
+            InfoVxlan::Local(local) => vxlan.local = Some(*local),
+            InfoVxlan::Port(port) => vxlan.port = *port,
+            InfoVxlan::Link(index) => vxlan.device = indexes.get(index).cloned(),
+            _ => {}
+        }
+    }
+    Some(vxlan)
 }
 
 fn destination(route: &RouteMessage) -> Option<cidr::Ipv4Cidr> {

@@ -70,6 +70,26 @@ pub struct Link {
     /// For a veth: where its other end is.
     #[serde(default)]
     pub peer: Option<LinkRef>,
+    /// For a vxlan: its tunnel settings.
+    #[serde(default)]
+    pub vxlan: Option<Vxlan>,
+    /// For a vxlan: the remote endpoints broadcast and unknown traffic is flooded to (its
+    /// all-zero forwarding entries): the peer nodes.
+    #[serde(default)]
+    pub flood: BTreeSet<Ipv4Addr>,
+}
+
+/// The tunnel settings of a vxlan link.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Vxlan {
+    pub id: u32,
+    #[serde(default)]
+    pub local: Option<Ipv4Addr>,
+    pub port: u16,
+    /// The underlay interface it sends through.
+    #[serde(default)]
+    pub device: Option<String>,
 }
 
 fn default_mtu() -> u32 {
@@ -88,6 +108,8 @@ impl Link {
             addresses: BTreeSet::new(),
             hairpin: false,
             peer: None,
+            vxlan: None,
+            flood: BTreeSet::new(),
         }
     }
 

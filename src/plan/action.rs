@@ -64,10 +64,31 @@ pub enum Action {
         namespace: String,
         gateway: Ipv4Addr,
     },
-    /// A route of the node namespace, marked as kudonet's (a peer node's instance subnet).
+    /// A route of the node namespace, marked as kudonet's (a peer node's instance subnet):
+    /// via `gateway`, or through `device` with the gateway on-link (over the overlay).
     ReplaceRoute {
         destination: Ipv4Cidr,
         gateway: Ipv4Addr,
+        device: Option<String>,
+    },
+    /// The overlay device of a vxlan cluster, marked as kudonet's, down: VNI `id` from
+    /// `local` through `uplink` (when known).
+    CreateVxlan {
+        name: String,
+        id: u32,
+        local: Option<Ipv4Addr>,
+        port: u16,
+        uplink: Option<String>,
+        mtu: Option<u32>,
+    },
+    /// Floods broadcast and unknown traffic of the overlay `link` to a peer node too.
+    AddFlood {
+        link: String,
+        destination: Ipv4Addr,
+    },
+    DeleteFlood {
+        link: String,
+        destination: Ipv4Addr,
     },
     DeleteRoute {
         destination: Ipv4Cidr,
@@ -104,6 +125,9 @@ impl Action {
             Action::DeleteNamespace { .. } => "delete_namespace",
             Action::CreateBridge { .. } => "create_bridge",
             Action::CreateVeth { .. } => "create_veth",
+            Action::CreateVxlan { .. } => "create_vxlan",
+            Action::AddFlood { .. } => "add_flood",
+            Action::DeleteFlood { .. } => "delete_flood",
             Action::DeleteLink { .. } => "delete_link",
             Action::SetMtu { .. } => "set_mtu",
             Action::SetUp { .. } => "set_up",
@@ -124,10 +148,13 @@ impl Action {
             Action::CreateNamespace { .. }
             | Action::CreateBridge { .. }
             | Action::CreateVeth { .. }
+            | Action::CreateVxlan { .. }
+            | Action::AddFlood { .. }
             | Action::AddAddress { .. } => Effect::Add,
             Action::DeleteNamespace { .. }
             | Action::DeleteLink { .. }
             | Action::DeleteAddress { .. }
+            | Action::DeleteFlood { .. }
             | Action::DeleteRoute { .. } => Effect::Destroy,
             Action::SetMtu { .. }
             | Action::SetUp { .. }
@@ -182,7 +209,37 @@ impl fmt::Display for Action {
             Action::ReplaceRoute {
                 destination,
                 gateway,
-            } => write!(f, "route {destination} via {gateway}"),
+                device: None,
+            } => {
+                write!(f, "route {destination} via {gateway}")
+            }
+            Action::ReplaceRoute {
+                destination,
+                gateway,
+                device: Some(device),
+            } => {
+                write!(f, "route {destination} via {gateway} dev {device} onlink")
+            }
+            Action::CreateVxlan {
+                name,
+                id,
+                local,
+                uplink,
+                mtu: m,
+                ..
+            } => {
+                let local = local
+                    .map(|local| format!(" local {local}"))
+                    .unwrap_or_default();
+                let uplink = uplink
+                    .as_ref()
+                    .map(|uplink| format!(" dev {uplink}"))
+                    .unwrap_or_default();
+                write!(f, "vxlan {name} id {id}{local}{uplink}{}", mtu(m))
+            }
+            Action::AddFlood { link, destination } | Action::DeleteFlood { link, destination } => {
+                write!(f, "flood {link} to {destination}")
+            }
             Action::DeleteRoute { destination } => write!(f, "route {destination}"),
             Action::SetSysctl { key, value } => write!(f, "sysctl {key} = {value}"),
             Action::SyncTable { table, diff, .. } => {

@@ -106,6 +106,12 @@ impl fmt::Display for Plan {
 pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
     let mut planner = Planner::new(observed);
     let wanted = Wanted::from(desired);
+    let uplink = desired
+        .node
+        .uplink
+        .as_deref()
+        .or(observed.default_route_interface.as_deref());
+    planner.mtu = instance_mtu(desired, observed, uplink, wanted.overlay);
     planner.delete_unwanted(&wanted);
     // Without its bridge the node cannot work, and rules naming the bridge would apply to
     // a foreign interface: change nothing more until the conflict is resolved.
@@ -114,6 +120,9 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
     }
     planner.sysctl(IP_FORWARD, "1");
     planner.sysctl(&route_localnet(&desired.node.bridge), "1");
+    if wanted.overlay {
+        planner.overlay(desired, uplink);
+    }
     for instance in &desired.instances {
         planner.instance(desired, instance);
     }
@@ -134,11 +143,6 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
             .collect(),
         ..desired.clone()
     };
-    let uplink = desired
-        .node
-        .uplink
-        .as_deref()
-        .or(observed.default_route_interface.as_deref());
     planner.firewall(&firewall::desired_tables(&serving, uplink));
     planner.plan
 }
@@ -158,7 +162,10 @@ struct Wanted {
     /// Host veth name -> the alias it must carry.
     host_links: BTreeMap<String, String>,
     namespaces: BTreeSet<String>,
-    routes: BTreeMap<cidr::Ipv4Cidr, std::net::Ipv4Addr>,
+    /// Peer subnet -> gateway and, over the overlay, the device the gateway is on-link on.
+    routes: BTreeMap<cidr::Ipv4Cidr, (std::net::Ipv4Addr, Option<String>)>,
+    /// Whether the node needs the vxlan overlay device.
+    overlay: bool,
 }
 
 impl From<&Desired> for Wanted {
@@ -167,6 +174,7 @@ impl From<&Desired> for Wanted {
             .cluster
             .as_ref()
             .is_none_or(|cluster| cluster.mode == ClusterMode::Routed);
+        let overlay = !routed && !desired.peers.is_empty();
         Wanted {
             bridge: Some(desired.node.bridge.clone()),
             host_links: desired
@@ -187,9 +195,15 @@ impl From<&Desired> for Wanted {
             routes: desired
                 .peers
                 .iter()
-                .filter(|_| routed)
-                .filter_map(|peer| Some((peer.subnet(), peer.external_ip?)))
+                .filter_map(|peer| match routed {
+                    true => Some((peer.subnet(), (peer.external_ip?, None))),
+                    false => Some((
+                        peer.subnet(),
+                        (peer.gateway(), Some(desired.node.bridge.clone())),
+                    )),
+                })
                 .collect(),
+            overlay,
         }
     }
 }
@@ -197,6 +211,8 @@ impl From<&Desired> for Wanted {
 struct Planner<'a> {
     observed: &'a Observed,
     plan: Plan,
+    /// The MTU of the bridge, the veths and the instances' eth0, if kudonet sets one.
+    mtu: Option<u32>,
     /// Links the plan deletes as a side effect of an earlier action: the other end of a
     /// deleted veth, the veths of a deleted namespace.
     gone: BTreeSet<LinkRef>,
@@ -207,6 +223,7 @@ impl<'a> Planner<'a> {
         Planner {
             observed,
             plan: Plan::default(),
+            mtu: None,
             gone: BTreeSet::new(),
         }
     }
@@ -271,6 +288,14 @@ impl<'a> Planner<'a> {
                 self.push(Action::DeleteNamespace { name: name.clone() });
             }
         }
+        if !wanted.overlay
+            && observed
+                .links
+                .get(names::VXLAN_DEVICE)
+                .is_some_and(|link| link.kind == LinkKind::Vxlan && link.is_owned())
+        {
+            self.delete_link(LinkRef::host(names::VXLAN_DEVICE));
+        }
         for (name, link) in &observed.links {
             if link.kind == LinkKind::Bridge
                 && link.is_owned()
@@ -324,17 +349,17 @@ impl<'a> Planner<'a> {
             None => {
                 self.push(Action::CreateBridge {
                     name: name.clone(),
-                    mtu: node.mtu,
+                    mtu: self.mtu,
                 });
                 None
             }
         };
         let created = Link {
-            mtu: node.mtu.unwrap_or(Link::new(LinkKind::Bridge).mtu),
+            mtu: self.mtu.unwrap_or(Link::new(LinkKind::Bridge).mtu),
             ..Link::new(LinkKind::Bridge)
         };
         let current = current.unwrap_or(&created);
-        self.converge_link(&link, current, node.mtu, &BTreeSet::from([node.cidr]));
+        self.converge_link(&link, current, self.mtu, &BTreeSet::from([node.cidr]));
         true
     }
 
@@ -423,7 +448,7 @@ impl<'a> Planner<'a> {
 
         let (host_now, peer_now, gateway_now);
         let created = Link {
-            mtu: node.mtu.unwrap_or(Link::new(LinkKind::Veth).mtu),
+            mtu: self.mtu.unwrap_or(Link::new(LinkKind::Veth).mtu),
             ..Link::new(LinkKind::Veth)
         };
         if paired {
@@ -438,7 +463,7 @@ impl<'a> Planner<'a> {
                 host: host.clone(),
                 namespace: netns.clone(),
                 instance: instance.name.clone(),
-                mtu: node.mtu,
+                mtu: self.mtu,
             });
             (host_now, peer_now, gateway_now) = (&created, &created, None);
         }
@@ -455,7 +480,7 @@ impl<'a> Planner<'a> {
         if !(attached && host_now.hairpin) {
             self.push(Action::SetHairpin { link: host.clone() });
         }
-        self.converge_link(&host_ref, host_now, node.mtu, &BTreeSet::new());
+        self.converge_link(&host_ref, host_now, self.mtu, &BTreeSet::new());
 
         // Inside: lo up, eth0 with the instance address, default route via the bridge.
         if !self
@@ -468,7 +493,7 @@ impl<'a> Planner<'a> {
         }
         let addresses = BTreeSet::from([instance.address]);
         let readdressed = peer_now.addresses != addresses;
-        self.converge_link(&eth0_ref, peer_now, node.mtu, &addresses);
+        self.converge_link(&eth0_ref, peer_now, self.mtu, &addresses);
         // The kernel drops routes through an address that goes away: re-assert it then too.
         if gateway_now != Some(node.gateway()) || readdressed {
             self.push(Action::ReplaceDefaultRoute {
@@ -478,8 +503,92 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// The overlay of a vxlan cluster: one vxlan device, a port of the bridge, flooding
+    /// broadcast and unknown traffic to every peer node; remote MAC addresses are learnt.
+    fn overlay(&mut self, desired: &Desired, uplink: Option<&str>) {
+        let name = names::VXLAN_DEVICE;
+        let uplink = uplink
+            .filter(|uplink| self.observed.links.contains_key(*uplink))
+            .map(str::to_string);
+        let settings = crate::observe::Vxlan {
+            id: names::VXLAN_ID,
+            local: desired.node.external_ip,
+            port: names::VXLAN_PORT,
+            device: uplink.clone(),
+        };
+        let current = match self.link(&LinkRef::host(name)) {
+            Some(existing) if !existing.is_owned() => {
+                self.conflict(
+                    None,
+                    format!(
+                        "link {name} exists and is not kudonet's overlay device ({}): kudonet leaves it alone; \
+                         delete or rename it to connect this node to its peers",
+                        describe(existing)
+                    ),
+                );
+                return;
+            }
+            Some(existing)
+                if existing.kind == LinkKind::Vxlan
+                    && existing.vxlan.as_ref() == Some(&settings) =>
+            {
+                Some(existing)
+            }
+            Some(_) => {
+                // Other tunnel settings (a new uplink or address): rebuild it.
+                self.delete_link(LinkRef::host(name));
+                None
+            }
+            None => None,
+        };
+        let created;
+        let current = match current {
+            Some(current) => current,
+            None => {
+                self.push(Action::CreateVxlan {
+                    name: name.to_string(),
+                    id: settings.id,
+                    local: settings.local,
+                    port: settings.port,
+                    uplink,
+                    mtu: self.mtu,
+                });
+                created = Link {
+                    mtu: self.mtu.unwrap_or(Link::new(LinkKind::Vxlan).mtu),
+                    vxlan: Some(settings),
+                    ..Link::new(LinkKind::Vxlan)
+                };
+                &created
+            }
+        };
+        if current.master.as_ref() != Some(&desired.node.bridge) {
+            self.push(Action::SetMaster {
+                link: name.to_string(),
+                bridge: desired.node.bridge.clone(),
+            });
+        }
+        let peers: BTreeSet<std::net::Ipv4Addr> = desired
+            .peers
+            .iter()
+            .filter_map(|peer| peer.external_ip)
+            .collect();
+        for destination in current.flood.difference(&peers) {
+            self.push(Action::DeleteFlood {
+                link: name.to_string(),
+                destination: *destination,
+            });
+        }
+        for destination in peers.difference(&current.flood) {
+            self.push(Action::AddFlood {
+                link: name.to_string(),
+                destination: *destination,
+            });
+        }
+        self.converge_link(&LinkRef::host(name), current, self.mtu, &BTreeSet::new());
+    }
+
     fn peer_routes(&mut self, wanted: &Wanted) {
-        for (destination, gateway) in &wanted.routes {
+        for (destination, (gateway, device)) in &wanted.routes {
             match self.observed.routes.get(destination) {
                 Some(route) if !route.owned => self.conflict(
                     None,
@@ -488,8 +597,13 @@ impl<'a> Planner<'a> {
                          delete it to let the peer node's instances be reached via {gateway}"
                     ),
                 ),
-                Some(route) if route.gateway == Some(*gateway) => {}
-                _ => self.push(Action::ReplaceRoute { destination: *destination, gateway: *gateway }),
+                // A route via an underlay gateway may leave through whichever device the kernel picks.
+                Some(route) if route.gateway == Some(*gateway) && (device.is_none() || route.device == *device) => {}
+                _ => self.push(Action::ReplaceRoute {
+                    destination: *destination,
+                    gateway: *gateway,
+                    device: device.clone(),
+                }),
             }
         }
     }
@@ -580,6 +694,24 @@ fn chain_diff(diff: &mut Vec<String>, chain: &str, current: &[String], wanted: &
     }
     diff.extend(removed);
     diff.extend(added);
+}
+
+/// The MTU kudonet sets on the bridge, veths and instances: the Node's `mtu`; over a
+/// vxlan overlay without one, the uplink's less the encapsulation overhead, so that
+/// instances never send frames the underlay cannot carry.
+fn instance_mtu(
+    desired: &Desired,
+    observed: &Observed,
+    uplink: Option<&str>,
+    overlay: bool,
+) -> Option<u32> {
+    if desired.node.mtu.is_some() || !overlay {
+        return desired.node.mtu;
+    }
+    let uplink_mtu = uplink
+        .and_then(|uplink| observed.links.get(uplink))
+        .map_or(1500, |link| link.mtu);
+    Some(uplink_mtu.saturating_sub(names::VXLAN_OVERHEAD).max(68))
 }
 
 /// A short description of a foreign link, for conflict messages.
