@@ -606,8 +606,12 @@ impl Netlink {
                     let flood = entry.attributes.iter().any(|attribute| {
                         matches!(attribute, NeighbourAttribute::LinkLayerAddress(mac) if mac.iter().all(|b| *b == 0))
                     });
+                    // In a bridge-family message the destination is raw bytes to the parser.
                     let destination = entry.attributes.iter().find_map(|attribute| match attribute {
                         NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+                        NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => {
+                            <[u8; 4]>::try_from(bytes.as_slice()).ok().map(Ipv4Addr::from)
+                        }
                         _ => None,
                     })?;
                     flood.then_some((entry.header.ifindex, destination))
