@@ -14,6 +14,7 @@
 pub mod controller;
 pub mod dataplane;
 pub mod demo;
+pub mod faults;
 pub mod lock;
 pub mod names;
 pub mod observe;

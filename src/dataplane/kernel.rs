@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use super::iptables::Iptables;
 use super::netlink::{Netlink, NetlinkError};
 use super::{Dataplane, DataplaneError, netns};
+use crate::faults::crash_point;
 use crate::names;
 use crate::observe::kernel::{observe, sysctl_path};
 use crate::observe::{LinkRef, Observed};
@@ -74,8 +75,10 @@ impl KernelDataplane {
         let host = &mut self.host;
         create(host, &scratch).map_err(|error| error.to_string())?;
         let marked = (|| {
+            crash_point();
             let index = host.link_index(&scratch)?;
             host.set_alias(index, &scratch, alias)?;
+            crash_point();
             host.rename(index, &scratch, name)
         })();
         marked.map_err(|error| {
@@ -255,7 +258,11 @@ impl Dataplane for KernelDataplane {
         Ok(observed)
     }
     fn apply(&mut self, action: &Action) -> Result<(), DataplaneError> {
-        self.apply_action(action)
-            .map_err(|reason| DataplaneError::action(action, reason))
+        crash_point();
+        let result = self
+            .apply_action(action)
+            .map_err(|reason| DataplaneError::action(action, reason));
+        crash_point();
+        result
     }
 }

@@ -78,6 +78,7 @@ pub fn create(dir: &Path, name: &str) -> io::Result<()> {
                 netlink
                     .set_alias(1, "lo", NAMESPACE_MARK)
                     .map_err(|error| error.source)?;
+                crate::faults::crash_point();
                 mount(
                     Some("/proc/thread-self/ns/net"),
                     &path,
