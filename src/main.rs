@@ -139,7 +139,7 @@ fn main() -> ExitCode {
         Command::Plan { dir, node } => plan_command(&cli, dir, node.as_deref()),
         Command::Apply { dir, node } => apply(&cli, dir, node.as_deref()),
         Command::Status { dir, node, output } => status(&cli, dir, node.as_deref(), *output),
-        Command::Teardown { .. } => teardown(&cli),
+        Command::Teardown { dir, node } => teardown(&cli, dir.as_deref(), node.as_deref()),
         Command::Demo { dir, node } => demo(&cli, dir.as_deref(), node.as_deref()),
         Command::Run {
             dir,
@@ -260,8 +260,21 @@ fn apply(cli: &Cli, dir: &Path, node: Option<&str>) -> CommandResult {
     )
 }
 
-fn teardown(cli: &Cli) -> CommandResult {
+fn teardown(cli: &Cli, dir: Option<&Path>, node: Option<&str>) -> CommandResult {
     let mut dataplane = dataplane(cli, "teardown")?;
+    // Ownership comes from the kernel; DIR or --node only name the node whose lock to hold,
+    // so that a teardown does not race an apply or the controller.
+    let node = node.map(str::to_string).or_else(|| {
+        let (_, desired) = load_desired(dir?, None).ok()?;
+        Some(desired.node.name)
+    });
+    let _lock = match &node {
+        Some(node) => Some(
+            kudonet::lock::wait_lock(Path::new(kudonet::lock::LOCK_DIR), node)
+                .map_err(|error| error.to_string())?,
+        ),
+        None => None,
+    };
     let planned = plan_teardown(&observe(&mut dataplane)?);
     let mut applied = Vec::new();
     let mut failures = Vec::new();
@@ -365,7 +378,10 @@ fn status(cli: &Cli, dir: &Path, node: Option<&str>, output: Output) -> CommandR
             instances: reconcile::instance_status(desired, &observed, &cli.netns_dir, &[]),
         },
         Err(error) => StatusDocument {
-            node: node.unwrap_or_default().to_string(),
+            node: node
+                .map(str::to_string)
+                .or_else(|| nix::unistd::gethostname().ok()?.into_string().ok())
+                .unwrap_or_default(),
             valid: false,
             errors: error.to_string().lines().map(str::to_string).collect(),
             observed_at,
