@@ -6,7 +6,7 @@
 //!
 //! 1. deletions of what kudonet owns but no longer wants (dependants first: a veth before
 //!    its namespace, routes before nothing else needs them);
-//! 2. node-wide settings and the bridge;
+//! 2. the bridge and node-wide settings, and in a vxlan cluster the overlay device;
 //! 3. each instance: namespace, veth pair, then their addresses, state and routes;
 //! 4. routes to peer nodes;
 //! 5. the firewall, one transaction per table.
