@@ -1,0 +1,398 @@
+//! The library's desired-state directory: where it lives, what the library writes there,
+//! and writing it so that an invalid request leaves it as it was.
+
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use cidr::Ipv4Inet;
+
+use super::error::NetworkError;
+use crate::spec::{self, Node};
+
+/// Environment variable naming the library's desired-state directory.
+pub const STATE_DIR_ENV: &str = "KUDONET_STATE_DIR";
+/// The library's desired-state directory when [`STATE_DIR_ENV`] is not set.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/kudonet/desired-state";
+/// Environment variable naming the netns directory (what `--netns-dir` is to the CLI).
+pub const NETNS_DIR_ENV: &str = "KUDONET_NETNS_DIR";
+/// The netns directory when [`NETNS_DIR_ENV`] is not set.
+pub const DEFAULT_NETNS_DIR: &str = "/run/netns";
+
+/// The file recording the node, relative to the state directory.
+pub(crate) const NODE_FILE: &str = "node.yaml";
+/// The folder of the instance files, relative to the state directory.
+pub(crate) const INSTANCES_DIR: &str = "instances";
+
+fn from_env(variable: &str, default: &str) -> PathBuf {
+    std::env::var_os(variable)
+        .filter(|value| !value.is_empty())
+        .map_or_else(|| PathBuf::from(default), PathBuf::from)
+}
+
+/// Where the library works, read from the environment at each call.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub state_dir: PathBuf,
+    pub netns_dir: PathBuf,
+}
+
+impl Config {
+    pub fn from_env() -> Config {
+        Config {
+            state_dir: from_env(STATE_DIR_ENV, DEFAULT_STATE_DIR),
+            netns_dir: from_env(NETNS_DIR_ENV, DEFAULT_NETNS_DIR),
+        }
+    }
+
+    pub fn node_file(&self) -> PathBuf {
+        self.state_dir.join(NODE_FILE)
+    }
+
+    /// The file of `instance` (whose id must be a DNS label: it becomes a file name).
+    pub fn instance_file(&self, instance: &str) -> PathBuf {
+        self.state_dir.join(instance_relative(instance))
+    }
+}
+
+fn instance_relative(instance: &str) -> PathBuf {
+    Path::new(INSTANCES_DIR).join(format!("{instance}.yaml"))
+}
+
+/// The node recorded in the state directory, if any.
+pub(crate) fn recorded_node(config: &Config) -> Result<Option<Node>, NetworkError> {
+    let path = config.node_file();
+    if !path.exists() {
+        return Ok(None);
+    }
+    let spec = spec::load(&path).map_err(|diagnostics| NetworkError::InvalidState {
+        state_dir: config.state_dir.clone(),
+        reason: one_line(&diagnostics.to_string()),
+    })?;
+    match spec.nodes.as_slice() {
+        [node] => Ok(Some(node.clone())),
+        _ => Err(NetworkError::InvalidState {
+            state_dir: config.state_dir.clone(),
+            reason: format!("{} must hold exactly one Node", path.display()),
+        }),
+    }
+}
+
+/// The recorded node, which must be `node_id`.
+pub(crate) fn require_node(config: &Config, node_id: &str) -> Result<Node, NetworkError> {
+    let node = recorded_node(config)?.ok_or_else(|| NetworkError::NodeNotSetUp {
+        state_dir: config.state_dir.clone(),
+    })?;
+    check_same_node(config, node_id, &node)?;
+    Ok(node)
+}
+
+pub(crate) fn check_same_node(
+    config: &Config,
+    node_id: &str,
+    recorded: &Node,
+) -> Result<(), NetworkError> {
+    if recorded.name == node_id {
+        Ok(())
+    } else {
+        Err(NetworkError::DifferentNode {
+            requested: node_id.to_string(),
+            recorded: recorded.name.clone(),
+            state_dir: config.state_dir.clone(),
+        })
+    }
+}
+
+/// A YAML double-quoted scalar (JSON strings are YAML): names can never be read as numbers,
+/// booleans or anything but the string they are.
+fn quote(value: &str) -> String {
+    serde_json::to_string(value).expect("strings serialise")
+}
+
+/// The Node document recorded for `setup_node`.
+pub(crate) fn node_document(node_id: &str, cidr: Ipv4Inet) -> String {
+    format!(
+        "# Recorded by the kudonet library (kudonet::node::setup_node).\n\
+         kind: Node\nname: {}\ncidr: {cidr}\n",
+        quote(node_id)
+    )
+}
+
+/// A port published by an instance, as recorded: host port to instance port, both TCP and
+/// UDP.
+pub(crate) type PortPair = (u16, u16);
+
+/// The Instance document recorded for `setup_instance`.
+pub(crate) fn instance_document(
+    instance_id: &str,
+    node_id: &str,
+    address: Ipv4Inet,
+    ports: &[PortPair],
+) -> String {
+    let mut text = format!(
+        "# Recorded by the kudonet library (kudonet::instance::setup_instance).\n\
+         kind: Instance\nname: {}\nnode: {}\naddress: {address}\n",
+        quote(instance_id),
+        quote(node_id)
+    );
+    if !ports.is_empty() {
+        text.push_str("ports:\n");
+        for (host, instance) in ports {
+            for protocol in ["tcp", "udp"] {
+                text.push_str(&format!(
+                    "  - hostPort: {host}\n    instancePort: {instance}\n    protocol: {protocol}\n"
+                ));
+            }
+        }
+    }
+    text
+}
+
+/// A change to the state directory.
+#[derive(Debug)]
+pub(crate) enum Change {
+    /// Write a file (relative to the state directory) with this content.
+    Write { relative: PathBuf, content: String },
+}
+
+impl Change {
+    pub fn node(node_id: &str, cidr: Ipv4Inet) -> Change {
+        Change::Write {
+            relative: PathBuf::from(NODE_FILE),
+            content: node_document(node_id, cidr),
+        }
+    }
+
+    pub fn instance(instance: &str, content: String) -> Change {
+        Change::Write {
+            relative: instance_relative(instance),
+            content,
+        }
+    }
+}
+
+/// Creates `dir` and its missing parents, mode 0755.
+fn create_dir(dir: &Path) -> Result<(), NetworkError> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .map_err(NetworkError::io("create folder", dir))
+}
+
+static SCRATCH: AtomicU64 = AtomicU64::new(0);
+
+fn scratch_suffix() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        SCRATCH.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Validates the state directory as it would be after `change`, then makes the change
+/// atomically. An invalid result leaves the directory untouched. Returns whether a file
+/// changed (rewriting identical content is skipped, so a watching `kudonet run` is not
+/// woken for nothing).
+pub(crate) fn commit(config: &Config, change: &Change) -> Result<bool, NetworkError> {
+    let Change::Write { relative, content } = change;
+    let target = config.state_dir.join(relative);
+    if fs::read_to_string(&target).is_ok_and(|current| &current == content) {
+        return Ok(false);
+    }
+    create_dir(&config.state_dir)?;
+    validate_with(config, relative, content)?;
+    let folder = target.parent().expect("a file in the state directory");
+    create_dir(folder)?;
+    let name = target
+        .file_name()
+        .expect("a file name")
+        .to_string_lossy()
+        .into_owned();
+    // Hidden and not `.yaml`: readers of the directory skip it until the rename.
+    let temporary = folder.join(format!(".{name}.{}.tmp", scratch_suffix()));
+    let written = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&temporary)?;
+        file.set_permissions(fs::Permissions::from_mode(0o644))?;
+        file.write_all(content.as_bytes())?;
+        file.sync_all()
+    })();
+    if let Err(error) = written {
+        let _ = fs::remove_file(&temporary);
+        return Err(NetworkError::io("write", &temporary)(error));
+    }
+    fs::rename(&temporary, &target).map_err(|error| {
+        let _ = fs::remove_file(&temporary);
+        NetworkError::io("write", &target)(error)
+    })?;
+    Ok(true)
+}
+
+/// Loads a copy of the state directory with `relative` set to `content`, in a hidden
+/// scratch folder inside it (which loads of the directory skip), and reports what is wrong
+/// with the copy as an invalid request naming the real paths.
+fn validate_with(config: &Config, relative: &Path, content: &str) -> Result<(), NetworkError> {
+    let scratch = config
+        .state_dir
+        .join(format!(".kudonet-staging-{}", scratch_suffix()));
+    let result = (|| {
+        DirBuilder::new()
+            .mode(0o700)
+            .create(&scratch)
+            .map_err(NetworkError::io("create folder", &scratch))?;
+        let mut ignored = Vec::new();
+        for file in spec::state_files(&config.state_dir, &mut ignored) {
+            let Ok(inside) = file.strip_prefix(&config.state_dir) else {
+                continue;
+            };
+            if inside == relative {
+                continue;
+            }
+            let copy = scratch.join(inside);
+            if let Some(parent) = copy.parent() {
+                fs::create_dir_all(parent).map_err(NetworkError::io("create folder", parent))?;
+            }
+            fs::copy(&file, &copy).map_err(NetworkError::io("copy", &file))?;
+        }
+        let staged = scratch.join(relative);
+        if let Some(parent) = staged.parent() {
+            fs::create_dir_all(parent).map_err(NetworkError::io("create folder", parent))?;
+        }
+        fs::write(&staged, content).map_err(NetworkError::io("write", &staged))?;
+        spec::load(&scratch).map(drop).map_err(|diagnostics| {
+            let text = diagnostics.to_string().replace(
+                &scratch.display().to_string(),
+                &config.state_dir.display().to_string(),
+            );
+            NetworkError::invalid(one_line(&text))
+        })
+    })();
+    let _ = fs::remove_dir_all(&scratch);
+    result
+}
+
+/// Removes a file the library wrote; a missing one is fine. Returns whether it existed.
+pub(crate) fn remove(path: &Path) -> Result<bool, NetworkError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(error) => Err(NetworkError::io("remove", path)(error)),
+    }
+}
+
+/// Removes every file the library writes: the node file and the instance files.
+pub(crate) fn remove_all(config: &Config) -> Result<(), NetworkError> {
+    let instances = config.state_dir.join(INSTANCES_DIR);
+    match fs::read_dir(&instances) {
+        Ok(entries) => {
+            for entry in entries {
+                let entry = entry.map_err(NetworkError::io("list", &instances))?;
+                let name = entry.file_name();
+                if spec::is_state_file_name(&name.to_string_lossy()) {
+                    remove(&entry.path())?;
+                }
+            }
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(NetworkError::io("list", &instances)(error)),
+    }
+    remove(&config.node_file())?;
+    Ok(())
+}
+
+/// Several lines as one: `; ` between them.
+pub(crate) fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Protocol, PublishedPort};
+
+    #[test]
+    fn recorded_documents_load_as_requested() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join(NODE_FILE),
+            node_document("123", "10.0.0.1/24".parse().unwrap()),
+        )
+        .unwrap();
+        fs::create_dir(dir.path().join(INSTANCES_DIR)).unwrap();
+        fs::write(
+            dir.path().join(instance_relative("web")),
+            instance_document("web", "123", "10.0.0.2/24".parse().unwrap(), &[(80, 8080)]),
+        )
+        .unwrap();
+        let spec = spec::load(dir.path()).unwrap();
+        assert_eq!(spec.nodes[0].name, "123", "quoted: a string, not a number");
+        assert_eq!(spec.nodes[0].bridge, "kudo0");
+        let instance = &spec.instances[0];
+        assert_eq!(
+            (instance.name.as_str(), instance.node.as_str()),
+            ("web", "123")
+        );
+        let port = |protocol| PublishedPort {
+            host_port: 80,
+            instance_port: 8080,
+            protocol,
+            host_ip: None,
+        };
+        assert_eq!(instance.ports, [port(Protocol::Tcp), port(Protocol::Udp)]);
+    }
+
+    #[test]
+    fn an_invalid_change_leaves_the_directory_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            state_dir: dir.path().join("state"),
+            netns_dir: PathBuf::from(DEFAULT_NETNS_DIR),
+        };
+        assert!(
+            commit(
+                &config,
+                &Change::node("node", "10.0.0.1/24".parse().unwrap())
+            )
+            .unwrap()
+        );
+        let outside = instance_document("web", "node", "10.0.1.2/24".parse().unwrap(), &[]);
+        let error = commit(&config, &Change::instance("web", outside)).unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "invalid request: {}:",
+                config.instance_file("web").display()
+            )),
+            "{text}"
+        );
+        let mut ignored = Vec::new();
+        assert_eq!(
+            spec::state_files(&config.state_dir, &mut ignored),
+            [config.node_file()]
+        );
+        let hidden: Vec<_> = fs::read_dir(&config.state_dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .filter(|name| name.to_string_lossy().starts_with('.'))
+            .collect();
+        assert!(hidden.is_empty(), "scratch left behind: {hidden:?}");
+        assert!(
+            !commit(
+                &config,
+                &Change::node("node", "10.0.0.1/24".parse().unwrap())
+            )
+            .unwrap(),
+            "same content: not rewritten"
+        );
+    }
+}
