@@ -1,6 +1,8 @@
-//! One writer per node: `kudonet run` and `kudonet apply` hold an exclusive lock on
-//! `/run/kudonet/<node>.lock` while they change the node. A second controller refuses to
-//! start; a second apply waits its turn.
+//! One writer per node. Whoever changes a node (an apply, a teardown, a library call, each
+//! pass of the controller) holds `/run/kudonet/<node>.lock` meanwhile, so changes never
+//! interleave; a second writer waits its turn. `kudonet run` also holds
+//! `/run/kudonet/<node>.controller.lock` for its whole life: a second controller for the node
+//! refuses to start.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
@@ -19,8 +21,16 @@ pub struct NodeLock {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("another kudonet is managing node {node} (pid {holder}, lock {path}); stop it first")]
+    #[error("another kudonet is changing node {node} (pid {holder}, lock {path})")]
     Held {
+        node: String,
+        holder: String,
+        path: String,
+    },
+    #[error(
+        "another kudonet controller is running for node {node} (pid {holder}, lock {path}); stop it first"
+    )]
+    ControllerRunning {
         node: String,
         holder: String,
         path: String,
@@ -34,18 +44,30 @@ pub fn lock_path(dir: &Path, node: &str) -> PathBuf {
     dir.join(format!("{node}.lock"))
 }
 
-/// Takes the lock of `node`, failing at once if someone holds it.
+/// Takes the change lock of `node`, failing at once if someone holds it.
 pub fn try_lock(dir: &Path, node: &str) -> Result<NodeLock, LockError> {
-    lock(dir, node, false)
+    lock(dir, node, &lock_path(dir, node), false)
 }
 
-/// Takes the lock of `node`, waiting for its holder to finish.
+/// Takes the controller lock of `node` for the life of a controller, failing at once if
+/// another controller holds it.
+pub fn controller_lock(dir: &Path, node: &str) -> Result<NodeLock, LockError> {
+    let path = dir.join(format!("{node}.controller.lock"));
+    lock(dir, node, &path, false).map_err(|error| match error {
+        LockError::Held { node, holder, path } => {
+            LockError::ControllerRunning { node, holder, path }
+        }
+        other => other,
+    })
+}
+
+/// Takes the change lock of `node`, waiting for its holder to finish.
 pub fn wait_lock(dir: &Path, node: &str) -> Result<NodeLock, LockError> {
-    lock(dir, node, true)
+    lock(dir, node, &lock_path(dir, node), true)
 }
 
-fn lock(dir: &Path, node: &str, wait: bool) -> Result<NodeLock, LockError> {
-    let path = lock_path(dir, node);
+fn lock(dir: &Path, node: &str, path: &Path, wait: bool) -> Result<NodeLock, LockError> {
+    let path = path.to_path_buf();
     let io_error = |source| LockError::Io {
         path: path.display().to_string(),
         source,
@@ -98,7 +120,7 @@ mod tests {
         assert_eq!(
             error,
             format!(
-                "another kudonet is managing node node-a (pid {}, lock {}); stop it first",
+                "another kudonet is changing node node-a (pid {}, lock {})",
                 std::process::id(),
                 first.path.display()
             )
@@ -106,5 +128,26 @@ mod tests {
         assert!(try_lock(dir.path(), "node-b").is_ok(), "locks are per node");
         drop(first);
         assert!(try_lock(dir.path(), "node-a").is_ok(), "released on drop");
+    }
+
+    #[test]
+    fn the_controller_lock_is_separate_from_the_change_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let controller = controller_lock(dir.path(), "node-a").unwrap();
+        let change =
+            try_lock(dir.path(), "node-a").expect("changes go on under a running controller");
+        drop(change);
+        let error = controller_lock(dir.path(), "node-a")
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            error,
+            format!(
+                "another kudonet controller is running for node node-a (pid {}, lock {}); stop it first",
+                std::process::id(),
+                controller.path.display()
+            )
+        );
     }
 }

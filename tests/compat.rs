@@ -474,3 +474,36 @@ fn readme_examples_build_unchanged_as_a_separate_project_and_run() {
         },
     );
 }
+
+#[test]
+fn library_calls_work_beside_a_controller_watching_their_directory() {
+    common::sandboxed(
+        "library_calls_work_beside_a_controller_watching_their_directory",
+        || {
+            use_sandbox_state_dir();
+            setup_node(node_request()).unwrap();
+            let mut controller = Command::new(KUDONET)
+                .args(["run", STATE_DIR, "--resync", "60", "-q"])
+                .spawn()
+                .expect("kudonet run starts");
+            // The controller takes the node lock for each pass only: calls take turns with it.
+            setup_instance(instance_request(
+                "web",
+                "10.0.0.2/24",
+                vec![Port::new(80, 8080)],
+            ))
+            .unwrap();
+            let _web = serve("web", 8080);
+            assert!(answers("127.0.0.1:80"));
+            clean_instance(clean_request("web", "10.0.0.2/24", vec![])).unwrap();
+            assert!(!netns("web").exists());
+            let pid = nix::unistd::Pid::from_raw(controller.id() as i32);
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+            assert!(controller.wait().unwrap().success());
+            assert_eq!(
+                kudonet(&["plan", STATE_DIR]),
+                (true, "No changes.\n".to_string())
+            );
+        },
+    );
+}

@@ -905,8 +905,8 @@ fn a_second_controller_for_the_node_refuses_to_run() {
         first.wait_ready(&["db", "web"]);
         let before = kernel_state();
         let message = format!(
-            "kudonet: another kudonet is managing node node-a (pid {}, lock \
-             /run/kudonet/node-a.lock); stop it first\n",
+            "kudonet: another kudonet controller is running for node node-a (pid {}, lock \
+             /run/kudonet/node-a.controller.lock); stop it first\n",
             first.pid()
         );
         // Named with --node, or found in DIR.

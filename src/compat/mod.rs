@@ -24,8 +24,8 @@ use crate::{names, privileges};
 use error::NetworkError;
 use store::Config;
 
-/// How long a call waits for another kudonet holding the node's lock (a `kudonet apply`
-/// finishes within it; a `kudonet run` for the same node never lets go).
+/// How long a call waits for another kudonet holding the node's lock (an apply or a pass
+/// of `kudonet run` finishes well within it).
 const LOCK_WAIT: Duration = Duration::from_secs(30);
 const LOCK_POLL: Duration = Duration::from_millis(50);
 
@@ -35,8 +35,8 @@ pub(crate) fn require_privileges(call: &str) -> Result<(), NetworkError> {
         .map_err(|reason| NetworkError::MissingPrivileges { reason })
 }
 
-/// Takes the node's lock (the one `kudonet apply` and `kudonet run` take), waiting at most
-/// [`LOCK_WAIT`] for its holder.
+/// Takes the node's change lock (the one `kudonet apply` and each pass of `kudonet run`
+/// take), waiting at most [`LOCK_WAIT`] for its holder.
 pub(crate) fn lock_node(node: &str) -> Result<NodeLock, NetworkError> {
     let deadline = Instant::now() + LOCK_WAIT;
     loop {

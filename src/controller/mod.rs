@@ -152,7 +152,8 @@ impl Controller {
     fn lock_node(&mut self, node: &str) -> Result<(), String> {
         if self.lock.is_none() {
             self.lock = Some(
-                lock::try_lock(&self.options.lock_dir, node).map_err(|error| error.to_string())?,
+                lock::controller_lock(&self.options.lock_dir, node)
+                    .map_err(|error| error.to_string())?,
             );
         }
         Ok(())
@@ -230,7 +231,10 @@ impl Controller {
             .expect("the dataplane is back after every pass");
         let job_desired = desired.clone();
         let job_held_back = held_back.clone();
+        let lock_dir = self.options.lock_dir.clone();
         let (dataplane, result) = tokio::task::spawn_blocking(move || {
+            // Library calls and applies may change the node between passes, never during one.
+            let _change = lock::wait_lock(&lock_dir, &job_desired.node.name);
             let result = reconcile::converge(&mut dataplane, &job_desired, &job_held_back, |_| {});
             (dataplane, result)
         })
