@@ -99,8 +99,11 @@ impl KernelDataplane {
                     .map_err(|error| format!("delete namespace: {error}"))
             }
             Action::CreateBridge { name, mtu } => {
+                // A fixed address, so that ports coming and going never change it; random,
+                // as the kernel's, so that bridges joined by the vxlan overlay differ.
+                let mac = random_mac().map_err(|error| format!("bridge address: {error}"))?;
                 self.create_marked(name, &names::bridge_alias(), |host, scratch| {
-                    host.create_bridge(scratch, *mtu)
+                    host.create_bridge(scratch, Some(mac), *mtu)
                 })
             }
             Action::CreateVeth {
@@ -265,4 +268,13 @@ impl Dataplane for KernelDataplane {
         crash_point();
         result
     }
+}
+
+/// A random unicast, locally administered MAC address.
+fn random_mac() -> std::io::Result<[u8; 6]> {
+    use std::io::Read;
+    let mut mac = [0; 6];
+    fs::File::open("/dev/urandom")?.read_exact(&mut mac)?;
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    Ok(mac)
 }

@@ -269,11 +269,22 @@ impl Netlink {
     }
 
     /// Creates a bridge, down.
-    pub fn create_bridge(&mut self, name: &str, mtu: Option<u32>) -> Result<()> {
+    /// Creates a bridge, down. With `mac`, its address is fixed: otherwise the kernel gives
+    /// the bridge the lowest address of its ports, which changes as ports come and go and
+    /// leaves instances sending to their gateway at an address that no longer exists.
+    pub fn create_bridge(
+        &mut self,
+        name: &str,
+        mac: Option<[u8; 6]>,
+        mtu: Option<u32>,
+    ) -> Result<()> {
         let mut message = LinkMessage::default();
         message
             .attributes
             .push(LinkAttribute::IfName(name.to_string()));
+        message
+            .attributes
+            .extend(mac.map(|mac| LinkAttribute::Address(mac.to_vec())));
         message
             .attributes
             .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
