@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Baseline (b), the floor: the node kudonet builds for bench/baselines/desired.sh N WORK,
+# reached with as few processes as iproute2 and iptables allow:
+#   - one `ip -batch` in the node namespace (namespaces, bridge, veths created with their
+#     eth0 end directly in the instance namespace, aliases, bridge ports, hairpin);
+#   - the two sysctls written to /proc/sys directly (no process);
+#   - one `ip -n kudo-NAME -batch` per instance (a batch cannot change namespace: lo up and
+#     marked, eth0 address and up, default route with kudonet's protocol 75);
+#   - one `iptables-restore --noflush` for both tables.
+# No observation, no diff, no error handling beyond `set -e`: a lower bound, not a controller.
+# Run it only in a throwaway network namespace (the harness gives each run a fresh one).
+#   bench/baselines/floor.sh N WORK
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+n=${1:?usage: floor.sh N WORK}
+work=${2:?usage: floor.sh N WORK}
+[[ -f $work/instances.tsv ]] || "$here/desired.sh" "$n" "$work"
+source "$here/rules.sh"
+tsv=$work/instances.tsv
+
+awk -F'\t' '
+    { print "netns add " $2 }
+    END {
+        print "link add kudo0 type bridge"
+        print "link set dev kudo0 alias kudonet:bridge"
+        print "address add 10.200.0.1/16 dev kudo0"
+        print "link set dev kudo0 up"
+    }' "$tsv" >"$work/node.batch"
+awk -F'\t' '{
+    print "link add " $3 " type veth peer name eth0 address " $4 " netns " $2
+    print "link set dev " $3 " alias kudonet:instance:" $1 " master kudo0"
+    print "link set dev " $3 " type bridge_slave hairpin on"
+    print "link set dev " $3 " up"
+}' "$tsv" >>"$work/node.batch"
+ip -batch "$work/node.batch"
+
+echo 1 >/proc/sys/net/ipv4/ip_forward
+echo 1 >/proc/sys/net/ipv4/conf/kudo0/route_localnet
+
+while IFS=$'\t' read -r _ namespace _ _ address _; do
+    printf 'link set dev lo alias kudonet up\naddress add %s dev eth0\nlink set dev eth0 up\nroute replace default via 10.200.0.1 proto 75\n' \
+        "$address" | ip -n "$namespace" -batch -
+done <"$tsv"
+
+rules_restore "$work" | iptables-restore -w --noflush

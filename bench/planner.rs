@@ -1,0 +1,73 @@
+//! The planner on a large node: `plan(&Desired, &Observed)` for 10,000 instances (each with
+//! one published port), against an empty node (a cold start after a reboot) and against a
+//! converged one (every resync of a controller that has nothing to do). The converged
+//! `Observed` is built by applying the first plan on the in-memory dataplane. Loading and
+//! validating the desired-state directory of that size is measured too: every pass does it.
+//! No privileges needed.
+//!   cargo bench --bench planner
+
+use std::hint::black_box;
+use std::path::Path;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use kudonet::dataplane::Dataplane;
+use kudonet::dataplane::memory::MemoryDataplane;
+use kudonet::observe::Observed;
+use kudonet::plan::plan;
+use kudonet::reconcile::load_desired;
+
+const INSTANCES: usize = 10_000;
+
+/// The desired state of bench/baselines/desired.sh: Node "bench" (10.200.0.1/16) and
+/// instances i0.. at 10.200.x.y, each publishing 20000+i -> 80/tcp.
+fn write_state(dir: &Path, instances: usize) {
+    let mut state = String::from("kind: Node\nname: bench\ncidr: 10.200.0.1/16\n");
+    for index in 0..instances {
+        let host = index + 2;
+        state.push_str(&format!(
+            "---\nkind: Instance\nname: i{index}\naddress: 10.200.{}.{}/16\nports:\n  - hostPort: {}\n    instancePort: 80\n",
+            host / 256,
+            host % 256,
+            20_000 + index
+        ));
+    }
+    std::fs::write(dir.join("node.yaml"), state).unwrap();
+}
+
+fn planner(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    write_state(dir.path(), INSTANCES);
+    let (_, desired) = load_desired(dir.path(), None).expect("a valid desired state");
+
+    let empty = Observed::default();
+    let cold = plan(&desired, &empty);
+    let mut dataplane = MemoryDataplane::new(Observed::default());
+    dataplane
+        .apply_all(&cold.actions)
+        .expect("the plan applies");
+    let converged = dataplane.observe().unwrap();
+    assert!(
+        plan(&desired, &converged).actions.is_empty(),
+        "the converged node needs nothing"
+    );
+    eprintln!(
+        "planner: {INSTANCES} instances, {} actions on an empty node",
+        cold.actions.len()
+    );
+
+    let mut group = c.benchmark_group("planner_10k");
+    group.sample_size(20);
+    group.bench_function("plan_empty_node", |b| {
+        b.iter(|| plan(black_box(&desired), black_box(&empty)))
+    });
+    group.bench_function("plan_converged_node", |b| {
+        b.iter(|| plan(black_box(&desired), black_box(&converged)))
+    });
+    group.bench_function("load_and_validate", |b| {
+        b.iter(|| load_desired(black_box(dir.path()), None).unwrap())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, planner);
+criterion_main!(benches);
