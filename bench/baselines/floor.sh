@@ -7,6 +7,8 @@
 #   - one `ip -n kudo-NAME -batch` per instance (a batch cannot change namespace: lo up and
 #     marked, eth0 address and up, default route with kudonet's protocol 75);
 #   - one `iptables-restore --noflush` for both tables.
+# IPv6 stays off on both veth ends (kudonet turns it off; `addrgenmode none` has the same
+# effect on the wire: no duplicate address detection or multicast reports on the bridge).
 # No observation, no diff, no error handling beyond `set -e`: a lower bound, not a controller.
 # Run it only in a throwaway network namespace (the harness gives each run a fresh one).
 #   bench/baselines/floor.sh N WORK
@@ -30,6 +32,7 @@ awk -F'\t' '{
     print "link add " $3 " type veth peer name eth0 address " $4 " netns " $2
     print "link set dev " $3 " alias kudonet:instance:" $1 " master kudo0"
     print "link set dev " $3 " type bridge_slave hairpin on"
+    print "link set dev " $3 " addrgenmode none"
     print "link set dev " $3 " up"
 }' "$tsv" >>"$work/node.batch"
 ip -batch "$work/node.batch"
@@ -38,7 +41,7 @@ echo 1 >/proc/sys/net/ipv4/ip_forward
 echo 1 >/proc/sys/net/ipv4/conf/kudo0/route_localnet
 
 while IFS=$'\t' read -r _ namespace _ _ address _; do
-    printf 'link set dev lo alias kudonet up\naddress add %s dev eth0\nlink set dev eth0 up\nroute replace default via 10.200.0.1 proto 75\n' \
+    printf 'link set dev lo alias kudonet up\nlink set dev eth0 addrgenmode none\naddress add %s dev eth0\nlink set dev eth0 up\nroute replace default via 10.200.0.1 proto 75\n' \
         "$address" | ip -n "$namespace" -batch -
 done <"$tsv"
 

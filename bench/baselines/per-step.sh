@@ -27,7 +27,9 @@ while IFS=$'\t' read -r name namespace host mac address _; do
     ip link set dev "$host" alias "kudonet:instance:$name"
     ip link set dev "$host" master kudo0
     ip link set dev "$host" type bridge_slave hairpin on
+    ip link set dev "$host" addrgenmode none
     ip link set dev "$host" up
+    ip netns exec "$namespace" ip link set dev eth0 addrgenmode none
     ip netns exec "$namespace" ip address add "$address" dev eth0
     ip netns exec "$namespace" ip link set dev eth0 up
     ip netns exec "$namespace" ip route replace default via 10.200.0.1 proto 75

@@ -1,12 +1,12 @@
 //! The dataplane of a real node: rtnetlink for links, addresses and routes, the netns
 //! directory for namespaces, `/proc/sys` for sysctls, iptables-restore for the firewall.
 
-use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::iptables::Iptables;
 use super::netlink::{Netlink, NetlinkError};
+use super::netns::NamespaceSockets;
 use super::{Dataplane, DataplaneError, netns};
 use crate::faults::crash_point;
 use crate::names;
@@ -20,7 +20,7 @@ pub struct KernelDataplane {
     /// A socket in the node's namespace (the one kudonet runs in).
     host: Netlink,
     /// Sockets inside instance namespaces, opened on first use and reused.
-    namespaces: HashMap<String, Netlink>,
+    namespaces: NamespaceSockets,
 }
 
 impl KernelDataplane {
@@ -37,7 +37,7 @@ impl KernelDataplane {
             netns_dir: netns_dir.to_path_buf(),
             iptables,
             host,
-            namespaces: HashMap::new(),
+            namespaces: NamespaceSockets::new(netns_dir),
         })
     }
 
@@ -45,12 +45,9 @@ impl KernelDataplane {
         let Some(netns) = netns else {
             return Ok(&mut self.host);
         };
-        if !self.namespaces.contains_key(netns) {
-            let socket = Netlink::open_in(&netns::path(&self.netns_dir, netns))
-                .map_err(|error| format!("cannot enter namespace {netns}: {error}"))?;
-            self.namespaces.insert(netns.to_string(), socket);
-        }
-        Ok(self.namespaces.get_mut(netns).expect("inserted above"))
+        self.namespaces
+            .get(netns)
+            .map_err(|error| format!("cannot enter namespace {netns}: {error}"))
     }
 
     /// The socket of `link`'s namespace and the link's index there.
@@ -94,7 +91,7 @@ impl KernelDataplane {
             Action::CreateNamespace { name } => netns::create(&self.netns_dir, name)
                 .map_err(|error| format!("create namespace: {error}")),
             Action::DeleteNamespace { name } => {
-                self.namespaces.remove(name);
+                self.namespaces.forget(name);
                 netns::delete(&self.netns_dir, name)
                     .map_err(|error| format!("delete namespace: {error}"))
             }
@@ -121,7 +118,12 @@ impl KernelDataplane {
                         &peer_netns,
                         Some(names::instance_mac(instance)),
                         *mtu,
-                    )
+                    )?;
+                    // A bridge port needs no address: IPv6 off, as inside the instance.
+                    netns::disable_ipv6(&[scratch]).map_err(|error| NetlinkError {
+                        operation: format!("turn IPv6 off on {scratch}"),
+                        source: error,
+                    })
                 })
             }
             Action::DeleteLink { link } => {
@@ -252,13 +254,15 @@ impl KernelDataplane {
 
 impl Dataplane for KernelDataplane {
     fn observe(&mut self) -> Result<Observed, DataplaneError> {
-        let observed = observe(&self.netns_dir, &self.iptables)
-            .map_err(|error| DataplaneError::Observe(error.to_string()))?;
-        // A cached socket keeps its namespace alive: let go of those that left the netns
-        // directory, or a namespace deleted behind kudonet's back would never be freed.
-        self.namespaces
-            .retain(|name, _| observed.namespaces.contains_key(name));
-        Ok(observed)
+        // Reuses the sockets of earlier passes; lets go of those whose namespace left the
+        // netns directory, which would otherwise be kept alive.
+        observe(
+            &mut self.host,
+            &self.netns_dir,
+            &mut self.namespaces,
+            &self.iptables,
+        )
+        .map_err(|error| DataplaneError::Observe(error.to_string()))
     }
     fn apply(&mut self, action: &Action) -> Result<(), DataplaneError> {
         crash_point();

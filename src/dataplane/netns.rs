@@ -78,6 +78,10 @@ pub fn create(dir: &Path, name: &str) -> io::Result<()> {
                 netlink
                     .set_alias(1, "lo", NAMESPACE_MARK)
                     .map_err(|error| error.source)?;
+                // Instances are IPv4-only: without IPv6, a new eth0 sends no duplicate
+                // address detection or multicast reports for the bridge to copy to every
+                // port (a cost that grows with the square of the instances).
+                disable_ipv6(&["all", "default"])?;
                 crate::faults::crash_point();
                 mount(
                     Some("/proc/thread-self/ns/net"),
@@ -95,6 +99,21 @@ pub fn create(dir: &Path, name: &str) -> io::Result<()> {
         let _ = fs::remove_file(&path);
     }
     created
+}
+
+/// Turns IPv6 off on `devices` (or `all`, `default`) of the calling thread's network
+/// namespace; nothing to do on a kernel without IPv6.
+pub fn disable_ipv6(devices: &[&str]) -> io::Result<()> {
+    for device in devices {
+        match fs::write(
+            format!("/proc/sys/net/ipv6/conf/{device}/disable_ipv6"),
+            "1",
+        ) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Deletes the namespace `name`: unmounts and removes its file. The kernel frees the
@@ -146,4 +165,48 @@ pub fn path(dir: &Path, name: &str) -> PathBuf {
 /// Opens namespace `name` of `dir`, for `setns` or as the target of a new veth's peer.
 pub fn open(dir: &Path, name: &str) -> io::Result<File> {
     File::open(dir.join(name))
+}
+
+/// Netlink sockets inside the namespaces of a netns directory, opened once and reused: a
+/// socket stays in its namespace, and opening one costs a thread that enters it.
+///
+/// A socket is only reused while the name still leads to the same namespace (same nsfs
+/// inode): a namespace deleted and made anew under the same name gets a fresh socket. A
+/// cached socket keeps its namespace alive, so sockets of names that left the directory
+/// must be let go with [`NamespaceSockets::retain`].
+pub struct NamespaceSockets {
+    dir: PathBuf,
+    sockets: std::collections::HashMap<String, (u64, Netlink)>,
+}
+
+impl NamespaceSockets {
+    pub fn new(dir: &Path) -> NamespaceSockets {
+        NamespaceSockets {
+            dir: dir.to_path_buf(),
+            sockets: Default::default(),
+        }
+    }
+
+    /// The socket inside namespace `name`.
+    pub fn get(&mut self, name: &str) -> io::Result<&mut Netlink> {
+        use std::os::unix::fs::MetadataExt;
+        let path = self.dir.join(name);
+        let inode = fs::metadata(&path)?.ino();
+        let fresh = !matches!(self.sockets.get(name), Some((cached, _)) if *cached == inode);
+        if fresh {
+            self.sockets
+                .insert(name.to_string(), (inode, Netlink::open_in(&path)?));
+        }
+        Ok(&mut self.sockets.get_mut(name).expect("inserted above").1)
+    }
+
+    /// Forgets the socket of `name` (its namespace was deleted).
+    pub fn forget(&mut self, name: &str) {
+        self.sockets.remove(name);
+    }
+
+    /// Keeps only the sockets of namespaces `keep` says are still there.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.sockets.retain(|name, _| keep(name));
+    }
 }

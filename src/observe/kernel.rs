@@ -15,7 +15,7 @@ use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, Ro
 use super::{Link, LinkKind, LinkRef, Namespace, Observed, Route, Vxlan};
 use crate::dataplane::iptables::Iptables;
 use crate::dataplane::netlink::{Netlink, NetlinkError};
-use crate::dataplane::netns;
+use crate::dataplane::netns::{self, NamespaceSockets};
 use crate::names;
 use crate::plan::firewall::{FILTER, NAT};
 use crate::plan::{IP_FORWARD, route_localnet};
@@ -34,11 +34,15 @@ pub enum ObserveError {
     Firewall(#[from] crate::dataplane::iptables::FirewallError),
 }
 
-/// Reads what the node has: links, addresses and routes of the calling thread's network
-/// namespace, the namespaces of `netns_dir`, sysctls and iptables.
-pub fn observe(netns_dir: &Path, iptables: &Iptables) -> Result<Observed, ObserveError> {
-    let mut host = Netlink::open().map_err(ObserveError::Socket)?;
-    let (mut links, indexes) = read_links(&mut host)?;
+/// Reads what the node has: links, addresses and routes of the namespace of `host`, the
+/// namespaces of `netns_dir` (through `sockets`, reused between calls), sysctls and iptables.
+pub fn observe(
+    host: &mut Netlink,
+    netns_dir: &Path,
+    sockets: &mut NamespaceSockets,
+    iptables: &Iptables,
+) -> Result<Observed, ObserveError> {
+    let (mut links, indexes) = read_links(host)?;
     // Forwarding entries are only read when there is an overlay: a bridge may have many.
     if links.values().any(|link| link.link.kind == LinkKind::Vxlan) {
         for (index, destination) in host.dump_flood()? {
@@ -78,13 +82,14 @@ pub fn observe(netns_dir: &Path, iptables: &Iptables) -> Result<Observed, Observ
         dir: netns_dir.display().to_string(),
         source,
     })?;
+    sockets.retain(|name| names.iter().any(|listed| listed == name));
     for name in names {
-        let mut netlink = match Netlink::open_in(&netns::path(netns_dir, &name)) {
+        let netlink = match sockets.get(&name) {
             Ok(netlink) => netlink,
             // Deleted meanwhile: it is gone, as the next pass will see.
             Err(_) => continue,
         };
-        let (inner_links, _) = read_links(&mut netlink)?;
+        let (inner_links, _) = read_links(netlink)?;
         let default_gateway = netlink
             .dump_routes()?
             .iter()
