@@ -276,6 +276,11 @@ fn teardown(cli: &Cli, dir: Option<&Path>, node: Option<&str>) -> CommandResult 
         None => None,
     };
     let planned = plan_teardown(&observe(&mut dataplane)?);
+    if !planned.actions.is_empty() {
+        dataplane
+            .check_can_change()
+            .map_err(|error| error.to_string())?;
+    }
     let mut applied = Vec::new();
     let mut failures = Vec::new();
     for action in planned.actions {

@@ -100,6 +100,7 @@ pub fn converge(
             outcome.remaining = planned;
             return Ok(outcome);
         }
+        dataplane.check_can_change()?;
         outcome.failures.clear();
         for action in planned.actions.iter().filter(wanted) {
             match dataplane.apply(action) {

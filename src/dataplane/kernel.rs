@@ -253,6 +253,20 @@ impl KernelDataplane {
 }
 
 impl Dataplane for KernelDataplane {
+    fn check_can_change(&mut self) -> Result<(), DataplaneError> {
+        // Opening for writing is enough to meet a read-only /proc/sys (a container's).
+        let path = sysctl_path(crate::plan::IP_FORWARD);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map(drop)
+            .map_err(|error| {
+                DataplaneError::Unavailable(format!(
+                    "cannot change sysctls: {}: {error} (kudonet needs a writable /proc/sys/net)",
+                    path.display()
+                ))
+            })
+    }
     fn observe(&mut self) -> Result<Observed, DataplaneError> {
         // Reuses the sockets of earlier passes; lets go of those whose namespace left the
         // netns directory, which would otherwise be kept alive.

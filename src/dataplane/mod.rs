@@ -46,6 +46,12 @@ pub trait Dataplane {
     /// Carries out one action.
     fn apply(&mut self, action: &Action) -> Result<(), DataplaneError>;
 
+    /// Checks, before a plan's first action, what would make every action fail (a
+    /// read-only `/proc/sys`, say), so that such a node is left as it was.
+    fn check_can_change(&mut self) -> Result<(), DataplaneError> {
+        Ok(())
+    }
+
     /// Carries out `actions` in order, stopping at the first failure.
     fn apply_all(&mut self, actions: &[Action]) -> Result<(), DataplaneError> {
         actions.iter().try_for_each(|action| self.apply(action))
