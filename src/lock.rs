@@ -1,8 +1,9 @@
 //! One writer per node. Whoever changes a node (an apply, a teardown, a library call, each
-//! pass of the controller) holds `/run/kudonet/<node>.lock` meanwhile, so changes never
+//! pass of the controller) holds `/run/kudonet/net-<inode>.lock` meanwhile, so changes never
 //! interleave; a second writer waits its turn. `kudonet run` also holds
-//! `/run/kudonet/<node>.controller.lock` for its whole life: a second controller for the node
-//! refuses to start.
+//! `/run/kudonet/net-<inode>.controller.lock` for its whole life: a second controller refuses
+//! to start. Locks are keyed on the network namespace (its inode), whatever node name each
+//! kudonet was given: it is the kernel state they would fight over.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
@@ -39,20 +40,31 @@ pub enum LockError {
     Io { path: String, source: io::Error },
 }
 
-/// The lock file of `node` in `dir`.
-pub fn lock_path(dir: &Path, node: &str) -> PathBuf {
-    dir.join(format!("{node}.lock"))
+/// What a lock is keyed on: the network namespace being changed (its nsfs inode), not the
+/// node's name. Two kudonets given different node names on one machine would otherwise both
+/// run, each deleting what the other built.
+fn network_key() -> String {
+    use std::os::unix::fs::MetadataExt;
+    let inode = fs::metadata("/proc/thread-self/ns/net")
+        .map(|meta| meta.ino())
+        .unwrap_or(0);
+    format!("net-{inode}")
 }
 
-/// Takes the change lock of `node`, failing at once if someone holds it.
+/// The change lock file of this network namespace in `dir`.
+pub fn lock_path(dir: &Path) -> PathBuf {
+    dir.join(format!("{}.lock", network_key()))
+}
+
+/// Takes the change lock for `node`, failing at once if someone holds it.
 pub fn try_lock(dir: &Path, node: &str) -> Result<NodeLock, LockError> {
-    lock(dir, node, &lock_path(dir, node), false)
+    lock(dir, node, &lock_path(dir), false)
 }
 
-/// Takes the controller lock of `node` for the life of a controller, failing at once if
+/// Takes the controller lock for `node` for the life of a controller, failing at once if
 /// another controller holds it.
 pub fn controller_lock(dir: &Path, node: &str) -> Result<NodeLock, LockError> {
-    let path = dir.join(format!("{node}.controller.lock"));
+    let path = dir.join(format!("{}.controller.lock", network_key()));
     lock(dir, node, &path, false).map_err(|error| match error {
         LockError::Held { node, holder, path } => {
             LockError::ControllerRunning { node, holder, path }
@@ -61,9 +73,9 @@ pub fn controller_lock(dir: &Path, node: &str) -> Result<NodeLock, LockError> {
     })
 }
 
-/// Takes the change lock of `node`, waiting for its holder to finish.
+/// Takes the change lock for `node`, waiting for its holder to finish.
 pub fn wait_lock(dir: &Path, node: &str) -> Result<NodeLock, LockError> {
-    lock(dir, node, &lock_path(dir, node), true)
+    lock(dir, node, &lock_path(dir), true)
 }
 
 fn lock(dir: &Path, node: &str, path: &Path, wait: bool) -> Result<NodeLock, LockError> {
@@ -88,23 +100,26 @@ fn lock(dir: &Path, node: &str, path: &Path, wait: bool) -> Result<NodeLock, Loc
     let mut lock = match Flock::lock(file, mode) {
         Ok(lock) => lock,
         Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            // The holder wrote "PID NODE": name its node, which may differ from ours.
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);
+            let mut words = holder.split_whitespace();
+            let pid = words.next().unwrap_or("unknown").to_string();
             return Err(LockError::Held {
-                node: node.to_string(),
-                holder: holder.trim().to_string(),
+                node: words.next().unwrap_or(node).to_string(),
+                holder: pid,
                 path: path.display().to_string(),
             });
         }
         Err((_, errno)) => return Err(io_error(errno.into())),
     };
-    // The holder's pid, for the message a second controller prints.
-    let write_pid = |file: &mut File| -> io::Result<()> {
+    // Who holds it, for the message another kudonet prints.
+    let write_holder = |file: &mut File| -> io::Result<()> {
         file.set_len(0)?;
         file.rewind()?;
-        writeln!(file, "{}", std::process::id())
+        writeln!(file, "{} {node}", std::process::id())
     };
-    write_pid(&mut lock).map_err(io_error)?;
+    write_holder(&mut lock).map_err(io_error)?;
     Ok(NodeLock { _lock: lock, path })
 }
 
@@ -113,21 +128,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_second_holder_is_refused_with_the_first_ones_pid() {
+    fn a_second_holder_is_refused_naming_the_first_ones_pid_and_node() {
         let dir = tempfile::tempdir().unwrap();
         let first = try_lock(dir.path(), "node-a").unwrap();
-        let error = try_lock(dir.path(), "node-a").err().unwrap().to_string();
-        assert_eq!(
-            error,
-            format!(
-                "another kudonet is changing node node-a (pid {}, lock {})",
-                std::process::id(),
-                first.path.display()
-            )
-        );
-        assert!(try_lock(dir.path(), "node-b").is_ok(), "locks are per node");
+        let pid = std::process::id();
+        let path = first.path.display();
+        for node in ["node-a", "node-b"] {
+            // Keyed on the network namespace: another node name is no way around it.
+            let error = try_lock(dir.path(), node).err().unwrap().to_string();
+            assert_eq!(
+                error,
+                format!("another kudonet is changing node node-a (pid {pid}, lock {path})")
+            );
+        }
         drop(first);
-        assert!(try_lock(dir.path(), "node-a").is_ok(), "released on drop");
+        assert!(try_lock(dir.path(), "node-b").is_ok(), "released on drop");
     }
 
     #[test]
@@ -137,7 +152,7 @@ mod tests {
         let change =
             try_lock(dir.path(), "node-a").expect("changes go on under a running controller");
         drop(change);
-        let error = controller_lock(dir.path(), "node-a")
+        let error = controller_lock(dir.path(), "node-b")
             .err()
             .unwrap()
             .to_string();

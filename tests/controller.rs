@@ -904,9 +904,12 @@ fn a_second_controller_for_the_node_refuses_to_run() {
         let first = Controller::start(&state, &["--node", "node-a", "--resync", "60"]);
         first.wait_ready(&["db", "web"]);
         let before = kernel_state();
+        // Locks are keyed on the network namespace the controllers would share.
+        let network =
+            std::os::unix::fs::MetadataExt::ino(&std::fs::metadata("/proc/self/ns/net").unwrap());
         let message = format!(
             "kudonet: another kudonet controller is running for node node-a (pid {}, lock \
-             /run/kudonet/node-a.controller.lock); stop it first\n",
+             /run/kudonet/net-{network}.controller.lock); stop it first\n",
             first.pid()
         );
         // Named with --node, or found in DIR.
