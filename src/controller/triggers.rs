@@ -135,60 +135,85 @@ const GROUPS: u32 = 0x1 | 0x10 | 0x40;
 /// Kernel events from the node's namespace and from each instance namespace, read by one
 /// thread with epoll. Namespaces are added and removed as instances come and go: a socket
 /// inside a namespace keeps it alive, so one that vanished from the netns directory must
-/// be let go.
+/// be let go, and one made anew under the same name needs a new socket.
 pub struct KernelEvents {
     epoll: Arc<Epoll>,
-    sockets: Mutex<HashMap<PathBuf, netlink_sys::Socket>>,
-    _node: netlink_sys::Socket,
+    watched: Arc<Mutex<Watched>>,
+}
+
+/// The subscribed sockets. epoll reports a token, never a file descriptor: a descriptor
+/// closed here and reused elsewhere (a dataplane socket) must never be read by the reader.
+#[derive(Default)]
+struct Watched {
+    next_token: u64,
+    sockets: HashMap<u64, netlink_sys::Socket>,
+    /// Namespace path -> (nsfs inode, token).
+    namespaces: HashMap<PathBuf, (u64, u64)>,
+}
+
+impl Watched {
+    fn add(&mut self, epoll: &Epoll, socket: netlink_sys::Socket) -> io::Result<u64> {
+        let token = self.next_token;
+        self.next_token += 1;
+        epoll.add(socket.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, token))?;
+        self.sockets.insert(token, socket);
+        Ok(token)
+    }
+
+    fn remove(&mut self, epoll: &Epoll, token: u64) {
+        if let Some(socket) = self.sockets.remove(&token) {
+            let _ = epoll.delete(socket.as_fd());
+        }
+    }
 }
 
 impl KernelEvents {
     pub fn start(sender: mpsc::Sender<Trigger>) -> io::Result<KernelEvents> {
         let epoll = Arc::new(Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?);
-        let node = subscribe()?;
-        epoll.add(
-            node.as_fd(),
-            EpollEvent::new(EpollFlags::EPOLLIN, node.as_raw_fd() as u64),
-        )?;
-        let reader = epoll.clone();
+        let watched = Arc::new(Mutex::new(Watched::default()));
+        lock(&watched).add(&epoll, subscribe()?)?;
+        let (reader_epoll, reader_watched) = (epoll.clone(), watched.clone());
         std::thread::Builder::new()
             .name("kernel-events".into())
-            .spawn(move || read_events(&reader, &sender))?;
-        Ok(KernelEvents {
-            epoll,
-            sockets: Mutex::new(HashMap::new()),
-            _node: node,
-        })
+            .spawn(move || read_events(&reader_epoll, &reader_watched, &sender))?;
+        Ok(KernelEvents { epoll, watched })
     }
 
     /// Listens inside exactly the namespaces of `paths` from now on.
     pub fn watch_namespaces(&self, paths: &[PathBuf]) {
-        let mut sockets = self
-            .sockets
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let wanted: BTreeSet<&PathBuf> = paths.iter().collect();
-        sockets.retain(|path, socket| {
-            let keep = wanted.contains(path);
-            if !keep {
-                let _ = self.epoll.delete(socket.as_fd());
-            }
-            keep
-        });
-        for path in paths {
-            if sockets.contains_key(path) {
+        use std::os::unix::fs::MetadataExt;
+        let mut watched = lock(&self.watched);
+        let current: HashMap<&PathBuf, u64> = paths
+            .iter()
+            .filter_map(|path| Some((path, std::fs::metadata(path).ok()?.ino())))
+            .collect();
+        let stale: Vec<(PathBuf, u64)> = watched
+            .namespaces
+            .iter()
+            .filter(|(path, (inode, _))| current.get(path) != Some(inode))
+            .map(|(path, (_, token))| (path.clone(), *token))
+            .collect();
+        for (path, token) in stale {
+            watched.namespaces.remove(&path);
+            watched.remove(&self.epoll, token);
+        }
+        for (path, inode) in current {
+            if watched.namespaces.contains_key(path) {
                 continue;
             }
             let socket = std::fs::File::open(path)
                 .and_then(|namespace| in_namespace(&namespace, subscribe)?);
-            if let Ok(socket) = socket {
-                let event = EpollEvent::new(EpollFlags::EPOLLIN, socket.as_raw_fd() as u64);
-                if self.epoll.add(socket.as_fd(), event).is_ok() {
-                    sockets.insert(path.clone(), socket);
-                }
+            if let Ok(token) = socket.and_then(|socket| watched.add(&self.epoll, socket)) {
+                watched.namespaces.insert(path.clone(), (inode, token));
             }
         }
     }
+}
+
+fn lock(watched: &Mutex<Watched>) -> std::sync::MutexGuard<'_, Watched> {
+    watched
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A non-blocking socket subscribed to link, address and route events of the calling
@@ -200,7 +225,7 @@ fn subscribe() -> io::Result<netlink_sys::Socket> {
     Ok(socket)
 }
 
-fn read_events(epoll: &Epoll, sender: &mpsc::Sender<Trigger>) {
+fn read_events(epoll: &Epoll, watched: &Mutex<Watched>, sender: &mpsc::Sender<Trigger>) {
     let mut ready = [EpollEvent::empty(); 64];
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
@@ -210,15 +235,15 @@ fn read_events(epoll: &Epoll, sender: &mpsc::Sender<Trigger>) {
             Err(_) => return,
         };
         for event in &ready[..count] {
-            let fd = event.data() as i32;
+            let watched = lock(watched);
+            // Gone since epoll reported it: nothing to read, and its descriptor may be reused.
+            let Some(socket) = watched.sockets.get(&event.data()) else {
+                continue;
+            };
             // Drain the socket; the content does not matter, only that something changed.
             loop {
-                let read = nix::sys::socket::recv(
-                    fd,
-                    &mut buffer,
-                    nix::sys::socket::MsgFlags::MSG_DONTWAIT,
-                );
-                match read {
+                let flags = nix::sys::socket::MsgFlags::MSG_DONTWAIT;
+                match nix::sys::socket::recv(socket.as_raw_fd(), &mut buffer, flags) {
                     Ok(0) => break,
                     Ok(_) => send(sender, Trigger::Kernel),
                     Err(nix::errno::Errno::ENOBUFS) => send(sender, Trigger::Overrun),
