@@ -146,6 +146,8 @@ impl Default for Metrics {
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, stale_after: Duration) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
+            // Out of descriptors, say: back off rather than spin.
+            tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         let metrics = metrics.clone();

@@ -234,8 +234,14 @@ impl Controller {
         let lock_dir = self.options.lock_dir.clone();
         let (dataplane, result) = tokio::task::spawn_blocking(move || {
             // Library calls and applies may change the node between passes, never during one.
-            let _change = lock::wait_lock(&lock_dir, &job_desired.node.name);
-            let result = reconcile::converge(&mut dataplane, &job_desired, &job_held_back, |_| {});
+            let result = match lock::wait_lock(&lock_dir, &job_desired.node.name) {
+                Ok(_change) => {
+                    reconcile::converge(&mut dataplane, &job_desired, &job_held_back, |_| {})
+                }
+                Err(error) => Err(crate::dataplane::DataplaneError::Unavailable(
+                    error.to_string(),
+                )),
+            };
             (dataplane, result)
         })
         .await
@@ -299,6 +305,8 @@ impl Controller {
             .0
             .iter()
             .any(|trigger| matches!(trigger, Trigger::Startup | Trigger::Files | Trigger::Hangup));
+        // A retry of a failing instance is not a repair of someone else's change.
+        let repair = !desired_changed && !batch.0.contains(&Trigger::Retry);
         if !outcome.applied.is_empty() {
             let (applied, failed) = (outcome.applied.len(), outcome.failures.len());
             match (desired_changed, outcome.converged()) {
@@ -309,7 +317,7 @@ impl Controller {
                     failed, "applied what could be; the node does not match yet"
                 ),
             }
-            if !desired_changed {
+            if repair {
                 self.metrics.drift_repairs.inc();
             }
         }
@@ -351,9 +359,7 @@ impl Controller {
                 .conflicts
                 .iter()
                 .all(|c| c.instance.is_some());
-        if node_ok {
-            self.metrics.ready.store(true, Ordering::Relaxed);
-        }
+        self.metrics.ready.store(node_ok, Ordering::Relaxed);
         if outcome.converged() {
             let unix = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
