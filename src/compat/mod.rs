@@ -173,6 +173,9 @@ fn problems(outcome: &Outcome, desired: &Desired, scope: Scope) -> Vec<String> {
 pub(crate) fn teardown(config: &Config, node: &str) -> Result<(), NetworkError> {
     let mut dataplane = KernelDataplane::new(&config.netns_dir, Iptables::new())?;
     let planned = plan_teardown(&dataplane.observe()?);
+    if !planned.actions.is_empty() {
+        dataplane.check_can_change()?;
+    }
     let mut problems = Vec::new();
     for action in &planned.actions {
         match dataplane.apply(action) {

@@ -70,11 +70,18 @@ pub fn observe(
             continue;
         }
         let owned = route.header.protocol == RouteProtocol::from(names::ROUTE_PROTOCOL);
-        observed.routes.entry(destination).or_insert(Route {
+        // Several routes to one destination (other metrics): kudonet's is the one to see.
+        let route = Route {
             gateway,
             device,
             owned,
-        });
+        };
+        match observed.routes.get(&destination) {
+            Some(existing) if existing.owned || !owned => {}
+            _ => {
+                observed.routes.insert(destination, route);
+            }
+        }
     }
 
     let mut namespaces = BTreeMap::new();
@@ -82,6 +89,12 @@ pub fn observe(
         dir: netns_dir.display().to_string(),
         source,
     })?;
+    // Only namespaces named like kudonet's matter (its own, or foreign ones in the way):
+    // others are not entered, nor kept alive by a cached socket.
+    let names: Vec<String> = names
+        .into_iter()
+        .filter(|name| name.starts_with(names::NAMESPACE_PREFIX))
+        .collect();
     sockets.retain(|name| names.iter().any(|listed| listed == name));
     for name in names {
         let netlink = match sockets.get(&name) {
@@ -89,7 +102,10 @@ pub fn observe(
             // Deleted meanwhile: it is gone, as the next pass will see.
             Err(_) => continue,
         };
-        let (inner_links, _) = read_links(netlink)?;
+        let Ok((inner_links, _)) = read_links(netlink) else {
+            sockets.forget(&name);
+            continue;
+        };
         let default_gateway = netlink
             .dump_routes()?
             .iter()

@@ -263,9 +263,14 @@ impl<'a> Planner<'a> {
     /// their peers out of the namespaces), then namespaces, bridges and routes.
     fn delete_unwanted(&mut self, wanted: &Wanted) {
         let observed = self.observed;
-        // Left by a crash between creating a link and marking it.
-        for name in observed.links.keys() {
-            if names::is_scratch_link_name(name) {
+        // Left by a crash between creating a link and marking it: a scratch name, a kind
+        // kudonet creates, and no mark but kudonet's.
+        for (name, link) in &observed.links {
+            let ours = matches!(
+                link.kind,
+                LinkKind::Bridge | LinkKind::Veth | LinkKind::Vxlan
+            ) && (link.alias.is_none() || link.is_owned());
+            if names::is_scratch_link_name(name) && ours {
                 self.delete_link(LinkRef::host(name));
             }
         }

@@ -18,12 +18,20 @@ pub fn unsafe_permissions(root: &Path) -> Vec<Diagnostic> {
     tree.folders
         .iter()
         .chain(&tree.files)
+        .filter(|path| !on_read_only_mount(path))
         .filter_map(|path| {
             let metadata = fs::metadata(path).ok()?;
             let problem = writable_by_others(metadata.uid(), metadata.gid(), metadata.mode(), me)?;
             Some(Diagnostic::new(Origin::path(path), problem))
         })
         .collect()
+}
+
+/// Whether `path` lies on a read-only mount, which nobody can write whatever its mode says:
+/// the kubelet mounts a ConfigMap volume read-only, with its root directory mode 1777.
+fn on_read_only_mount(path: &Path) -> bool {
+    nix::sys::statvfs::statvfs(path)
+        .is_ok_and(|stat| stat.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
 }
 
 /// Why a file with this owner, group and mode can be written by someone other than root or

@@ -891,13 +891,13 @@ fn check_bridge_name(name: &str) -> Result<(), String> {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-        && name != "."
-        && name != "..";
+        && !name.contains("..")
+        && name != ".";
     if valid {
         Ok(())
     } else {
         Err(format!(
-            "bridge {} must be 1..15 characters of [a-zA-Z0-9_.-]",
+            "bridge {} must be 1..15 characters of [a-zA-Z0-9_.-], without `..`",
             quoted(name)
         ))
     }
@@ -909,8 +909,8 @@ fn check_interface_name(name: &str) -> Result<(), String> {
         && !name
             .chars()
             .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
-        && name != "."
-        && name != "..";
+        && !name.contains("..")
+        && name != ".";
     if valid {
         Ok(())
     } else {
