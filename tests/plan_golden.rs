@@ -1,7 +1,7 @@
 //! Golden plans: each folder of `tests/golden/` is a case with
 //!
 //! - `desired/`: a desired-state directory (absent for a teardown case);
-//! - `observed.yaml`: the node as observed (an `Observed`; absent: an empty machine);
+//! - `observed.yaml`: the node as observed (an `Observed`; `{}` for an empty machine);
 //! - `node`: optional, the node to plan for (`--node`);
 //! - `expected.plan`: the plan, exactly as `kudonet plan` prints it.
 //!
@@ -15,10 +15,11 @@ use kudonet::plan::{plan, plan_teardown};
 use kudonet::spec;
 
 fn run_case(case: &Path) -> Result<(), String> {
-    let observed: Observed = match fs::read_to_string(case.join("observed.yaml")) {
-        Ok(text) => serde_saphyr::from_str(&text).map_err(|e| format!("observed.yaml: {e}"))?,
-        Err(_) => Observed::default(),
-    };
+    // Required, so that a misnamed file cannot pass as an empty machine (write `{}`).
+    let text = fs::read_to_string(case.join("observed.yaml"))
+        .map_err(|e| format!("observed.yaml: {e}"))?;
+    let observed: Observed =
+        serde_saphyr::from_str(&text).map_err(|e| format!("observed.yaml: {e}"))?;
     let desired_dir = case.join("desired");
     let actual = if desired_dir.exists() {
         let spec = spec::load(&desired_dir).map_err(|e| format!("desired/: {e}"))?;
