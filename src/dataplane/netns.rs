@@ -200,6 +200,13 @@ impl NamespaceSockets {
         Ok(&mut self.sockets.get_mut(name).expect("inserted above").1)
     }
 
+    /// Every cached socket, by namespace name.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&String, &mut Netlink)> {
+        self.sockets
+            .iter_mut()
+            .map(|(name, (_, socket))| (name, socket))
+    }
+
     /// Forgets the socket of `name` (its namespace was deleted).
     pub fn forget(&mut self, name: &str) {
         self.sockets.remove(name);

@@ -96,25 +96,38 @@ pub fn observe(
         .filter(|name| name.starts_with(names::NAMESPACE_PREFIX))
         .collect();
     sockets.retain(|name| names.iter().any(|listed| listed == name));
-    for name in names {
-        let netlink = match sockets.get(&name) {
-            Ok(netlink) => netlink,
-            // Deleted meanwhile: it is gone, as the next pass will see.
-            Err(_) => continue,
-        };
-        let Ok((inner_links, _)) = read_links(netlink) else {
-            sockets.forget(&name);
-            continue;
-        };
-        let default_gateway = netlink
-            .dump_routes()?
-            .iter()
-            .filter(|route| destination(route).is_some_and(|d| d.network_length() == 0))
-            .find_map(gateway);
-        let owned = inner_links
-            .get("lo")
-            .is_some_and(|lo| lo.link.alias.as_deref() == Some(netns::NAMESPACE_MARK));
-        namespaces.insert(name, (owned, inner_links, default_gateway));
+    // Deleted meanwhile: it is gone, as the next pass will see.
+    let opened: std::collections::HashSet<String> = names
+        .into_iter()
+        .filter(|name| sockets.get(name).is_ok())
+        .collect();
+    // Reading a namespace is a few netlink round trips; with hundreds of them, reading on
+    // every core shortens a pass (and so a repair) accordingly.
+    let mut work: Vec<(&String, &mut Netlink)> = sockets
+        .iter_mut()
+        .filter(|(name, _)| opened.contains(*name))
+        .collect();
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |cores| cores.get())
+        .min(work.len().max(1));
+    let chunk = work.len().div_ceil(workers).max(1);
+    let read: Vec<(String, Option<InstanceNamespace>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = work
+            .chunks_mut(chunk)
+            .map(|part| scope.spawn(move || read_namespaces(part)))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|handle| handle.join().unwrap_or_default())
+            .collect()
+    });
+    for (name, namespace) in read {
+        match namespace {
+            Some(namespace) => {
+                namespaces.insert(name, namespace);
+            }
+            None => sockets.forget(&name),
+        }
     }
 
     // Pair veth ends: each end names its peer's index, and both must point at each other.
@@ -177,6 +190,32 @@ pub fn observe(
             .insert(table.to_string(), iptables.read_table(table)?);
     }
     Ok(observed)
+}
+
+/// What a namespace holds: whether it is kudonet's, its links, its default gateway.
+type InstanceNamespace = (bool, BTreeMap<String, RawLink>, Option<std::net::Ipv4Addr>);
+
+/// Reads each namespace of `part`; `None` for one that could not be read.
+fn read_namespaces(
+    part: &mut [(&String, &mut Netlink)],
+) -> Vec<(String, Option<InstanceNamespace>)> {
+    part.iter_mut()
+        .map(|(name, netlink)| {
+            let mut read = || -> Result<InstanceNamespace, ObserveError> {
+                let (links, _) = read_links(netlink)?;
+                let default_gateway = netlink
+                    .dump_routes()?
+                    .iter()
+                    .filter(|route| destination(route).is_some_and(|d| d.network_length() == 0))
+                    .find_map(gateway);
+                let owned = links
+                    .get("lo")
+                    .is_some_and(|lo| lo.link.alias.as_deref() == Some(netns::NAMESPACE_MARK));
+                Ok((owned, links, default_gateway))
+            };
+            (name.to_string(), read().ok())
+        })
+        .collect()
 }
 
 /// The links of one namespace by name, and the names by interface index.
