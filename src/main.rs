@@ -347,12 +347,24 @@ fn report_outcome(
 
 fn run(_cli: &Cli, options: kudonet::controller::Options) -> CommandResult {
     privileges::require("run", privileges::NODE_ADMIN)?;
+    limit_malloc_arenas();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|error| format!("cannot start the runtime: {error}"))?;
     runtime.block_on(kudonet::controller::run(options))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// glibc gives each thread that allocates its own arena, kept for the life of the process.
+/// The controller's threads (namespace readers, the blocking pool) allocate briefly and
+/// rarely at once: one arena serves them and keeps the daemon's memory small.
+fn limit_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: called while the process has a single thread, before any allocation race.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1);
+    }
 }
 
 fn demo(cli: &Cli, dir: Option<&Path>, node: Option<&str>) -> CommandResult {
