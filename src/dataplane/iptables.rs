@@ -135,7 +135,7 @@ pub fn parse_save(text: &str) -> Result<BTreeMap<String, Table>, FirewallError> 
 /// The table `current` becomes once synced to `chains` and `jumps`: every `KUDO-*` chain
 /// exactly as in `chains` (others deleted), and in every other chain kudonet's jump rules
 /// removed, then `jumps[chain]` put at its head. Other rules keep their place. This is the
-/// semantics of `Action::SyncTable` (the in-memory dataplane implements the same).
+/// semantics of `Action::SyncTable` (the in-memory dataplane applies it too).
 pub fn synced_table(
     current: &Table,
     chains: &BTreeMap<String, Vec<String>>,
@@ -460,10 +460,6 @@ fn failing_line(stderr: &str, script: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::Dataplane;
-    use crate::dataplane::memory::MemoryDataplane;
-    use crate::observe::Observed;
-    use crate::plan::Action;
 
     fn map(entries: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
         entries
@@ -785,58 +781,6 @@ COMMIT
             restore_script("filter", &Table::default(), &chains, &BTreeMap::new()),
             "*filter\n:KUDO-COUNT - [0:0]\n-A KUDO-COUNT\nCOMMIT\n"
         );
-    }
-
-    #[test]
-    fn synced_table_matches_the_memory_dataplane() {
-        let tables = parse_save(DOCKER_HOST).unwrap();
-        let cases = [
-            (
-                "filter",
-                map(&[(
-                    "KUDO-FORWARD",
-                    &["-i kudo0 -j ACCEPT", "-o kudo0 -j ACCEPT"],
-                )]),
-                map(&[("FORWARD", &[JUMP_FORWARD])]),
-            ),
-            (
-                "filter",
-                map(&[("KUDO-NEW", &["-j ACCEPT"])]),
-                map(&[
-                    ("FORWARD", &[]),
-                    ("INPUT", &["-m comment --comment kudonet -j KUDO-NEW"]),
-                ]),
-            ),
-            ("filter", BTreeMap::new(), BTreeMap::new()),
-            (
-                "nat",
-                map(&[("KUDO-PREROUTING", &["-j KUDO-PORTS"]), ("KUDO-PORTS", &[])]),
-                map(&[(
-                    "PREROUTING",
-                    &["-m comment --comment kudonet -j KUDO-PREROUTING"],
-                )]),
-            ),
-            ("nat", BTreeMap::new(), BTreeMap::new()),
-        ];
-        for (name, chains, jumps) in cases {
-            let mut memory = MemoryDataplane::new(Observed {
-                firewall: tables.clone(),
-                ..Observed::default()
-            });
-            memory
-                .apply(&Action::SyncTable {
-                    table: name.to_string(),
-                    chains: chains.clone(),
-                    jumps: jumps.clone(),
-                    diff: Vec::new(),
-                })
-                .unwrap();
-            assert_eq!(
-                synced_table(&tables[name], &chains, &jumps),
-                memory.state.firewall[name],
-                "{name} {chains:?} {jumps:?}"
-            );
-        }
     }
 
     #[test]

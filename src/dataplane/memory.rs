@@ -5,7 +5,7 @@
 
 use super::{Dataplane, DataplaneError};
 use crate::names;
-use crate::observe::{Link, LinkKind, LinkRef, Namespace, Observed, Route, Table, Vxlan};
+use crate::observe::{Link, LinkKind, LinkRef, Namespace, Observed, Route, Vxlan};
 use crate::plan::Action;
 
 /// The loopback MTU the kernel gives a new namespace's `lo`.
@@ -313,22 +313,9 @@ impl MemoryDataplane {
                 jumps,
                 ..
             } => {
+                // The same semantics as the kernel's sync, by construction.
                 let current = self.state.firewall.entry(table.clone()).or_default();
-                current
-                    .chains
-                    .retain(|chain, _| !Table::is_owned_chain(chain));
-                for rules in current.chains.values_mut() {
-                    rules.retain(|rule| !Table::is_owned_jump(rule));
-                }
-                for (chain, rules) in jumps {
-                    let builtin = current.chains.entry(chain.clone()).or_default();
-                    builtin.splice(0..0, rules.iter().cloned());
-                }
-                current.chains.extend(
-                    chains
-                        .iter()
-                        .map(|(chain, rules)| (chain.clone(), rules.clone())),
-                );
+                *current = super::iptables::synced_table(current, chains, jumps);
             }
         }
         Ok(())
