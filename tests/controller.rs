@@ -11,9 +11,11 @@
 
 mod common;
 
+use common::{addr, netns, setup_outside};
+
 use std::cell::RefCell;
 use std::io::{Read, Write};
-use std::net::{SocketAddrV4, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -432,26 +434,6 @@ fn instance_built(name: &str, veth: &str, address: &str) -> bool {
         && addresses(Some(&netns), "eth0") == [address]
         && common::run_ok("ip", &["-n", &netns, "route", "show", "default"])
             .starts_with("default via 10.0.0.1 dev eth0")
-}
-
-/// The uplink and the network behind it (see the module documentation).
-fn setup_outside() {
-    common::sh(
-        "ip netns add outside
-         ip link add eth0 type veth peer name up0 netns outside
-         ip addr add 203.0.113.1/24 dev eth0 && ip link set eth0 up
-         ip -n outside addr add 203.0.113.254/24 dev up0
-         ip -n outside link set up0 up && ip -n outside link set lo up
-         ip route add default via 203.0.113.254",
-    );
-}
-
-fn netns(name: &str) -> Place {
-    Place::netns(Path::new("/run/netns").join(name))
-}
-
-fn addr(text: &str) -> SocketAddrV4 {
-    text.parse().unwrap()
 }
 
 /// The source address a TCP server at `target` saw, asked from `from`.

@@ -7,7 +7,8 @@
 
 mod common;
 
-use std::net::SocketAddrV4;
+use common::{addr, netns, setup_outside};
+
 use std::path::Path;
 use std::process::Output;
 
@@ -57,25 +58,6 @@ fn kudonet(args: &[&str]) -> Output {
 
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn setup_outside() {
-    common::sh(
-        "ip netns add outside
-         ip link add eth0 type veth peer name up0 netns outside
-         ip addr add 203.0.113.1/24 dev eth0 && ip link set eth0 up
-         ip -n outside addr add 203.0.113.254/24 dev up0
-         ip -n outside link set up0 up && ip -n outside link set lo up
-         ip route add default via 203.0.113.254",
-    );
-}
-
-fn netns(name: &str) -> Place {
-    Place::netns(Path::new("/run/netns").join(name))
-}
-
-fn addr(text: &str) -> SocketAddrV4 {
-    text.parse().unwrap()
 }
 
 /// The address the server saw, asking from `from` to `target`.

@@ -8,7 +8,11 @@
 
 #![allow(dead_code)]
 
+use std::net::SocketAddrV4;
+use std::path::Path;
 use std::process::{Command, Output};
+
+use kudonet::probe::Place;
 
 const SANDBOX_ENV: &str = "KUDONET_TEST_SANDBOX";
 
@@ -79,4 +83,24 @@ pub fn run_ok(program: &str, args: &[&str]) -> String {
 /// Runs a shell script (bash -euo pipefail) that must succeed; returns its stdout.
 pub fn sh(script: &str) -> String {
     run_ok("bash", &["-euo", "pipefail", "-c", script])
+}
+
+/// The node's uplink `eth0` (203.0.113.1/24) to an "outside" namespace (203.0.113.254), the
+/// node's default gateway.
+pub fn setup_outside() {
+    sh("ip netns add outside
+        ip link add eth0 type veth peer name up0 netns outside
+        ip addr add 203.0.113.1/24 dev eth0 && ip link set eth0 up
+        ip -n outside addr add 203.0.113.254/24 dev up0
+        ip -n outside link set up0 up && ip -n outside link set lo up
+        ip route add default via 203.0.113.254");
+}
+
+/// A namespace of the default netns directory, as a place to send packets from.
+pub fn netns(name: &str) -> Place {
+    Place::netns(Path::new("/run/netns").join(name))
+}
+
+pub fn addr(text: &str) -> SocketAddrV4 {
+    text.parse().unwrap()
 }
