@@ -433,8 +433,19 @@ impl Controller {
 /// Writes the document to a temporary file beside `path` and renames it over `path`, so a
 /// reader never sees half a document.
 fn write_atomically(path: &Path, document: &StatusDocument) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let json = serde_json::to_string_pretty(document).map_err(std::io::Error::other)?;
     let temporary = path.with_extension(format!("tmp.{}", std::process::id()));
-    std::fs::write(&temporary, json + "\n")?;
+    // A leftover of a killed run goes first; `create_new` (O_EXCL) then refuses to follow
+    // a symlink someone may have planted there, so root never writes through one.
+    let _ = std::fs::remove_file(&temporary);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&temporary)?;
+    file.write_all(json.as_bytes())?;
+    file.write_all(b"\n")?;
     std::fs::rename(&temporary, path)
 }
