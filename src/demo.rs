@@ -108,11 +108,7 @@ pub fn run(
         .map_err(|e| io::Error::other(e.to_string()))?;
     let outcome = reconcile::converge(&mut dataplane, &desired, &Default::default(), |_| {})
         .map_err(|e| io::Error::other(e.to_string()))?;
-    let (add, change, destroy) = crate::plan::Plan {
-        actions: outcome.applied.clone(),
-        conflicts: Vec::new(),
-    }
-    .counts();
+    let (add, change, destroy) = crate::plan::count_effects(&outcome.applied);
     writeln!(
         out,
         "2. kudonet apply {}: {add} added, {change} changed, {destroy} destroyed{}.",

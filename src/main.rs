@@ -10,7 +10,7 @@ use kudonet::dataplane::Dataplane;
 use kudonet::dataplane::iptables::Iptables;
 use kudonet::dataplane::kernel::KernelDataplane;
 use kudonet::observe::Observed;
-use kudonet::plan::{Effect, plan, plan_teardown};
+use kudonet::plan::{count_effects, plan};
 use kudonet::reconcile::{self, Failure, StatusDocument, load_desired};
 use kudonet::{privileges, spec};
 
@@ -275,25 +275,14 @@ fn teardown(cli: &Cli, dir: Option<&Path>, node: Option<&str>) -> CommandResult 
         ),
         None => None,
     };
-    let planned = plan_teardown(&observe(&mut dataplane)?);
-    if !planned.actions.is_empty() {
-        dataplane
-            .check_can_change()
-            .map_err(|error| error.to_string())?;
-    }
-    let mut applied = Vec::new();
-    let mut failures = Vec::new();
-    for action in planned.actions {
-        match dataplane.apply(&action) {
-            Ok(()) => {
-                println!("{action}");
-                applied.push(action);
-            }
-            Err(error) => failures.push(Failure { action, error }),
-        }
-    }
-    let remaining = plan_teardown(&observe(&mut dataplane)?);
-    report_outcome("Teardown", &applied, &failures, &remaining)
+    let outcome = reconcile::teardown(&mut dataplane, |action| println!("{action}"))
+        .map_err(|error| error.to_string())?;
+    report_outcome(
+        "Teardown",
+        &outcome.applied,
+        &outcome.failures,
+        &outcome.remaining,
+    )
 }
 
 /// Prints the summary of an apply or teardown; exit 1 when the node does not match.
@@ -303,18 +292,8 @@ fn report_outcome(
     failures: &[Failure],
     remaining: &kudonet::plan::Plan,
 ) -> CommandResult {
-    let count = |effect| {
-        applied
-            .iter()
-            .filter(|action| action.effect() == effect)
-            .count()
-    };
-    let summary = format!(
-        "{} added, {} changed, {} destroyed",
-        count(Effect::Add),
-        count(Effect::Change),
-        count(Effect::Destroy)
-    );
+    let (added, changed, destroyed) = count_effects(applied);
+    let summary = format!("{added} added, {changed} changed, {destroyed} destroyed");
     let converged = remaining.actions.is_empty() && remaining.conflicts.is_empty();
     if converged {
         if applied.is_empty() {
@@ -331,14 +310,9 @@ fn report_outcome(
         eprintln!("conflict: {conflict}");
     }
     for action in &remaining.actions {
-        if !failures
-            .iter()
-            .any(|failure| failure.to_string().starts_with(&action.to_string()))
-        {
-            eprintln!(
-                "still differs: {}",
-                action.to_string().lines().next().unwrap_or_default()
-            );
+        // An action that failed was reported with its error already.
+        if !failures.iter().any(|failure| failure.action == *action) {
+            eprintln!("still differs: {}", action.summary());
         }
     }
     eprintln!("{verb} incomplete: {summary}; the node does not match the desired state.");

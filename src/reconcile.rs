@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::dataplane::{Dataplane, DataplaneError};
 use crate::names;
 use crate::observe::{LinkRef, Observed};
-use crate::plan::{Action, Plan, plan};
+use crate::plan::{Action, Plan, plan, plan_teardown};
 use crate::spec::{self, Desired, Diagnostics, Spec};
 
 /// Why the desired state could not be read.
@@ -128,6 +128,32 @@ pub fn converge(
     Ok(outcome)
 }
 
+/// Removes everything kudonet owns on the node and nothing else (`kudonet teardown`,
+/// `clean_node`): observe, check the node can be changed, apply every action (a failure
+/// does not stop the others), observe again. `remaining` is what is still kudonet's.
+pub fn teardown(
+    dataplane: &mut dyn Dataplane,
+    mut on_applied: impl FnMut(&Action),
+) -> Result<Outcome, DataplaneError> {
+    let planned = plan_teardown(&dataplane.observe()?);
+    if !planned.actions.is_empty() {
+        dataplane.check_can_change()?;
+    }
+    let mut outcome = Outcome::default();
+    for action in planned.actions {
+        match dataplane.apply(&action) {
+            Ok(()) => {
+                on_applied(&action);
+                outcome.applied.push(action);
+            }
+            Err(error) => outcome.failures.push(Failure { action, error }),
+        }
+    }
+    outcome.observed = dataplane.observe()?;
+    outcome.remaining = plan_teardown(&outcome.observed);
+    Ok(outcome)
+}
+
 /// The status document of CONTRACT §4, as `status --output json` prints it and `run
 /// --status-file` writes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -229,7 +255,7 @@ pub fn instance_status(
                 let pending: Vec<String> = own_actions
                     .iter()
                     .chain(&node_actions)
-                    .map(|action| first_line(action))
+                    .map(|action| action.summary())
                     .collect();
                 (
                     Phase::Drifted,
@@ -248,15 +274,6 @@ pub fn instance_status(
             }
         })
         .collect()
-}
-
-fn first_line(action: &Action) -> String {
-    action
-        .to_string()
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_string()
 }
 
 /// The instance an action is about, if any (others concern the whole node).

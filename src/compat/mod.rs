@@ -12,11 +12,10 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::dataplane::Dataplane;
 use crate::dataplane::iptables::Iptables;
 use crate::dataplane::kernel::KernelDataplane;
 use crate::lock::{self, LockError, NodeLock};
-use crate::plan::plan_teardown;
+use crate::plan::Action;
 use crate::reconcile::{self, DesiredError, Failure, Outcome, instance_of, load_desired};
 use crate::spec::Desired;
 use crate::{names, privileges};
@@ -116,7 +115,7 @@ pub(crate) fn converge(config: &Config, node: &str, scope: Scope) -> Result<(), 
     })?;
     let mut dataplane = KernelDataplane::new(&config.netns_dir, Iptables::new())?;
     let outcome = reconcile::converge(&mut dataplane, &desired, &BTreeSet::new(), |action| {
-        tracing::info!(node, "{}", action.to_string().lines().next().unwrap_or(""));
+        tracing::info!(node, "{}", action.summary());
     })?;
     let problems = problems(&outcome, &desired, scope);
     if problems.is_empty() {
@@ -136,7 +135,7 @@ fn problems(outcome: &Outcome, desired: &Desired, scope: Scope) -> Vec<String> {
         Scope::Node => false,
         Scope::Instance(this) => instance.is_some_and(|other| other != this),
     };
-    let first_line = |text: String| text.lines().next().unwrap_or_default().to_string();
+
     let mut problems: Vec<String> = outcome
         .failures
         .iter()
@@ -146,7 +145,7 @@ fn problems(outcome: &Outcome, desired: &Desired, scope: Scope) -> Vec<String> {
     let failed: Vec<String> = outcome
         .failures
         .iter()
-        .map(|failure| first_line(failure.action.to_string()))
+        .map(|failure| failure.action.summary())
         .collect();
     problems.extend(
         outcome
@@ -162,7 +161,7 @@ fn problems(outcome: &Outcome, desired: &Desired, scope: Scope) -> Vec<String> {
             .actions
             .iter()
             .filter(|action| !of_another(instance_of(action, desired)))
-            .map(|action| first_line(action.to_string()))
+            .map(Action::summary)
             .filter(|action| !failed.contains(action))
             .map(|action| format!("still differs: {action}")),
     );
@@ -172,27 +171,20 @@ fn problems(outcome: &Outcome, desired: &Desired, scope: Scope) -> Vec<String> {
 /// Removes everything kudonet owns on this node, as `kudonet teardown` does.
 pub(crate) fn teardown(config: &Config, node: &str) -> Result<(), NetworkError> {
     let mut dataplane = KernelDataplane::new(&config.netns_dir, Iptables::new())?;
-    let planned = plan_teardown(&dataplane.observe()?);
-    if !planned.actions.is_empty() {
-        dataplane.check_can_change()?;
-    }
-    let mut problems = Vec::new();
-    for action in &planned.actions {
-        match dataplane.apply(action) {
-            Ok(()) => tracing::info!(node, "{}", action.to_string().lines().next().unwrap_or("")),
-            Err(error) => problems.push(error.to_string()),
-        }
-    }
-    let remaining = plan_teardown(&dataplane.observe()?);
-    if remaining.actions.is_empty() && problems.is_empty() {
+    let outcome = reconcile::teardown(&mut dataplane, |action| {
+        tracing::info!(node, "{}", action.summary())
+    })?;
+    if outcome.remaining.actions.is_empty() && outcome.failures.is_empty() {
         return Ok(());
     }
-    problems.extend(remaining.actions.iter().map(|action| {
-        format!(
-            "still there: {}",
-            action.to_string().lines().next().unwrap_or_default()
-        )
-    }));
+    let mut problems: Vec<String> = outcome.failures.iter().map(Failure::to_string).collect();
+    problems.extend(
+        outcome
+            .remaining
+            .actions
+            .iter()
+            .map(|action| format!("still there: {}", action.summary())),
+    );
     Err(NetworkError::NotConverged {
         node: node.to_string(),
         problems,

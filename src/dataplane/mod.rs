@@ -27,12 +27,7 @@ pub enum DataplaneError {
 impl DataplaneError {
     pub fn action(action: &Action, reason: impl Into<String>) -> DataplaneError {
         DataplaneError::Action {
-            action: action
-                .to_string()
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_string(),
+            action: action.summary(),
             reason: reason.into(),
         }
     }

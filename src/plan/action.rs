@@ -118,6 +118,16 @@ pub enum Effect {
 }
 
 impl Action {
+    /// The action in one line, as the plan prints it without a table's rule diff: for
+    /// errors, logs and status messages.
+    pub fn summary(&self) -> String {
+        self.to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    }
+
     /// A stable snake_case name of the action's kind, for metrics labels.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -65,18 +65,23 @@ impl Plan {
 
     /// How many actions add, change and destroy something.
     pub fn counts(&self) -> (usize, usize, usize) {
-        let count = |effect| {
-            self.actions
-                .iter()
-                .filter(|action| action.effect() == effect)
-                .count()
-        };
-        (
-            count(Effect::Add),
-            count(Effect::Change),
-            count(Effect::Destroy),
-        )
+        count_effects(&self.actions)
     }
+}
+
+/// How many of `actions` add, change and destroy something.
+pub fn count_effects(actions: &[Action]) -> (usize, usize, usize) {
+    let count = |effect| {
+        actions
+            .iter()
+            .filter(|action| action.effect() == effect)
+            .count()
+    };
+    (
+        count(Effect::Add),
+        count(Effect::Change),
+        count(Effect::Destroy),
+    )
 }
 
 impl fmt::Display for Plan {
