@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{addr, netns, setup_outside};
+use common::{addr, addresses, firewall, is_up, link, namespaces, netns, setup_outside};
 
 use std::cell::RefCell;
 use std::io::{Read, Write};
@@ -340,70 +340,6 @@ fn metric(text: &str, series: &str) -> Option<f64> {
         let value = line.strip_prefix(series)?.strip_prefix(' ')?;
         value.split_whitespace().next()?.parse().ok()
     })
-}
-
-/// `ip -j -d link show dev NAME` (in namespace `netns`), or None when there is no such link.
-fn link(netns: Option<&str>, name: &str) -> Option<Value> {
-    let mut args = Vec::new();
-    if let Some(netns) = netns {
-        args.extend(["-n", netns]);
-    }
-    args.extend(["-j", "-d", "link", "show", "dev", name]);
-    let output = common::run("ip", &args);
-    if !output.status.success() {
-        return None;
-    }
-    let links: Value = serde_json::from_slice(&output.stdout).unwrap();
-    Some(links[0].clone())
-}
-
-fn is_up(link: &Value) -> bool {
-    link["flags"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|flag| flag == "UP")
-}
-
-/// The IPv4 addresses of a link, as `ADDRESS/PREFIX` (none when there is no such link).
-fn addresses(netns: Option<&str>, name: &str) -> Vec<String> {
-    let mut args = Vec::new();
-    if let Some(netns) = netns {
-        args.extend(["-n", netns]);
-    }
-    args.extend(["-j", "-4", "addr", "show", "dev", name]);
-    let output = common::run("ip", &args);
-    if !output.status.success() {
-        return Vec::new();
-    }
-    let links: Value = serde_json::from_slice(&output.stdout).unwrap();
-    links[0]["addr_info"]
-        .as_array()
-        .map(|infos| {
-            infos
-                .iter()
-                .map(|info| format!("{}/{}", info["local"].as_str().unwrap(), info["prefixlen"]))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The entries of /run/netns (none when it does not exist).
-fn namespaces() -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir("/run/netns")
-        .map(|entries| {
-            entries
-                .map(|entry| entry.unwrap().file_name().into_string().unwrap())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
-/// iptables-save of nat and filter, without comments and counters.
-fn firewall() -> String {
-    common::sh("iptables-save -t nat | grep -v '^#'; iptables-save -t filter | grep -v '^#'")
 }
 
 /// Everything kudonet could change on the node, as text: links, addresses, routes, the

@@ -9,7 +9,8 @@
 
 mod common;
 
-use common::{addr, netns, setup_outside};
+use common::link_names;
+use common::{addr, addresses, firewall, is_up, link, namespaces, netns, setup_outside};
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
@@ -169,82 +170,6 @@ impl StateDir {
     fn file(&self, file: &str) -> String {
         self.dir.path().join(file).display().to_string()
     }
-}
-
-/// `ip -j -d link show dev NAME` (in namespace `netns`), or None when there is no such link.
-fn link(netns: Option<&str>, name: &str) -> Option<Value> {
-    let mut args = Vec::new();
-    if let Some(netns) = netns {
-        args.extend(["-n", netns]);
-    }
-    args.extend(["-j", "-d", "link", "show", "dev", name]);
-    let output = common::run("ip", &args);
-    if !output.status.success() {
-        return None;
-    }
-    let links: Value = serde_json::from_slice(&output.stdout).unwrap();
-    Some(links[0].clone())
-}
-
-fn is_up(link: &Value) -> bool {
-    link["flags"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|flag| flag == "UP")
-}
-
-/// The IPv4 addresses of a link, as `ADDRESS/PREFIX`.
-fn addresses(netns: Option<&str>, name: &str) -> Vec<String> {
-    let mut args = Vec::new();
-    if let Some(netns) = netns {
-        args.extend(["-n", netns]);
-    }
-    args.extend(["-j", "-4", "addr", "show", "dev", name]);
-    let links: Value = serde_json::from_str(&common::run_ok("ip", &args)).unwrap();
-    links[0]["addr_info"]
-        .as_array()
-        .map(|infos| {
-            infos
-                .iter()
-                .map(|info| format!("{}/{}", info["local"].as_str().unwrap(), info["prefixlen"]))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Names of the links of the node (or of `netns`), in ifindex order.
-fn link_names(netns: Option<&str>) -> Vec<String> {
-    let mut args = Vec::new();
-    if let Some(netns) = netns {
-        args.extend(["-n", netns]);
-    }
-    args.extend(["-j", "link", "show"]);
-    let links: Value = serde_json::from_str(&common::run_ok("ip", &args)).unwrap();
-    links
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|link| link["ifname"].as_str().unwrap().to_string())
-        .collect()
-}
-
-/// The entries of /run/netns (none when it does not exist).
-fn namespaces() -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir("/run/netns")
-        .map(|entries| {
-            entries
-                .map(|entry| entry.unwrap().file_name().into_string().unwrap())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
-/// iptables-save of nat and filter, without comments and counters.
-fn firewall() -> String {
-    common::sh("iptables-save -t nat | grep -v '^#'; iptables-save -t filter | grep -v '^#'")
 }
 
 fn ip_forward() -> String {
