@@ -613,6 +613,77 @@ fn kernel_drift_is_repaired_from_events() {
     });
 }
 
+/// Passes started by kernel events read only what the events named: every kind of change
+/// must still be seen and repaired, with no resync to fall back on.
+#[test]
+fn event_driven_passes_see_every_kind_of_drift() {
+    common::sandboxed("event_driven_passes_see_every_kind_of_drift", || {
+        let state = StateDir::new(NODE);
+        let kudonet = Controller::start(
+            &state,
+            &["--resync", "60", "--metrics-addr", "127.0.0.1:9101"],
+        );
+        kudonet.wait_ready(&["db", "web"]);
+        kudonet.wait_until("the node is converged", || plan_is_empty(&state));
+        let rules = firewall();
+        let repairs = || kudonet.metric("kudonet_drift_repairs_total").unwrap_or(0.0);
+        let drifts: &[(&str, &str)] = &[
+            (
+                "a host veth renamed",
+                "ip link set dev kv0e11948721ef1 down; ip link set dev kv0e11948721ef1 name stolen",
+            ),
+            (
+                "a host veth off the bridge",
+                "ip link set dev kv14e07b53ba1e3 nomaster",
+            ),
+            (
+                "hairpin turned off",
+                "bridge link set dev kv14e07b53ba1e3 hairpin off",
+            ),
+            (
+                "the bridge's address deleted",
+                "ip addr del 10.0.0.1/24 dev kudo0",
+            ),
+            (
+                "a default route deleted",
+                "ip -n kudo-web route del default",
+            ),
+            (
+                "eth0 deleted inside the namespace",
+                "ip -n kudo-db link del eth0",
+            ),
+            ("a chain flushed", "iptables -w -t nat -F KUDO-PORTS"),
+            (
+                "a jump rule deleted",
+                "iptables -w -D FORWARD -m comment --comment kudonet -j KUDO-FORWARD",
+            ),
+            (
+                "IP forwarding turned off and the bridge set down",
+                "sysctl -qw net.ipv4.ip_forward=0; ip link set dev kudo0 down",
+            ),
+        ];
+        for (what, command) in drifts {
+            let before = repairs();
+            common::sh(command);
+            kudonet.wait_until(&format!("{what} is repaired"), || {
+                repairs() > before
+                    && plan_is_empty(&state)
+                    && instance_built("web", WEB_VETH, "10.0.0.2/24")
+                    && instance_built("db", DB_VETH, "10.0.0.3/24")
+                    && firewall() == rules
+            });
+            web_answers_again(&kudonet);
+        }
+        assert!(
+            link(None, "stolen").is_none(),
+            "kudonet's renamed veth is gone"
+        );
+        assert_eq!(namespaces(), ["kudo-db", "kudo-web"]);
+        kudonet.stop();
+        network_left_in_place(&["db", "web"]);
+    });
+}
+
 #[test]
 fn iptables_drift_is_repaired_by_the_resync() {
     common::sandboxed("iptables_drift_is_repaired_by_the_resync", || {

@@ -1,7 +1,8 @@
 //! The controller loop of `kudonet run`: it keeps the node matching the desired-state
 //! directory. Level-triggered: whatever woke it (a file, a kernel event, the resync timer,
-//! SIGHUP, a retry coming due), a pass reads the directory if needed, observes the whole
-//! node, and converges it.
+//! SIGHUP, a retry coming due), a pass reads the directory if needed, observes the node,
+//! and converges it. Passes that kernel events start read only what the events named;
+//! the others (start, resync, SIGHUP, dropped events, retries) read everything.
 //!
 //! Safety rules: an invalid or missing directory never changes the node (the last valid
 //! desired state stays in force); one failing instance is retried with capped exponential
@@ -27,6 +28,7 @@ use tracing::{error, info, warn};
 use crate::dataplane::iptables::Iptables;
 use crate::dataplane::kernel::KernelDataplane;
 use crate::lock::{self, NodeLock};
+use crate::observe::kernel::Changes;
 use crate::reconcile::{
     self, InstanceStatus, Outcome, Phase, StatusDocument, instance_of, load_desired,
 };
@@ -89,7 +91,7 @@ pub async fn run(options: Options) -> Result<(), String> {
             options.resync * 3 + Duration::from_secs(30),
         ));
     }
-    let dataplane = KernelDataplane::new(&options.netns_dir, Iptables::new())
+    let mut dataplane = KernelDataplane::new(&options.netns_dir, Iptables::new())
         .map_err(|error| error.to_string())?;
     let _ = std::fs::create_dir_all(&options.netns_dir);
     let netns_watcher = DirWatcher::new(&options.netns_dir, false, sender.clone(), Trigger::Kernel)
@@ -98,6 +100,10 @@ pub async fn run(options: Options) -> Result<(), String> {
     let kernel_events = KernelEvents::start(sender.clone())
         .map_err(|error| warn!(%error, "cannot subscribe to kernel events; relying on the resync"))
         .ok();
+    if kernel_events.is_some() {
+        // Events say what changed: a pass they start reads only that.
+        dataplane.observe_incrementally();
+    }
     let mut controller = Controller {
         lock: None,
         sender: sender.clone(),
@@ -139,6 +145,30 @@ pub async fn run(options: Options) -> Result<(), String> {
     }
     info!("stopping; the network stays as it is");
     Ok(())
+}
+
+/// Whether a pass started by `batch` reads the whole node: at start, on a resync, on
+/// SIGHUP, after dropped events, and on a retry. Others read what kernel events named.
+fn reads_everything(batch: &Batch) -> bool {
+    batch.0.iter().any(|trigger| {
+        matches!(
+            trigger,
+            Trigger::Startup
+                | Trigger::Resync
+                | Trigger::Hangup
+                | Trigger::Overrun
+                | Trigger::Retry
+        )
+    })
+}
+
+/// What the kernel events received since the last pass named, or everything.
+fn changes_since_last_pass(events: Option<&KernelEvents>, everything: bool) -> Changes {
+    let named = events.map(KernelEvents::take_changes);
+    match named {
+        Some(named) if !everything => named,
+        _ => Changes::everything(),
+    }
 }
 
 async fn sleep_until_option(deadline: Option<Instant>) {
@@ -232,10 +262,14 @@ impl Controller {
         let job_desired = desired.clone();
         let job_held_back = held_back.clone();
         let lock_dir = self.options.lock_dir.clone();
+        let (events, everything) = (self.kernel_events.clone(), reads_everything(batch));
         let (dataplane, result) = tokio::task::spawn_blocking(move || {
             // Library calls and applies may change the node between passes, never during one.
             let result = match lock::wait_lock(&lock_dir, &job_desired.node.name) {
                 Ok(_change) => {
+                    // Taken once the lock is held: what others change from now on raises
+                    // events noted for the next pass.
+                    dataplane.changed(changes_since_last_pass(events.as_ref(), everything));
                     reconcile::converge(&mut dataplane, &job_desired, &job_held_back, |_| {})
                 }
                 Err(error) => Err(crate::dataplane::DataplaneError::Unavailable(
@@ -423,6 +457,7 @@ impl Controller {
         let Some(dataplane) = self.dataplane.as_mut() else {
             return Vec::new();
         };
+        dataplane.changed(Changes::everything());
         match dataplane.observe() {
             Ok(observed) => reconcile::instances_in_force(&observed, &self.options.netns_dir),
             Err(_) => Vec::new(),

@@ -1,7 +1,8 @@
 //! What makes the controller reconcile: the desired-state directory changing, kernel events
 //! on the node and inside instance namespaces, the periodic resync, SIGHUP, a retry coming
-//! due. Triggers are level-based hints: every reconcile looks at everything, so a lost or
-//! duplicated trigger costs at most one pass.
+//! due. Triggers are level-based hints: a lost or duplicated trigger costs at most one pass.
+//! Kernel events also say what changed (a link of the node, a namespace), so that a pass
+//! they start reads only that; the resync reads everything.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
@@ -16,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
 use crate::dataplane::netlink::in_namespace;
+use crate::observe::kernel::Changes;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Trigger {
@@ -23,11 +25,13 @@ pub enum Trigger {
     Startup,
     /// Something changed below the desired-state directory.
     Files,
-    /// A link, address or route changed, or a namespace appeared or vanished.
+    /// A link, address or route changed, a namespace appeared or vanished, or the
+    /// nf_tables ruleset changed.
     Kernel,
     /// The kernel dropped events (a netlink overrun, an inotify overflow): look at everything.
     Overrun,
-    /// The periodic full resync: catches what raises no event (iptables).
+    /// The periodic full resync: catches what raises no event (legacy iptables, sysctls)
+    /// or events missed.
     Resync,
     /// SIGHUP.
     Hangup,
@@ -135,7 +139,8 @@ const GROUPS: u32 = 0x1 | 0x10 | 0x40;
 /// Kernel events from the node's namespace and from each instance namespace, read by one
 /// thread with epoll. Namespaces are added and removed as instances come and go: a socket
 /// inside a namespace keeps it alive, so one that vanished from the netns directory must
-/// be let go, and one made anew under the same name needs a new socket.
+/// be let go, and one made anew under the same name needs a new socket. Clones share it.
+#[derive(Clone)]
 pub struct KernelEvents {
     epoll: Arc<Epoll>,
     watched: Arc<Mutex<Watched>>,
@@ -149,6 +154,10 @@ struct Watched {
     sockets: HashMap<u64, netlink_sys::Socket>,
     /// Namespace path -> (nsfs inode, token).
     namespaces: HashMap<PathBuf, (u64, u64)>,
+    /// Token -> the name of its namespace in the netns directory; the node's has none.
+    names: HashMap<u64, String>,
+    /// What the events received since the last [`KernelEvents::take_changes`] named.
+    changes: Changes,
 }
 
 impl Watched {
@@ -161,10 +170,48 @@ impl Watched {
     }
 
     fn remove(&mut self, epoll: &Epoll, token: u64) {
+        self.names.remove(&token);
         if let Some(socket) = self.sockets.remove(&token) {
             let _ = epoll.delete(socket.as_fd());
         }
     }
+
+    /// Notes what the messages in `buffer`, received on `token`'s socket, may have
+    /// changed: a whole namespace of the netns directory, or a link of the node by index
+    /// (its addresses and routes are read on every pass anyway). nf_tables messages name
+    /// nothing: iptables is read again whenever its generation moved.
+    fn note(&mut self, token: u64, buffer: &[u8]) {
+        if let Some(name) = self.names.get(&token) {
+            self.changes.namespaces.insert(name.clone());
+            return;
+        }
+        for index in changed_links(buffer) {
+            self.changes.host_indexes.insert(index);
+        }
+    }
+}
+
+/// The interface indexes of the link messages (`RTM_NEWLINK`, `RTM_DELLINK`) in `buffer`:
+/// each a `struct nlmsghdr` then a `struct ifinfomsg`, whose `ifi_index` is at byte 4.
+fn changed_links(buffer: &[u8]) -> Vec<u32> {
+    const RTM_NEWLINK: u16 = 16;
+    const RTM_DELLINK: u16 = 17;
+    let mut indexes = Vec::new();
+    let mut offset = 0;
+    while let Some(header) = buffer.get(offset..offset + 16) {
+        let length = u32::from_ne_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
+        let kind = u16::from_ne_bytes(header[4..6].try_into().expect("2 bytes"));
+        if length < 16 {
+            break;
+        }
+        if matches!(kind, RTM_NEWLINK | RTM_DELLINK)
+            && let Some(index) = buffer.get(offset + 20..offset + 24)
+        {
+            indexes.push(u32::from_ne_bytes(index.try_into().expect("4 bytes")));
+        }
+        offset += length.div_ceil(4) * 4;
+    }
+    indexes
 }
 
 impl KernelEvents {
@@ -172,6 +219,11 @@ impl KernelEvents {
         let epoll = Arc::new(Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?);
         let watched = Arc::new(Mutex::new(Watched::default()));
         lock(&watched).add(&epoll, subscribe()?)?;
+        // iptables-nft and nft changes: a firewall reload is repaired at once, not at the
+        // next resync. Without nf_tables (the legacy backend) the resync catches them.
+        if let Ok(socket) = subscribe_nftables() {
+            lock(&watched).add(&epoll, socket)?;
+        }
         let (reader_epoll, reader_watched) = (epoll.clone(), watched.clone());
         std::thread::Builder::new()
             .name("kernel-events".into())
@@ -205,8 +257,18 @@ impl KernelEvents {
                 .and_then(|namespace| in_namespace(&namespace, subscribe)?);
             if let Ok(token) = socket.and_then(|socket| watched.add(&self.epoll, socket)) {
                 watched.namespaces.insert(path.clone(), (inode, token));
+                if let Some(name) = path.file_name() {
+                    watched
+                        .names
+                        .insert(token, name.to_string_lossy().into_owned());
+                }
             }
         }
+    }
+
+    /// What the events received since the last call named.
+    pub fn take_changes(&self) -> Changes {
+        std::mem::take(&mut lock(&self.watched).changes)
     }
 }
 
@@ -225,6 +287,20 @@ fn subscribe() -> io::Result<netlink_sys::Socket> {
     Ok(socket)
 }
 
+/// The nf_tables multicast group (`NFNLGRP_NFTABLES`): every change of the ruleset.
+const NFNLGRP_NFTABLES: u32 = 7;
+
+/// A non-blocking socket subscribed to ruleset changes of the calling thread's namespace.
+fn subscribe_nftables() -> io::Result<netlink_sys::Socket> {
+    let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER)?;
+    socket.bind(&netlink_sys::SocketAddr::new(
+        0,
+        1 << (NFNLGRP_NFTABLES - 1),
+    ))?;
+    socket.set_non_blocking(true)?;
+    Ok(socket)
+}
+
 fn read_events(epoll: &Epoll, watched: &Mutex<Watched>, sender: &mpsc::Sender<Trigger>) {
     let mut ready = [EpollEvent::empty(); 64];
     let mut buffer = vec![0u8; 64 * 1024];
@@ -235,17 +311,25 @@ fn read_events(epoll: &Epoll, watched: &Mutex<Watched>, sender: &mpsc::Sender<Tr
             Err(_) => return,
         };
         for event in &ready[..count] {
-            let watched = lock(watched);
+            let mut watched = lock(watched);
             // Gone since epoll reported it: nothing to read, and its descriptor may be reused.
-            let Some(socket) = watched.sockets.get(&event.data()) else {
+            let Some(fd) = watched
+                .sockets
+                .get(&event.data())
+                .map(|socket| socket.as_raw_fd())
+            else {
                 continue;
             };
-            // Drain the socket; the content does not matter, only that something changed.
+            // Drain the socket, noting what changed. The note is made before the trigger is
+            // sent, so the pass it starts finds it.
             loop {
                 let flags = nix::sys::socket::MsgFlags::MSG_DONTWAIT;
-                match nix::sys::socket::recv(socket.as_raw_fd(), &mut buffer, flags) {
+                match nix::sys::socket::recv(fd, &mut buffer, flags) {
                     Ok(0) => break,
-                    Ok(_) => send(sender, Trigger::Kernel),
+                    Ok(received) => {
+                        watched.note(event.data(), &buffer[..received]);
+                        send(sender, Trigger::Kernel);
+                    }
                     Err(nix::errno::Errno::ENOBUFS) => send(sender, Trigger::Overrun),
                     Err(_) => break,
                 }

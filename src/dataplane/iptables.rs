@@ -254,8 +254,6 @@ impl Iptables {
         }
     }
 
-    /// Table `table` as it is now (`iptables-save -t TABLE`; that binary takes no `-w`: it
-    /// reads without the lock).
     /// Checks that both programs can be found, before anything is changed: a node must not
     /// be left half built because `iptables-restore` is missing.
     pub fn check_available(&self) -> Result<(), FirewallError> {
@@ -269,11 +267,23 @@ impl Iptables {
         Ok(())
     }
 
+    /// Table `table` as it is now (`iptables-save -t TABLE`; that binary takes no `-w`: it
+    /// reads without the lock).
     pub fn read_table(&self, table: &str) -> Result<Table, FirewallError> {
+        self.read_table_and_backend(table).map(|(table, _)| table)
+    }
+
+    /// Table `table`, and whether iptables is the nf_tables one (`iptables-save` says so on
+    /// its first line), whose changes move the nf_tables generation.
+    pub fn read_table_and_backend(&self, table: &str) -> Result<(Table, bool), FirewallError> {
         let output = run(&self.save, &["-t", table], None)?;
         let text = String::from_utf8_lossy(&output.stdout);
+        let nf_tables = text
+            .lines()
+            .next()
+            .is_some_and(|first| first.starts_with('#') && first.contains("(nf_tables)"));
         let mut tables = parse_save(&text)?;
-        tables.remove(table).ok_or_else(|| FirewallError::NoTable {
+        let read = tables.remove(table).ok_or_else(|| FirewallError::NoTable {
             table: table.to_string(),
             note: text
                 .lines()
@@ -282,7 +292,8 @@ impl Iptables {
                 .filter(|note| note.contains(table))
                 .collect::<Vec<_>>()
                 .join("; "),
-        })
+        })?;
+        Ok((read, nf_tables))
     }
 
     /// Rewrites kudonet's part of `table` to `chains` and `jumps` (see [`synced_table`]) in

@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use super::iptables::Iptables;
 use super::netlink::{Netlink, NetlinkError};
 use super::netns::NamespaceSockets;
+use super::nftables::Generation;
 use super::{Dataplane, DataplaneError, netns};
 use crate::faults::crash_point;
 use crate::names;
-use crate::observe::kernel::{observe, sysctl_path};
+use crate::observe::kernel::{Changes, Snapshot, Sources, observe, sysctl_path};
 use crate::observe::{LinkRef, Observed};
 use crate::plan::Action;
 
@@ -21,6 +22,17 @@ pub struct KernelDataplane {
     host: Netlink,
     /// Sockets inside instance namespaces, opened on first use and reused.
     namespaces: NamespaceSockets,
+    /// The nf_tables generation of the node's namespace, if the kernel has nf_tables.
+    generation: Option<Generation>,
+    /// What the last observation read.
+    snapshot: Snapshot,
+    /// What may have changed since: reported by the owner, and touched by actions.
+    changes: Changes,
+    /// Whether the owner reports every change of the kernel through [`changed`]: if not,
+    /// every observation reads everything again (but iptables while its generation stands).
+    ///
+    /// [`changed`]: KernelDataplane::changed
+    incremental: bool,
 }
 
 impl KernelDataplane {
@@ -38,7 +50,86 @@ impl KernelDataplane {
             iptables,
             host,
             namespaces: NamespaceSockets::new(netns_dir),
+            generation: Generation::open().ok(),
+            snapshot: Snapshot::default(),
+            changes: Changes::everything(),
+            incremental: false,
         })
+    }
+
+    /// From now on, observations read only what [`changed`] reported and what kudonet's
+    /// own actions touched since the last one. For an owner that follows kernel events (the
+    /// controller); one that misses some must report [`Changes::everything`].
+    ///
+    /// [`changed`]: KernelDataplane::changed
+    pub fn observe_incrementally(&mut self) {
+        self.incremental = true;
+    }
+
+    /// Reports what may have changed in the kernel since the last observation.
+    pub fn changed(&mut self, changes: Changes) {
+        self.changes.merge(changes);
+    }
+
+    /// Notes what `action` may change, for the next observation to read it again: the
+    /// links and namespaces it names, and the other end of a veth it deletes. Routes,
+    /// sysctls and (through its generation) iptables are read every time anyway.
+    fn touches(&mut self, action: &Action) {
+        let changes = &mut self.changes;
+        let snapshot = &self.snapshot;
+        let mut link = |link: &LinkRef, deleted: bool| match &link.netns {
+            Some(netns) => {
+                changes.namespaces.insert(netns.clone());
+                if deleted {
+                    changes
+                        .host_names
+                        .extend(snapshot.host_peers_of_namespace(netns));
+                }
+            }
+            None => {
+                changes.host_names.insert(link.name.clone());
+                if deleted {
+                    changes
+                        .namespaces
+                        .extend(snapshot.peers_of_host_link(&link.name));
+                }
+            }
+        };
+        match action {
+            Action::DeleteLink { link: target } => link(target, true),
+            Action::SetMtu { link: target, .. }
+            | Action::SetUp { link: target }
+            | Action::AddAddress { link: target, .. }
+            | Action::DeleteAddress { link: target, .. } => link(target, false),
+            Action::CreateBridge { name, .. }
+            | Action::CreateVxlan { name, .. }
+            | Action::SetMaster { link: name, .. }
+            | Action::SetHairpin { link: name }
+            | Action::AddFlood { link: name, .. }
+            | Action::DeleteFlood { link: name, .. } => link(&LinkRef::host(name), false),
+            Action::CreateVeth {
+                host, namespace, ..
+            } => {
+                link(&LinkRef::host(host), false);
+                changes.namespaces.insert(namespace.clone());
+            }
+            Action::CreateNamespace { name } => {
+                changes.namespaces.insert(name.clone());
+            }
+            Action::DeleteNamespace { name } => {
+                changes.namespaces.insert(name.clone());
+                changes
+                    .host_names
+                    .extend(snapshot.host_peers_of_namespace(name));
+            }
+            Action::ReplaceDefaultRoute { namespace, .. } => {
+                changes.namespaces.insert(namespace.clone());
+            }
+            Action::ReplaceRoute { .. }
+            | Action::DeleteRoute { .. }
+            | Action::SetSysctl { .. }
+            | Action::SyncTable { .. } => {}
+        }
     }
 
     fn socket(&mut self, netns: Option<&str>) -> Result<&mut Netlink, String> {
@@ -268,17 +359,27 @@ impl Dataplane for KernelDataplane {
             })
     }
     fn observe(&mut self) -> Result<Observed, DataplaneError> {
-        // Reuses the sockets of earlier passes; lets go of those whose namespace left the
-        // netns directory, which would otherwise be kept alive.
-        observe(
-            &mut self.host,
-            &self.netns_dir,
-            &mut self.namespaces,
-            &self.iptables,
-        )
-        .map_err(|error| DataplaneError::Observe(error.to_string()))
+        let reported = std::mem::take(&mut self.changes);
+        let changes = if self.incremental {
+            reported
+        } else {
+            Changes::everything()
+        };
+        let sources = Sources {
+            host: &mut self.host,
+            netns_dir: &self.netns_dir,
+            sockets: &mut self.namespaces,
+            iptables: &self.iptables,
+            generation: self.generation.as_mut(),
+        };
+        observe(sources, &mut self.snapshot, &changes).map_err(|error| {
+            // Half read: read everything the next time.
+            self.changes = Changes::everything();
+            DataplaneError::Observe(error.to_string())
+        })
     }
     fn apply(&mut self, action: &Action) -> Result<(), DataplaneError> {
+        self.touches(action);
         crash_point();
         let result = self
             .apply_action(action)

@@ -7,6 +7,7 @@ pub mod kernel;
 pub mod memory;
 pub mod netlink;
 pub mod netns;
+pub mod nftables;
 
 use crate::observe::Observed;
 use crate::plan::Action;

@@ -7,6 +7,7 @@
 //! `/proc/thread-self/ns/net` onto the file. The mark is set before the namespace becomes
 //! visible, so a namespace kudonet created is never mistaken for a foreign one.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -162,6 +163,38 @@ pub fn path(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// Runs `work` on each item, the items split among short-lived threads, one per core.
+/// `work` may enter other namespaces: its threads end with it.
+pub fn on_every_core<T: Send, R: Send>(items: Vec<T>, work: impl Fn(T) -> R + Sync) -> Vec<R> {
+    if items.is_empty() {
+        return Vec::new();
+    }
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |cores| cores.get())
+        .min(items.len());
+    let chunk = items.len().div_ceil(workers);
+    let mut parts = Vec::new();
+    let mut items = items.into_iter();
+    loop {
+        let part: Vec<T> = items.by_ref().take(chunk).collect();
+        if part.is_empty() {
+            break;
+        }
+        parts.push(part);
+    }
+    let work = &work;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = parts
+            .into_iter()
+            .map(|part| scope.spawn(move || part.into_iter().map(work).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|handle| handle.join().unwrap_or_default())
+            .collect()
+    })
+}
+
 /// Opens namespace `name` of `dir`, for `setns` or as the target of a new veth's peer.
 pub fn open(dir: &Path, name: &str) -> io::Result<File> {
     File::open(dir.join(name))
@@ -200,6 +233,40 @@ impl NamespaceSockets {
         Ok(&mut self.sockets.get_mut(name).expect("inserted above").1)
     }
 
+    /// Makes sure each namespace of `names` has a socket: keeps the cached ones still in the
+    /// same namespace (same nsfs inode) and opens the others, spread over the cores (each
+    /// thread enters one namespace after another, instead of a thread per namespace).
+    /// Sockets of other names are let go. Returns the names that got a new socket; a name
+    /// that cannot be opened (deleted meanwhile) gets none.
+    pub fn refresh(&mut self, names: &[String]) -> BTreeSet<String> {
+        use std::os::unix::fs::MetadataExt;
+        self.sockets
+            .retain(|name, _| names.iter().any(|listed| listed == name));
+        let mut to_open = Vec::new();
+        for name in names {
+            let path = self.dir.join(name);
+            let Ok(inode) = fs::metadata(&path).map(|meta| meta.ino()) else {
+                self.sockets.remove(name);
+                continue;
+            };
+            if !matches!(self.sockets.get(name), Some((cached, _)) if *cached == inode) {
+                self.sockets.remove(name);
+                to_open.push((name.clone(), path, inode));
+            }
+        }
+        let opened = on_every_core(to_open, |(name, path, inode)| {
+            let namespace = File::open(&path).ok()?;
+            nix::sched::setns(&namespace, CloneFlags::CLONE_NEWNET).ok()?;
+            Some((name, inode, Netlink::open().ok()?))
+        });
+        let mut fresh = BTreeSet::new();
+        for (name, inode, socket) in opened.into_iter().flatten() {
+            fresh.insert(name.clone());
+            self.sockets.insert(name, (inode, socket));
+        }
+        fresh
+    }
+
     /// Every cached socket, by namespace name.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (&String, &mut Netlink)> {
         self.sockets
@@ -212,8 +279,8 @@ impl NamespaceSockets {
         self.sockets.remove(name);
     }
 
-    /// Keeps only the sockets of namespaces `keep` says are still there.
-    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
-        self.sockets.retain(|name, _| keep(name));
+    /// Whether namespace `name` has a socket.
+    pub fn contains(&self, name: &str) -> bool {
+        self.sockets.contains_key(name)
     }
 }

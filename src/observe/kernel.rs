@@ -1,8 +1,14 @@
 //! Reading the node from the kernel: rtnetlink dumps in the node namespace and in each
 //! namespace of the netns directory, `/proc/sys`, and one `iptables-save` per table.
 //! Nothing here changes anything.
+//!
+//! What was read is kept in a [`Snapshot`], so that an observation reads again only what
+//! may have changed since ([`Changes`]): a kernel event names a link or a namespace, an
+//! action of kudonet's names what it touched, and the nf_tables generation tells whether
+//! iptables moved. With nothing named, a pass over a node of a thousand instances reads
+//! the node's addresses and routes and the netns directory, and no namespace at all.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::path::Path;
 
@@ -12,10 +18,11 @@ use netlink_packet_route::link::{
 };
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 
-use super::{Link, LinkKind, LinkRef, Namespace, Observed, Route, Vxlan};
+use super::{Link, LinkKind, LinkRef, Namespace, Observed, Route, Table, Vxlan};
 use crate::dataplane::iptables::Iptables;
 use crate::dataplane::netlink::{Netlink, NetlinkError};
 use crate::dataplane::netns::{self, NamespaceSockets};
+use crate::dataplane::nftables::Generation;
 use crate::names;
 use crate::plan::firewall::{FILTER, NAT};
 use crate::plan::{IP_FORWARD, route_localnet};
@@ -34,32 +41,152 @@ pub enum ObserveError {
     Firewall(#[from] crate::dataplane::iptables::FirewallError),
 }
 
-/// Reads what the node has: links, addresses and routes of the namespace of `host`, the
-/// namespaces of `netns_dir` (through `sockets`, reused between calls), sysctls and iptables.
-pub fn observe(
-    host: &mut Netlink,
-    netns_dir: &Path,
-    sockets: &mut NamespaceSockets,
-    iptables: &Iptables,
-) -> Result<Observed, ObserveError> {
-    let (mut links, indexes) = read_links(host)?;
-    // Forwarding entries are only read when there is an overlay: a bridge may have many.
-    if links.values().any(|link| link.link.kind == LinkKind::Vxlan) {
-        for (index, destination) in host.dump_flood()? {
-            if let Some(link) = indexes.get(&index).and_then(|name| links.get_mut(name)) {
-                link.link.flood.insert(destination);
-            }
+/// What may have changed in the kernel since the last observation: what the next one
+/// reads again. The rest comes from the [`Snapshot`]. Addresses and routes of the node,
+/// sysctls and the list of namespaces are cheap and read every time; iptables is read
+/// again whenever the nf_tables generation moved.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Trust nothing read before: at start, on a resync, after dropped events.
+    pub everything: bool,
+    /// Links of the node namespace, by interface index (as kernel events name them).
+    pub host_indexes: BTreeSet<u32>,
+    /// Links of the node namespace, by name (as kudonet's own actions name them).
+    pub host_names: BTreeSet<String>,
+    /// Namespaces of the netns directory, by name.
+    pub namespaces: BTreeSet<String>,
+}
+
+impl Changes {
+    pub fn everything() -> Changes {
+        Changes {
+            everything: true,
+            ..Changes::default()
         }
     }
-    let mut observed = Observed::default();
 
+    pub fn merge(&mut self, other: Changes) {
+        self.everything |= other.everything;
+        self.host_indexes.extend(other.host_indexes);
+        self.host_names.extend(other.host_names);
+        self.namespaces.extend(other.namespaces);
+    }
+}
+
+/// What the last observation read, reused where nothing changed since.
+#[derive(Default)]
+pub struct Snapshot {
+    /// Links of the node namespace by interface index; `None` before the first read.
+    host_links: Option<BTreeMap<u32, RawLink>>,
+    namespaces: HashMap<String, InstanceNamespace>,
+    /// Both tables, and the nf_tables generation they were read at.
+    firewall: Option<(u32, BTreeMap<String, Table>)>,
+}
+
+impl Snapshot {
+    /// The namespaces holding the other end of the node's veth `name`.
+    pub fn peers_of_host_link(&self, name: &str) -> Vec<String> {
+        let Some(host) = self
+            .host_links
+            .iter()
+            .flatten()
+            .find(|(_, raw)| raw.name == name)
+        else {
+            return Vec::new();
+        };
+        let index = *host.0;
+        self.namespaces
+            .iter()
+            .filter(|(_, namespace)| {
+                namespace
+                    .links
+                    .values()
+                    .any(|(_, _, peer_index)| *peer_index == Some(index))
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// The node's links whose veth peer is in namespace `netns`.
+    pub fn host_peers_of_namespace(&self, netns: &str) -> Vec<String> {
+        let Some(namespace) = self.namespaces.get(netns) else {
+            return Vec::new();
+        };
+        let peers: BTreeSet<u32> = namespace
+            .links
+            .values()
+            .filter_map(|(_, _, peer_index)| *peer_index)
+            .collect();
+        self.host_links
+            .iter()
+            .flatten()
+            .filter(|(index, _)| peers.contains(index))
+            .map(|(_, raw)| raw.name.clone())
+            .collect()
+    }
+}
+
+/// Where the node is read from.
+pub struct Sources<'a> {
+    /// A socket in the node's namespace.
+    pub host: &'a mut Netlink,
+    pub netns_dir: &'a Path,
+    /// Sockets inside the namespaces, reused between observations.
+    pub sockets: &'a mut NamespaceSockets,
+    pub iptables: &'a Iptables,
+    /// The nf_tables generation, when it can be read.
+    pub generation: Option<&'a mut Generation>,
+}
+
+/// Reads what the node has: links, addresses and routes of the node namespace and of the
+/// namespaces of the netns directory, sysctls and iptables. What `changes` does not name
+/// comes from `snapshot`, which is brought up to date.
+pub fn observe(
+    sources: Sources<'_>,
+    snapshot: &mut Snapshot,
+    changes: &Changes,
+) -> Result<Observed, ObserveError> {
+    let Sources {
+        host,
+        netns_dir,
+        sockets,
+        iptables,
+        generation,
+    } = sources;
+    refresh_host_links(host, &mut snapshot.host_links, changes)?;
+    let raw_links = snapshot.host_links.as_ref().expect("read above");
+    let names_by_index: HashMap<u32, &str> = raw_links
+        .iter()
+        .map(|(index, raw)| (*index, raw.name.as_str()))
+        .collect();
+    let mut addresses = addresses_by_index(host)?;
+    // Forwarding entries are only read when there is an overlay: a bridge may have many.
+    let mut flood: HashMap<u32, BTreeSet<std::net::Ipv4Addr>> = HashMap::new();
+    if raw_links
+        .values()
+        .any(|raw| raw.link.kind == LinkKind::Vxlan)
+    {
+        for (index, destination) in host.dump_flood()? {
+            flood.entry(index).or_default().insert(destination);
+        }
+    }
+    let mut links: BTreeMap<String, Link> = raw_links
+        .values()
+        .map(|raw| {
+            let mut link = raw.resolve(&names_by_index, &mut addresses);
+            link.flood = flood.remove(&raw.index).unwrap_or_default();
+            (raw.name.clone(), link)
+        })
+        .collect();
+
+    let mut observed = Observed::default();
     for route in host.dump_routes()? {
         let Some(destination) = destination(&route) else {
             continue;
         };
         let device = route_device(&route)
-            .and_then(|index| indexes.get(&index))
-            .cloned();
+            .and_then(|index| names_by_index.get(&index))
+            .map(|name| name.to_string());
         if destination.network_length() == 0 {
             observed.default_route_interface = observed.default_route_interface.or(device);
             continue;
@@ -84,89 +211,37 @@ pub fn observe(
         }
     }
 
-    let mut namespaces = BTreeMap::new();
-    let names = netns::list(netns_dir).map_err(|source| ObserveError::NetnsDir {
-        dir: netns_dir.display().to_string(),
-        source,
-    })?;
-    // Only namespaces named like kudonet's matter (its own, or foreign ones in the way):
-    // others are not entered, nor kept alive by a cached socket.
-    let names: Vec<String> = names
-        .into_iter()
-        .filter(|name| name.starts_with(names::NAMESPACE_PREFIX))
-        .collect();
-    sockets.retain(|name| names.iter().any(|listed| listed == name));
-    // Deleted meanwhile: it is gone, as the next pass will see.
-    let opened: std::collections::HashSet<String> = names
-        .into_iter()
-        .filter(|name| sockets.get(name).is_ok())
-        .collect();
-    // Reading a namespace is a few netlink round trips; with hundreds of them, reading on
-    // every core shortens a pass (and so a repair) accordingly.
-    let mut work: Vec<(&String, &mut Netlink)> = sockets
-        .iter_mut()
-        .filter(|(name, _)| opened.contains(*name))
-        .collect();
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |cores| cores.get())
-        .min(work.len().max(1));
-    let chunk = work.len().div_ceil(workers).max(1);
-    let read: Vec<(String, Option<InstanceNamespace>)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = work
-            .chunks_mut(chunk)
-            .map(|part| scope.spawn(move || read_namespaces(part)))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|handle| handle.join().unwrap_or_default())
-            .collect()
-    });
-    for (name, namespace) in read {
-        match namespace {
-            Some(namespace) => {
-                namespaces.insert(name, namespace);
-            }
-            None => sockets.forget(&name),
-        }
-    }
+    refresh_namespaces(netns_dir, sockets, &mut snapshot.namespaces, changes)?;
 
     // Pair veth ends: each end names its peer's index, and both must point at each other.
-    for (netns, (_, inner, _)) in namespaces.iter_mut() {
-        for (inner_name, inner_link) in inner.iter_mut() {
-            let Some(peer_index) = inner_link.peer_index else {
-                continue;
-            };
-            let host_end = links.iter_mut().find(|(_, host_link)| {
-                host_link.index == peer_index && host_link.peer_index == Some(inner_link.index)
-            });
-            if let Some((host_name, host_link)) = host_end {
-                host_link.link.peer = Some(LinkRef::in_namespace(netns, inner_name));
-                inner_link.link.peer = Some(LinkRef::host(host_name));
+    let host_peers: HashMap<u32, (&str, Option<u32>)> = raw_links
+        .iter()
+        .map(|(index, raw)| (*index, (raw.name.as_str(), raw.peer_index)))
+        .collect();
+    let mut namespaces = BTreeMap::new();
+    for (netns, read) in &snapshot.namespaces {
+        let mut namespace = Namespace {
+            owned: read.owned,
+            links: BTreeMap::new(),
+            default_gateway: read.default_gateway,
+        };
+        for (inner_name, (inner_link, inner_index, peer_index)) in &read.links {
+            let mut inner_link = inner_link.clone();
+            let host_end = peer_index
+                .and_then(|peer_index| host_peers.get(&peer_index))
+                .filter(|(_, host_peer)| *host_peer == Some(*inner_index));
+            if let Some((host_name, _)) = host_end
+                && let Some(host_link) = links.get_mut(*host_name)
+            {
+                host_link.peer = Some(LinkRef::in_namespace(netns, inner_name));
+                inner_link.peer = Some(LinkRef::host(host_name));
             }
+            namespace.links.insert(inner_name.clone(), inner_link);
         }
+        namespaces.insert(netns.clone(), namespace);
     }
-
-    observed.links = links
-        .into_iter()
-        .map(|(name, link)| (name, link.link))
-        .collect();
-    observed.namespaces = namespaces
-        .into_iter()
-        .map(|(name, (owned, links, default_gateway))| {
-            let links = links
-                .into_iter()
-                .map(|(name, link)| (name, link.link))
-                .collect();
-            (
-                name,
-                Namespace {
-                    owned,
-                    links,
-                    default_gateway,
-                },
-            )
-        })
-        .collect();
+    observed.links = links;
+    observed.namespaces = namespaces;
 
     let mut sysctls = vec![IP_FORWARD.to_string()];
     sysctls.extend(
@@ -184,100 +259,237 @@ pub fn observe(
         observed.sysctls.insert(key, value);
     }
 
-    for table in [NAT, FILTER] {
-        observed
-            .firewall
-            .insert(table.to_string(), iptables.read_table(table)?);
-    }
+    observed.firewall = read_firewall(iptables, generation, &mut snapshot.firewall)?;
     Ok(observed)
 }
 
-/// What a namespace holds: whether it is kudonet's, its links, its default gateway.
-type InstanceNamespace = (bool, BTreeMap<String, RawLink>, Option<std::net::Ipv4Addr>);
-
-/// Reads each namespace of `part`; `None` for one that could not be read.
-fn read_namespaces(
-    part: &mut [(&String, &mut Netlink)],
-) -> Vec<(String, Option<InstanceNamespace>)> {
-    part.iter_mut()
-        .map(|(name, netlink)| {
-            let mut read = || -> Result<InstanceNamespace, ObserveError> {
-                let (links, _) = read_links(netlink)?;
-                let default_gateway = netlink
-                    .dump_routes()?
-                    .iter()
-                    .filter(|route| destination(route).is_some_and(|d| d.network_length() == 0))
-                    .find_map(gateway);
-                let owned = links
-                    .get("lo")
-                    .is_some_and(|lo| lo.link.alias.as_deref() == Some(netns::NAMESPACE_MARK));
-                Ok((owned, links, default_gateway))
-            };
-            (name.to_string(), read().ok())
-        })
-        .collect()
+/// Brings the node's links up to date: all of them at first or when everything may have
+/// changed, else only those `changes` names.
+fn refresh_host_links(
+    host: &mut Netlink,
+    cached: &mut Option<BTreeMap<u32, RawLink>>,
+    changes: &Changes,
+) -> Result<(), ObserveError> {
+    let links = match cached {
+        Some(links) if !changes.everything => links,
+        _ => {
+            let messages = host.dump_links()?;
+            let links = messages.iter().filter_map(RawLink::parse);
+            *cached = Some(links.map(|raw| (raw.index, raw)).collect());
+            return Ok(());
+        }
+    };
+    for index in &changes.host_indexes {
+        links.remove(index);
+        if let Some(raw) = host
+            .get_link_by_index(*index)?
+            .as_ref()
+            .and_then(RawLink::parse)
+        {
+            links.insert(raw.index, raw);
+        }
+    }
+    for name in &changes.host_names {
+        links.retain(|_, raw| raw.name != *name);
+        if let Some(raw) = host.get_link(name)?.as_ref().and_then(RawLink::parse) {
+            links.insert(raw.index, raw);
+        }
+    }
+    Ok(())
 }
 
-/// The links of one namespace by name, and the names by interface index.
-type LinkTable = (BTreeMap<String, RawLink>, HashMap<u32, String>);
+/// Brings the namespaces up to date: lists the netns directory, and reads the namespaces
+/// that are new, made anew, or named by `changes` (all of them if everything changed).
+fn refresh_namespaces(
+    netns_dir: &Path,
+    sockets: &mut NamespaceSockets,
+    cached: &mut HashMap<String, InstanceNamespace>,
+    changes: &Changes,
+) -> Result<(), ObserveError> {
+    let listed = netns::list(netns_dir).map_err(|source| ObserveError::NetnsDir {
+        dir: netns_dir.display().to_string(),
+        source,
+    })?;
+    // Only namespaces named like kudonet's matter (its own, or foreign ones in the way):
+    // others are not entered, nor kept alive by a cached socket.
+    let listed: Vec<String> = listed
+        .into_iter()
+        .filter(|name| name.starts_with(names::NAMESPACE_PREFIX))
+        .collect();
+    let fresh = sockets.refresh(&listed);
+    cached.retain(|name, _| sockets.contains(name));
+    let mut stale: Vec<(&String, &mut Netlink)> = sockets
+        .iter_mut()
+        .filter(|(name, _)| {
+            changes.everything
+                || fresh.contains(*name)
+                || changes.namespaces.contains(*name)
+                || !cached.contains_key(*name)
+        })
+        .collect();
+    // Reading a namespace is a few netlink round trips; with hundreds of them, reading on
+    // every core shortens a pass (and so a repair) accordingly.
+    let read = netns::on_every_core(std::mem::take(&mut stale), |(name, netlink)| {
+        (name.clone(), read_namespace(netlink))
+    });
+    for (name, namespace) in read {
+        match namespace {
+            Ok(namespace) => {
+                cached.insert(name, namespace);
+            }
+            // Deleted meanwhile: it is gone, as the next pass will see.
+            Err(_) => {
+                cached.remove(&name);
+                sockets.forget(&name);
+            }
+        }
+    }
+    Ok(())
+}
 
-/// A link as read, with the indexes needed to resolve masters and veth peers.
+/// What a namespace holds: whether it is kudonet's, its links (with their index and their
+/// veth peer's index), its default gateway.
+struct InstanceNamespace {
+    owned: bool,
+    links: BTreeMap<String, (Link, u32, Option<u32>)>,
+    default_gateway: Option<std::net::Ipv4Addr>,
+}
+
+fn read_namespace(netlink: &mut Netlink) -> Result<InstanceNamespace, ObserveError> {
+    let raw: Vec<RawLink> = netlink
+        .dump_links()?
+        .iter()
+        .filter_map(RawLink::parse)
+        .collect();
+    let names_by_index: HashMap<u32, &str> = raw
+        .iter()
+        .map(|raw| (raw.index, raw.name.as_str()))
+        .collect();
+    let mut addresses = addresses_by_index(netlink)?;
+    let links: BTreeMap<String, (Link, u32, Option<u32>)> = raw
+        .iter()
+        .map(|raw| {
+            let link = raw.resolve(&names_by_index, &mut addresses);
+            (raw.name.clone(), (link, raw.index, raw.peer_index))
+        })
+        .collect();
+    let default_gateway = netlink
+        .dump_routes()?
+        .iter()
+        .filter(|route| destination(route).is_some_and(|d| d.network_length() == 0))
+        .find_map(gateway);
+    let owned = links
+        .get("lo")
+        .is_some_and(|(lo, _, _)| lo.alias.as_deref() == Some(netns::NAMESPACE_MARK));
+    Ok(InstanceNamespace {
+        owned,
+        links,
+        default_gateway,
+    })
+}
+
+fn addresses_by_index(
+    netlink: &mut Netlink,
+) -> Result<HashMap<u32, BTreeSet<cidr::Ipv4Inet>>, ObserveError> {
+    let mut addresses: HashMap<u32, BTreeSet<cidr::Ipv4Inet>> = HashMap::new();
+    for (index, address) in netlink.dump_addresses()? {
+        addresses.entry(index).or_default().insert(address);
+    }
+    Ok(addresses)
+}
+
+/// iptables: the tables read at the last observation while the nf_tables generation has
+/// not moved since, else read afresh (one `iptables-save` per table).
+fn read_firewall(
+    iptables: &Iptables,
+    generation: Option<&mut Generation>,
+    cached: &mut Option<(u32, BTreeMap<String, Table>)>,
+) -> Result<BTreeMap<String, Table>, ObserveError> {
+    // Read before the tables: a change made meanwhile moves it past what is cached.
+    let now = generation.and_then(|generation| generation.current().ok());
+    if let (Some(now), Some((read_at, tables))) = (now, cached.as_ref())
+        && now == *read_at
+    {
+        return Ok(tables.clone());
+    }
+    let mut tables = BTreeMap::new();
+    let mut nf_tables = true;
+    for table in [NAT, FILTER] {
+        let (read, backend_is_nf_tables) = iptables.read_table_and_backend(table)?;
+        nf_tables &= backend_is_nf_tables;
+        tables.insert(table.to_string(), read);
+    }
+    // The legacy backend moves no generation: it is read every time.
+    *cached = now.filter(|_| nf_tables).map(|now| (now, tables.clone()));
+    Ok(tables)
+}
+
+/// A link as read, with the indexes needed to resolve its master, its vxlan underlay and
+/// its veth peer, which may be read later than it.
 struct RawLink {
+    name: String,
+    /// Without master, addresses, peer, flood, vxlan device: see [`RawLink::resolve`].
     link: Link,
     index: u32,
     peer_index: Option<u32>,
+    master_index: Option<u32>,
+    vxlan_device_index: Option<u32>,
 }
 
-fn read_links(netlink: &mut Netlink) -> Result<LinkTable, ObserveError> {
-    let messages = netlink.dump_links()?;
-    let indexes: HashMap<u32, String> = messages
-        .iter()
-        .filter_map(|message| Some((message.header.index, name(message)?)))
-        .collect();
-    let mut addresses: HashMap<u32, Vec<cidr::Ipv4Inet>> = HashMap::new();
-    for (index, address) in netlink.dump_addresses()? {
-        addresses.entry(index).or_default().push(address);
-    }
-    let links = messages
-        .iter()
-        .filter_map(|message| {
-            let name = name(message)?;
-            let mut link = Link::new(kind(message));
-            link.up = message.header.flags.contains(LinkFlags::Up);
-            link.addresses = addresses
-                .remove(&message.header.index)
-                .unwrap_or_default()
-                .into_iter()
-                .collect();
-            let mut peer_index = None;
-            for attribute in &message.attributes {
-                match attribute {
-                    LinkAttribute::IfAlias(alias) if !alias.is_empty() => {
-                        link.alias = Some(alias.clone())
-                    }
-                    LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
-                    LinkAttribute::Controller(master) => link.master = indexes.get(master).cloned(),
-                    LinkAttribute::Link(peer) if link.kind == LinkKind::Veth => {
-                        peer_index = Some(*peer)
-                    }
-                    LinkAttribute::LinkInfo(infos) => {
-                        link.hairpin = hairpin(infos);
-                        link.vxlan = vxlan(infos, &indexes);
-                    }
-                    _ => {}
+impl RawLink {
+    fn parse(message: &LinkMessage) -> Option<RawLink> {
+        let mut raw = RawLink {
+            name: name(message)?,
+            link: Link::new(kind(message)),
+            index: message.header.index,
+            peer_index: None,
+            master_index: None,
+            vxlan_device_index: None,
+        };
+        raw.link.up = message.header.flags.contains(LinkFlags::Up);
+        for attribute in &message.attributes {
+            match attribute {
+                LinkAttribute::IfAlias(alias) if !alias.is_empty() => {
+                    raw.link.alias = Some(alias.clone())
                 }
+                LinkAttribute::Mtu(mtu) => raw.link.mtu = *mtu,
+                LinkAttribute::Controller(master) => raw.master_index = Some(*master),
+                LinkAttribute::Link(peer) if raw.link.kind == LinkKind::Veth => {
+                    raw.peer_index = Some(*peer)
+                }
+                LinkAttribute::LinkInfo(infos) => {
+                    raw.link.hairpin = hairpin(infos);
+                    if let Some((vxlan, device)) = vxlan(infos) {
+                        raw.link.vxlan = Some(vxlan);
+                        raw.vxlan_device_index = device;
+                    }
+                }
+                _ => {}
             }
-            Some((
-                name,
-                RawLink {
-                    link,
-                    index: message.header.index,
-                    peer_index,
-                },
-            ))
-        })
-        .collect();
-    Ok((links, indexes))
+        }
+        Some(raw)
+    }
+
+    /// The link with the names of its master and underlay, and its addresses (taken out
+    /// of `addresses`).
+    fn resolve(
+        &self,
+        names_by_index: &HashMap<u32, &str>,
+        addresses: &mut HashMap<u32, BTreeSet<cidr::Ipv4Inet>>,
+    ) -> Link {
+        let name_of = |index: Option<u32>| {
+            index
+                .and_then(|index| names_by_index.get(&index))
+                .map(|name| name.to_string())
+        };
+        let mut link = self.link.clone();
+        link.master = name_of(self.master_index);
+        if let Some(vxlan) = &mut link.vxlan {
+            vxlan.device = name_of(self.vxlan_device_index);
+        }
+        link.addresses = addresses.remove(&self.index).unwrap_or_default();
+        link
+    }
 }
 
 fn name(message: &LinkMessage) -> Option<String> {
@@ -321,7 +533,8 @@ fn hairpin(infos: &[LinkInfo]) -> bool {
     })
 }
 
-fn vxlan(infos: &[LinkInfo], indexes: &HashMap<u32, String>) -> Option<Vxlan> {
+/// The tunnel settings of a vxlan, and the index of its underlay device.
+fn vxlan(infos: &[LinkInfo]) -> Option<(Vxlan, Option<u32>)> {
     let data = infos.iter().find_map(|info| match info {
         LinkInfo::Data(InfoData::Vxlan(data)) => Some(data),
         _ => None,
@@ -332,16 +545,17 @@ fn vxlan(infos: &[LinkInfo], indexes: &HashMap<u32, String>) -> Option<Vxlan> {
         port: 0,
         device: None,
     };
+    let mut device = None;
     for attribute in data {
         match attribute {
             InfoVxlan::Id(id) => vxlan.id = *id,
             InfoVxlan::Local(local) => vxlan.local = Some(*local),
             InfoVxlan::Port(port) => vxlan.port = *port,
-            InfoVxlan::Link(index) => vxlan.device = indexes.get(index).cloned(),
+            InfoVxlan::Link(index) => device = Some(*index),
             _ => {}
         }
     }
-    Some(vxlan)
+    Some((vxlan, device))
 }
 
 fn destination(route: &RouteMessage) -> Option<cidr::Ipv4Cidr> {
