@@ -358,3 +358,32 @@ fn reading_an_unknown_table_fails_with_iptables_save_s_reason() {
         },
     );
 }
+
+#[test]
+fn one_save_of_all_tables_reads_what_a_save_per_table_reads() {
+    common::sandboxed(
+        "one_save_of_all_tables_reads_what_a_save_per_table_reads",
+        || {
+            let iptables = Iptables::new();
+            let per_table = || -> BTreeMap<String, Table> {
+                ["nat", "filter"]
+                    .into_iter()
+                    .map(|table| (table.to_string(), iptables.read_table(table).unwrap()))
+                    .collect()
+            };
+            // A fresh namespace has no table yet: both read the empty built-in chains.
+            let (fresh, _) = iptables.read_tables(&["nat", "filter"]).unwrap();
+            assert_eq!(fresh, per_table());
+            assert_eq!(
+                fresh["filter"].chains.keys().collect::<Vec<_>>(),
+                ["FORWARD", "INPUT", "OUTPUT"]
+            );
+
+            common::sh(FOREIGN);
+            let (foreign, nf_tables) = iptables.read_tables(&["nat", "filter"]).unwrap();
+            assert_eq!(foreign, per_table());
+            assert!(foreign["nat"].chains.contains_key("DOCKER"));
+            assert!(nf_tables, "this machine's iptables is the nf_tables one");
+        },
+    );
+}

@@ -270,30 +270,47 @@ impl Iptables {
     /// Table `table` as it is now (`iptables-save -t TABLE`; that binary takes no `-w`: it
     /// reads without the lock).
     pub fn read_table(&self, table: &str) -> Result<Table, FirewallError> {
-        self.read_table_and_backend(table).map(|(table, _)| table)
-    }
-
-    /// Table `table`, and whether iptables is the nf_tables one (`iptables-save` says so on
-    /// its first line), whose changes move the nf_tables generation.
-    pub fn read_table_and_backend(&self, table: &str) -> Result<(Table, bool), FirewallError> {
         let output = run(&self.save, &["-t", table], None)?;
         let text = String::from_utf8_lossy(&output.stdout);
-        let nf_tables = text
-            .lines()
-            .next()
-            .is_some_and(|first| first.starts_with('#') && first.contains("(nf_tables)"));
-        let mut tables = parse_save(&text)?;
-        let read = tables.remove(table).ok_or_else(|| FirewallError::NoTable {
-            table: table.to_string(),
-            note: text
-                .lines()
-                .filter_map(|line| line.strip_prefix('#'))
-                .map(str::trim)
-                .filter(|note| note.contains(table))
-                .collect::<Vec<_>>()
-                .join("; "),
-        })?;
-        Ok((read, nf_tables))
+        parse_save(&text)?
+            .remove(table)
+            .ok_or_else(|| no_table(table, &text))
+    }
+
+    /// Tables `tables` as they are now, all read by one `iptables-save`, and whether
+    /// iptables is the nf_tables one (its first line says so), whose changes move the
+    /// nf_tables generation. A table not made yet is not printed by a plain `iptables-save`
+    /// (`-t TABLE` prints its built-in chains): it reads as its empty built-in chains, as
+    /// with `-t`.
+    pub fn read_tables(
+        &self,
+        tables: &[&str],
+    ) -> Result<(BTreeMap<String, Table>, bool), FirewallError> {
+        let output = run(&self.save, &[], None)?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let mut saved = parse_save(&text)?;
+        let mut read = BTreeMap::new();
+        for &table in tables {
+            let found = match saved.remove(table) {
+                Some(found) => found,
+                None => {
+                    let error = no_table(table, &text);
+                    match (&error, builtin_chains(table)) {
+                        (FirewallError::NoTable { note, .. }, Some(chains)) if note.is_empty() => {
+                            Table {
+                                chains: chains
+                                    .iter()
+                                    .map(|chain| (chain.to_string(), Vec::new()))
+                                    .collect(),
+                            }
+                        }
+                        _ => return Err(error),
+                    }
+                }
+            };
+            read.insert(table.to_string(), found);
+        }
+        Ok((read, is_nf_tables(&text)))
     }
 
     /// Rewrites kudonet's part of `table` to `chains` and `jumps` (see [`synced_table`]) in
@@ -318,6 +335,38 @@ impl Iptables {
         let script = restore_script(table, &current, chains, jumps);
         run(&self.restore, &["-w", "--noflush"], Some(&script))?;
         Ok(())
+    }
+}
+
+/// Whether `iptables-save` output comes from the nf_tables backend (its first line).
+fn is_nf_tables(text: &str) -> bool {
+    text.lines()
+        .next()
+        .is_some_and(|first| first.starts_with('#') && first.contains("(nf_tables)"))
+}
+
+/// The error for `table` missing from `iptables-save` output `text`, with what the output
+/// says of it (the nf_tables backend notes a table it cannot represent).
+fn no_table(table: &str, text: &str) -> FirewallError {
+    let quoted = format!("`{table}'");
+    FirewallError::NoTable {
+        table: table.to_string(),
+        note: text
+            .lines()
+            .filter_map(|line| line.strip_prefix('#'))
+            .map(str::trim)
+            .filter(|note| note.contains(&quoted))
+            .collect::<Vec<_>>()
+            .join("; "),
+    }
+}
+
+/// The built-in chains of the tables kudonet uses, as `iptables-save -t` lists them.
+fn builtin_chains(table: &str) -> Option<&'static [&'static str]> {
+    match table {
+        "nat" => Some(&["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"]),
+        "filter" => Some(&["INPUT", "FORWARD", "OUTPUT"]),
+        _ => None,
     }
 }
 

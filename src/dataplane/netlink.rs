@@ -99,6 +99,17 @@ impl Netlink {
         message: RouteNetlinkMessage,
         flags: u16,
     ) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.request_map(message, flags, &mut Some)
+    }
+
+    /// Sends `message` and returns what `map` makes of each reply, as it arrives: a dump
+    /// of a thousand links is never held parsed all at once (a parsed link is kilobytes).
+    fn request_map<T>(
+        &mut self,
+        message: RouteNetlinkMessage,
+        flags: u16,
+        map: &mut impl FnMut(RouteNetlinkMessage) -> Option<T>,
+    ) -> io::Result<Vec<T>> {
         self.sequence = self.sequence.wrapping_add(1);
         let mut header = NetlinkHeader::default();
         header.flags = NLM_F_REQUEST | flags;
@@ -136,7 +147,7 @@ impl Netlink {
                             };
                         }
                         NetlinkPayload::InnerMessage(inner) => {
-                            replies.push(inner);
+                            replies.extend(map(inner));
                             if flags & NLM_F_DUMP != NLM_F_DUMP && flags & NLM_F_ACK == 0 {
                                 return Ok(replies);
                             }
@@ -172,10 +183,19 @@ impl Netlink {
         what: &str,
         message: RouteNetlinkMessage,
     ) -> Result<Vec<RouteNetlinkMessage>> {
+        self.dump_map(what, message, Some)
+    }
+
+    fn dump_map<T>(
+        &mut self,
+        what: &str,
+        message: RouteNetlinkMessage,
+        mut map: impl FnMut(RouteNetlinkMessage) -> Option<T>,
+    ) -> Result<Vec<T>> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.request(message.clone(), NLM_F_DUMP) {
+            match self.request_map(message.clone(), NLM_F_DUMP, &mut map) {
                 Err(error)
                     if error.kind() == io::ErrorKind::Interrupted && attempt < DUMP_ATTEMPTS =>
                 {
@@ -189,15 +209,19 @@ impl Netlink {
         }
     }
 
-    pub fn dump_links(&mut self) -> Result<Vec<LinkMessage>> {
-        let replies = self.dump("links", RouteNetlinkMessage::GetLink(link_request()))?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|reply| match reply {
-                RouteNetlinkMessage::NewLink(link) => Some(link),
+    /// Every link, as `map` makes it out of each link message.
+    pub fn dump_links<T>(
+        &mut self,
+        mut map: impl FnMut(&LinkMessage) -> Option<T>,
+    ) -> Result<Vec<T>> {
+        self.dump_map(
+            "links",
+            RouteNetlinkMessage::GetLink(link_request()),
+            |reply| match reply {
+                RouteNetlinkMessage::NewLink(link) => map(&link),
                 _ => None,
-            })
-            .collect())
+            },
+        )
     }
 
     /// Every IPv4 address, as (interface index, address with prefix).

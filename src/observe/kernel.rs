@@ -1,5 +1,5 @@
 //! Reading the node from the kernel: rtnetlink dumps in the node namespace and in each
-//! namespace of the netns directory, `/proc/sys`, and one `iptables-save` per table.
+//! namespace of the netns directory, `/proc/sys`, and `iptables-save`.
 //! Nothing here changes anything.
 //!
 //! What was read is kept in a [`Snapshot`], so that an observation reads again only what
@@ -273,9 +273,8 @@ fn refresh_host_links(
     let links = match cached {
         Some(links) if !changes.everything => links,
         _ => {
-            let messages = host.dump_links()?;
-            let links = messages.iter().filter_map(RawLink::parse);
-            *cached = Some(links.map(|raw| (raw.index, raw)).collect());
+            let links = host.dump_links(RawLink::parse)?;
+            *cached = Some(links.into_iter().map(|raw| (raw.index, raw)).collect());
             return Ok(());
         }
     };
@@ -356,11 +355,7 @@ struct InstanceNamespace {
 }
 
 fn read_namespace(netlink: &mut Netlink) -> Result<InstanceNamespace, ObserveError> {
-    let raw: Vec<RawLink> = netlink
-        .dump_links()?
-        .iter()
-        .filter_map(RawLink::parse)
-        .collect();
+    let raw: Vec<RawLink> = netlink.dump_links(RawLink::parse)?;
     let names_by_index: HashMap<u32, &str> = raw
         .iter()
         .map(|raw| (raw.index, raw.name.as_str()))
@@ -399,7 +394,7 @@ fn addresses_by_index(
 }
 
 /// iptables: the tables read at the last observation while the nf_tables generation has
-/// not moved since, else read afresh (one `iptables-save` per table).
+/// not moved since, else read afresh (one `iptables-save`).
 fn read_firewall(
     iptables: &Iptables,
     generation: Option<&mut Generation>,
@@ -412,13 +407,7 @@ fn read_firewall(
     {
         return Ok(tables.clone());
     }
-    let mut tables = BTreeMap::new();
-    let mut nf_tables = true;
-    for table in [NAT, FILTER] {
-        let (read, backend_is_nf_tables) = iptables.read_table_and_backend(table)?;
-        nf_tables &= backend_is_nf_tables;
-        tables.insert(table.to_string(), read);
-    }
+    let (tables, nf_tables) = iptables.read_tables(&[NAT, FILTER])?;
     // The legacy backend moves no generation: it is read every time.
     *cached = now.filter(|_| nf_tables).map(|now| (now, tables.clone()));
     Ok(tables)
