@@ -378,7 +378,10 @@ impl Controller {
                 .filter(|(_, namespace)| namespace.owned)
                 .map(|(name, _)| self.options.netns_dir.join(name))
                 .collect();
-            events.watch_namespaces(&namespaces);
+            if events.watch_namespaces(&namespaces) {
+                // Read them once more, now that their events are followed.
+                let _ = self.sender.try_send(Trigger::Kernel);
+            }
         }
         self.metrics.count_reconcile(if outcome.converged() {
             "converged"

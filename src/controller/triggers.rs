@@ -28,7 +28,8 @@ pub enum Trigger {
     /// A link, address or route changed, a namespace appeared or vanished, or the
     /// nf_tables ruleset changed.
     Kernel,
-    /// The kernel dropped events (a netlink overrun, an inotify overflow): look at everything.
+    /// The kernel dropped events (a netlink overrun, an inotify overflow): the pass reads
+    /// everything.
     Overrun,
     /// The periodic full resync: catches what raises no event (legacy iptables, sysctls)
     /// or events missed.
@@ -156,6 +157,9 @@ struct Watched {
     namespaces: HashMap<PathBuf, (u64, u64)>,
     /// Token -> the name of its namespace in the netns directory; the node's has none.
     names: HashMap<u64, String>,
+    /// The token of the nf_tables socket, whose messages name nothing: iptables is read
+    /// again whenever its generation moved.
+    firewall: Option<u64>,
     /// What the events received since the last [`KernelEvents::take_changes`] named.
     changes: Changes,
 }
@@ -178,9 +182,11 @@ impl Watched {
 
     /// Notes what the messages in `buffer`, received on `token`'s socket, may have
     /// changed: a whole namespace of the netns directory, or a link of the node by index
-    /// (its addresses and routes are read on every pass anyway). nf_tables messages name
-    /// nothing: iptables is read again whenever its generation moved.
+    /// (its addresses and routes are read on every pass anyway).
     fn note(&mut self, token: u64, buffer: &[u8]) {
+        if self.firewall == Some(token) {
+            return;
+        }
         if let Some(name) = self.names.get(&token) {
             self.changes.namespaces.insert(name.clone());
             return;
@@ -189,10 +195,41 @@ impl Watched {
             self.changes.host_indexes.insert(index);
         }
     }
+
+    /// Reads every message waiting on `token`'s socket and notes it. Returns whether there
+    /// was any, and whether the kernel dropped some (the socket's buffer overflowed): then
+    /// everything must be read again, except for the nf_tables socket, which names nothing.
+    fn drain(&mut self, token: u64, buffer: &mut [u8]) -> (bool, bool) {
+        let Some(fd) = self.sockets.get(&token).map(|socket| socket.as_raw_fd()) else {
+            return (false, false);
+        };
+        let (mut received_any, mut overrun) = (false, false);
+        loop {
+            let flags = nix::sys::socket::MsgFlags::MSG_DONTWAIT;
+            match nix::sys::socket::recv(fd, buffer, flags) {
+                Ok(0) => break,
+                Ok(received) => {
+                    received_any = true;
+                    self.note(token, &buffer[..received]);
+                }
+                Err(nix::errno::Errno::ENOBUFS) if self.firewall == Some(token) => {
+                    received_any = true;
+                }
+                Err(nix::errno::Errno::ENOBUFS) => {
+                    // Noted here, not only sent as a trigger, which a full channel drops.
+                    self.changes.everything = true;
+                    overrun = true;
+                }
+                Err(_) => break,
+            }
+        }
+        (received_any, overrun)
+    }
 }
 
 /// The interface indexes of the link messages (`RTM_NEWLINK`, `RTM_DELLINK`) in `buffer`:
-/// each a `struct nlmsghdr` then a `struct ifinfomsg`, whose `ifi_index` is at byte 4.
+/// each a `struct nlmsghdr` (16 bytes) then a `struct ifinfomsg`, whose `ifi_index` is at
+/// its byte 4: byte 20 of the message.
 fn changed_links(buffer: &[u8]) -> Vec<u32> {
     const RTM_NEWLINK: u16 = 16;
     const RTM_DELLINK: u16 = 17;
@@ -222,7 +259,9 @@ impl KernelEvents {
         // iptables-nft and nft changes: a firewall reload is repaired at once, not at the
         // next resync. Without nf_tables (the legacy backend) the resync catches them.
         if let Ok(socket) = subscribe_nftables() {
-            lock(&watched).add(&epoll, socket)?;
+            let mut watched = lock(&watched);
+            let token = watched.add(&epoll, socket)?;
+            watched.firewall = Some(token);
         }
         let (reader_epoll, reader_watched) = (epoll.clone(), watched.clone());
         std::thread::Builder::new()
@@ -231,8 +270,10 @@ impl KernelEvents {
         Ok(KernelEvents { epoll, watched })
     }
 
-    /// Listens inside exactly the namespaces of `paths` from now on.
-    pub fn watch_namespaces(&self, paths: &[PathBuf]) {
+    /// Listens inside exactly the namespaces of `paths` from now on. A namespace listened
+    /// to for the first time is noted as changed: what happened in it between the pass
+    /// that read it and now raised no event here. Returns whether there was any.
+    pub fn watch_namespaces(&self, paths: &[PathBuf]) -> bool {
         use std::os::unix::fs::MetadataExt;
         let mut watched = lock(&self.watched);
         let current: HashMap<&PathBuf, u64> = paths
@@ -249,6 +290,7 @@ impl KernelEvents {
             watched.namespaces.remove(&path);
             watched.remove(&self.epoll, token);
         }
+        let mut added = false;
         for (path, inode) in current {
             if watched.namespaces.contains_key(path) {
                 continue;
@@ -258,17 +300,27 @@ impl KernelEvents {
             if let Ok(token) = socket.and_then(|socket| watched.add(&self.epoll, socket)) {
                 watched.namespaces.insert(path.clone(), (inode, token));
                 if let Some(name) = path.file_name() {
-                    watched
-                        .names
-                        .insert(token, name.to_string_lossy().into_owned());
+                    let name = name.to_string_lossy().into_owned();
+                    watched.changes.namespaces.insert(name.clone());
+                    watched.names.insert(token, name);
+                    added = true;
                 }
             }
         }
+        added
     }
 
-    /// What the events received since the last call named.
+    /// What the events received since the last call named, those still waiting in the
+    /// sockets included: a change made before this call (by a library call that held the
+    /// node's lock, say) has queued its event before it returned, so it is in.
     pub fn take_changes(&self) -> Changes {
-        std::mem::take(&mut lock(&self.watched).changes)
+        let mut watched = lock(&self.watched);
+        let mut buffer = vec![0u8; 64 * 1024];
+        let tokens: Vec<u64> = watched.sockets.keys().copied().collect();
+        for token in tokens {
+            watched.drain(token, &mut buffer);
+        }
+        std::mem::take(&mut watched.changes)
     }
 }
 
@@ -311,28 +363,14 @@ fn read_events(epoll: &Epoll, watched: &Mutex<Watched>, sender: &mpsc::Sender<Tr
             Err(_) => return,
         };
         for event in &ready[..count] {
-            let mut watched = lock(watched);
-            // Gone since epoll reported it: nothing to read, and its descriptor may be reused.
-            let Some(fd) = watched
-                .sockets
-                .get(&event.data())
-                .map(|socket| socket.as_raw_fd())
-            else {
-                continue;
-            };
-            // Drain the socket, noting what changed. The note is made before the trigger is
-            // sent, so the pass it starts finds it.
-            loop {
-                let flags = nix::sys::socket::MsgFlags::MSG_DONTWAIT;
-                match nix::sys::socket::recv(fd, &mut buffer, flags) {
-                    Ok(0) => break,
-                    Ok(received) => {
-                        watched.note(event.data(), &buffer[..received]);
-                        send(sender, Trigger::Kernel);
-                    }
-                    Err(nix::errno::Errno::ENOBUFS) => send(sender, Trigger::Overrun),
-                    Err(_) => break,
-                }
+            // A token gone since epoll reported it has nothing to read (and its descriptor
+            // may be reused): `drain` finds no socket. Notes are made before the trigger is
+            // sent, so the pass it starts finds them.
+            let (received, overrun) = lock(watched).drain(event.data(), &mut buffer);
+            if overrun {
+                send(sender, Trigger::Overrun);
+            } else if received {
+                send(sender, Trigger::Kernel);
             }
         }
         if sender.is_closed() {
@@ -361,6 +399,26 @@ mod tests {
         assert_eq!(batch, Batch(BTreeSet::from([Trigger::Files])));
         // Last event at 300 ms, then 150 ms of quiet.
         assert_eq!(start.elapsed(), Duration::from_millis(450));
+    }
+
+    #[test]
+    fn link_events_name_their_interface_index() {
+        // RTM_NEWLINK for index 7, RTM_NEWADDR (names no link), RTM_DELLINK for index 300.
+        let message = |kind: u16, index: u32, length: u32| {
+            let mut bytes = Vec::new();
+            bytes.extend(length.to_ne_bytes());
+            bytes.extend(kind.to_ne_bytes());
+            bytes.extend([0u8; 10]);
+            bytes.extend([0u8; 4]);
+            bytes.extend(index.to_ne_bytes());
+            bytes.resize(length.div_ceil(4) as usize * 4, 0);
+            bytes
+        };
+        let mut buffer = message(16, 7, 34);
+        buffer.extend(message(20, 9, 40));
+        buffer.extend(message(17, 300, 32));
+        assert_eq!(changed_links(&buffer), [7, 300]);
+        assert_eq!(changed_links(&buffer[..20]), Vec::<u32>::new(), "cut short");
     }
 
     #[tokio::test(start_paused = true)]

@@ -20,7 +20,7 @@ pub struct KernelDataplane {
     iptables: Iptables,
     /// A socket in the node's namespace (the one kudonet runs in).
     host: Netlink,
-    /// Sockets inside instance namespaces, opened on first use and reused.
+    /// Sockets inside instance namespaces, opened when first needed and reused.
     namespaces: NamespaceSockets,
     /// The nf_tables generation of the node's namespace, if the kernel has nf_tables.
     generation: Option<Generation>,

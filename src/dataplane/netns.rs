@@ -164,10 +164,13 @@ pub fn path(dir: &Path, name: &str) -> PathBuf {
 }
 
 /// Runs `work` on each item, the items split among short-lived threads, one per core.
-/// `work` may enter other namespaces: its threads end with it.
-pub fn on_every_core<T: Send, R: Send>(items: Vec<T>, work: impl Fn(T) -> R + Sync) -> Vec<R> {
+/// `work` may enter other namespaces: its threads end with it. Fails if one panicked.
+pub fn on_every_core<T: Send, R: Send>(
+    items: Vec<T>,
+    work: impl Fn(T) -> R + Sync,
+) -> io::Result<Vec<R>> {
     if items.is_empty() {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     let workers = std::thread::available_parallelism()
         .map_or(1, |cores| cores.get())
@@ -188,10 +191,14 @@ pub fn on_every_core<T: Send, R: Send>(items: Vec<T>, work: impl Fn(T) -> R + Sy
             .into_iter()
             .map(|part| scope.spawn(move || part.into_iter().map(work).collect::<Vec<R>>()))
             .collect();
-        handles
-            .into_iter()
-            .flat_map(|handle| handle.join().unwrap_or_default())
-            .collect()
+        let mut results = Vec::new();
+        for handle in handles {
+            let part = handle
+                .join()
+                .map_err(|_| io::Error::other("a namespace worker thread panicked"))?;
+            results.extend(part);
+        }
+        Ok(results)
     })
 }
 
@@ -206,7 +213,7 @@ pub fn open(dir: &Path, name: &str) -> io::Result<File> {
 /// A socket is only reused while the name still leads to the same namespace (same nsfs
 /// inode): a namespace deleted and made anew under the same name gets a fresh socket. A
 /// cached socket keeps its namespace alive, so sockets of names that left the directory
-/// must be let go with [`NamespaceSockets::retain`].
+/// must be let go: [`NamespaceSockets::refresh`] does.
 pub struct NamespaceSockets {
     dir: PathBuf,
     sockets: std::collections::HashMap<String, (u64, Netlink)>,
@@ -238,10 +245,10 @@ impl NamespaceSockets {
     /// thread enters one namespace after another, instead of a thread per namespace).
     /// Sockets of other names are let go. Returns the names that got a new socket; a name
     /// that cannot be opened (deleted meanwhile) gets none.
-    pub fn refresh(&mut self, names: &[String]) -> BTreeSet<String> {
+    pub fn refresh(&mut self, names: &[String]) -> io::Result<BTreeSet<String>> {
         use std::os::unix::fs::MetadataExt;
-        self.sockets
-            .retain(|name, _| names.iter().any(|listed| listed == name));
+        let listed: std::collections::HashSet<&String> = names.iter().collect();
+        self.sockets.retain(|name, _| listed.contains(name));
         let mut to_open = Vec::new();
         for name in names {
             let path = self.dir.join(name);
@@ -258,13 +265,13 @@ impl NamespaceSockets {
             let namespace = File::open(&path).ok()?;
             nix::sched::setns(&namespace, CloneFlags::CLONE_NEWNET).ok()?;
             Some((name, inode, Netlink::open().ok()?))
-        });
+        })?;
         let mut fresh = BTreeSet::new();
         for (name, inode, socket) in opened.into_iter().flatten() {
             fresh.insert(name.clone());
             self.sockets.insert(name, (inode, socket));
         }
-        fresh
+        Ok(fresh)
     }
 
     /// Every cached socket, by namespace name.

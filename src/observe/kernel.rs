@@ -47,7 +47,8 @@ pub enum ObserveError {
 /// again whenever the nf_tables generation moved.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Changes {
-    /// Trust nothing read before: at start, on a resync, after dropped events.
+    /// Trust no link or namespace read before: at start, on a resync, after dropped
+    /// events. iptables still follows its generation, the kernel's own change counter.
     pub everything: bool,
     /// Links of the node namespace, by interface index (as kernel events name them).
     pub host_indexes: BTreeSet<u32>,
@@ -153,7 +154,11 @@ pub fn observe(
         iptables,
         generation,
     } = sources;
-    refresh_host_links(host, &mut snapshot.host_links, changes)?;
+    // Namespaces first: a veth end moved or replaced inside one changes its host end's
+    // peer index without an event on the node, so host ends paired with a namespace read
+    // again are read again too.
+    let peers = refresh_namespaces(netns_dir, sockets, &mut snapshot.namespaces, changes)?;
+    refresh_host_links(host, &mut snapshot.host_links, changes, &peers)?;
     let raw_links = snapshot.host_links.as_ref().expect("read above");
     let names_by_index: HashMap<u32, &str> = raw_links
         .iter()
@@ -211,8 +216,6 @@ pub fn observe(
         }
     }
 
-    refresh_namespaces(netns_dir, sockets, &mut snapshot.namespaces, changes)?;
-
     // Pair veth ends: each end names its peer's index, and both must point at each other.
     let host_peers: HashMap<u32, (&str, Option<u32>)> = raw_links
         .iter()
@@ -263,22 +266,29 @@ pub fn observe(
     Ok(observed)
 }
 
-/// Brings the node's links up to date: all of them at first or when everything may have
-/// changed, else only those `changes` names.
+/// Past this many links to read again, one dump of them all is quicker than one request
+/// each (a dump costs about as much as 50 to 100 requests of one link).
+const DUMP_RATHER_THAN_GET: usize = 32;
+
+/// Brings the node's links up to date: all of them at first, when everything may have
+/// changed or when many changed, else only those `changes` names and those of `also`
+/// (indexes).
 fn refresh_host_links(
     host: &mut Netlink,
     cached: &mut Option<BTreeMap<u32, RawLink>>,
     changes: &Changes,
+    also: &BTreeSet<u32>,
 ) -> Result<(), ObserveError> {
+    let named = changes.host_indexes.len() + also.len() + changes.host_names.len();
     let links = match cached {
-        Some(links) if !changes.everything => links,
+        Some(links) if !changes.everything && named <= DUMP_RATHER_THAN_GET => links,
         _ => {
             let links = host.dump_links(RawLink::parse)?;
             *cached = Some(links.into_iter().map(|raw| (raw.index, raw)).collect());
             return Ok(());
         }
     };
-    for index in &changes.host_indexes {
+    for index in changes.host_indexes.union(also) {
         links.remove(index);
         if let Some(raw) = host
             .get_link_by_index(*index)?
@@ -299,12 +309,14 @@ fn refresh_host_links(
 
 /// Brings the namespaces up to date: lists the netns directory, and reads the namespaces
 /// that are new, made anew, or named by `changes` (all of them if everything changed).
+/// Returns the peer indexes (node links) of the veths of the namespaces read, before and
+/// after.
 fn refresh_namespaces(
     netns_dir: &Path,
     sockets: &mut NamespaceSockets,
     cached: &mut HashMap<String, InstanceNamespace>,
     changes: &Changes,
-) -> Result<(), ObserveError> {
+) -> Result<BTreeSet<u32>, ObserveError> {
     let listed = netns::list(netns_dir).map_err(|source| ObserveError::NetnsDir {
         dir: netns_dir.display().to_string(),
         source,
@@ -315,7 +327,12 @@ fn refresh_namespaces(
         .into_iter()
         .filter(|name| name.starts_with(names::NAMESPACE_PREFIX))
         .collect();
-    let fresh = sockets.refresh(&listed);
+    let fresh = sockets
+        .refresh(&listed)
+        .map_err(|source| ObserveError::NetnsDir {
+            dir: netns_dir.display().to_string(),
+            source,
+        })?;
     cached.retain(|name, _| sockets.contains(name));
     let mut stale: Vec<(&String, &mut Netlink)> = sockets
         .iter_mut()
@@ -330,10 +347,23 @@ fn refresh_namespaces(
     // every core shortens a pass (and so a repair) accordingly.
     let read = netns::on_every_core(std::mem::take(&mut stale), |(name, netlink)| {
         (name.clone(), read_namespace(netlink))
-    });
+    })
+    .map_err(|source| ObserveError::NetnsDir {
+        dir: netns_dir.display().to_string(),
+        source,
+    })?;
+    let mut peers = BTreeSet::new();
+    let mut note_peers = |namespace: Option<&InstanceNamespace>| {
+        let links = namespace
+            .into_iter()
+            .flat_map(|namespace| namespace.links.values());
+        peers.extend(links.filter_map(|(_, _, peer_index)| *peer_index));
+    };
     for (name, namespace) in read {
+        note_peers(cached.get(&name));
         match namespace {
             Ok(namespace) => {
+                note_peers(Some(&namespace));
                 cached.insert(name, namespace);
             }
             // Deleted meanwhile: it is gone, as the next pass will see.
@@ -343,7 +373,7 @@ fn refresh_namespaces(
             }
         }
     }
-    Ok(())
+    Ok(peers)
 }
 
 /// What a namespace holds: whether it is kudonet's, its links (with their index and their
