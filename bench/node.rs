@@ -14,7 +14,7 @@
 //! Per kudonet run: cold `apply`; no-op `apply` (actions printed, `iptables-restore` and
 //! `iptables-save` calls counted through wrappers in PATH); `run --resync 1` on the converged
 //! node (pass durations from `kudonet_reconcile_duration_seconds`, actions from
-//! `kudonet_actions_total`, restores counted, VmHWM); `run --resync 600` repairing 1 and then
+//! `kudonet_actions_total`, restores and saves counted, VmHWM); `run --resync 600` repairing 1 and then
 //! k deleted host veths (time from the deletion until the veths are back and
 //! `kudonet_drift_repairs_total` moved); `apply` of half the instances; `teardown`. In the
 //! first round of each N also a cold `run` (first pass and VmHWM while building the node).
@@ -339,6 +339,7 @@ fn kudonet_run(n: usize, first_round: bool, work: &Path) -> Value {
     let first = wait_ready(&controller, n);
     let first_pass = metric(&scrape(), "kudonet_reconcile_duration_seconds_sum");
     let restores_before = count_calls("iptables-restore");
+    let saves_before = count_calls("iptables-save");
     let actions_before = metric(&scrape(), "kudonet_actions_total");
     let mut passes = Vec::new();
     let (mut count, mut sum) = histogram();
@@ -361,6 +362,11 @@ fn kudonet_run(n: usize, first_round: bool, work: &Path) -> Value {
     result.insert(
         "resync_restores".into(),
         json!(count_calls("iptables-restore") - restores_before),
+    );
+    // iptables is read again only when the nf_tables generation moved: never, here.
+    result.insert(
+        "resync_saves".into(),
+        json!(count_calls("iptables-save") - saves_before),
     );
     result.insert("run_rss_kb".into(), json!(vm_hwm(&controller)));
     stop(controller);
@@ -645,6 +651,7 @@ fn summarise(
                 "resync_pass_s": resync,
                 "resync_actions_total": total("resync_actions"),
                 "resync_restores_total": total("resync_restores"),
+                "resync_saves_total": total("resync_saves"),
                 "repair_1_ms": median(&k.iter().flat_map(|run| floats(&run["repair_1_ms"])).collect::<Vec<_>>()),
                 "repair_k": REPAIR_K.min(n),
                 "repair_k_ms": median_of(k, "repair_k_ms"),
@@ -754,15 +761,17 @@ fn print_table(report: &Value) {
     println!("\nper-instance cost (ms): kudonet cold / floor / per-step");
     for entry in report["sizes"].as_array().unwrap() {
         println!(
-            "{:>5}: {:>7.2} {:>7.2} {:>7.2}   no-op writes: apply {} actions, {} iptables-restore; resync {} actions, {} iptables-restore; baselines checked by kudonet plan: floor {}, per-step {}; repairK includes {:.1} ms of the kernel deleting the veths",
+            "{:>5}: {:>7.2} {:>7.2} {:>7.2}   no-op: apply {} actions, {} iptables-restore, {} iptables-save; resync {} actions, {} iptables-restore, {} iptables-save; baselines checked by kudonet plan: floor {}, per-step {}; repairK includes {:.1} ms of the kernel deleting the veths",
             entry["n"].as_u64().unwrap_or(0),
             f(&entry["kudonet"]["cold_apply_per_instance_ms"]),
             f(&entry["floor"]["per_instance_ms"]),
             f(&entry["per_step"]["per_instance_ms"]),
             entry["kudonet"]["noop_apply_actions_total"],
             entry["kudonet"]["noop_apply_restores_total"],
+            entry["kudonet"]["noop_apply_saves_per_run"],
             entry["kudonet"]["resync_actions_total"],
             entry["kudonet"]["resync_restores_total"],
+            entry["kudonet"]["resync_saves_total"],
             entry["floor"]["verified"],
             entry["per_step"]["verified"],
             f(&entry["kudonet"]["repair_k_delete_ms"]),

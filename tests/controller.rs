@@ -1123,6 +1123,25 @@ fn metrics_health_and_readiness() {
             kudonet.metric("kudonet_desired_state_valid") == Some(1.0)
         });
 
+        // A flood of idle connections is served 64 at a time: the rest wait in the
+        // listen backlog, costing the controller no descriptor.
+        let descriptors = || {
+            let pid = kudonet.child.borrow().id();
+            std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .unwrap()
+                .count()
+        };
+        let before = descriptors();
+        let idle: Vec<TcpStream> = (0..200)
+            .map(|_| TcpStream::connect("127.0.0.1:9101").unwrap())
+            .collect();
+        kudonet.wait_until("64 idle connections are accepted", || {
+            descriptors() >= before + 64
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(descriptors(), before + 64, "no more than 64 at once");
+        drop(idle);
+
         kudonet.stop();
         network_left_in_place(&["db", "web"]);
     });

@@ -141,10 +141,19 @@ impl Default for Metrics {
     }
 }
 
+/// Connections served at once by the metrics endpoint.
+const MAX_CONNECTIONS: usize = 64;
+
 /// Serves `/metrics`, `/healthz` (a pass finished within `stale_after`) and `/readyz` (the
 /// node was converged once) on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, stale_after: Duration) {
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        // At most MAX_CONNECTIONS at once (each lasts at most the 5 s read timeout): a
+        // flood of idle connections must not cost the controller memory or descriptors.
+        let Ok(permit) = connections.clone().acquire_owned().await else {
+            return;
+        };
         let Ok((mut stream, _)) = listener.accept().await else {
             // Out of descriptors, say: back off rather than spin.
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -152,6 +161,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, stale_after: Du
         };
         let metrics = metrics.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let mut request = Vec::with_capacity(1024);
             let mut chunk = [0u8; 1024];
             // Read the request head only, bounded in size and time.
