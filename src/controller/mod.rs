@@ -250,7 +250,7 @@ impl Controller {
         let Some(desired) = self.desired.clone() else {
             // Never valid since start: nothing is in force but what the kernel has.
             self.metrics.count_reconcile("invalid");
-            self.finish_pass(started, None, Vec::new());
+            self.finish_pass(started, None, Vec::new()).await?;
             return Ok(());
         };
         self.lock_node(&desired.node.name)?;
@@ -285,12 +285,12 @@ impl Controller {
         match result {
             Ok(outcome) => {
                 let statuses = self.account(&desired, batch, &held_back, &outcome);
-                self.finish_pass(started, Some(&outcome), statuses);
+                self.finish_pass(started, Some(&outcome), statuses).await?;
             }
             Err(problem) => {
                 error!("cannot read the node: {problem}");
                 self.metrics.count_reconcile("failed");
-                self.finish_pass(started, None, Vec::new());
+                self.finish_pass(started, None, Vec::new()).await?;
             }
         }
         Ok(())
@@ -407,12 +407,12 @@ impl Controller {
     }
 
     /// Status file and timing, after every pass.
-    fn finish_pass(
+    async fn finish_pass(
         &mut self,
         started: std::time::Instant,
         outcome: Option<&Outcome>,
         statuses: Vec<InstanceStatus>,
-    ) {
+    ) -> Result<(), String> {
         self.metrics
             .set_phases(statuses.iter().map(|status| status.phase));
         self.metrics
@@ -422,12 +422,12 @@ impl Controller {
             *last = Some(std::time::Instant::now());
         }
         let Some(path) = self.options.status_file.clone() else {
-            return;
+            return Ok(());
         };
         let mut instances = if outcome.is_some() {
             statuses
         } else {
-            self.instances_in_force()
+            self.instances_in_force().await?
         };
         if !self.errors.is_empty() {
             for instance in instances
@@ -453,18 +453,30 @@ impl Controller {
         if let Err(problem) = write_atomically(&path, &document) {
             warn!(path = %path.display(), %problem, "cannot write the status file");
         }
+        Ok(())
     }
 
-    fn instances_in_force(&mut self) -> Vec<InstanceStatus> {
+    /// What the kernel has of kudonet's instances, for a status file written while no
+    /// desired state was ever valid. Read in the blocking pool, as a pass does.
+    async fn instances_in_force(&mut self) -> Result<Vec<InstanceStatus>, String> {
         use crate::dataplane::Dataplane;
-        let Some(dataplane) = self.dataplane.as_mut() else {
-            return Vec::new();
-        };
-        dataplane.changed(Changes::everything());
-        match dataplane.observe() {
-            Ok(observed) => reconcile::instances_in_force(&observed, &self.options.netns_dir),
-            Err(_) => Vec::new(),
-        }
+        let mut dataplane = self
+            .dataplane
+            .take()
+            .expect("the dataplane is back after every pass");
+        let netns_dir = self.options.netns_dir.clone();
+        let (dataplane, instances) = tokio::task::spawn_blocking(move || {
+            dataplane.changed(Changes::everything());
+            let instances = match dataplane.observe() {
+                Ok(observed) => reconcile::instances_in_force(&observed, &netns_dir),
+                Err(_) => Vec::new(),
+            };
+            (dataplane, instances)
+        })
+        .await
+        .map_err(|error| format!("reading the node failed: {error}"))?;
+        self.dataplane = Some(dataplane);
+        Ok(instances)
     }
 }
 
