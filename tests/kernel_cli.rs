@@ -721,6 +721,22 @@ fn mtu_reaches_bridge_veths_and_instances() {
             assert_eq!(mtus(), [mtu; 5]);
             kudonet(&["apply", state.path()]).expect(0, "No changes.\n", "");
         }
+
+        // Without `mtu:` again, the kernel's default comes back.
+        state.write("node.yaml", NODE);
+        kudonet(&["apply", state.path()]).expect(
+            0,
+            &format!(
+                "~ link kudo0: mtu 1500\n\
+                 ~ link {DB_VETH}: mtu 1500\n\
+                 ~ link kudo-db/eth0: mtu 1500\n\
+                 ~ link {WEB_VETH}: mtu 1500\n\
+                 ~ link kudo-web/eth0: mtu 1500\n\
+                 Apply complete: 0 added, 5 changed, 0 destroyed.\n"
+            ),
+            "",
+        );
+        assert_eq!(mtus(), [1500; 5]);
     });
 }
 

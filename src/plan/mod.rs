@@ -216,8 +216,8 @@ impl From<&Desired> for Wanted {
 struct Planner<'a> {
     observed: &'a Observed,
     plan: Plan,
-    /// The MTU of the bridge, the veths and the instances' eth0, if kudonet sets one.
-    mtu: Option<u32>,
+    /// The MTU of the bridge, the veths, the vxlan and the instances' eth0.
+    mtu: u32,
     /// Links the plan deletes as a side effect of an earlier action: the other end of a
     /// deleted veth, the veths of a deleted namespace.
     gone: BTreeSet<LinkRef>,
@@ -228,9 +228,15 @@ impl<'a> Planner<'a> {
         Planner {
             observed,
             plan: Plan::default(),
-            mtu: None,
+            mtu: DEFAULT_MTU,
             gone: BTreeSet::new(),
         }
+    }
+
+    /// The MTU to create a bridge or veth with: none when it is the kernel's default,
+    /// which keeps plans short.
+    fn creation_mtu(&self) -> Option<u32> {
+        (self.mtu != DEFAULT_MTU).then_some(self.mtu)
     }
 
     fn push(&mut self, action: Action) {
@@ -359,13 +365,13 @@ impl<'a> Planner<'a> {
             None => {
                 self.push(Action::CreateBridge {
                     name: name.clone(),
-                    mtu: self.mtu,
+                    mtu: self.creation_mtu(),
                 });
                 None
             }
         };
         let created = Link {
-            mtu: self.mtu.unwrap_or(Link::new(LinkKind::Bridge).mtu),
+            mtu: self.mtu,
             ..Link::new(LinkKind::Bridge)
         };
         let current = current.unwrap_or(&created);
@@ -378,12 +384,10 @@ impl<'a> Planner<'a> {
         &mut self,
         link: &LinkRef,
         current: &Link,
-        mtu: Option<u32>,
+        mtu: u32,
         addresses: &BTreeSet<cidr::Ipv4Inet>,
     ) {
-        if let Some(mtu) = mtu
-            && current.mtu != mtu
-        {
+        if current.mtu != mtu {
             self.push(Action::SetMtu {
                 link: link.clone(),
                 mtu,
@@ -458,7 +462,7 @@ impl<'a> Planner<'a> {
 
         let (host_now, peer_now, gateway_now);
         let created = Link {
-            mtu: self.mtu.unwrap_or(Link::new(LinkKind::Veth).mtu),
+            mtu: self.mtu,
             ..Link::new(LinkKind::Veth)
         };
         if paired {
@@ -473,7 +477,7 @@ impl<'a> Planner<'a> {
                 host: host.clone(),
                 namespace: netns.clone(),
                 instance: instance.name.clone(),
-                mtu: self.mtu,
+                mtu: self.creation_mtu(),
             });
             (host_now, peer_now, gateway_now) = (&created, &created, None);
         }
@@ -561,10 +565,11 @@ impl<'a> Planner<'a> {
                     local: settings.local,
                     port: settings.port,
                     uplink,
-                    mtu: self.mtu,
+                    // Always given: the kernel's default for a vxlan follows its underlay.
+                    mtu: Some(self.mtu),
                 });
                 created = Link {
-                    mtu: self.mtu.unwrap_or(Link::new(LinkKind::Vxlan).mtu),
+                    mtu: self.mtu,
                     vxlan: Some(settings),
                     ..Link::new(LinkKind::Vxlan)
                 };
@@ -706,22 +711,29 @@ fn chain_diff(diff: &mut Vec<String>, chain: &str, current: &[String], wanted: &
     diff.extend(added);
 }
 
-/// The MTU kudonet sets on the bridge, veths and instances: the Node's `mtu`; over a
-/// vxlan overlay without one, the uplink's less the encapsulation overhead, so that
-/// instances never send frames the underlay cannot carry.
+/// The MTU of a bridge or veth the kernel creates without being told one (`ETH_DATA_LEN`).
+const DEFAULT_MTU: u32 = 1500;
+
+/// The MTU kudonet keeps on the bridge, veths and instances: the Node's `mtu`; without
+/// one, over a vxlan overlay, the uplink's less the encapsulation overhead, so that
+/// instances never send frames the underlay cannot carry, else the kernel's default (so
+/// removing `mtu:` puts it back).
 fn instance_mtu(
     desired: &Desired,
     observed: &Observed,
     uplink: Option<&str>,
     overlay: bool,
-) -> Option<u32> {
-    if desired.node.mtu.is_some() || !overlay {
-        return desired.node.mtu;
+) -> u32 {
+    match desired.node.mtu {
+        Some(mtu) => mtu,
+        None if overlay => {
+            let uplink_mtu = uplink
+                .and_then(|uplink| observed.links.get(uplink))
+                .map_or(DEFAULT_MTU, |link| link.mtu);
+            uplink_mtu.saturating_sub(names::VXLAN_OVERHEAD).max(68)
+        }
+        None => DEFAULT_MTU,
     }
-    let uplink_mtu = uplink
-        .and_then(|uplink| observed.links.get(uplink))
-        .map_or(1500, |link| link.mtu);
-    Some(uplink_mtu.saturating_sub(names::VXLAN_OVERHEAD).max(68))
 }
 
 /// A short description of a foreign link, for conflict messages.
