@@ -2,8 +2,8 @@
 //! alternating runs, medians and ratios. Needs root; every run happens in a fresh throwaway
 //! network and mount namespace (with a private /run) that this program creates for it.
 //!
-//!   cargo bench --bench node                 # N = 10, 100, 500, 1000 (about 15 min, 2 cores)
-//!   cargo bench --bench node -- --quick      # N = 10, 100, 3 rounds (about 1 min)
+//!   cargo bench --bench node                 # N = 10, 100, 500, 1000 (about 8 min, 2 cores)
+//!   cargo bench --bench node -- --quick      # N = 10, 100, 3 rounds (about 2 min)
 //!   cargo bench --bench node -- --sizes 10,200 --rounds 5 --out bench/results.json
 //!
 //! Systems (bench/baselines/): `per-step.sh`, one process per step as the original library

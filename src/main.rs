@@ -104,8 +104,8 @@ enum Command {
     /// SIGTERM or SIGINT (which leave the network in place).
     ///
     /// Reconciles at start-up (rebuilding the node after a reboot), when DIR changes, on
-    /// kernel events about kudonet's objects, every --resync seconds (which also catches
-    /// iptables changes), and on SIGHUP. An invalid DIR never changes the node: the last
+    /// kernel events about kudonet's objects and iptables, every --resync seconds (which
+    /// also catches what raises no event: sysctls, legacy iptables), and on SIGHUP. An invalid DIR never changes the node: the last
     /// valid state stays in force and the errors are reported until DIR is valid again.
     Run {
         dir: PathBuf,

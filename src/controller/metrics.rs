@@ -149,7 +149,7 @@ const MAX_CONNECTIONS: usize = 64;
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, stale_after: Duration) {
     let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        // At most MAX_CONNECTIONS at once (each lasts at most the 5 s read timeout): a
+        // At most MAX_CONNECTIONS at once (each lasts at most 5 s reading, 5 s writing): a
         // flood of idle connections must not cost the controller memory or descriptors.
         let Ok(permit) = connections.clone().acquire_owned().await else {
             return;
@@ -203,7 +203,12 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, stale_after: Du
                 "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
-            let _ = stream.write_all(response.as_bytes()).await;
+            // A client that does not read its answer gives its turn up after 5 s too.
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                stream.write_all(response.as_bytes()),
+            )
+            .await;
         });
     }
 }

@@ -1,8 +1,9 @@
 //! The controller loop of `kudonet run`: it keeps the node matching the desired-state
 //! directory. Level-triggered: whatever woke it (a file, a kernel event, the resync timer,
 //! SIGHUP, a retry coming due), a pass reads the directory if needed, observes the node,
-//! and converges it. Passes that kernel events start read only what the events named;
-//! the others (start, resync, SIGHUP, dropped events, retries) read everything.
+//! and converges it. A pass reads again only the links and namespaces that kernel events
+//! named (see `observe::kernel::Changes`), except at start, on a resync, SIGHUP, a retry
+//! or after events were lost, when it reads every link and namespace.
 //!
 //! Safety rules: an invalid or missing directory never changes the node (the last valid
 //! desired state stays in force); one failing instance is retried with capped exponential

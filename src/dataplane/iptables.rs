@@ -1,5 +1,5 @@
-//! iptables through `iptables-save` and `iptables-restore`: one process reads a table, one
-//! transaction rewrites kudonet's part of it.
+//! iptables through `iptables-save` and `iptables-restore`: one process reads the tables,
+//! one transaction rewrites kudonet's part of a table (after reading it afresh).
 //!
 //! kudonet owns the `KUDO-*` chains of a table and the jump rules marked with
 //! [`JUMP_MARK`] in the other chains; everything else (Docker, firewalld, an admin) is left

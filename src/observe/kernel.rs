@@ -6,7 +6,8 @@
 //! may have changed since ([`Changes`]): a kernel event names a link or a namespace, an
 //! action of kudonet's names what it touched, and the nf_tables generation tells whether
 //! iptables moved. With nothing named, a pass over a node of a thousand instances reads
-//! the node's addresses and routes and the netns directory, and no namespace at all.
+//! the node's addresses, routes and sysctls, the netns directory and the nf_tables
+//! generation, and no link or namespace at all.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;

@@ -47,7 +47,8 @@ pub struct Node {
     /// `None`: the interface of the default route, found when the node is observed.
     pub uplink: Option<String>,
     pub masquerade: bool,
-    /// `None`: leave the kernel's default MTU alone.
+    /// `None`: the kernel's default (1500), or over a vxlan overlay the uplink's less the
+    /// encapsulation; kudonet keeps it either way.
     pub mtu: Option<u32>,
 }
 
