@@ -335,7 +335,7 @@ fn refresh_namespaces(
             source,
         })?;
     cached.retain(|name, _| sockets.contains(name));
-    let mut stale: Vec<(&String, &mut Netlink)> = sockets
+    let stale: Vec<(&String, &mut Netlink)> = sockets
         .iter_mut()
         .filter(|(name, _)| {
             changes.everything
@@ -346,7 +346,7 @@ fn refresh_namespaces(
         .collect();
     // Reading a namespace is a few netlink round trips; with hundreds of them, reading on
     // every core shortens a pass (and so a repair) accordingly.
-    let read = netns::on_every_core(std::mem::take(&mut stale), |(name, netlink)| {
+    let read = netns::on_every_core(stale, |(name, netlink)| {
         (name.clone(), read_namespace(netlink))
     })
     .map_err(|source| ObserveError::NetnsDir {
