@@ -133,17 +133,16 @@ fn random_changes_are_all_seen(seed: u64) {
         // Some changes finish later: a deleted namespace is destroyed, its veths with it,
         // once the last socket in it is closed (kudonet's among them). Their events come
         // then, and name what changed: a missed change would never show, a late one does.
-        let mut attempts = 0;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             dataplane.changed(events.take_changes());
             let incremental = dataplane.observe().unwrap();
             watch(&events, &incremental);
             let full = full_read();
-            attempts += 1;
             if incremental == full {
                 break;
             }
-            if attempts == 50 {
+            if std::time::Instant::now() > deadline {
                 assert_eq!(
                     incremental,
                     full,
@@ -167,12 +166,27 @@ fn an_incremental_observation_equals_a_full_read_after_any_changes() {
                 let mut dataplane =
                     KernelDataplane::new(Path::new(NETNS_DIR), Iptables::new()).unwrap();
                 reconcile::teardown(&mut dataplane, |_| {}).unwrap();
-                common::sh(
-                    "for ns in $(ip netns list | cut -d' ' -f1); do ip netns del $ns; done
-                     for link in $(ip -o link show | cut -d: -f2 | cut -d@ -f1); do
-                         [ $link = lo ] || ip link del $link
-                     done",
-                );
+                // Deleted namespaces take their veths with them a moment later: links may
+                // vanish while being listed, and are waited for.
+                let only_lo = || {
+                    common::sh(
+                        "for ns in $(ip netns list | cut -d' ' -f1); do ip netns del $ns; done
+                         for link in $(ip -o link show | cut -d: -f2 | cut -d@ -f1); do
+                             [ $link = lo ] || ip link del $link 2>/dev/null || true
+                         done
+                         ip -o link show | cut -d: -f2",
+                    )
+                    .trim()
+                        == "lo"
+                };
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                while !only_lo() {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the node never emptied"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
             }
         },
     );
