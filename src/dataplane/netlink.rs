@@ -71,6 +71,15 @@ pub type Result<T> = std::result::Result<T, NetlinkError>;
 /// A dump interrupted by a concurrent change is retried this many times.
 const DUMP_ATTEMPTS: usize = 5;
 
+/// A netlink socket of `protocol` in the calling thread's network namespace, talking to
+/// the kernel.
+pub fn connected(protocol: isize) -> io::Result<Socket> {
+    let mut socket = Socket::new(protocol)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    Ok(socket)
+}
+
 pub struct Netlink {
     socket: Socket,
     sequence: u32,
@@ -79,9 +88,7 @@ pub struct Netlink {
 impl Netlink {
     /// A socket in the calling thread's network namespace.
     pub fn open() -> io::Result<Netlink> {
-        let mut socket = Socket::new(NETLINK_ROUTE)?;
-        socket.bind_auto()?;
-        socket.connect(&SocketAddr::new(0, 0))?;
+        let socket = connected(NETLINK_ROUTE)?;
         Ok(Netlink {
             socket,
             sequence: 0,

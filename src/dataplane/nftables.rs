@@ -7,7 +7,7 @@
 
 use std::io;
 
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_NEWGEN: u16 = 15;
@@ -28,9 +28,7 @@ pub struct Generation {
 impl Generation {
     /// A socket in the calling thread's network namespace.
     pub fn open() -> io::Result<Generation> {
-        let mut socket = Socket::new(NETLINK_NETFILTER)?;
-        socket.bind_auto()?;
-        socket.connect(&SocketAddr::new(0, 0))?;
+        let socket = super::netlink::connected(NETLINK_NETFILTER)?;
         Ok(Generation {
             socket,
             sequence: 0,
