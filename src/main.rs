@@ -237,14 +237,25 @@ fn observe(dataplane: &mut KernelDataplane) -> Result<Observed, String> {
 }
 
 fn plan_command(cli: &Cli, dir: &Path, node: Option<&str>) -> CommandResult {
-    let (_, desired) = load_desired(dir, node).map_err(|error| error.to_string())?;
+    let (spec, desired) = load_desired(dir, node).map_err(|error| error.to_string())?;
     let mut dataplane = dataplane(cli, "plan")?;
-    print!("{}", plan(&desired, &observe(&mut dataplane)?));
+    let observed = observe(&mut dataplane)?;
+    reconcile::check_against_node(&spec, &desired, &observed).map_err(|error| error.to_string())?;
+    let planned = plan(&desired, &observed);
+    print!("{planned}");
+    print_warnings(&reconcile::node_conditions(&desired, &observed, &planned));
     Ok(ExitCode::SUCCESS)
 }
 
+/// Node conditions other than conflicts (which the plan and the summary print already).
+fn print_warnings(conditions: &[reconcile::Condition]) {
+    for condition in conditions.iter().filter(|c| c.kind != "Conflict") {
+        eprintln!("warning: {condition}");
+    }
+}
+
 fn apply(cli: &Cli, dir: &Path, node: Option<&str>) -> CommandResult {
-    let (_, desired) = load_desired(dir, node).map_err(|error| error.to_string())?;
+    let (spec, desired) = load_desired(dir, node).map_err(|error| error.to_string())?;
     let mut dataplane = dataplane(cli, "apply")?;
     let _lock = kudonet::lock::wait_lock(Path::new(kudonet::lock::LOCK_DIR), &desired.node.name)
         .map_err(|error| error.to_string())?;
@@ -252,6 +263,15 @@ fn apply(cli: &Cli, dir: &Path, node: Option<&str>) -> CommandResult {
         println!("{action}")
     })
     .map_err(|error| error.to_string())?;
+    // A node the machine makes invalid was left untouched (its plan is blocked): say why
+    // at the Node's cidr, as for any invalid file.
+    reconcile::check_against_node(&spec, &desired, &outcome.observed)
+        .map_err(|error| error.to_string())?;
+    print_warnings(&reconcile::node_conditions(
+        &desired,
+        &outcome.observed,
+        &outcome.remaining,
+    ));
     report_outcome(
         "Apply",
         &outcome.applied,
@@ -366,6 +386,7 @@ fn status(cli: &Cli, dir: &Path, node: Option<&str>, output: Output) -> CommandR
             valid: true,
             errors: Vec::new(),
             observed_at,
+            conditions: reconcile::node_conditions(desired, &observed, &plan(desired, &observed)),
             instances: reconcile::instance_status(desired, &observed, &cli.netns_dir, &[]),
         },
         Err(error) => StatusDocument {
@@ -376,6 +397,7 @@ fn status(cli: &Cli, dir: &Path, node: Option<&str>, output: Output) -> CommandR
             valid: false,
             errors: error.to_string().lines().map(str::to_string).collect(),
             observed_at,
+            conditions: Vec::new(),
             instances: reconcile::instances_in_force(&observed, &cli.netns_dir),
         },
     };
@@ -398,6 +420,9 @@ fn status(cli: &Cli, dir: &Path, node: Option<&str>, output: Output) -> CommandR
 fn print_status_table(document: &StatusDocument) {
     for error in &document.errors {
         eprintln!("{error}");
+    }
+    for condition in &document.conditions {
+        println!("Node condition {condition}");
     }
     let rows: Vec<[String; 5]> = document
         .instances

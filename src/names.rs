@@ -93,6 +93,34 @@ pub fn is_scratch_link_name(name: &str) -> bool {
         .is_some_and(|rest| rest.len() == 7 && rest.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// Whether `name` is a host veth name of kudonet's pattern (`kv` and 13 hex digits).
+pub fn is_host_interface_name(name: &str) -> bool {
+    name.strip_prefix("kv")
+        .is_some_and(|rest| rest.len() == 13 && rest.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Why `name` cannot be a node's bridge although the kernel may accept it, or `None`.
+///
+/// `all` and `default` are the kernel's per-interface sysctl pseudo-devices
+/// (`net.ipv4.conf.all.*` reaches every interface: route_localnet there would expose services
+/// bound to 127.0.0.1), `lo` is the loopback device, and the rest are names kudonet gives its
+/// own links: a bridge named like them would be mistaken for, or deleted as, one of those.
+pub fn reserved_link_name(name: &str) -> Option<&'static str> {
+    if name == "all" || name == "default" {
+        Some("is reserved by the kernel for settings of every interface")
+    } else if name == "lo" {
+        Some("is the loopback interface")
+    } else if name.starts_with(SCRATCH_PREFIX) {
+        Some("is in kudonet's pattern for links it is creating (`kudonet-…`)")
+    } else if is_host_interface_name(name) {
+        Some("is in kudonet's pattern for host veths (`kv` and 13 hex digits)")
+    } else if name == VXLAN_DEVICE {
+        Some("is kudonet's overlay device")
+    } else {
+        None
+    }
+}
+
 /// FNV-1a: tiny, and stable across Rust releases (unlike `DefaultHasher`), which names need.
 fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
@@ -121,6 +149,25 @@ mod tests {
         assert_ne!(scratch, scratch_link_name());
         assert!(!is_scratch_link_name("kudonet-web"));
         assert!(!is_scratch_link_name("kudo0"));
+    }
+
+    #[test]
+    fn names_of_kernel_pseudo_devices_and_of_kudonets_own_links_are_reserved() {
+        for name in [
+            "all",
+            "default",
+            "lo",
+            "kudonet-web",
+            "kudonet-",
+            "kudo-vxlan",
+        ] {
+            assert!(reserved_link_name(name).is_some(), "{name}");
+        }
+        assert!(reserved_link_name(&host_interface_name("web")).is_some());
+        assert!(reserved_link_name(&scratch_link_name()).is_some());
+        for name in ["kudo0", "br0", "kv0", "kvxxxxxxxxxxxxx", "alls", "lo0"] {
+            assert_eq!(reserved_link_name(name), None, "{name}");
+        }
     }
 
     #[test]

@@ -154,8 +154,8 @@ pub fn teardown(
     Ok(outcome)
 }
 
-/// The status document of CONTRACT §4, as `status --output json` prints it and `run
-/// --status-file` writes it.
+/// The status document, as `status --output json` prints it and `run --status-file`
+/// writes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusDocument {
@@ -165,7 +165,101 @@ pub struct StatusDocument {
     pub errors: Vec<String>,
     /// RFC 3339, UTC.
     pub observed_at: String,
+    /// What stands in the way of the node as a whole (see [`node_conditions`]).
+    pub conditions: Vec<Condition>,
     pub instances: Vec<InstanceStatus>,
+}
+
+/// Something about the node as a whole that breaks or may break kudonet's promises and
+/// that kudonet does not own, so it reports it instead of fixing it. `kind` is one of:
+///
+/// - `Conflict`: a foreign object stands where a node-wide object of kudonet's must be
+///   (the bridge, the overlay device, a route to a peer node);
+/// - `UplinkMissing`: the Node's `uplink:` interface does not exist;
+/// - `UplinkOverlap`: the node's subnet overlaps a network of its uplink (`plan`, `apply`
+///   and `run` refuse such a node);
+/// - `ForwardBlocked`: a firewall rule of someone else drops forwarded traffic whatever
+///   kudonet's rules accept (a FORWARD policy of DROP in the other iptables backend, an
+///   nftables forward chain with a drop policy or reject rules).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Condition {
+    /// One of [`CONDITION_TYPES`].
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub message: String,
+}
+
+/// Every type a [`Condition`] can have.
+pub const CONDITION_TYPES: &[&str] = &[
+    "Conflict",
+    "UplinkMissing",
+    "UplinkOverlap",
+    "ForwardBlocked",
+];
+
+impl std::fmt::Display for Condition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)
+    }
+}
+
+/// The uplink of the node: its `uplink:`, else the interface of the default route.
+fn uplink<'a>(desired: &'a Desired, observed: &'a Observed) -> Option<&'a str> {
+    desired
+        .node
+        .uplink
+        .as_deref()
+        .or(observed.default_route_interface.as_deref())
+}
+
+/// The node-wide conditions of a node observed as `observed`, given its `plan`.
+pub fn node_conditions(desired: &Desired, observed: &Observed, plan: &Plan) -> Vec<Condition> {
+    let mut conditions: Vec<Condition> = plan
+        .conflicts
+        .iter()
+        .filter(|conflict| conflict.instance.is_none())
+        .map(|conflict| Condition {
+            kind: conflict.kind,
+            message: conflict.message.clone(),
+        })
+        .collect();
+    if let Some(named) = &desired.node.uplink
+        && !observed.links.contains_key(named)
+    {
+        conditions.push(Condition {
+            kind: "UplinkMissing",
+            message: format!(
+                "uplink {named} of Node {:?} does not exist: instances cannot reach the outside \
+                 and ports published on it are unreachable",
+                desired.node.name
+            ),
+        });
+    }
+    conditions.extend(observed.forward_blockers.iter().map(|blocker| Condition {
+        kind: "ForwardBlocked",
+        message: blocker.clone(),
+    }));
+    conditions
+}
+
+/// The checks of the desired state that need the machine: the managed node's subnet must
+/// not overlap a network of its uplink. Reported like any invalid file, at the Node's
+/// `cidr`, before anything is changed.
+pub fn check_against_node(
+    spec: &Spec,
+    desired: &Desired,
+    observed: &Observed,
+) -> Result<(), DesiredError> {
+    let Some(uplink) = uplink(desired, observed) else {
+        return Ok(());
+    };
+    let Some(link) = observed.links.get(uplink) else {
+        return Ok(());
+    };
+    match spec.check_uplink_overlap(&desired.node, uplink, link.addresses.iter().copied()) {
+        Some(diagnostic) => Err(DesiredError::Invalid(Diagnostics(vec![diagnostic]))),
+        None => Ok(()),
+    }
 }
 
 /// Now, as the status document writes it.
@@ -223,10 +317,12 @@ pub fn instance_status(
         .iter()
         .filter(|action| instance_of(action, desired).is_none())
         .collect();
+    // A node-wide conflict is a node condition; it holds instances back only when it
+    // blocks the whole node (nothing about them could be planned).
     let node_conflict = remaining
         .conflicts
         .iter()
-        .find(|conflict| conflict.instance.is_none());
+        .find(|conflict| remaining.blocked && conflict.instance.is_none());
     desired
         .instances
         .iter()
@@ -313,7 +409,8 @@ pub fn instance_of<'a>(action: &Action, desired: &'a Desired) -> Option<&'a str>
         | Action::ReplaceRoute { .. }
         | Action::DeleteRoute { .. }
         | Action::SetSysctl { .. }
-        | Action::SyncTable { .. } => None,
+        | Action::SyncTable { .. }
+        | Action::PurgeOtherBackend { .. } => None,
     }
 }
 

@@ -533,7 +533,14 @@ fn status_json(state: &StateDir, code: i32) -> Value {
     keys.sort();
     assert_eq!(
         keys,
-        ["errors", "instances", "node", "observedAt", "valid"],
+        [
+            "conditions",
+            "errors",
+            "instances",
+            "node",
+            "observedAt",
+            "valid"
+        ],
         "{document}"
     );
     document
@@ -864,7 +871,8 @@ fn masquerade_names_the_uplink() {
                 "{}Apply complete: 0 added, 1 changed, 0 destroyed.\n",
                 masquerade("-o eth0", "-o wan1")
             ),
-            "",
+            "warning: UplinkMissing: uplink wan1 of Node \"node-a\" does not exist: instances \
+             cannot reach the outside and ports published on it are unreachable\n",
         );
         assert_eq!(
             uplink_rule(),
@@ -873,7 +881,12 @@ fn masquerade_names_the_uplink() {
         // Traffic leaving through eth0 is then not masqueraded (outside routes it back).
         common::sh("ip -n outside route add 10.0.0.0/24 via 203.0.113.1");
         assert_eq!(seen(&web, "203.0.113.254:9000"), "10.0.0.2");
-        kudonet(&["plan", state.path()]).expect(0, "No changes.\n", "");
+        kudonet(&["plan", state.path()]).expect(
+            0,
+            "No changes.\n",
+            "warning: UplinkMissing: uplink wan1 of Node \"node-a\" does not exist: instances \
+             cannot reach the outside and ports published on it are unreachable\n",
+        );
     });
 }
 

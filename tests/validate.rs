@@ -343,6 +343,69 @@ fn names_reject_slash_dots_whitespace_and_control_characters() {
 }
 
 #[test]
+fn bridge_names_of_kernel_pseudo_devices_and_kudonets_own_links_are_refused() {
+    let node =
+        |bridge: &str| format!("kind: Node\nname: node-a\ncidr: 10.0.0.1/24\nbridge: {bridge}\n");
+    for (bridge, reason) in [
+        (
+            "all",
+            "is reserved by the kernel for settings of every interface",
+        ),
+        (
+            "default",
+            "is reserved by the kernel for settings of every interface",
+        ),
+        ("lo", "is the loopback interface"),
+        (
+            "kudonet-1234567",
+            "is in kudonet's pattern for links it is creating (`kudonet-…`)",
+        ),
+        (
+            "kudonet-br",
+            "is in kudonet's pattern for links it is creating (`kudonet-…`)",
+        ),
+        (
+            "kv0e11948721ef1",
+            "is in kudonet's pattern for host veths (`kv` and 13 hex digits)",
+        ),
+        ("kudo-vxlan", "is kudonet's overlay device"),
+    ] {
+        case(
+            &[("node.yaml", &node(bridge))],
+            &[&format!(
+                "$DIR/node.yaml:4:9: bridge \"{bridge}\" {reason}; choose another name"
+            )],
+        );
+    }
+    for bridge in ["kudo0", "br-kudo", "kv0", "alls", "lo0"] {
+        case(&[("node.yaml", &node(bridge))], &[]);
+    }
+}
+
+#[test]
+fn a_newline_in_a_file_name_cannot_forge_another_diagnostic() {
+    let dir = temp_dir();
+    write(
+        dir.path(),
+        &[
+            ("node.yaml", NODE),
+            (
+                "x\n/etc/passwd:1:1: fake.yaml",
+                "kind: Instance\nname: Web\naddress: 10.0.0.2\n",
+            ),
+        ],
+    );
+    assert_validate(
+        dir.path(),
+        &[
+            "$DIR/x\\n/etc/passwd:1:1: fake.yaml:2:7: Instance name \"Web\" is not a DNS label: \
+           lowercase letters, digits and `-`, starting and ending with a letter or digit, at most 63 \
+           characters",
+        ],
+    );
+}
+
+#[test]
 fn duplicate_names_name_both_files() {
     case(
         &[

@@ -28,6 +28,11 @@ pub struct KindLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConditionLabel {
+    pub condition: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabel {
     pub phase: String,
 }
@@ -42,6 +47,7 @@ pub struct Metrics {
     pub instances: Family<PhaseLabel, Gauge>,
     pub last_success: Gauge<f64, AtomicU64>,
     pub desired_valid: Gauge,
+    pub conditions: Family<ConditionLabel, Gauge>,
     /// The loop is alive: it finished a pass recently.
     pub last_pass: Mutex<Option<std::time::Instant>>,
     /// The first reconcile converged the node.
@@ -58,6 +64,7 @@ impl Metrics {
         let instances = Family::<PhaseLabel, Gauge>::default();
         let last_success = Gauge::<f64, AtomicU64>::default();
         let desired_valid = Gauge::default();
+        let conditions = Family::<ConditionLabel, Gauge>::default();
         registry.register(
             "reconcile_duration_seconds",
             "Time of one reconcile",
@@ -85,6 +92,11 @@ impl Metrics {
             "1 when the desired-state directory is valid",
             desired_valid.clone(),
         );
+        registry.register(
+            "node_conditions",
+            "Node-wide conditions in force, by type (see the status document's conditions)",
+            conditions.clone(),
+        );
         Metrics {
             registry,
             reconcile_duration,
@@ -94,6 +106,7 @@ impl Metrics {
             instances,
             last_success,
             desired_valid,
+            conditions,
             last_pass: Mutex::new(None),
             ready: AtomicBool::new(false),
         }
@@ -119,6 +132,18 @@ impl Metrics {
             self.instances
                 .get_or_create(&label)
                 .set(counts.get(&label.phase).copied().unwrap_or(0));
+        }
+    }
+
+    /// How many conditions of each type are in force; every type is exported, 0 when none.
+    pub fn set_conditions(&self, conditions: &[crate::reconcile::Condition]) {
+        for kind in crate::reconcile::CONDITION_TYPES {
+            let count = conditions.iter().filter(|c| c.kind == *kind).count();
+            self.conditions
+                .get_or_create(&ConditionLabel {
+                    condition: kind.to_string(),
+                })
+                .set(count as i64);
         }
     }
 

@@ -62,6 +62,8 @@ struct Controller {
     desired: Option<Desired>,
     /// Why the directory is invalid now, one line each; empty when valid.
     errors: Vec<String>,
+    /// The node-wide conditions seen by the last pass.
+    conditions: Vec<reconcile::Condition>,
     backoff: Backoff,
     /// Moved into the blocking pool for each pass and back.
     dataplane: Option<KernelDataplane>,
@@ -110,6 +112,7 @@ pub async fn run(options: Options) -> Result<(), String> {
         sender: sender.clone(),
         desired: None,
         errors: Vec::new(),
+        conditions: Vec::new(),
         backoff: Backoff::default(),
         dataplane: Some(dataplane),
         metrics,
@@ -359,6 +362,15 @@ impl Controller {
         for conflict in &outcome.remaining.conflicts {
             warn!("conflict: {conflict}");
         }
+        let conditions = reconcile::node_conditions(desired, &outcome.observed, &outcome.remaining);
+        // Told once when they appear, not at every pass.
+        for condition in conditions.iter().filter(|c| !self.conditions.contains(c)) {
+            if condition.kind != "Conflict" {
+                warn!("node condition {condition}");
+            }
+        }
+        self.metrics.set_conditions(&conditions);
+        self.conditions = conditions;
         let mut statuses = reconcile::instance_status(
             desired,
             &outcome.observed,
@@ -449,6 +461,7 @@ impl Controller {
             valid: self.errors.is_empty() && self.desired.is_some(),
             errors: self.errors.clone(),
             observed_at: reconcile::timestamp(),
+            conditions: self.conditions.clone(),
             instances,
         };
         if let Err(problem) = write_atomically(&path, &document) {

@@ -254,6 +254,46 @@ impl Iptables {
         }
     }
 
+    /// The programs of the other iptables backend (`iptables-legacy-*` when `iptables` is
+    /// the nf_tables one, `iptables-nft-*` when it is the legacy one), if installed. `None`
+    /// for explicit programs, or when the backend cannot be told from the binary's name.
+    pub fn other_backend(&self) -> Option<Iptables> {
+        if self.save != Path::new("iptables-save") {
+            return None;
+        }
+        let binary = std::fs::canonicalize(locate(&self.save)?).ok()?;
+        let name = binary.file_name()?.to_str()?;
+        let other = if name.contains("legacy") {
+            "nft"
+        } else if name.contains("nft") {
+            "legacy"
+        } else {
+            return None;
+        };
+        let save = PathBuf::from(format!("iptables-{other}-save"));
+        locate(&save)?;
+        Some(Iptables::with_programs(
+            save,
+            format!("iptables-{other}-restore"),
+        ))
+    }
+
+    /// Whether these are the legacy (x_tables) programs.
+    pub fn is_legacy(&self) -> bool {
+        self.save.to_string_lossy().contains("legacy")
+    }
+
+    /// Every table `iptables-save` prints, and whether the FORWARD chain of `filter` drops
+    /// by policy.
+    pub fn read_all(&self) -> Result<(BTreeMap<String, Table>, bool), FirewallError> {
+        let output = run(&self.save, &[], None)?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let forward_drops = only_tables(&text, &["filter"])
+            .lines()
+            .any(|line| line.starts_with(":FORWARD DROP "));
+        Ok((parse_save(&text)?, forward_drops))
+    }
+
     /// Checks that both programs can be found, before anything is changed: a node must not
     /// be left half built because `iptables-restore` is missing.
     pub fn check_available(&self) -> Result<(), FirewallError> {

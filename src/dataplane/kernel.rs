@@ -11,8 +11,8 @@ use super::nftables::Generation;
 use super::{Dataplane, DataplaneError, netns};
 use crate::faults::crash_point;
 use crate::names;
-use crate::observe::kernel::{Changes, Snapshot, Sources, observe, sysctl_path};
-use crate::observe::{LinkRef, Observed};
+use crate::observe::kernel::{Changes, Snapshot, Sources, observe, parse_link, sysctl_path};
+use crate::observe::{LinkKind, LinkRef, Observed};
 use crate::plan::Action;
 
 pub struct KernelDataplane {
@@ -128,7 +128,31 @@ impl KernelDataplane {
             Action::ReplaceRoute { .. }
             | Action::DeleteRoute { .. }
             | Action::SetSysctl { .. }
-            | Action::SyncTable { .. } => {}
+            | Action::SyncTable { .. }
+            | Action::PurgeOtherBackend { .. } => {}
+        }
+    }
+
+    /// A per-interface sysctl is written only for an existing bridge marked as kudonet's:
+    /// `all` and `default` would change every interface of the node (route_localnet there
+    /// exposes services bound to 127.0.0.1), and anyone else's interface is not ours.
+    fn check_own_bridge(&mut self, key: &str, device: &str) -> Result<(), String> {
+        let link = self
+            .host
+            .get_link(device)
+            .map_err(|error| error.to_string())?
+            .as_ref()
+            .and_then(parse_link);
+        let own = link.is_some_and(|link| {
+            link.kind == LinkKind::Bridge
+                && link.alias.as_deref() == Some(names::bridge_alias().as_str())
+        });
+        if own {
+            Ok(())
+        } else {
+            Err(format!(
+                "refusing to set {key}: {device} is not kudonet's bridge"
+            ))
         }
     }
 
@@ -326,6 +350,9 @@ impl KernelDataplane {
                 .delete_route(*destination, names::ROUTE_PROTOCOL)
                 .map_err(|error| error.to_string()),
             Action::SetSysctl { key, value } => {
+                if let Some(device) = crate::plan::sysctl_interface(key) {
+                    self.check_own_bridge(key, device)?;
+                }
                 let path = sysctl_path(key);
                 fs::write(&path, value)
                     .map_err(|error| format!("write {}: {error}", path.display()))
@@ -338,6 +365,12 @@ impl KernelDataplane {
             } => self
                 .iptables
                 .sync_table(table, chains, jumps)
+                .map_err(|error| error.to_string()),
+            Action::PurgeOtherBackend { table } => self
+                .iptables
+                .other_backend()
+                .ok_or_else(|| "the other iptables backend is not installed".to_string())?
+                .sync_table(table, &Default::default(), &Default::default())
                 .map_err(|error| error.to_string()),
         }
     }

@@ -296,14 +296,17 @@ impl MemoryDataplane {
                     .ok_or("no such route")?;
             }
             Action::SetSysctl { key, value } => {
-                if let Some(device) = key
-                    .strip_prefix("net.ipv4.conf.")
-                    .and_then(|rest| rest.split('.').next())
-                    && device != "all"
-                    && device != "default"
-                    && !self.state.links.contains_key(device)
+                // As the kernel dataplane: a per-interface sysctl only for an existing bridge
+                // of kudonet's, never for `all`, `default` or anyone else's interface.
+                if let Some(device) = crate::plan::sysctl_interface(key)
+                    && !self.state.links.get(device).is_some_and(|link| {
+                        link.kind == LinkKind::Bridge
+                            && link.alias.as_deref() == Some(names::bridge_alias().as_str())
+                    })
                 {
-                    return Err(format!("no sysctl {key}: no link {device}"));
+                    return Err(format!(
+                        "refusing to set {key}: {device} is not kudonet's bridge"
+                    ));
                 }
                 self.state.sysctls.insert(key.clone(), value.clone());
             }
@@ -316,6 +319,18 @@ impl MemoryDataplane {
                 // The same semantics as the kernel's sync, by construction.
                 let current = self.state.firewall.entry(table.clone()).or_default();
                 *current = super::iptables::synced_table(current, chains, jumps);
+            }
+            Action::PurgeOtherBackend { table } => {
+                let current = self
+                    .state
+                    .other_backend
+                    .get_mut(table)
+                    .ok_or("no such table in the other backend")?;
+                *current = super::iptables::synced_table(
+                    current,
+                    &Default::default(),
+                    &Default::default(),
+                );
             }
         }
         Ok(())

@@ -4,6 +4,10 @@
 //!
 //! One request, hand-encoded: `NFT_MSG_GETGEN` answered by `NFT_MSG_NEWGEN` with
 //! `NFTA_GEN_ID` (include/uapi/linux/netfilter/nf_tables.h).
+//!
+//! The same socket also lists the forward base chains of every table and looks for what
+//! drops there ([`Generation::forward_blockers`]): a packet kudonet's iptables rules accept
+//! still traverses every other table's chain on the same hook, and a drop anywhere wins.
 
 use std::io;
 
@@ -15,6 +19,28 @@ const NFT_MSG_GETGEN: u16 = 16;
 const NFTA_GEN_ID: u16 = 1;
 const NLM_F_REQUEST: u16 = 1;
 const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_DUMP: u16 = 0x300;
+const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_GETCHAIN: u16 = 4;
+const NFT_MSG_NEWRULE: u16 = 6;
+const NFT_MSG_GETRULE: u16 = 7;
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_CHAIN_HOOK: u16 = 4;
+const NFTA_CHAIN_POLICY: u16 = 5;
+const NFTA_HOOK_HOOKNUM: u16 = 1;
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_EXPR_NAME: u16 = 1;
+const NF_INET_FORWARD: u32 = 2;
+const NF_DROP: u32 = 0;
+/// The families whose forward hook sees the instances' traffic: inet, ip, bridge.
+const NFPROTO_INET: u8 = 1;
+const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_BRIDGE: u8 = 7;
 /// `struct nlmsghdr`, then `struct nfgenmsg`.
 const HEADER: usize = 16;
 const NFGENMSG: usize = 4;
@@ -53,6 +79,230 @@ impl Generation {
             }
         }
     }
+}
+
+/// A base chain on the forward hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ForwardChain {
+    family: u8,
+    table: String,
+    name: String,
+    drops_by_policy: bool,
+}
+
+impl ForwardChain {
+    fn describe(&self) -> String {
+        let family = match self.family {
+            NFPROTO_INET => "inet",
+            NFPROTO_IPV4 => "ip",
+            NFPROTO_BRIDGE => "bridge",
+            _ => "?",
+        };
+        format!("nftables chain `{family} {} {}`", self.table, self.name)
+    }
+}
+
+impl Generation {
+    /// What in nftables drops forwarded traffic whatever kudonet accepts: every forward base
+    /// chain (inet, ip, bridge) with a drop policy or a `reject` rule, described for people.
+    /// With `skip_iptables_filter`, the `ip filter` table is left out: it is iptables-nft's
+    /// own, where kudonet's jump at the head of FORWARD accepts its traffic first.
+    pub fn forward_blockers(&mut self, skip_iptables_filter: bool) -> io::Result<Vec<String>> {
+        let chains = self.dump(NFT_MSG_GETCHAIN, NFT_MSG_NEWCHAIN, Vec::new(), parse_chain)?;
+        let mut blockers = Vec::new();
+        for chain in chains.into_iter().flatten() {
+            if skip_iptables_filter && chain.family == NFPROTO_IPV4 && chain.table == "filter" {
+                continue;
+            }
+            if chain.drops_by_policy {
+                blockers.push(format!(
+                    "{} drops forwarded packets by policy: instance traffic it does not accept is dropped",
+                    chain.describe()
+                ));
+            }
+            let mut filter = Vec::new();
+            put_string(&mut filter, NFTA_RULE_TABLE, &chain.table);
+            put_string(&mut filter, NFTA_RULE_CHAIN, &chain.name);
+            let rejects = self
+                .dump_family(
+                    chain.family,
+                    NFT_MSG_GETRULE,
+                    NFT_MSG_NEWRULE,
+                    filter,
+                    |message| rule_of_chain_rejects(message, &chain.table, &chain.name),
+                )?
+                .into_iter()
+                .filter(|rejects| *rejects)
+                .count();
+            if rejects > 0 {
+                blockers.push(format!(
+                    "{} has {rejects} reject rule(s) on forwarded packets: instance traffic they match is refused",
+                    chain.describe()
+                ));
+            }
+        }
+        Ok(blockers)
+    }
+
+    fn dump<T>(
+        &mut self,
+        request: u16,
+        reply: u16,
+        attributes: Vec<u8>,
+        parse: impl FnMut(&[u8]) -> T,
+    ) -> io::Result<Vec<T>> {
+        self.dump_family(0, request, reply, attributes, parse)
+    }
+
+    /// Sends a dump request of `family` (0: all) and parses each `reply` message's
+    /// nfgenmsg and attributes with `parse`, until the dump is done.
+    fn dump_family<T>(
+        &mut self,
+        family: u8,
+        request: u16,
+        reply: u16,
+        attributes: Vec<u8>,
+        mut parse: impl FnMut(&[u8]) -> T,
+    ) -> io::Result<Vec<T>> {
+        self.sequence = self.sequence.wrapping_add(1);
+        let length = HEADER + NFGENMSG + attributes.len();
+        let mut message = Vec::with_capacity(length);
+        message.extend((length as u32).to_ne_bytes());
+        message.extend(((NFNL_SUBSYS_NFTABLES << 8) | request).to_ne_bytes());
+        message.extend((NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+        message.extend(self.sequence.to_ne_bytes());
+        message.extend(0u32.to_ne_bytes());
+        message.extend([family, 0, 0, 0]);
+        message.extend(attributes);
+        self.socket.send(&message, 0)?;
+        let mut parsed = Vec::new();
+        loop {
+            let (bytes, _) = self.socket.recv_from_full()?;
+            let mut at = 0;
+            while at + HEADER <= bytes.len() {
+                let length = u32_at(&bytes, at).unwrap_or(0) as usize;
+                let kind = u16_at(&bytes, at + 4).unwrap_or(0);
+                let sequence = u32_at(&bytes, at + 8);
+                if length < HEADER || at + length > bytes.len() {
+                    return Err(malformed("a truncated nftables dump"));
+                }
+                let body = &bytes[at + HEADER..at + length];
+                at += length.div_ceil(4) * 4;
+                if sequence != Some(self.sequence) {
+                    continue;
+                }
+                match kind {
+                    NLMSG_DONE => return Ok(parsed),
+                    NLMSG_ERROR => {
+                        let errno = u32_at(body, 0).unwrap_or(0) as i32;
+                        if errno != 0 {
+                            return Err(io::Error::from_raw_os_error(-errno));
+                        }
+                    }
+                    _ if kind == (NFNL_SUBSYS_NFTABLES << 8) | reply => parsed.push(parse(body)),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+fn malformed(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_string())
+}
+
+fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// Appends a NUL-terminated string attribute, padded to 4 bytes.
+fn put_string(buffer: &mut Vec<u8>, kind: u16, value: &str) {
+    let length = 4 + value.len() + 1;
+    buffer.extend((length as u16).to_ne_bytes());
+    buffer.extend(kind.to_ne_bytes());
+    buffer.extend(value.as_bytes());
+    buffer.push(0);
+    buffer.resize(buffer.len().next_multiple_of(4), 0);
+}
+
+/// The attributes of `bytes` (`struct nlattr` each, padded to 4 bytes): kind (without the
+/// nested and byte-order flags) and value. Stops at the first malformed one.
+fn attributes(bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let length = u16_at(bytes, at)? as usize;
+        let kind = u16_at(bytes, at + 2)? & 0x3fff;
+        let value = bytes.get(at + 4..at + length.max(4))?;
+        at += length.max(4).div_ceil(4) * 4;
+        Some((kind, value))
+    })
+}
+
+fn string(value: &[u8]) -> String {
+    let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
+    String::from_utf8_lossy(&value[..end]).into_owned()
+}
+
+fn be_u32(value: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(value.get(..4)?.try_into().ok()?))
+}
+
+/// A `NFT_MSG_NEWCHAIN` body (nfgenmsg, attributes): the chain if it is a base chain on the
+/// forward hook of a family that sees the instances' traffic.
+fn parse_chain(body: &[u8]) -> Option<ForwardChain> {
+    let family = *body.first()?;
+    if ![NFPROTO_INET, NFPROTO_IPV4, NFPROTO_BRIDGE].contains(&family) {
+        return None;
+    }
+    let (mut table, mut name, mut hook, mut policy) = (None, None, None, None);
+    for (kind, value) in attributes(body.get(NFGENMSG..)?) {
+        match kind {
+            NFTA_CHAIN_TABLE => table = Some(string(value)),
+            NFTA_CHAIN_NAME => name = Some(string(value)),
+            NFTA_CHAIN_HOOK => {
+                hook = attributes(value)
+                    .find(|(kind, _)| *kind == NFTA_HOOK_HOOKNUM)
+                    .and_then(|(_, value)| be_u32(value))
+            }
+            NFTA_CHAIN_POLICY => policy = be_u32(value),
+            _ => {}
+        }
+    }
+    (hook? == NF_INET_FORWARD).then(|| ForwardChain {
+        family,
+        table: table.unwrap_or_default(),
+        name: name.unwrap_or_default(),
+        drops_by_policy: policy == Some(NF_DROP),
+    })
+}
+
+/// Whether a `NFT_MSG_NEWRULE` body is a rule of `table`/`chain` with a `reject` expression.
+/// (Old kernels ignore the dump filter: the table and chain are checked here too.)
+fn rule_of_chain_rejects(body: &[u8], table: &str, chain: &str) -> bool {
+    let Some(attributes_bytes) = body.get(NFGENMSG..) else {
+        return false;
+    };
+    let (mut in_table, mut in_chain, mut rejects) = (false, false, false);
+    for (kind, value) in attributes(attributes_bytes) {
+        match kind {
+            NFTA_RULE_TABLE => in_table = string(value) == table,
+            NFTA_RULE_CHAIN => in_chain = string(value) == chain,
+            NFTA_RULE_EXPRESSIONS => {
+                rejects = attributes(value)
+                    .filter(|(kind, _)| *kind == NFTA_LIST_ELEM)
+                    .any(|(_, element)| {
+                        attributes(element)
+                            .any(|(kind, name)| kind == NFTA_EXPR_NAME && string(name) == "reject")
+                    })
+            }
+            _ => {}
+        }
+    }
+    in_table && in_chain && rejects
 }
 
 /// The generation in `reply`, `None` if it answers an earlier request.

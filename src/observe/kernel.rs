@@ -81,8 +81,8 @@ pub struct Snapshot {
     /// Links of the node namespace by interface index; `None` before the first read.
     host_links: Option<BTreeMap<u32, RawLink>>,
     namespaces: HashMap<String, InstanceNamespace>,
-    /// Both tables, and the nf_tables generation they were read at.
-    firewall: Option<(u32, BTreeMap<String, Table>)>,
+    /// What the firewall held, and the nf_tables generation it was read at.
+    firewall: Option<(u32, FirewallView)>,
 }
 
 impl Snapshot {
@@ -263,7 +263,10 @@ pub fn observe(
         observed.sysctls.insert(key, value);
     }
 
-    observed.firewall = read_firewall(iptables, generation, &mut snapshot.firewall)?;
+    let view = read_firewall(iptables, generation, &mut snapshot.firewall)?;
+    observed.firewall = view.tables;
+    observed.other_backend = view.other_backend;
+    observed.forward_blockers = view.forward_blockers;
     Ok(observed)
 }
 
@@ -426,20 +429,86 @@ fn addresses_by_index(
 /// not moved since, else read afresh (one `iptables-save`).
 fn read_firewall(
     iptables: &Iptables,
-    generation: Option<&mut Generation>,
-    cached: &mut Option<(u32, BTreeMap<String, Table>)>,
-) -> Result<BTreeMap<String, Table>, ObserveError> {
+    mut generation: Option<&mut Generation>,
+    cached: &mut Option<(u32, FirewallView)>,
+) -> Result<FirewallView, ObserveError> {
     // Read before the tables: a change made meanwhile moves it past what is cached.
-    let now = generation.and_then(|generation| generation.current().ok());
-    if let (Some(now), Some((read_at, tables))) = (now, cached.as_ref())
-        && now == *read_at
+    let now = generation
+        .as_deref_mut()
+        .and_then(|generation| generation.current().ok());
+    let other = iptables.other_backend();
+    let mut view = match (now, cached.as_ref()) {
+        (Some(now), Some((read_at, view))) if now == *read_at => view.clone(),
+        _ => {
+            let (tables, nf_tables) = iptables.read_tables(&[NAT, FILTER])?;
+            // nftables chains on the forward hook; with the nf_tables iptables, its own
+            // FORWARD chain is where kudonet's jump accepts first.
+            let forward_blockers = generation
+                .and_then(|generation| generation.forward_blockers(nf_tables).ok())
+                .unwrap_or_default();
+            let mut view = FirewallView {
+                tables,
+                other_backend: BTreeMap::new(),
+                forward_blockers,
+            };
+            // The nf_tables iptables as the other backend moves the generation too.
+            if let Some(other) = other.as_ref().filter(|other| !other.is_legacy()) {
+                read_other_backend(other, &mut view);
+            }
+            // The legacy backend moves no generation: it is read every time.
+            *cached = now.filter(|_| nf_tables).map(|now| (now, view.clone()));
+            view
+        }
+    };
+    if let Some(other) = other.as_ref().filter(|other| other.is_legacy())
+        && legacy_tables_in_use()
     {
-        return Ok(tables.clone());
+        read_other_backend(other, &mut view);
     }
-    let (tables, nf_tables) = iptables.read_tables(&[NAT, FILTER])?;
-    // The legacy backend moves no generation: it is read every time.
-    *cached = now.filter(|_| nf_tables).map(|now| (now, tables.clone()));
-    Ok(tables)
+    Ok(view)
+}
+
+/// What the firewall holds: kudonet's backend's tables, and what others' rules do to the
+/// instances' traffic (see [`Observed::other_backend`], [`Observed::forward_blockers`]).
+#[derive(Debug, Clone, Default)]
+pub struct FirewallView {
+    tables: BTreeMap<String, Table>,
+    other_backend: BTreeMap<String, Table>,
+    forward_blockers: Vec<String>,
+}
+
+/// Whether this namespace has legacy iptables tables at all: without, reading them would
+/// only cost a process (and could load x_tables modules).
+fn legacy_tables_in_use() -> bool {
+    fs::read_to_string("/proc/net/ip_tables_names").is_ok_and(|names| !names.trim().is_empty())
+}
+
+/// Adds what the other backend holds to `view`: its tables with kudonet's chains or jump
+/// rules, and a FORWARD policy of DROP. Best effort: a backend that cannot be read is not
+/// reported (kudonet's own backend is what it must read).
+fn read_other_backend(other: &Iptables, view: &mut FirewallView) {
+    let (tables, forward_drops) = match other.read_all() {
+        Ok(read) => read,
+        Err(error) => {
+            tracing::debug!(%error, "cannot read the other iptables backend");
+            return;
+        }
+    };
+    let backend = if other.is_legacy() {
+        "iptables-legacy"
+    } else {
+        "iptables-nft"
+    };
+    if forward_drops {
+        view.forward_blockers.push(format!(
+            "{backend} FORWARD policy is DROP: forwarded instance traffic is dropped there, \
+             whatever kudonet's chains accept"
+        ));
+    }
+    view.other_backend = tables
+        .into_iter()
+        .filter(|(_, table)| table.has_kudonet_rules())
+        .collect();
 }
 
 /// A link as read, with the indexes needed to resolve its master, its vxlan underlay and
@@ -452,6 +521,12 @@ struct RawLink {
     peer_index: Option<u32>,
     master_index: Option<u32>,
     vxlan_device_index: Option<u32>,
+}
+
+/// The link a netlink link message describes (without master, addresses or peer), or
+/// `None` for a message without a name.
+pub fn parse_link(message: &LinkMessage) -> Option<Link> {
+    RawLink::parse(message).map(|raw| raw.link)
 }
 
 impl RawLink {

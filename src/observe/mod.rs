@@ -34,6 +34,15 @@ pub struct Observed {
     pub sysctls: BTreeMap<String, String>,
     /// iptables, by table name (`nat`, `filter`).
     pub firewall: BTreeMap<String, Table>,
+    /// The tables of the *other* iptables backend (legacy when kudonet's `iptables` is the
+    /// nf_tables one, and the reverse) that hold chains or jump rules of kudonet's, left by
+    /// a kudonet that used that backend: they would keep forwarding removed ports.
+    pub other_backend: BTreeMap<String, Table>,
+    /// Firewall rules of others that drop forwarded traffic whatever kudonet's chains
+    /// accept (a FORWARD policy of DROP in the other iptables backend, an nftables forward
+    /// chain that drops by policy or rejects), one description each. kudonet cannot own
+    /// them; it reports them.
+    pub forward_blockers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
@@ -188,6 +197,13 @@ pub struct Table {
 }
 
 impl Table {
+    /// Whether the table holds any chain or jump rule of kudonet's.
+    pub fn has_kudonet_rules(&self) -> bool {
+        self.chains.iter().any(|(chain, rules)| {
+            Table::is_owned_chain(chain) || rules.iter().any(|rule| Table::is_owned_jump(rule))
+        })
+    }
+
     /// Whether `chain` is one of kudonet's (`KUDO-*`).
     pub fn is_owned_chain(chain: &str) -> bool {
         chain.starts_with(names::CHAIN_PREFIX)

@@ -107,6 +107,11 @@ pub enum Action {
         jumps: BTreeMap<String, Vec<String>>,
         diff: Vec<String>,
     },
+    /// Removes kudonet's chains and jump rules from `table` of the other iptables backend
+    /// (see `Observed::other_backend`), leaving everything else in it as it is.
+    PurgeOtherBackend {
+        table: String,
+    },
 }
 
 /// How an action counts in the plan summary.
@@ -150,6 +155,7 @@ impl Action {
             Action::DeleteRoute { .. } => "delete_route",
             Action::SetSysctl { .. } => "set_sysctl",
             Action::SyncTable { .. } => "sync_table",
+            Action::PurgeOtherBackend { .. } => "purge_other_backend",
         }
     }
 
@@ -165,7 +171,8 @@ impl Action {
             | Action::DeleteLink { .. }
             | Action::DeleteAddress { .. }
             | Action::DeleteFlood { .. }
-            | Action::DeleteRoute { .. } => Effect::Destroy,
+            | Action::DeleteRoute { .. }
+            | Action::PurgeOtherBackend { .. } => Effect::Destroy,
             Action::SetMtu { .. }
             | Action::SetUp { .. }
             | Action::SetMaster { .. }
@@ -255,6 +262,12 @@ impl fmt::Display for Action {
             Action::SyncTable { table, diff, .. } => {
                 write!(f, "iptables table {table}")?;
                 diff.iter().try_for_each(|line| write!(f, "\n    {line}"))
+            }
+            Action::PurgeOtherBackend { table } => {
+                write!(
+                    f,
+                    "kudonet's chains in table {table} of the other iptables backend"
+                )
             }
         }
     }

@@ -36,11 +36,26 @@ pub fn route_localnet(bridge: &str) -> String {
     format!("net.ipv4.conf.{bridge}.route_localnet")
 }
 
+/// The interface a per-interface sysctl (`net.ipv4.conf.<device>.<setting>`) is about, or
+/// `None` for a node-wide one. `all` and `default` are returned too: they are pseudo-devices
+/// whose settings reach every interface, which is why a dataplane writes a per-interface
+/// sysctl only for kudonet's own existing bridge.
+pub fn sysctl_interface(key: &str) -> Option<&str> {
+    let rest = key
+        .strip_prefix("net.ipv4.conf.")
+        .or_else(|| key.strip_prefix("net.ipv6.conf."))?;
+    // Interface names may contain dots: the setting is the last part.
+    rest.rsplit_once('.').map(|(device, _)| device)
+}
+
 /// Something foreign stands where kudonet needs to put one of its objects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conflict {
-    /// The instance held back by the conflict; `None` when it blocks the whole node.
+    /// The instance held back by the conflict; `None` when it is about the whole node.
     pub instance: Option<String>,
+    /// `Conflict` for a foreign object in the way, `UplinkOverlap` for a node subnet the
+    /// uplink uses (see `reconcile::Condition`).
+    pub kind: &'static str,
     /// What is wrong and what the operator can do about it.
     pub message: String,
 }
@@ -56,6 +71,9 @@ impl fmt::Display for Conflict {
 pub struct Plan {
     pub actions: Vec<Action>,
     pub conflicts: Vec<Conflict>,
+    /// Whether a conflict stops the whole node (a foreign link holds the bridge's name):
+    /// then nothing about instances was planned.
+    pub blocked: bool,
 }
 
 impl Plan {
@@ -116,11 +134,29 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
         .uplink
         .as_deref()
         .or(observed.default_route_interface.as_deref());
+    // A node subnet that overlaps the uplink's would cut the node off its own network:
+    // refused before anything changes (the command line reports it at the Node's cidr).
+    if let Some(uplink) = uplink
+        && let Some(link) = observed.links.get(uplink)
+        && let Some(problem) = desired
+            .node
+            .uplink_overlap(uplink, link.addresses.iter().copied())
+    {
+        planner.plan.conflicts.push(Conflict {
+            instance: None,
+            kind: "UplinkOverlap",
+            message: problem,
+        });
+        planner.plan.blocked = true;
+        return planner.plan;
+    }
     planner.mtu = instance_mtu(desired, observed, uplink, wanted.overlay);
     planner.delete_unwanted(&wanted);
+    planner.purge_other_backend();
     // Without its bridge the node cannot work, and rules naming the bridge would apply to
     // a foreign interface: change nothing more until the conflict is resolved.
     if !planner.bridge(desired) {
+        planner.plan.blocked = true;
         return planner.plan;
     }
     planner.sysctl(IP_FORWARD, "1");
@@ -157,6 +193,7 @@ pub fn plan_teardown(observed: &Observed) -> Plan {
     let mut planner = Planner::new(observed);
     planner.delete_unwanted(&Wanted::default());
     planner.firewall(&firewall::empty_tables());
+    planner.purge_other_backend();
     planner.plan
 }
 
@@ -266,6 +303,7 @@ impl<'a> Planner<'a> {
     fn conflict(&mut self, instance: Option<&str>, message: String) {
         self.plan.conflicts.push(Conflict {
             instance: instance.map(str::to_string),
+            kind: "Conflict",
             message,
         });
     }
@@ -326,6 +364,22 @@ impl<'a> Planner<'a> {
                     destination: *destination,
                 });
             }
+        }
+    }
+
+    /// kudonet's rules left in the other iptables backend go, whatever the node wants: both
+    /// backends' hooks see every packet, so stale DNAT rules there would keep forwarding a
+    /// removed instance's ports.
+    fn purge_other_backend(&mut self) {
+        let stale: Vec<String> = self
+            .observed
+            .other_backend
+            .iter()
+            .filter(|(_, table)| table.has_kudonet_rules())
+            .map(|(name, _)| name.clone())
+            .collect();
+        for table in stale {
+            self.push(Action::PurgeOtherBackend { table });
         }
     }
 

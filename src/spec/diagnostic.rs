@@ -45,7 +45,8 @@ impl Origin {
 
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
+        // A file name may hold a newline: escaped, it cannot forge another diagnostic line.
+        write!(f, "{}", shown_path(&self.file))?;
         if let Some(position) = self.position {
             write!(f, ":{position}")?;
         }
@@ -122,6 +123,12 @@ fn one_line(message: &str) -> String {
         }
     }
     line
+}
+
+/// A path for a message, on one line: control characters (a newline in a file name) are
+/// escaped as in Rust strings, so a name cannot forge another line of output.
+pub fn shown_path(path: &Path) -> String {
+    one_line(&path.display().to_string())
 }
 
 /// Quotes a user-supplied value for a message, escaping anything unprintable.

@@ -3,9 +3,12 @@
 //! These types carry no source positions and cannot be invalid; they are what the planner,
 //! the controller and the library API work with.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use cidr::{Ipv4Cidr, Ipv4Inet};
+
+use super::diagnostic::{Diagnostic, Origin};
 
 /// Bridge name used when a Node does not set `bridge`.
 pub const DEFAULT_BRIDGE: &str = "kudo0";
@@ -18,6 +21,29 @@ pub struct Spec {
     pub nodes: Vec<Node>,
     /// Sorted by name.
     pub instances: Vec<Instance>,
+    /// Where each Node's `cidr` is written, by node name: for the checks that need the
+    /// machine (see [`Spec::check_uplink_overlap`]).
+    pub node_cidr_origins: BTreeMap<String, Origin>,
+}
+
+impl Spec {
+    /// [`Node::uplink_overlap`] as a diagnostic at the Node's `cidr`: the check of the
+    /// desired state that needs the machine (its uplink's addresses), made once the node is
+    /// observed.
+    pub fn check_uplink_overlap(
+        &self,
+        node: &Node,
+        uplink: &str,
+        uplink_addresses: impl IntoIterator<Item = Ipv4Inet>,
+    ) -> Option<Diagnostic> {
+        let problem = node.uplink_overlap(uplink, uplink_addresses)?;
+        let origin = self
+            .node_cidr_origins
+            .get(&node.name)
+            .cloned()
+            .unwrap_or_else(|| Origin::path(std::path::Path::new(&node.name)));
+        Some(Diagnostic::new(origin, problem))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +82,25 @@ impl Node {
     /// The node's instance subnet, e.g. 10.0.0.0/24 for a bridge at 10.0.0.1/24.
     pub fn subnet(&self) -> Ipv4Cidr {
         self.cidr.network()
+    }
+
+    /// Why this node's subnet cannot be used beside `uplink`, if it overlaps one of the
+    /// uplink's networks: the node would route its own gateway or neighbours into the
+    /// bridge and lose the underlay.
+    pub fn uplink_overlap(
+        &self,
+        uplink: &str,
+        uplink_addresses: impl IntoIterator<Item = Ipv4Inet>,
+    ) -> Option<String> {
+        let subnet = self.subnet();
+        let clash = uplink_addresses
+            .into_iter()
+            .find(|address| super::validate::overlaps(&subnet, &address.network()))?;
+        Some(format!(
+            "subnet {subnet} of Node {:?} overlaps {clash} of its uplink {uplink}: the node would \
+             lose its own network; choose a subnet the uplink does not use",
+            self.name
+        ))
     }
 
     /// The instances' default gateway: the bridge address.

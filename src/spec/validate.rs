@@ -465,10 +465,16 @@ impl Checker {
         let instances = self.check_instances(&nodes);
         let mut nodes: Vec<Node> = nodes.into_values().collect();
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        let node_cidr_origins = self
+            .nodes
+            .iter()
+            .filter_map(|node| Some((node.name.value.clone(), node.cidr.as_ref()?.origin.clone())))
+            .collect();
         Spec {
             cluster: cluster.map(|(cluster, _)| cluster),
             nodes,
             instances,
+            node_cidr_origins,
         }
     }
 
@@ -693,7 +699,7 @@ fn contains(outer: &Ipv4Cidr, inner: &Ipv4Cidr) -> bool {
     outer.network_length() <= inner.network_length() && outer.contains(&inner.first_address())
 }
 
-fn overlaps(a: &Ipv4Cidr, b: &Ipv4Cidr) -> bool {
+pub(super) fn overlaps(a: &Ipv4Cidr, b: &Ipv4Cidr) -> bool {
     contains(a, b) || contains(b, a)
 }
 
@@ -893,13 +899,18 @@ fn check_bridge_name(name: &str) -> Result<(), String> {
             .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
         && !name.contains("..")
         && name != ".";
-    if valid {
-        Ok(())
-    } else {
-        Err(format!(
+    if !valid {
+        return Err(format!(
             "bridge {} must be 1..15 characters of [a-zA-Z0-9_.-], without `..`",
             quoted(name)
-        ))
+        ));
+    }
+    match names::reserved_link_name(name) {
+        Some(reason) => Err(format!(
+            "bridge {} {reason}; choose another name",
+            quoted(name)
+        )),
+        None => Ok(()),
     }
 }
 
