@@ -11,6 +11,7 @@ use proptest::prelude::*;
 use kudonet::dataplane::Dataplane;
 use kudonet::dataplane::memory::MemoryDataplane;
 use kudonet::names;
+use kudonet::observe::JUMP_MARK;
 use kudonet::observe::{Link, LinkKind, LinkRef, Namespace, Observed, Route, Table};
 use kudonet::plan::{Action, plan, plan_teardown};
 use kudonet::spec::{Cluster, ClusterMode, Desired, Instance, Node, Protocol, PublishedPort};
@@ -255,6 +256,8 @@ struct Foreign {
     routes: Vec<u8>,
     forward_rules: Vec<String>,
     other_chain: bool,
+    /// kudonet's chains left in the other iptables backend, beside a rule of someone else's.
+    other_backend: bool,
 }
 
 fn arb_foreign() -> impl Strategy<Value = Foreign> {
@@ -287,14 +290,16 @@ fn arb_foreign() -> impl Strategy<Value = Foreign> {
             0..3,
         ),
         any::<bool>(),
+        any::<bool>(),
     )
         .prop_map(
-            |(links, namespaces, routes, forward_rules, other_chain)| Foreign {
+            |(links, namespaces, routes, forward_rules, other_chain, other_backend)| Foreign {
                 links,
                 namespaces,
                 routes,
                 forward_rules,
                 other_chain,
+                other_backend,
             },
         )
 }
@@ -328,6 +333,20 @@ fn add_foreign(state: &mut Observed, foreign: &Foreign) {
         filter
             .chains
             .insert("DOCKER-USER".to_string(), vec!["-j RETURN".to_string()]);
+    }
+    if foreign.other_backend {
+        let nat = state.other_backend.entry("nat".to_string()).or_default();
+        nat.chains.insert(
+            "KUDO-PORTS".to_string(),
+            vec!["-p tcp -m tcp --dport 8081 -j DNAT --to-destination 10.0.0.9:80".to_string()],
+        );
+        nat.chains.insert(
+            "PREROUTING".to_string(),
+            vec![
+                format!("{JUMP_MARK} -j KUDO-PORTS"),
+                "-d 198.51.100.7/32 -j RETURN".to_string(),
+            ],
+        );
     }
     state.default_route_interface = Some("eth0".to_string());
     state
@@ -367,6 +386,13 @@ fn foreign_view(state: &Observed) -> ForeignView {
         rules: state
             .firewall
             .iter()
+            .map(|(table, t)| (table.clone(), t))
+            .chain(
+                state
+                    .other_backend
+                    .iter()
+                    .map(|(table, t)| (format!("other backend {table}"), t)),
+            )
             .flat_map(|(table, t)| {
                 t.chains
                     .iter()
@@ -409,7 +435,7 @@ fn owned_objects(state: &Observed) -> Vec<String> {
             .filter(|(_, r)| r.owned)
             .map(|(d, _)| format!("route {d}")),
     );
-    for (table, t) in &state.firewall {
+    for (table, t) in state.firewall.iter().chain(&state.other_backend) {
         for (chain, rules) in &t.chains {
             if Table::is_owned_chain(chain) {
                 owned.push(format!("chain {table} {chain}"));
@@ -462,6 +488,8 @@ proptest! {
         prop_assert!(second.actions.is_empty(), "second plan not empty:\n{}\nafter:\n{}", second, first);
         prop_assert_eq!(&second.conflicts, &first.conflicts, "conflicts are stable");
         prop_assert_eq!(foreign_view(&converged), foreign_view(&observed));
+        // Stale rules in the other iptables backend would keep forwarding removed ports.
+        prop_assert!(converged.other_backend.values().all(|table| !table.has_kudonet_rules()));
     }
 
     #[test]
