@@ -129,6 +129,21 @@ enum Command {
         #[arg(long)]
         node: Option<String>,
     },
+    /// Print the man page (roff, section 8) or a shell completion script, generated from
+    /// this command line's own definition, e.g. `kudonet generate man > kudonet.8`.
+    Generate {
+        #[arg(value_enum)]
+        what: Generated,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Generated {
+    /// The man page kudonet(8).
+    Man,
+    Bash,
+    Zsh,
+    Fish,
 }
 
 fn main() -> ExitCode {
@@ -141,6 +156,7 @@ fn main() -> ExitCode {
         Command::Status { dir, node, output } => status(&cli, dir, node.as_deref(), *output),
         Command::Teardown { dir, node } => teardown(&cli, dir.as_deref(), node.as_deref()),
         Command::Demo { dir, node } => demo(&cli, dir.as_deref(), node.as_deref()),
+        Command::Generate { what } => generate(*what),
         Command::Run {
             dir,
             node,
@@ -193,6 +209,33 @@ fn init_logging(cli: &Cli) {
 }
 
 type CommandResult = Result<ExitCode, String>;
+
+fn generate(what: Generated) -> CommandResult {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    use std::io::Write;
+    let mut command = Cli::command();
+    // Rendered in memory first: writing to a closed pipe is then an error, not a panic.
+    let mut text = Vec::new();
+    let shell = match what {
+        Generated::Man => None,
+        Generated::Bash => Some(Shell::Bash),
+        Generated::Zsh => Some(Shell::Zsh),
+        Generated::Fish => Some(Shell::Fish),
+    };
+    match shell {
+        // A system service's page: section 8, as the systemd unit's Documentation= says.
+        None => clap_mangen::Man::new(command)
+            .section("8")
+            .render(&mut text)
+            .map_err(|error| format!("cannot render the man page: {error}"))?,
+        Some(shell) => clap_complete::generate(shell, &mut command, "kudonet", &mut text),
+    }
+    std::io::stdout()
+        .write_all(&text)
+        .map_err(|error| format!("cannot write to stdout: {error}"))?;
+    Ok(ExitCode::SUCCESS)
+}
 
 fn validate(dir: &Path) -> CommandResult {
     for warning in spec::unsafe_permissions(dir) {
