@@ -22,7 +22,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{error, info, warn};
 
@@ -36,7 +35,7 @@ use crate::reconcile::{
 use crate::spec::Desired;
 use backoff::Backoff;
 use metrics::Metrics;
-use triggers::{Batch, DirWatcher, KernelEvents, Trigger, debounce};
+use triggers::{Batch, DirWatcher, KernelEvents, Trigger, Triggers};
 
 /// How `kudonet run` was asked to behave.
 #[derive(Debug, Clone)]
@@ -52,12 +51,13 @@ pub struct Options {
     pub metrics_addr: Option<SocketAddr>,
 }
 
-/// The key failures of the node as a whole (the bridge, the firewall) are backed off under.
+/// The key failures of the node as a whole (the bridge, sysctls, the firewall, reading the
+/// node at all) are backed off under, like an instance's.
 const NODE_KEY: &str = "";
 
 struct Controller {
     options: Options,
-    sender: mpsc::Sender<Trigger>,
+    triggers: Arc<Triggers>,
     /// The last valid desired state: what stays in force while the directory is invalid.
     desired: Option<Desired>,
     /// Why the directory is invalid now, one line each; empty when valid.
@@ -81,24 +81,30 @@ pub async fn run(options: Options) -> Result<(), String> {
     let mut terminate = signal(SignalKind::terminate()).map_err(|error| error.to_string())?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|error| error.to_string())?;
     let mut hangup = signal(SignalKind::hangup()).map_err(|error| error.to_string())?;
-    let (sender, mut receiver) = mpsc::channel(64);
+    let triggers = Triggers::new();
     let metrics = Arc::new(Metrics::new());
     if let Some(address) = options.metrics_addr {
         let listener = metrics::bind(address).await?;
         info!(%address, "serving /metrics, /healthz and /readyz");
+        let (ready_metrics, ready_triggers) = (metrics.clone(), triggers.clone());
         tokio::spawn(metrics::serve(
             listener,
             metrics.clone(),
             options.resync * 3 + Duration::from_secs(30),
+            // Ready: the last pass converged the node as a whole, and no change of the
+            // desired state is waiting or being applied.
+            Arc::new(move || {
+                ready_metrics.ready.load(Ordering::Relaxed) && !ready_triggers.change_pending()
+            }),
         ));
     }
     let mut dataplane = KernelDataplane::new(&options.netns_dir, Iptables::new())
         .map_err(|error| error.to_string())?;
     let _ = std::fs::create_dir_all(&options.netns_dir);
-    let netns_watcher = DirWatcher::new(&options.netns_dir, false, sender.clone(), Trigger::Kernel)
+    let netns_watcher = DirWatcher::new(&options.netns_dir, false, &triggers, Trigger::Kernel)
         .map_err(|error| warn!(dir = %options.netns_dir.display(), %error, "cannot watch the netns directory"))
         .ok();
-    let kernel_events = KernelEvents::start(sender.clone())
+    let kernel_events = KernelEvents::start(&triggers)
         .map_err(|error| warn!(%error, "cannot subscribe to kernel events; relying on the resync"))
         .ok();
     if kernel_events.is_some() {
@@ -107,7 +113,7 @@ pub async fn run(options: Options) -> Result<(), String> {
     }
     let mut controller = Controller {
         lock: None,
-        sender: sender.clone(),
+        triggers: triggers.clone(),
         desired: None,
         errors: Vec::new(),
         backoff: Backoff::default(),
@@ -128,21 +134,34 @@ pub async fn run(options: Options) -> Result<(), String> {
         controller.options.resync,
     );
     resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let _ = sender.try_send(Trigger::Startup);
+    triggers.set(Trigger::Startup);
 
     loop {
-        let retry = controller.backoff.next_retry(Instant::now());
-        let first = tokio::select! {
+        let now = Instant::now();
+        let retry = controller.backoff.next_retry(now);
+        // While the node as a whole backs off, only a change of the desired state (which
+        // may be the fix), SIGHUP or the retry start a pass: kernel events and the resync
+        // wait for the retry, which reads everything anyway.
+        let node_waits = controller.backoff.held_back(now).contains(NODE_KEY);
+        let eligible = move |trigger: Trigger| {
+            !node_waits || !matches!(trigger, Trigger::Kernel | Trigger::Resync)
+        };
+        let due = triggers.due(eligible);
+        tokio::select! {
             biased;
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
-            _ = hangup.recv() => Trigger::Hangup,
-            Some(trigger) = receiver.recv() => trigger,
-            _ = resync.tick() => Trigger::Resync,
-            () = sleep_until_option(retry) => Trigger::Retry,
-        };
-        let batch = debounce(&mut receiver, first).await;
-        controller.pass(&batch).await?;
+            _ = hangup.recv() => triggers.set(Trigger::Hangup),
+            _ = resync.tick() => triggers.set(Trigger::Resync),
+            () = sleep_until_option(retry) => triggers.set(Trigger::Retry),
+            () = sleep_until_option(due) => {
+                let batch = triggers.take(eligible);
+                let result = controller.pass(&batch, node_waits).await;
+                triggers.finished();
+                result?;
+            }
+            () = triggers.notified() => {}
+        }
     }
     info!("stopping; the network stays as it is");
     Ok(())
@@ -209,7 +228,7 @@ impl Controller {
             .filter(|parent| !parent.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         let watch = |path: &Path, recursive| {
-            DirWatcher::new(path, recursive, self.sender.clone(), Trigger::Files).ok()
+            DirWatcher::new(path, recursive, &self.triggers, Trigger::Files).ok()
         };
         self.desired_watcher = match inode.and_then(|_| watch(dir, true)) {
             Some(watcher) => Some((inode, watcher)),
@@ -242,11 +261,22 @@ impl Controller {
             .set(i64::from(self.errors.is_empty()));
     }
 
-    async fn pass(&mut self, batch: &Batch) -> Result<(), String> {
+    /// One pass for `batch`. `node_waits`: the node as a whole is backing off, and the
+    /// batch holds no retry: the node is left alone unless the desired state changed or
+    /// SIGHUP asked for a pass.
+    async fn pass(&mut self, batch: &Batch, node_waits: bool) -> Result<(), String> {
         let started = std::time::Instant::now();
         if batch.reloads() {
+            let (before, errors_before) = (self.desired.clone(), self.errors.clone());
             self.watch_desired();
             self.reload();
+            let asked = batch.0.contains(&Trigger::Hangup) || batch.0.contains(&Trigger::Startup);
+            if node_waits && !asked && self.desired == before {
+                if self.errors != errors_before {
+                    self.finish_pass(started, None, Vec::new()).await?;
+                }
+                return Ok(());
+            }
         }
         let Some(desired) = self.desired.clone() else {
             // Never valid since start: nothing is in force but what the kernel has.
@@ -289,7 +319,12 @@ impl Controller {
                 self.finish_pass(started, Some(&outcome), statuses).await?;
             }
             Err(problem) => {
-                error!("cannot read the node: {problem}");
+                // Nothing could be done on the node: back off as for a failed action.
+                let delay = self
+                    .backoff
+                    .failed(NODE_KEY, Instant::now(), problem.to_string());
+                error!(retry_in = ?delay, "cannot converge the node: {problem}");
+                self.metrics.ready.store(false, Ordering::Relaxed);
                 self.metrics.count_reconcile("failed");
                 self.finish_pass(started, None, Vec::new()).await?;
             }
@@ -317,11 +352,30 @@ impl Controller {
                 warn!(instance = %key, retry_in = ?delay, "{}", failure.error);
             }
         }
-        // Failing objects this pass tried again without failure have recovered.
+        // Node-wide work that succeeded yet is still needed after the pass (something
+        // undoes it: a name the planner takes for a crash leftover, another program) fails
+        // too: retrying at once would only loop on kudonet's own kernel events.
+        if !failed.contains(NODE_KEY)
+            && let Some(action) = outcome
+                .remaining
+                .actions
+                .iter()
+                .find(|action| instance_of(action, desired).is_none())
+        {
+            failed.insert(NODE_KEY.to_string());
+            let error = format!(
+                "{}: still needed after it was applied: something undoes it",
+                action.summary()
+            );
+            let delay = self.backoff.failed(NODE_KEY, now, error.clone());
+            warn!(retry_in = ?delay, "the node does not converge: {error}");
+        }
+        // Failing objects this pass tried again without failure have recovered (node-wide
+        // actions are never held back: a pass tries them whenever it runs).
         let recovered: Vec<String> = self
             .backoff
             .failing()
-            .filter(|key| !failed.contains(*key) && !held_back.contains(*key))
+            .filter(|key| !failed.contains(*key) && (*key == NODE_KEY || !held_back.contains(*key)))
             .map(str::to_string)
             .collect();
         for key in &recovered {
@@ -381,7 +435,7 @@ impl Controller {
                 .collect();
             if events.watch_namespaces(&namespaces) {
                 // Read them once more, now that their events are followed.
-                let _ = self.sender.try_send(Trigger::Kernel);
+                self.triggers.set(Trigger::Kernel);
             }
         }
         self.metrics.count_reconcile(if outcome.converged() {
@@ -425,6 +479,11 @@ impl Controller {
         let Some(path) = self.options.status_file.clone() else {
             return Ok(());
         };
+        if self.triggers.change_waiting() {
+            // The desired state changed during this pass: a document of the state before
+            // it would pass for a converged node. The next pass, about to start, writes it.
+            return Ok(());
+        }
         let mut instances = if outcome.is_some() {
             statuses
         } else {
