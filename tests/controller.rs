@@ -1215,10 +1215,9 @@ fn a_file_change_during_a_long_pass_is_applied_right_after() {
             assert_eq!(phases(&kudonet.status().unwrap()).len(), BIG + 3);
             assert!(instance_built(
                 "cache",
-                &kudonet.instance("cache").unwrap()["hostInterface"]
+                kudonet.instance("cache").unwrap()["hostInterface"]
                     .as_str()
-                    .unwrap()
-                    .to_string(),
+                    .unwrap(),
                 "10.0.0.250/24"
             ));
             kudonet.wait_until("/readyz answers 200", || {

@@ -191,6 +191,21 @@ fn changes_since_last_pass(events: Option<&KernelEvents>, everything: bool) -> C
     }
 }
 
+/// Node-wide work a pass still finds needed after converging: a pass tries every node-level
+/// action it plans, so what remains was undone (a bridge name the planner takes for a crash
+/// leftover, another program fighting kudonet). `None` when the node as a whole converged.
+fn undone_node_work(desired: &Desired, outcome: &Outcome) -> Option<String> {
+    let action = outcome
+        .remaining
+        .actions
+        .iter()
+        .find(|action| instance_of(action, desired).is_none())?;
+    Some(format!(
+        "{}: still needed after it was applied: something undoes it",
+        action.summary()
+    ))
+}
+
 async fn sleep_until_option(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
@@ -356,17 +371,9 @@ impl Controller {
         // undoes it: a name the planner takes for a crash leftover, another program) fails
         // too: retrying at once would only loop on kudonet's own kernel events.
         if !failed.contains(NODE_KEY)
-            && let Some(action) = outcome
-                .remaining
-                .actions
-                .iter()
-                .find(|action| instance_of(action, desired).is_none())
+            && let Some(error) = undone_node_work(desired, outcome)
         {
             failed.insert(NODE_KEY.to_string());
-            let error = format!(
-                "{}: still needed after it was applied: something undoes it",
-                action.summary()
-            );
             let delay = self.backoff.failed(NODE_KEY, now, error.clone());
             warn!(retry_in = ?delay, "the node does not converge: {error}");
         }
@@ -558,4 +565,39 @@ fn write_atomically(path: &Path, document: &StatusDocument) -> std::io::Result<(
     file.write_all(json.as_bytes())?;
     file.write_all(b"\n")?;
     std::fs::rename(&temporary, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::LinkRef;
+    use crate::plan::Action;
+
+    #[test]
+    fn node_level_work_left_after_a_pass_is_a_node_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("node.yaml"),
+            "kind: Node\nname: node-a\ncidr: 10.0.0.1/24\n---\nkind: Instance\nname: web\naddress: 10.0.0.2\n",
+        )
+        .unwrap();
+        let (_, desired) = load_desired(dir.path(), None).unwrap();
+        let mut outcome = Outcome::default();
+        assert_eq!(undone_node_work(&desired, &outcome), None);
+        // An instance's leftover work is the instance's (its own backoff), not the node's.
+        outcome.remaining.actions.push(Action::CreateNamespace {
+            name: "kudo-web".into(),
+        });
+        assert_eq!(undone_node_work(&desired, &outcome), None);
+        outcome.remaining.actions.push(Action::SetUp {
+            link: LinkRef {
+                netns: None,
+                name: "kudo0".into(),
+            },
+        });
+        assert_eq!(
+            undone_node_work(&desired, &outcome).as_deref(),
+            Some("~ link kudo0: up: still needed after it was applied: something undoes it")
+        );
+    }
 }
