@@ -271,8 +271,38 @@ fn respond(
 }
 
 /// Binds the metrics address, with a clear error.
-pub async fn bind(address: SocketAddr) -> Result<TcpListener, String> {
-    TcpListener::bind(address)
-        .await
-        .map_err(|error| format!("cannot listen on --metrics-addr {address}: {error}"))
+pub fn bind(address: SocketAddr) -> Result<std::net::TcpListener, String> {
+    let listen = || {
+        let listener = std::net::TcpListener::bind(address)?;
+        listener.set_nonblocking(true)?;
+        Ok::<_, std::io::Error>(listener)
+    };
+    listen().map_err(|error| format!("cannot listen on --metrics-addr {address}: {error}"))
+}
+
+/// Serves the endpoint (see [`serve`]) from a thread and runtime of its own: probes are
+/// answered at once even while the controller's loop is busy (reading a large directory,
+/// say), which is what `/healthz` must not confuse with a stalled loop.
+pub fn spawn(
+    listener: std::net::TcpListener,
+    metrics: Arc<Metrics>,
+    stale_after: Duration,
+    ready: Readiness,
+) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| format!("cannot start the metrics server: {error}"))?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => serve(listener, metrics, stale_after, ready).await,
+                    Err(error) => tracing::error!(%error, "cannot serve metrics"),
+                }
+            });
+        })
+        .map(drop)
+        .map_err(|error| format!("cannot start the metrics server: {error}"))
 }

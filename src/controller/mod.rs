@@ -84,10 +84,10 @@ pub async fn run(options: Options) -> Result<(), String> {
     let triggers = Triggers::new();
     let metrics = Arc::new(Metrics::new());
     if let Some(address) = options.metrics_addr {
-        let listener = metrics::bind(address).await?;
+        let listener = metrics::bind(address)?;
         info!(%address, "serving /metrics, /healthz and /readyz");
         let (ready_metrics, ready_triggers) = (metrics.clone(), triggers.clone());
-        tokio::spawn(metrics::serve(
+        metrics::spawn(
             listener,
             metrics.clone(),
             options.resync * 3 + Duration::from_secs(30),
@@ -96,7 +96,7 @@ pub async fn run(options: Options) -> Result<(), String> {
             Arc::new(move || {
                 ready_metrics.ready.load(Ordering::Relaxed) && !ready_triggers.change_pending()
             }),
-        ));
+        )?;
     }
     let mut dataplane = KernelDataplane::new(&options.netns_dir, Iptables::new())
         .map_err(|error| error.to_string())?;
