@@ -1288,6 +1288,16 @@ fn node_wide_failures_back_off_and_the_node_is_not_ready() {
                 kudonet.log()
             );
             assert_eq!(kudonet.get("/readyz").unwrap().0, 503);
+            // Nor does the status file call any instance Ready.
+            let message = "the node as a whole failed: cannot change sysctls: /proc/sys/net/ipv4/ip_forward: Read-only file system (os error 30) (kudonet needs a writable /proc/sys/net)";
+            for name in ["db", "web"] {
+                let instance = kudonet.instance(name).unwrap();
+                assert_eq!(
+                    (instance["phase"].as_str(), instance["message"].as_str()),
+                    (Some("Failed"), Some(message)),
+                    "{instance}"
+                );
+            }
             let log = kudonet.log();
             assert!(
                 log.contains("cannot converge the node: cannot change sysctls: /proc/sys/net/ipv4/ip_forward: Read-only file system (os error 30) (kudonet needs a writable /proc/sys/net)"),
@@ -1300,6 +1310,7 @@ fn node_wide_failures_back_off_and_the_node_is_not_ready() {
             });
             assert!(link(None, "kudo0").is_some_and(|bridge| is_up(&bridge)));
             assert!(kudonet.log().contains("recovered"));
+            kudonet.wait_ready(&["db", "web"]);
             kudonet.stop();
             network_left_in_place(&["db", "web"]);
         },

@@ -7,8 +7,12 @@
 //!
 //! Safety rules: an invalid or missing directory never changes the node (the last valid
 //! desired state stays in force); one failing instance is retried with capped exponential
-//! backoff while the others converge; SIGTERM/SIGINT finish the current pass and leave the
-//! network in place.
+//! backoff while the others converge; so is the node as a whole when node-level work fails
+//! or does not stick, and meanwhile only a change of the directory, SIGHUP or the retry
+//! start a pass; SIGTERM/SIGINT finish the current pass and leave the network in place.
+//!
+//! Ready (`/readyz`) means: the last pass converged the node as a whole, and no change of
+//! the directory is waiting or being applied.
 
 pub mod backoff;
 pub mod metrics;
@@ -432,6 +436,7 @@ impl Controller {
                 status.message = error.to_string();
             }
         }
+        self.show_node_failure(&mut statuses);
         if let Some(events) = &self.kernel_events {
             let namespaces: Vec<PathBuf> = outcome
                 .observed
@@ -468,6 +473,18 @@ impl Controller {
         statuses
     }
 
+    /// While the node as a whole fails, no instance is shown Ready: its network depends on
+    /// the bridge, sysctls, firewall and routes of the node.
+    fn show_node_failure(&self, statuses: &mut [InstanceStatus]) {
+        let Some(error) = self.backoff.last_error(NODE_KEY) else {
+            return;
+        };
+        for status in statuses.iter_mut().filter(|s| s.phase == Phase::Ready) {
+            status.phase = Phase::Failed;
+            status.message = format!("the node as a whole failed: {error}");
+        }
+    }
+
     /// Status file and timing, after every pass.
     async fn finish_pass(
         &mut self,
@@ -494,7 +511,9 @@ impl Controller {
         let mut instances = if outcome.is_some() {
             statuses
         } else {
-            self.instances_in_force().await?
+            let mut instances = self.instances_in_force().await?;
+            self.show_node_failure(&mut instances);
+            instances
         };
         if !self.errors.is_empty() {
             for instance in instances
