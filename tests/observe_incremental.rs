@@ -7,7 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use kudonet::controller::triggers::{KernelEvents, Trigger};
+use kudonet::controller::triggers::{KernelEvents, Triggers};
 use kudonet::dataplane::Dataplane;
 use kudonet::dataplane::iptables::Iptables;
 use kudonet::dataplane::kernel::KernelDataplane;
@@ -98,8 +98,8 @@ fn random_changes_are_all_seen(seed: u64) {
     let state = tempfile::tempdir().unwrap();
     std::fs::write(state.path().join("node.yaml"), NODE).unwrap();
     let (_, desired) = reconcile::load_desired(state.path(), Some("node-a")).unwrap();
-    let (sender, _receiver) = tokio::sync::mpsc::channel::<Trigger>(64);
-    let events = KernelEvents::start(sender).unwrap();
+    let triggers = Triggers::new();
+    let events = KernelEvents::start(&triggers).unwrap();
     let mut dataplane = KernelDataplane::new(Path::new(NETNS_DIR), Iptables::new()).unwrap();
     dataplane.observe_incrementally();
     let outcome = reconcile::converge(&mut dataplane, &desired, &Default::default(), |_| {})

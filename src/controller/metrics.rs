@@ -1,10 +1,20 @@
 //! Prometheus metrics, and the small HTTP endpoint that serves them with `/healthz` and
-//! `/readyz`. Hand-rolled HTTP/1.1: three GET routes do not justify a web framework.
+//! `/readyz`: hyper's HTTP/1 server (a parser that has seen the world's clients), with a
+//! timeout on the request head, a lifetime per connection and a bounded number of them.
 
+use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -12,7 +22,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::reconcile::Phase;
@@ -50,7 +59,7 @@ pub struct Metrics {
     pub conditions: Family<ConditionLabel, Gauge>,
     /// The loop is alive: it finished a pass recently.
     pub last_pass: Mutex<Option<std::time::Instant>>,
-    /// The first reconcile converged the node.
+    /// The last pass converged the node as a whole (instances may fail on their own).
     pub ready: AtomicBool,
 }
 
@@ -166,81 +175,159 @@ impl Default for Metrics {
     }
 }
 
-/// Connections served at once by the metrics endpoint.
-const MAX_CONNECTIONS: usize = 64;
+/// Whether the node is ready, asked afresh for each `/readyz`.
+pub type Readiness = Arc<dyn Fn() -> bool + Send + Sync>;
 
-/// Serves `/metrics`, `/healthz` (a pass finished within `stale_after`) and `/readyz` (the
-/// node was converged once) on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, stale_after: Duration) {
-    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        // At most MAX_CONNECTIONS at once (each lasts at most 5 s reading, 5 s writing): a
-        // flood of idle connections must not cost the controller memory or descriptors.
-        let Ok(permit) = connections.clone().acquire_owned().await else {
-            return;
-        };
-        let Ok((mut stream, _)) = listener.accept().await else {
+/// Connections open at once. Past it, the oldest is closed to make room for the newest:
+/// a flood of idle or slow clients costs a bounded number of descriptors and never keeps a
+/// probe waiting, since a probe's connection is answered as soon as its request arrives.
+pub const MAX_CONNECTIONS: usize = 128;
+/// A client has this long to send its request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// No connection lasts longer, whatever the client does (not reading its answer, say).
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
+
+/// The open connections, oldest first (ids grow), to close when over the limit.
+type Open = Arc<Mutex<BTreeMap<u64, tokio::task::AbortHandle>>>;
+
+/// Takes a connection off the open list when its task ends, however it ends.
+struct Registered {
+    open: Open,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.open.lock() {
+            open.remove(&self.id);
+        }
+    }
+}
+
+/// Serves `/metrics`, `/healthz` (a pass finished within `stale_after`) and `/readyz`
+/// (`ready` says yes) on `listener` until the task is dropped. HTTP/1.1 by hyper, one
+/// request per connection, each connection a task of its own.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    stale_after: Duration,
+    ready: Readiness,
+) {
+    let open: Open = Arc::default();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(8192)
+        // Probes and scrapes open a connection each: none lingers idle afterwards.
+        .keep_alive(false);
+    let builder = Arc::new(builder);
+    for id in 0u64.. {
+        let Ok((stream, _)) = listener.accept().await else {
             // Out of descriptors, say: back off rather than spin.
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let mut request = Vec::with_capacity(1024);
-            let mut chunk = [0u8; 1024];
-            // Read the request head only, bounded in size and time.
-            let head = tokio::time::timeout(Duration::from_secs(5), async {
-                while !request.windows(4).any(|window| window == b"\r\n\r\n")
-                    && request.len() < 8192
-                {
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(read) => request.extend_from_slice(&chunk[..read]),
-                    }
-                }
-            })
-            .await;
-            if head.is_err() {
-                return;
+        let evicted = {
+            let mut open = open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut evicted = Vec::new();
+            while open.len() >= MAX_CONNECTIONS {
+                evicted.extend(open.pop_first().map(|(_, handle)| handle));
             }
-            let line = String::from_utf8_lossy(&request);
-            let path = line.split_whitespace().nth(1).unwrap_or("/");
-            let (status, body) = match path {
-                "/metrics" => ("200 OK", metrics.encode()),
-                "/healthz" if metrics.healthy(stale_after) => ("200 OK", "ok\n".to_string()),
-                "/healthz" => (
-                    "503 Service Unavailable",
-                    "the reconcile loop is stalled\n".to_string(),
-                ),
-                "/readyz" if metrics.ready.load(Ordering::Relaxed) => {
-                    ("200 OK", "ok\n".to_string())
-                }
-                "/readyz" => ("503 Service Unavailable", "not converged yet\n".to_string()),
-                _ => ("404 Not Found", "not found\n".to_string()),
-            };
-            let content_type = if path == "/metrics" {
-                "application/openmetrics-text; version=1.0.0; charset=utf-8"
-            } else {
-                "text/plain; charset=utf-8"
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            // A client that does not read its answer gives its turn up after 5 s too.
-            let _ = tokio::time::timeout(
-                Duration::from_secs(5),
-                stream.write_all(response.as_bytes()),
-            )
-            .await;
+            evicted
+        };
+        for connection in evicted {
+            connection.abort();
+        }
+        let (metrics, ready, builder) = (metrics.clone(), ready.clone(), builder.clone());
+        let registered = Registered {
+            open: open.clone(),
+            id,
+        };
+        // Registered before the task can end, so that its end always unregisters it.
+        let mut list = open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let task = tokio::spawn(async move {
+            let _registered = registered;
+            let service = service_fn(move |request: Request<Incoming>| {
+                let response = respond(&metrics, stale_after, &ready, request.uri().path());
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
         });
+        list.insert(id, task.abort_handle());
+        drop(list);
     }
 }
 
+/// The answer to a request for `path`.
+fn respond(
+    metrics: &Metrics,
+    stale_after: Duration,
+    ready: &Readiness,
+    path: &str,
+) -> Response<Full<Bytes>> {
+    let (status, body) = match path {
+        "/metrics" => (StatusCode::OK, metrics.encode()),
+        "/healthz" if metrics.healthy(stale_after) => (StatusCode::OK, "ok\n".to_string()),
+        "/healthz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the reconcile loop is stalled\n".to_string(),
+        ),
+        "/readyz" if ready() => (StatusCode::OK, "ok\n".to_string()),
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not converged: a change is being applied, or the node as a whole failed\n".to_string(),
+        ),
+        _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
+    };
+    let content_type = if path == "/metrics" {
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    response
+}
+
 /// Binds the metrics address, with a clear error.
-pub async fn bind(address: SocketAddr) -> Result<TcpListener, String> {
-    TcpListener::bind(address)
-        .await
-        .map_err(|error| format!("cannot listen on --metrics-addr {address}: {error}"))
+pub fn bind(address: SocketAddr) -> Result<std::net::TcpListener, String> {
+    let listen = || {
+        let listener = std::net::TcpListener::bind(address)?;
+        listener.set_nonblocking(true)?;
+        Ok::<_, std::io::Error>(listener)
+    };
+    listen().map_err(|error| format!("cannot listen on --metrics-addr {address}: {error}"))
+}
+
+/// Serves the endpoint (see [`serve`]) from a thread and runtime of its own: probes are
+/// answered at once even while the controller's loop is busy (reading a large directory,
+/// say), which is what `/healthz` must not confuse with a stalled loop.
+pub fn spawn(
+    listener: std::net::TcpListener,
+    metrics: Arc<Metrics>,
+    stale_after: Duration,
+    ready: Readiness,
+) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| format!("cannot start the metrics server: {error}"))?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => serve(listener, metrics, stale_after, ready).await,
+                    Err(error) => tracing::error!(%error, "cannot serve metrics"),
+                }
+            });
+        })
+        .map(drop)
+        .map_err(|error| format!("cannot start the metrics server: {error}"))
 }

@@ -7,8 +7,12 @@
 //!
 //! Safety rules: an invalid or missing directory never changes the node (the last valid
 //! desired state stays in force); one failing instance is retried with capped exponential
-//! backoff while the others converge; SIGTERM/SIGINT finish the current pass and leave the
-//! network in place.
+//! backoff while the others converge; so is the node as a whole when node-level work fails
+//! or does not stick, and meanwhile only a change of the directory, SIGHUP or the retry
+//! start a pass; SIGTERM/SIGINT finish the current pass and leave the network in place.
+//!
+//! Ready (`/readyz`) means: the last pass converged the node as a whole, and no change of
+//! the directory is waiting or being applied.
 
 pub mod backoff;
 pub mod metrics;
@@ -22,7 +26,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{error, info, warn};
 
@@ -36,7 +39,7 @@ use crate::reconcile::{
 use crate::spec::Desired;
 use backoff::Backoff;
 use metrics::Metrics;
-use triggers::{Batch, DirWatcher, KernelEvents, Trigger, debounce};
+use triggers::{Batch, DirWatcher, KernelEvents, Trigger, Triggers};
 
 /// How `kudonet run` was asked to behave.
 #[derive(Debug, Clone)]
@@ -52,18 +55,24 @@ pub struct Options {
     pub metrics_addr: Option<SocketAddr>,
 }
 
-/// The key failures of the node as a whole (the bridge, the firewall) are backed off under.
+/// The key failures of the node as a whole (the bridge, sysctls, the firewall, reading the
+/// node at all) are backed off under, like an instance's.
 const NODE_KEY: &str = "";
 
 struct Controller {
     options: Options,
-    sender: mpsc::Sender<Trigger>,
+    triggers: Arc<Triggers>,
     /// The last valid desired state: what stays in force while the directory is invalid.
     desired: Option<Desired>,
     /// Why the directory is invalid now, one line each; empty when valid.
     errors: Vec<String>,
     /// The node-wide conditions seen by the last pass.
     conditions: Vec<reconcile::Condition>,
+    /// The spec of `desired`, for the checks that need the machine.
+    spec: Option<crate::spec::Spec>,
+    /// Why the desired state is invalid on this machine (a node subnet its uplink uses), as
+    /// found by the last pass, one line each; nothing was changed for it.
+    machine_errors: Vec<String>,
     backoff: Backoff,
     /// Moved into the blocking pool for each pass and back.
     dataplane: Option<KernelDataplane>,
@@ -83,24 +92,30 @@ pub async fn run(options: Options) -> Result<(), String> {
     let mut terminate = signal(SignalKind::terminate()).map_err(|error| error.to_string())?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|error| error.to_string())?;
     let mut hangup = signal(SignalKind::hangup()).map_err(|error| error.to_string())?;
-    let (sender, mut receiver) = mpsc::channel(64);
+    let triggers = Triggers::new();
     let metrics = Arc::new(Metrics::new());
     if let Some(address) = options.metrics_addr {
-        let listener = metrics::bind(address).await?;
+        let listener = metrics::bind(address)?;
         info!(%address, "serving /metrics, /healthz and /readyz");
-        tokio::spawn(metrics::serve(
+        let (ready_metrics, ready_triggers) = (metrics.clone(), triggers.clone());
+        metrics::spawn(
             listener,
             metrics.clone(),
             options.resync * 3 + Duration::from_secs(30),
-        ));
+            // Ready: the last pass converged the node as a whole, and no change of the
+            // desired state is waiting or being applied.
+            Arc::new(move || {
+                ready_metrics.ready.load(Ordering::Relaxed) && !ready_triggers.change_pending()
+            }),
+        )?;
     }
     let mut dataplane = KernelDataplane::new(&options.netns_dir, Iptables::new())
         .map_err(|error| error.to_string())?;
     let _ = std::fs::create_dir_all(&options.netns_dir);
-    let netns_watcher = DirWatcher::new(&options.netns_dir, false, sender.clone(), Trigger::Kernel)
+    let netns_watcher = DirWatcher::new(&options.netns_dir, false, &triggers, Trigger::Kernel)
         .map_err(|error| warn!(dir = %options.netns_dir.display(), %error, "cannot watch the netns directory"))
         .ok();
-    let kernel_events = KernelEvents::start(sender.clone())
+    let kernel_events = KernelEvents::start(&triggers)
         .map_err(|error| warn!(%error, "cannot subscribe to kernel events; relying on the resync"))
         .ok();
     if kernel_events.is_some() {
@@ -109,10 +124,12 @@ pub async fn run(options: Options) -> Result<(), String> {
     }
     let mut controller = Controller {
         lock: None,
-        sender: sender.clone(),
+        triggers: triggers.clone(),
         desired: None,
         errors: Vec::new(),
         conditions: Vec::new(),
+        spec: None,
+        machine_errors: Vec::new(),
         backoff: Backoff::default(),
         dataplane: Some(dataplane),
         metrics,
@@ -131,21 +148,34 @@ pub async fn run(options: Options) -> Result<(), String> {
         controller.options.resync,
     );
     resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let _ = sender.try_send(Trigger::Startup);
+    triggers.set(Trigger::Startup);
 
     loop {
-        let retry = controller.backoff.next_retry(Instant::now());
-        let first = tokio::select! {
+        let now = Instant::now();
+        let retry = controller.backoff.next_retry(now);
+        // While the node as a whole backs off, only a change of the desired state (which
+        // may be the fix), SIGHUP or the retry start a pass: kernel events and the resync
+        // wait for the retry, which reads everything anyway.
+        let node_waits = controller.backoff.held_back(now).contains(NODE_KEY);
+        let eligible = move |trigger: Trigger| {
+            !node_waits || !matches!(trigger, Trigger::Kernel | Trigger::Resync)
+        };
+        let due = triggers.due(eligible);
+        tokio::select! {
             biased;
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
-            _ = hangup.recv() => Trigger::Hangup,
-            Some(trigger) = receiver.recv() => trigger,
-            _ = resync.tick() => Trigger::Resync,
-            () = sleep_until_option(retry) => Trigger::Retry,
-        };
-        let batch = debounce(&mut receiver, first).await;
-        controller.pass(&batch).await?;
+            _ = hangup.recv() => triggers.set(Trigger::Hangup),
+            _ = resync.tick() => triggers.set(Trigger::Resync),
+            () = sleep_until_option(retry) => triggers.set(Trigger::Retry),
+            () = sleep_until_option(due) => {
+                let batch = triggers.take(eligible);
+                let result = controller.pass(&batch, node_waits).await;
+                triggers.finished();
+                result?;
+            }
+            () = triggers.notified() => {}
+        }
     }
     info!("stopping; the network stays as it is");
     Ok(())
@@ -173,6 +203,21 @@ fn changes_since_last_pass(events: Option<&KernelEvents>, everything: bool) -> C
         Some(named) if !everything => named,
         _ => Changes::everything(),
     }
+}
+
+/// Node-wide work a pass still finds needed after converging: a pass tries every node-level
+/// action it plans, so what remains was undone (a bridge name the planner takes for a crash
+/// leftover, another program fighting kudonet). `None` when the node as a whole converged.
+fn undone_node_work(desired: &Desired, outcome: &Outcome) -> Option<String> {
+    let action = outcome
+        .remaining
+        .actions
+        .iter()
+        .find(|action| instance_of(action, desired).is_none())?;
+    Some(format!(
+        "{}: still needed after it was applied: something undoes it",
+        action.summary()
+    ))
 }
 
 async fn sleep_until_option(deadline: Option<Instant>) {
@@ -212,7 +257,7 @@ impl Controller {
             .filter(|parent| !parent.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         let watch = |path: &Path, recursive| {
-            DirWatcher::new(path, recursive, self.sender.clone(), Trigger::Files).ok()
+            DirWatcher::new(path, recursive, &self.triggers, Trigger::Files).ok()
         };
         self.desired_watcher = match inode.and_then(|_| watch(dir, true)) {
             Some(watcher) => Some((inode, watcher)),
@@ -223,12 +268,13 @@ impl Controller {
     /// Reads the directory; keeps the last valid desired state when it is invalid.
     fn reload(&mut self) {
         match load_desired(&self.options.dir, self.options.node.as_deref()) {
-            Ok((_, desired)) => {
+            Ok((spec, desired)) => {
                 if !self.errors.is_empty() {
                     info!("the desired state is valid again");
                 }
                 self.errors.clear();
                 self.desired = Some(desired);
+                self.spec = Some(spec);
             }
             Err(problem) => {
                 let errors: Vec<String> = problem.to_string().lines().map(str::to_string).collect();
@@ -245,11 +291,22 @@ impl Controller {
             .set(i64::from(self.errors.is_empty()));
     }
 
-    async fn pass(&mut self, batch: &Batch) -> Result<(), String> {
+    /// One pass for `batch`. `node_waits`: the node as a whole is backing off, and the
+    /// batch holds no retry: the node is left alone unless the desired state changed or
+    /// SIGHUP asked for a pass.
+    async fn pass(&mut self, batch: &Batch, node_waits: bool) -> Result<(), String> {
         let started = std::time::Instant::now();
         if batch.reloads() {
+            let (before, errors_before) = (self.desired.clone(), self.errors.clone());
             self.watch_desired();
             self.reload();
+            let asked = batch.0.contains(&Trigger::Hangup) || batch.0.contains(&Trigger::Startup);
+            if node_waits && !asked && self.desired == before {
+                if self.errors != errors_before {
+                    self.finish_pass(started, None, Vec::new()).await?;
+                }
+                return Ok(());
+            }
         }
         let Some(desired) = self.desired.clone() else {
             // Never valid since start: nothing is in force but what the kernel has.
@@ -292,7 +349,12 @@ impl Controller {
                 self.finish_pass(started, Some(&outcome), statuses).await?;
             }
             Err(problem) => {
-                error!("cannot read the node: {problem}");
+                // Nothing could be done on the node: back off as for a failed action.
+                let delay = self
+                    .backoff
+                    .failed(NODE_KEY, Instant::now(), problem.to_string());
+                error!(retry_in = ?delay, "cannot converge the node: {problem}");
+                self.metrics.ready.store(false, Ordering::Relaxed);
                 self.metrics.count_reconcile("failed");
                 self.finish_pass(started, None, Vec::new()).await?;
             }
@@ -320,11 +382,22 @@ impl Controller {
                 warn!(instance = %key, retry_in = ?delay, "{}", failure.error);
             }
         }
-        // Failing objects this pass tried again without failure have recovered.
+        // Node-wide work that succeeded yet is still needed after the pass (something
+        // undoes it: a name the planner takes for a crash leftover, another program) fails
+        // too: retrying at once would only loop on kudonet's own kernel events.
+        if !failed.contains(NODE_KEY)
+            && let Some(error) = undone_node_work(desired, outcome)
+        {
+            failed.insert(NODE_KEY.to_string());
+            let delay = self.backoff.failed(NODE_KEY, now, error.clone());
+            warn!(retry_in = ?delay, "the node does not converge: {error}");
+        }
+        // Failing objects this pass tried again without failure have recovered (node-wide
+        // actions are never held back: a pass tries them whenever it runs).
         let recovered: Vec<String> = self
             .backoff
             .failing()
-            .filter(|key| !failed.contains(*key) && !held_back.contains(*key))
+            .filter(|key| !failed.contains(*key) && (*key == NODE_KEY || !held_back.contains(*key)))
             .map(str::to_string)
             .collect();
         for key in &recovered {
@@ -371,6 +444,23 @@ impl Controller {
         }
         self.metrics.set_conditions(&conditions);
         self.conditions = conditions;
+        // The planner changed nothing for a node whose subnet its uplink uses; report it
+        // like an invalid file, at the Node's cidr.
+        let machine_errors: Vec<String> = self
+            .spec
+            .as_ref()
+            .and_then(|spec| reconcile::check_against_node(spec, desired, &outcome.observed).err())
+            .map(|problem| problem.to_string().lines().map(str::to_string).collect())
+            .unwrap_or_default();
+        if machine_errors != self.machine_errors {
+            for line in &machine_errors {
+                error!("invalid desired state on this node, nothing changed: {line}");
+            }
+        }
+        self.machine_errors = machine_errors;
+        self.metrics.desired_valid.set(i64::from(
+            self.errors.is_empty() && self.machine_errors.is_empty(),
+        ));
         let mut statuses = reconcile::instance_status(
             desired,
             &outcome.observed,
@@ -383,6 +473,7 @@ impl Controller {
                 status.message = error.to_string();
             }
         }
+        self.show_node_failure(&mut statuses);
         if let Some(events) = &self.kernel_events {
             let namespaces: Vec<PathBuf> = outcome
                 .observed
@@ -393,7 +484,7 @@ impl Controller {
                 .collect();
             if events.watch_namespaces(&namespaces) {
                 // Read them once more, now that their events are followed.
-                let _ = self.sender.try_send(Trigger::Kernel);
+                self.triggers.set(Trigger::Kernel);
             }
         }
         self.metrics.count_reconcile(if outcome.converged() {
@@ -419,6 +510,18 @@ impl Controller {
         statuses
     }
 
+    /// While the node as a whole fails, no instance is shown Ready: its network depends on
+    /// the bridge, sysctls, firewall and routes of the node.
+    fn show_node_failure(&self, statuses: &mut [InstanceStatus]) {
+        let Some(error) = self.backoff.last_error(NODE_KEY) else {
+            return;
+        };
+        for status in statuses.iter_mut().filter(|s| s.phase == Phase::Ready) {
+            status.phase = Phase::Failed;
+            status.message = format!("the node as a whole failed: {error}");
+        }
+    }
+
     /// Status file and timing, after every pass.
     async fn finish_pass(
         &mut self,
@@ -437,10 +540,17 @@ impl Controller {
         let Some(path) = self.options.status_file.clone() else {
             return Ok(());
         };
+        if self.triggers.change_waiting() {
+            // The desired state changed during this pass: a document of the state before
+            // it would pass for a converged node. The next pass, about to start, writes it.
+            return Ok(());
+        }
         let mut instances = if outcome.is_some() {
             statuses
         } else {
-            self.instances_in_force().await?
+            let mut instances = self.instances_in_force().await?;
+            self.show_node_failure(&mut instances);
+            instances
         };
         if !self.errors.is_empty() {
             for instance in instances
@@ -458,8 +568,15 @@ impl Controller {
                 .map(|desired| desired.node.name.clone())
                 .or_else(|| self.options.node.clone())
                 .unwrap_or_default(),
-            valid: self.errors.is_empty() && self.desired.is_some(),
-            errors: self.errors.clone(),
+            valid: self.errors.is_empty()
+                && self.machine_errors.is_empty()
+                && self.desired.is_some(),
+            errors: self
+                .errors
+                .iter()
+                .chain(&self.machine_errors)
+                .cloned()
+                .collect(),
             observed_at: reconcile::timestamp(),
             conditions: self.conditions.clone(),
             instances,
@@ -512,4 +629,39 @@ fn write_atomically(path: &Path, document: &StatusDocument) -> std::io::Result<(
     file.write_all(json.as_bytes())?;
     file.write_all(b"\n")?;
     std::fs::rename(&temporary, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::LinkRef;
+    use crate::plan::Action;
+
+    #[test]
+    fn node_level_work_left_after_a_pass_is_a_node_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("node.yaml"),
+            "kind: Node\nname: node-a\ncidr: 10.0.0.1/24\n---\nkind: Instance\nname: web\naddress: 10.0.0.2\n",
+        )
+        .unwrap();
+        let (_, desired) = load_desired(dir.path(), None).unwrap();
+        let mut outcome = Outcome::default();
+        assert_eq!(undone_node_work(&desired, &outcome), None);
+        // An instance's leftover work is the instance's (its own backoff), not the node's.
+        outcome.remaining.actions.push(Action::CreateNamespace {
+            name: "kudo-web".into(),
+        });
+        assert_eq!(undone_node_work(&desired, &outcome), None);
+        outcome.remaining.actions.push(Action::SetUp {
+            link: LinkRef {
+                netns: None,
+                name: "kudo0".into(),
+            },
+        });
+        assert_eq!(
+            undone_node_work(&desired, &outcome).as_deref(),
+            Some("~ link kudo0: up: still needed after it was applied: something undoes it")
+        );
+    }
 }

@@ -1,19 +1,22 @@
 //! What makes the controller reconcile: the desired-state directory changing, kernel events
 //! on the node and inside instance namespaces, the periodic resync, SIGHUP, a retry coming
-//! due. Triggers are level-based hints: a lost or duplicated trigger costs at most one pass.
+//! due. Triggers are level-based and coalesced: a producer sets the flag of its kind of work
+//! in [`Triggers`] and wakes the loop, which takes every flag at once. However many events
+//! arrive during a long pass, none is lost: a file change noted while a pass runs makes the
+//! next pass read the directory again, right after.
 //! Kernel events also say what changed (a link of the node, a namespace), so that a pass
 //! they start reads only that; the resync reads everything.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use notify::{RecursiveMode, Watcher};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until};
 
 use crate::dataplane::netlink::in_namespace;
@@ -28,15 +31,15 @@ pub enum Trigger {
     /// A link, address or route changed, a namespace appeared or vanished, or the
     /// nf_tables ruleset changed.
     Kernel,
-    /// The kernel dropped events (a netlink overrun, an inotify overflow): the pass reads
-    /// everything.
+    /// inotify dropped events (its queue overflowed): the directory is read again and the
+    /// pass reads everything. (A netlink overrun is noted in the kernel changes instead.)
     Overrun,
     /// The periodic full resync: catches what raises no event (legacy iptables, sysctls)
     /// or events missed.
     Resync,
     /// SIGHUP.
     Hangup,
-    /// A failing instance's backoff ran out.
+    /// A failing instance's (or the node's) backoff ran out.
     Retry,
 }
 
@@ -50,6 +53,15 @@ impl Trigger {
                 | Trigger::Overrun
                 | Trigger::Resync
                 | Trigger::Hangup
+        )
+    }
+
+    /// Whether this is a known change of the desired state (or a request to read it): the
+    /// node cannot be called converged until a pass has applied it.
+    pub fn is_change(self) -> bool {
+        matches!(
+            self,
+            Trigger::Startup | Trigger::Files | Trigger::Overrun | Trigger::Hangup
         )
     }
 
@@ -71,37 +83,129 @@ impl Batch {
     pub fn reloads(&self) -> bool {
         self.0.iter().any(|trigger| trigger.reloads())
     }
+
+    pub fn changes(&self) -> bool {
+        self.0.iter().any(|trigger| trigger.is_change())
+    }
 }
 
 /// A burst never delays a reconcile by more than this.
 pub const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
 
-/// Collects `first` and whatever follows it until the triggers go quiet (the longest quiet
-/// period of what was received) or `MAX_DEBOUNCE` has passed since `first`.
-pub async fn debounce(receiver: &mut mpsc::Receiver<Trigger>, first: Trigger) -> Batch {
-    let started = Instant::now();
-    let mut batch = Batch(BTreeSet::from([first]));
-    loop {
-        let quiet = batch
-            .0
-            .iter()
-            .map(|trigger| trigger.quiet())
-            .max()
-            .unwrap_or_default();
-        let deadline = (Instant::now() + quiet).min(started + MAX_DEBOUNCE);
-        tokio::select! {
-            received = receiver.recv() => match received {
-                Some(trigger) => { batch.0.insert(trigger); }
-                None => return batch,
-            },
-            () = sleep_until(deadline) => return batch,
+/// The work waiting for the controller: one dirty flag per kind of trigger, set by any
+/// number of producers (threads included) and taken all at once by the loop. Setting a
+/// flag that is already set costs nothing, so nothing is ever dropped for lack of room.
+#[derive(Debug, Default)]
+pub struct Triggers {
+    state: Mutex<Pending>,
+    wake: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    /// Each kind waiting, with when it was first and last set since it was last taken.
+    kinds: BTreeMap<Trigger, (Instant, Instant)>,
+    /// A batch holding a change of the desired state was taken and its pass has not
+    /// finished yet.
+    applying_change: bool,
+}
+
+impl Triggers {
+    pub fn new() -> Arc<Triggers> {
+        Arc::new(Triggers::default())
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Notes `trigger` and wakes the loop.
+    pub fn set(&self, trigger: Trigger) {
+        let now = Instant::now();
+        self.state()
+            .kinds
+            .entry(trigger)
+            .and_modify(|(_, last)| *last = now)
+            .or_insert((now, now));
+        // Stores a permit when the loop is busy: it looks again as soon as it waits.
+        self.wake.notify_one();
+    }
+
+    /// Resolves when a trigger was set (possibly before this call, while the loop was busy).
+    pub async fn notified(&self) {
+        self.wake.notified().await;
+    }
+
+    /// When the waiting triggers that `eligible` lets through are due: each kind after its
+    /// quiet period since it was last set, but no later than `MAX_DEBOUNCE` after the
+    /// first of them was set. `None` when none is waiting.
+    pub fn due(&self, eligible: impl Fn(Trigger) -> bool) -> Option<Instant> {
+        let state = self.state();
+        let waiting = state.kinds.iter().filter(|(kind, _)| eligible(**kind));
+        let (mut first, mut quiet_end) = (None::<Instant>, None::<Instant>);
+        for (kind, (since, last)) in waiting {
+            first = Some(first.map_or(*since, |first| first.min(*since)));
+            let end = *last + kind.quiet();
+            quiet_end = Some(quiet_end.map_or(end, |quiet_end| quiet_end.max(end)));
         }
+        Some(quiet_end?.min(first? + MAX_DEBOUNCE))
+    }
+
+    /// Takes (and clears) the waiting triggers that `eligible` lets through; the others
+    /// stay set. A batch holding a change counts as being applied until [`finished`].
+    ///
+    /// [`finished`]: Triggers::finished
+    pub fn take(&self, eligible: impl Fn(Trigger) -> bool) -> Batch {
+        let mut state = self.state();
+        let taken: BTreeSet<Trigger> = state
+            .kinds
+            .keys()
+            .copied()
+            .filter(|kind| eligible(*kind))
+            .collect();
+        state.kinds.retain(|kind, _| !taken.contains(kind));
+        let batch = Batch(taken);
+        if batch.changes() {
+            state.applying_change = true;
+        }
+        batch
+    }
+
+    /// The pass of the last batch taken finished.
+    pub fn finished(&self) {
+        self.state().applying_change = false;
+    }
+
+    /// Whether a change of the desired state is noted and not taken yet.
+    pub fn change_waiting(&self) -> bool {
+        self.state().kinds.keys().any(|kind| kind.is_change())
+    }
+
+    /// Whether a change of the desired state is waiting or being applied: until it is
+    /// done, the node is not known to match the desired state.
+    pub fn change_pending(&self) -> bool {
+        let state = self.state();
+        state.applying_change || state.kinds.keys().any(|kind| kind.is_change())
     }
 }
 
-/// Sends `trigger` unless the channel is full (a trigger is already waiting: enough).
-fn send(sender: &mpsc::Sender<Trigger>, trigger: Trigger) {
-    let _ = sender.try_send(trigger);
+/// Waits until the triggers `eligible` lets through are due (see [`Triggers::due`]) and
+/// takes them.
+pub async fn debounce(triggers: &Triggers, eligible: impl Fn(Trigger) -> bool) -> Batch {
+    loop {
+        match triggers.due(&eligible) {
+            Some(due) if due <= Instant::now() => return triggers.take(&eligible),
+            Some(due) => {
+                tokio::select! {
+                    () = sleep_until(due) => {}
+                    () = triggers.notified() => {}
+                }
+            }
+            None => triggers.notified().await,
+        }
+    }
 }
 
 /// Watches a directory recursively (the desired state) or not (the netns directory).
@@ -113,16 +217,26 @@ impl DirWatcher {
     pub fn new(
         dir: &Path,
         recursive: bool,
-        sender: mpsc::Sender<Trigger>,
+        triggers: &Arc<Triggers>,
         trigger: Trigger,
     ) -> notify::Result<DirWatcher> {
+        // Weak: a watcher left behind must not keep the loop's state alive.
+        let triggers = Arc::downgrade(triggers);
         let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-                Ok(event) if event.need_rescan() => send(&sender, Trigger::Overrun),
-                // Reading the files (kudonet's own reload among them) changes nothing.
-                Ok(event) if event.kind.is_access() => {}
-                Ok(_) => send(&sender, trigger),
-                Err(_) => send(&sender, Trigger::Overrun),
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let Some(triggers) = triggers.upgrade() else {
+                    return;
+                };
+                match event {
+                    // Reading the files (kudonet's own reload among them) changes nothing.
+                    Ok(event) if event.kind.is_access() && !event.need_rescan() => {}
+                    Ok(event) if !event.need_rescan() => triggers.set(trigger),
+                    // Events were lost: whatever they were, this watch's trigger stands.
+                    _ => {
+                        triggers.set(trigger);
+                        triggers.set(Trigger::Overrun);
+                    }
+                }
             })?;
         let mode = if recursive {
             RecursiveMode::Recursive
@@ -216,7 +330,7 @@ impl Watched {
                     received_any = true;
                 }
                 Err(nix::errno::Errno::ENOBUFS) => {
-                    // Noted here, not only sent as a trigger, which a full channel drops.
+                    // Noted here, with what the pass must read, not only as a trigger.
                     self.changes.everything = true;
                     overrun = true;
                 }
@@ -252,7 +366,7 @@ fn changed_links(buffer: &[u8]) -> Vec<u32> {
 }
 
 impl KernelEvents {
-    pub fn start(sender: mpsc::Sender<Trigger>) -> io::Result<KernelEvents> {
+    pub fn start(triggers: &Arc<Triggers>) -> io::Result<KernelEvents> {
         let epoll = Arc::new(Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?);
         let watched = Arc::new(Mutex::new(Watched::default()));
         lock(&watched).add(&epoll, subscribe()?)?;
@@ -264,9 +378,10 @@ impl KernelEvents {
             watched.firewall = Some(token);
         }
         let (reader_epoll, reader_watched) = (epoll.clone(), watched.clone());
+        let triggers = Arc::downgrade(triggers);
         std::thread::Builder::new()
             .name("kernel-events".into())
-            .spawn(move || read_events(&reader_epoll, &reader_watched, &sender))?;
+            .spawn(move || read_events(&reader_epoll, &reader_watched, &triggers))?;
         Ok(KernelEvents { epoll, watched })
     }
 
@@ -353,7 +468,7 @@ fn subscribe_nftables() -> io::Result<netlink_sys::Socket> {
     Ok(socket)
 }
 
-fn read_events(epoll: &Epoll, watched: &Mutex<Watched>, sender: &mpsc::Sender<Trigger>) {
+fn read_events(epoll: &Epoll, watched: &Mutex<Watched>, triggers: &Weak<Triggers>) {
     let mut ready = [EpollEvent::empty(); 64];
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
@@ -366,14 +481,17 @@ fn read_events(epoll: &Epoll, watched: &Mutex<Watched>, sender: &mpsc::Sender<Tr
             // A token gone since epoll reported it has nothing to read (and its descriptor
             // may be reused): `drain` finds no socket. Notes are made before the trigger is
             // sent, so the pass it starts finds them.
+            // An overrun is noted in the changes (read everything), so it is a kernel
+            // trigger like any other.
             let (received, overrun) = lock(watched).drain(event.data(), &mut buffer);
-            if overrun {
-                send(sender, Trigger::Overrun);
-            } else if received {
-                send(sender, Trigger::Kernel);
+            if received || overrun {
+                let Some(triggers) = triggers.upgrade() else {
+                    return;
+                };
+                triggers.set(Trigger::Kernel);
             }
         }
-        if sender.is_closed() {
+        if triggers.strong_count() == 0 {
             return;
         }
     }
@@ -383,22 +501,29 @@ fn read_events(epoll: &Epoll, watched: &Mutex<Watched>, sender: &mpsc::Sender<Tr
 mod tests {
     use super::*;
 
+    fn all(_: Trigger) -> bool {
+        true
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_burst_of_file_events_is_one_batch_after_the_quiet_period() {
-        let (sender, mut receiver) = mpsc::channel(16);
+        let triggers = Triggers::new();
         let start = Instant::now();
+        triggers.set(Trigger::Files);
+        let producer = triggers.clone();
         tokio::spawn(async move {
             for _ in 0..3 {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                sender.send(Trigger::Files).await.unwrap();
+                producer.set(Trigger::Files);
             }
             tokio::time::sleep(Duration::from_secs(10)).await;
-            sender.send(Trigger::Kernel).await.unwrap();
+            producer.set(Trigger::Kernel);
         });
-        let batch = debounce(&mut receiver, Trigger::Files).await;
+        let batch = debounce(&triggers, all).await;
         assert_eq!(batch, Batch(BTreeSet::from([Trigger::Files])));
         // Last event at 300 ms, then 150 ms of quiet.
         assert_eq!(start.elapsed(), Duration::from_millis(450));
+        assert!(triggers.due(all).is_none(), "the burst was taken whole");
     }
 
     #[test]
@@ -423,9 +548,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn kernel_events_wait_only_briefly() {
-        let (_sender, mut receiver) = mpsc::channel::<Trigger>(16);
+        let triggers = Triggers::new();
         let start = Instant::now();
-        let batch = debounce(&mut receiver, Trigger::Kernel).await;
+        triggers.set(Trigger::Kernel);
+        let batch = debounce(&triggers, all).await;
         assert_eq!(batch, Batch(BTreeSet::from([Trigger::Kernel])));
         assert!(!batch.reloads());
         assert_eq!(start.elapsed(), Duration::from_millis(20));
@@ -433,22 +559,90 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_endless_stream_is_cut_at_the_maximum_delay() {
-        let (sender, mut receiver) = mpsc::channel(16);
+        let triggers = Triggers::new();
         let start = Instant::now();
+        triggers.set(Trigger::Resync);
+        let producer = Arc::downgrade(&triggers);
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(10)).await;
-                if sender.send(Trigger::Kernel).await.is_err() {
+                let Some(triggers) = producer.upgrade() else {
                     return;
-                }
+                };
+                triggers.set(Trigger::Kernel);
             }
         });
-        let batch = debounce(&mut receiver, Trigger::Resync).await;
+        let batch = debounce(&triggers, all).await;
         assert_eq!(
             batch,
             Batch(BTreeSet::from([Trigger::Kernel, Trigger::Resync]))
         );
         assert!(batch.reloads());
         assert_eq!(start.elapsed(), MAX_DEBOUNCE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_file_change_among_a_flood_of_kernel_events_is_never_lost() {
+        // What a long pass does: its own kernel events pile up, then a file changes.
+        let triggers = Triggers::new();
+        for _ in 0..10_000 {
+            triggers.set(Trigger::Kernel);
+        }
+        triggers.set(Trigger::Files);
+        for _ in 0..10_000 {
+            triggers.set(Trigger::Kernel);
+        }
+        assert!(triggers.change_waiting());
+        let batch = debounce(&triggers, all).await;
+        assert_eq!(
+            batch,
+            Batch(BTreeSet::from([Trigger::Files, Trigger::Kernel]))
+        );
+        assert!(batch.reloads());
+        // Taken: being applied until the pass finishes.
+        assert!(!triggers.change_waiting());
+        assert!(triggers.change_pending());
+        // A change noted during that pass is the next batch, right after it.
+        triggers.set(Trigger::Files);
+        triggers.finished();
+        assert!(
+            triggers.change_pending(),
+            "the new change is still to apply"
+        );
+        let start = Instant::now();
+        let batch = debounce(&triggers, all).await;
+        assert_eq!(batch, Batch(BTreeSet::from([Trigger::Files])));
+        assert_eq!(start.elapsed(), Duration::from_millis(150));
+        triggers.finished();
+        assert!(!triggers.change_pending());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn kernel_triggers_wait_while_not_eligible_and_stay_set() {
+        // While the node backs off, kernel events wake nothing; a file change does.
+        let triggers = Triggers::new();
+        let backing_off = |trigger: Trigger| !matches!(trigger, Trigger::Kernel | Trigger::Resync);
+        triggers.set(Trigger::Kernel);
+        triggers.set(Trigger::Resync);
+        assert_eq!(triggers.due(backing_off), None);
+        assert!(
+            !triggers.change_pending(),
+            "kernel events are no change of DIR"
+        );
+        let producer = triggers.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            producer.set(Trigger::Files);
+        });
+        let start = Instant::now();
+        let batch = debounce(&triggers, backing_off).await;
+        assert_eq!(batch, Batch(BTreeSet::from([Trigger::Files])));
+        assert_eq!(start.elapsed(), Duration::from_millis(5150));
+        // Still there for the retry.
+        let batch = debounce(&triggers, all).await;
+        assert_eq!(
+            batch,
+            Batch(BTreeSet::from([Trigger::Kernel, Trigger::Resync]))
+        );
     }
 }
