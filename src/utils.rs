@@ -9,8 +9,10 @@
 //!
 //! - `DIR/node.yaml`: the `kind: Node` document of [`setup_node`](crate::node::setup_node)
 //!   (name, cidr; the bridge is `kudo0`, masquerading on);
-//! - `DIR/instances/<instance_id>.yaml`: the `kind: Instance` document of each
-//!   [`setup_instance`](crate::instance::setup_instance) (node, address, ports).
+//! - `DIR/instances/<name>.yaml`: the `kind: Instance` document of each
+//!   [`setup_instance`](crate::instance::setup_instance) (node, address, ports), where
+//!   `<name>` is the instance id when it is a DNS label, else the Instance name made of it
+//!   (see [Instance ids](crate::instance#instance-ids)), and the id is recorded as `id`.
 //!
 //! `DIR` is [`DEFAULT_STATE_DIR`] (`/var/lib/kudonet/desired-state`, which survives reboots,
 //! so [`setup_iptables`](crate::node::setup_iptables) can restore the node), or the value of
@@ -29,6 +31,7 @@
 #![deny(missing_docs)]
 
 pub use crate::compat::error::NetworkError;
+pub use crate::compat::inet::IntoIpv4Inet;
 pub use crate::compat::store::{
     DEFAULT_NETNS_DIR, DEFAULT_STATE_DIR, NETNS_DIR_ENV, STATE_DIR_ENV,
 };
@@ -51,6 +54,33 @@ use std::path::PathBuf;
 /// ```
 pub fn get_namespace_name(instance_id: String) -> String {
     crate::compat::namespace_name(&instance_id)
+}
+
+/// The name of the network namespace of instance `instance_id`: the original library's
+/// name for [`get_namespace_name`], which it is.
+///
+/// ```
+/// # use kudonet::utils::namespace_name;
+/// assert_eq!(namespace_name("default.web-Ab3xZ".to_string()), "kudo-default.web-Ab3xZ");
+/// ```
+pub fn namespace_name(instance_id: String) -> String {
+    get_namespace_name(instance_id)
+}
+
+/// The bridge of node `node_id`: the one [`setup_node`](crate::node::setup_node) made and
+/// named in its response, read from the node recorded in the state directory; for a node
+/// that is not set up there, the bridge `setup_node` would make (`kudo0`).
+///
+/// ```
+/// # use kudonet::utils::bridge_name;
+/// assert_eq!(bridge_name("never-set-up".to_string()), "kudo0");
+/// ```
+pub fn bridge_name(node_id: String) -> String {
+    let config = crate::compat::store::Config::from_env();
+    match crate::compat::store::recorded_node(&config) {
+        Ok(Some(node)) if node.name == node_id => node.bridge,
+        _ => crate::spec::DEFAULT_BRIDGE.to_string(),
+    }
 }
 
 /// The desired-state directory the library uses now: `$KUDONET_STATE_DIR`, else
