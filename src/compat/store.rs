@@ -306,6 +306,9 @@ pub(crate) fn commit(config: &Config, change: &Change) -> Result<bool, NetworkEr
     Ok(true)
 }
 
+/// Where the requested document is staged, in the scratch copy of the state directory.
+const STAGED_REQUEST: &str = "~~kudonet-request.yaml";
+
 /// Loads a copy of the state directory with `relative` set to `document`, in a hidden
 /// scratch folder inside it (which loads of the directory skip), and reports what is wrong
 /// with the copy as an invalid request, in the caller's terms (see [`caller_terms`]).
@@ -336,15 +339,14 @@ fn validate_with(
             }
             fs::copy(&file, &copy).map_err(NetworkError::io("copy", &file))?;
         }
-        let staged = scratch.join(relative);
-        if let Some(parent) = staged.parent() {
-            fs::create_dir_all(parent).map_err(NetworkError::io("create folder", parent))?;
-        }
+        // Loaded last (`~` sorts after letters and digits), so that a clash between the request
+        // and a recorded file is reported at the request, which is what the caller can change.
+        let staged = scratch.join(STAGED_REQUEST);
         fs::write(&staged, &document.content).map_err(NetworkError::io("write", &staged))?;
         spec::load(&scratch).map(drop).map_err(|diagnostics| {
             let problems: Vec<String> = diagnostics
                 .iter()
-                .map(|diagnostic| caller_terms(diagnostic, &scratch, relative, document))
+                .map(|diagnostic| caller_terms(diagnostic, &scratch, document))
                 .collect();
             NetworkError::invalid(problems.join("; "))
         })
@@ -357,15 +359,10 @@ fn validate_with(
 /// value the problem is about (`instance_ip_cidr 10.0.0.2/32: ...`) rather than the line of a
 /// file the caller never wrote, and other recorded files by what they record (`instance
 /// "web"`, `node "node"`) rather than by path and position.
-fn caller_terms(
-    diagnostic: &spec::Diagnostic,
-    scratch: &Path,
-    relative: &Path,
-    document: &Document,
-) -> String {
+fn caller_terms(diagnostic: &spec::Diagnostic, scratch: &Path, document: &Document) -> String {
     let message = without_positions(&diagnostic.message, scratch);
     let file = diagnostic.origin.file.strip_prefix(scratch).ok();
-    if file == Some(relative) {
+    if file == Some(Path::new(STAGED_REQUEST)) {
         let value = diagnostic
             .origin
             .position
