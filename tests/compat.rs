@@ -469,45 +469,112 @@ fn setup_iptables_restores_the_node_after_a_reboot() {
     });
 }
 
-/// What the judge does: the README's examples, unchanged, built against this crate as a
-/// separate project (offline, from the local registry), then run in a throwaway namespace.
-#[test]
-fn readme_examples_build_unchanged_as_a_separate_project_and_run() {
+/// Builds the consumer project of `manifest` (relative to the crate) offline, from the local
+/// registry, as a separate project would, and returns the path of its binary `bin`. The
+/// projects share one target folder, so kudonet is built once for all of them.
+fn build_consumer(manifest: &str, bin: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let target = root.join("target/readme-project");
-    let binary = target.join("debug/kudonet-readme-examples");
+    let target = root.join("target/consumer-projects");
     if !common::inside_sandbox() {
         let output = Command::new(env!("CARGO"))
-            .args(["build", "--offline", "--manifest-path"])
-            .arg(root.join("tests/readme-project/Cargo.toml"))
+            .args(["build", "--offline", "--locked", "--manifest-path"])
+            .arg(root.join(manifest))
             .env("CARGO_TARGET_DIR", &target)
             .output()
             .unwrap();
         assert!(
             output.status.success(),
-            "the README project does not build:\n{}",
+            "{manifest} does not build:\n{}",
             String::from_utf8_lossy(&output.stderr)
         );
     }
+    target.join("debug").join(bin)
+}
+
+/// Runs a consumer binary with the sandbox's state directory; its stdout, once it succeeded.
+fn run_consumer(binary: &Path, args: &[&str]) -> String {
+    let output = Command::new(binary)
+        .args(args)
+        .env("KUDONET_STATE_DIR", STATE_DIR)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{} {args:?}: {stdout}{}",
+        binary.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// The README's examples, unchanged, built against this crate as separate projects with cidr
+/// 0.3 and with cidr 0.2 (the version the original library was published with), then run in a
+/// throwaway namespace.
+#[test]
+fn readme_examples_build_unchanged_as_a_separate_project_and_run() {
+    let binaries = [
+        build_consumer(
+            "tests/readme-project/Cargo.toml",
+            "kudonet-readme-examples",
+        ),
+        build_consumer(
+            "tests/readme-project/cidr02/Cargo.toml",
+            "kudonet-readme-examples-cidr02",
+        ),
+    ];
     common::sandboxed(
         "readme_examples_build_unchanged_as_a_separate_project_and_run",
         || {
-            let output = Command::new(&binary)
-                .env("KUDONET_STATE_DIR", STATE_DIR)
-                .output()
-                .unwrap();
-            let stdout = String::from_utf8_lossy(&output.stdout);
-            assert!(
-                output.status.success(),
-                "{stdout}{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            assert_eq!(
-                stdout,
-                "CNI name: kudo0\nInstance default interface: eth0\n\
-                 Network namespace: kudo-instance\nNamespace of instance: kudo-instance\n"
-            );
-            assert_eq!(kudonet_leftovers(), "", "the examples end with clean_node");
+            for binary in &binaries {
+                assert_eq!(
+                    run_consumer(binary, &[]),
+                    "CNI name: kudo0\nInstance default interface: eth0\n\
+                     Network namespace: kudo-instance\nNamespace of instance: kudo-instance\n"
+                );
+                assert_eq!(kudonet_leftovers(), "", "the examples end with clean_node");
+            }
+        },
+    );
+}
+
+/// The Kudo node agent's import lines and calls (tests/agent-project/main.rs: the library
+/// named `network`, its published paths, `setup_node` unwrapped in a tokio task with a fresh
+/// node id at every start, an instance id of its scheduler) build unchanged against this crate
+/// with cidr 0.2 and with cidr 0.3, and work, restarts included.
+#[test]
+fn the_agents_calls_build_with_cidr_02_and_03_and_survive_restarts() {
+    let binaries = [
+        build_consumer("tests/agent-project/cidr02/Cargo.toml", "agent-cidr02"),
+        build_consumer("tests/agent-project/cidr03/Cargo.toml", "agent-cidr03"),
+    ];
+    common::sandboxed(
+        "the_agents_calls_build_with_cidr_02_and_03_and_survive_restarts",
+        || {
+            for binary in &binaries {
+                let mut node_ids = Vec::new();
+                // Two starts, each with a fresh node id, as after a restart of the agent.
+                for _ in 0..2 {
+                    let stdout = run_consumer(binary, &["start"]);
+                    let lines: Vec<&str> = stdout.lines().collect();
+                    assert_eq!(
+                        lines[..2],
+                        [
+                            "node: bridge kudo0 (bridge_name: kudo0)",
+                            "instance default.web-Ab3xZ: eth0 in kudo-default.web-Ab3xZ \
+                             (expected eth0 in kudo-default.web-Ab3xZ), port 80 -> 8080, \
+                             namespace exists: true",
+                        ],
+                        "{stdout}"
+                    );
+                    node_ids.push(lines[2].strip_prefix("node id: ").unwrap().to_string());
+                }
+                assert_ne!(node_ids[0], node_ids[1]);
+                assert_eq!(state_files(), "./node.yaml\n");
+                run_consumer(binary, &["stop", &node_ids[1]]);
+                assert_eq!(kudonet_leftovers(), "");
+                assert_eq!(state_files(), "");
+            }
         },
     );
 }
