@@ -514,10 +514,7 @@ fn run_consumer(binary: &Path, args: &[&str]) -> String {
 #[test]
 fn readme_examples_build_unchanged_as_a_separate_project_and_run() {
     let binaries = [
-        build_consumer(
-            "tests/readme-project/Cargo.toml",
-            "kudonet-readme-examples",
-        ),
+        build_consumer("tests/readme-project/Cargo.toml", "kudonet-readme-examples"),
         build_consumer(
             "tests/readme-project/cidr02/Cargo.toml",
             "kudonet-readme-examples-cidr02",
@@ -538,7 +535,7 @@ fn readme_examples_build_unchanged_as_a_separate_project_and_run() {
     );
 }
 
-/// The Kudo node agent's import lines and calls (tests/agent-project/main.rs: the library
+/// The Kudo node agent's import lines and calls (tests/agent-project/src/main.rs: the library
 /// named `network`, its published paths, `setup_node` unwrapped in a tokio task with a fresh
 /// node id at every start, an instance id of its scheduler) build unchanged against this crate
 /// with cidr 0.2 and with cidr 0.3, and work, restarts included.
@@ -648,14 +645,13 @@ fn an_instance_keeps_the_prefix_it_asks_for_and_a_32_is_refused() {
             setup_instance(instance_request("web", "10.0.0.2/24", vec![])).unwrap();
             let recorded = common::sh(&format!("cat {STATE_DIR}/instances/web.yaml"));
             assert!(recorded.contains("\naddress: 10.0.0.2/24\n"), "{recorded}");
-            assert_eq!(
-                common::addresses(Some("kudo-web"), "eth0"),
-                ["10.0.0.2/24"]
-            );
+            assert_eq!(common::addresses(Some("kudo-web"), "eth0"), ["10.0.0.2/24"]);
             // A /32 asked for again is still refused; the instance keeps its /24.
             let error = setup_instance(instance_request("web", "10.0.0.2/32", vec![])).unwrap_err();
             assert!(
-                error.to_string().starts_with("invalid request: instance_ip_cidr 10.0.0.2/32: "),
+                error
+                    .to_string()
+                    .starts_with("invalid request: instance_ip_cidr 10.0.0.2/32: "),
                 "{error}"
             );
             assert_eq!(
@@ -697,7 +693,9 @@ fn ids_the_original_accepted_name_their_namespace() {
             ["10.0.0.3/24"]
         );
         assert_eq!(
-            common::sh(&format!("cat {STATE_DIR}/instances/default-web-ab3xz-c575252d.yaml")),
+            common::sh(&format!(
+                "cat {STATE_DIR}/instances/default-web-ab3xz-c575252d.yaml"
+            )),
             "# Recorded by the kudonet library (kudonet::instance::setup_instance).\n\
              kind: Instance\nname: \"default-web-ab3xz-c575252d\"\nid: \"default.web-Ab3xZ\"\n\
              node: \"node\"\naddress: 10.0.0.2/24\nports:\n\
@@ -720,7 +718,10 @@ fn ids_the_original_accepted_name_their_namespace() {
         clean_instance(clean_request(id, "10.0.0.2/24", vec![])).unwrap();
         assert!(!netns(id).exists());
         assert!(!answers("127.0.0.1:80"));
-        assert!(netns("default.web-ab3xz").exists(), "the other id is untouched");
+        assert!(
+            netns("default.web-ab3xz").exists(),
+            "the other id is untouched"
+        );
         clean_instance(clean_request("default.web-ab3xz", "10.0.0.3/24", vec![])).unwrap();
         assert_eq!(state_files(), "./node.yaml\n");
         assert_eq!(common::namespaces(), Vec::<String>::new());

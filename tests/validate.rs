@@ -316,7 +316,10 @@ fn an_instance_id_names_its_namespace_once() {
     );
     for (id, message) in [
         ("\"a b\"", "Instance id \"a b\" must not contain whitespace"),
-        ("\"../etc\"", "Instance id \"../etc\" must not contain `/` or `..`"),
+        (
+            "\"../etc\"",
+            "Instance id \"../etc\" must not contain `/` or `..`",
+        ),
         ("\"\"", "Instance id must not be empty"),
     ] {
         instance_case(
@@ -335,8 +338,10 @@ fn an_instance_id_names_its_namespace_once() {
             ("a.yaml", &instance("web", "10.0.0.2")),
             ("b.yaml", &with_id("other", "web", "10.0.0.3")),
         ],
-        &["$DIR/b.yaml:3:5: namespace kudo-web of Instance \"other\" is already the namespace of \
-           Instance \"web\" at $DIR/a.yaml:2:7"],
+        &[
+            "$DIR/b.yaml:3:5: namespace kudo-web of Instance \"other\" is already the namespace of \
+           Instance \"web\" at $DIR/a.yaml:2:7",
+        ],
     );
 }
 

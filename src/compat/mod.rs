@@ -226,7 +226,11 @@ mod tests {
 
     #[test]
     fn instance_ids_map_to_stable_distinct_dns_labels() {
-        assert_eq!(instance_name("web").unwrap(), "web", "a DNS label is the name");
+        assert_eq!(
+            instance_name("web").unwrap(),
+            "web",
+            "a DNS label is the name"
+        );
         // Pinned: names recorded in state directories in the field.
         let name = instance_name("default.web-Ab3xZ").unwrap();
         assert_eq!(name, "default-web-ab3xz-c575252d");

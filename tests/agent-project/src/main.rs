@@ -50,7 +50,9 @@ mod workload {
             response.namespace_name,
             expected.interface_name,
             expected.namespace_name,
-            Path::new("/run/netns").join(&response.namespace_name).exists()
+            Path::new("/run/netns")
+                .join(&response.namespace_name)
+                .exists()
         );
         let request = CleanInstanceRequest::new(
             instance_id,
@@ -84,7 +86,10 @@ mod node {
 
 /// A fresh UUID-shaped node id, as the agent makes with `Uuid::new_v4()` at every start.
 fn fresh_node_id() -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     let pid = u128::from(std::process::id());
     let bits = nanos ^ (pid << 64);
     format!(
