@@ -1,8 +1,10 @@
-//! The library API of the original Kudo network library (CONTRACT §6) against a real kernel,
+//! The library API of the original Kudo network library against a real kernel,
 //! each test in its own sandbox (see `common::sandboxed`): the README's flow with real
-//! packets, idempotence, one instance cleaned without disturbing another, errors, a reboot
-//! restored by `setup_iptables`, and the README's examples built unchanged as a separate
-//! project and run.
+//! packets, idempotence, one instance cleaned without disturbing another, errors in the
+//! caller's terms, a reboot restored by `setup_iptables`, prefixes kept as asked, ids that are
+//! not DNS labels, an agent restarting with a fresh node id from a tokio task, loopback nodes
+//! refused, and the README's examples and the Kudo node agent's code built unchanged as
+//! separate projects (cidr 0.2 and 0.3) and run.
 //!
 //! Inside a sandbox the library's state directory is `/run/kudonet-test/state` (the
 //! sandbox's private `/run`), set through `KUDONET_STATE_DIR`.

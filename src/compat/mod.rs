@@ -55,24 +55,12 @@ pub(crate) fn lock_node(node: &str) -> Result<NodeLock, NetworkError> {
     }
 }
 
-/// Node ids name lock files and appear in the desired state: the rules of Node names that
-/// keep them safe as file names, checked before anything is written.
+/// A node id is the name of the recorded Node: the rules of Node names, checked before
+/// anything is written.
 pub(crate) fn check_node_id(node_id: &str) -> Result<(), NetworkError> {
-    let problem = if node_id.is_empty() {
-        Some("must not be empty")
-    } else if node_id.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        Some("must not contain whitespace or control characters")
-    } else if node_id.contains('/') || node_id.contains("..") || node_id.starts_with('.') {
-        Some("must not contain `/` or `..`, nor start with `.`")
-    } else {
-        None
-    };
-    match problem {
-        Some(problem) => Err(NetworkError::invalid(format!(
-            "node id {node_id:?} {problem}"
-        ))),
-        None => Ok(()),
-    }
+    spec::check_node_name(node_id).map_err(|problem| {
+        NetworkError::invalid(format!("node_id {}: {problem}", store::quote(node_id)))
+    })
 }
 
 /// The Instance name (a DNS label, as every Instance name is) recorded for `instance_id`.
@@ -225,7 +213,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn instance_ids_map_to_stable_distinct_dns_labels() {
+    fn ids_follow_the_rules_of_names_and_map_to_stable_distinct_dns_labels() {
         assert_eq!(
             instance_name("web").unwrap(),
             "web",
@@ -239,6 +227,11 @@ mod tests {
         assert_eq!(instance_name("_").unwrap(), "id-8602484e");
         let long = instance_name(&"A.".repeat(125)).unwrap();
         assert!(spec::is_dns_label(&long), "{long}");
+        assert_eq!(
+            check_node_id("a b").unwrap_err().to_string(),
+            "invalid request: node_id \"a b\": Node name \"a b\" must not contain whitespace"
+        );
+        check_node_id("6f0c9a52-4b8e-4c4f-9d57-3f1e2a7b9c01").unwrap();
         assert_eq!(
             instance_name("a/b").unwrap_err().to_string(),
             "invalid request: instance_id \"a/b\": Instance id \"a/b\" must not contain `/` or `..`"

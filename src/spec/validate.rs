@@ -906,6 +906,11 @@ fn check_text(what: &str, name: &str, max: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// The rules of a Node name.
+pub fn check_node_name(name: &str) -> Result<(), String> {
+    check_name("Node", name)
+}
+
 /// Instance ids name a namespace, `kudo-<id>`, which must fit a file name (255 bytes).
 const MAX_INSTANCE_ID: usize = 250;
 
