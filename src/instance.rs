@@ -216,6 +216,16 @@ pub fn setup_instance(
             node.gateway()
         )));
     }
+    // Two ids whose names meet (a DNS-label id spelled like another id's name, or a hash
+    // collision) must not overwrite each other's record.
+    if let Some(recorded) = store::recorded_instance_id(&config, &name)
+        && recorded != request.instance_id
+    {
+        return Err(NetworkError::invalid(format!(
+            "instance_id {:?}: its Instance name {name:?} is already instance {recorded:?}'s",
+            request.instance_id
+        )));
+    }
     let document = store::instance_document(
         &request.instance_id,
         &name,
@@ -293,6 +303,10 @@ pub fn clean_instance(request: CleanInstanceRequest) -> Result<(), NetworkError>
         return Ok(());
     };
     let _lock = compat::lock_node(&node.name)?;
+    if store::recorded_instance_id(&config, &name).is_some_and(|id| id != request.instance_id) {
+        // Another instance's record under the same name: this one does not exist.
+        return Ok(());
+    }
     store::remove(&file)?;
     compat::converge(&config, &node.name, Scope::Instance(&name))
 }

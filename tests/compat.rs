@@ -717,6 +717,28 @@ fn ids_the_original_accepted_name_their_namespace() {
             (true, "No changes.\n".into())
         );
 
+        // A DNS-label id spelled like that name is another instance, which may not take the
+        // record over, and whose clean-up leaves the record alone.
+        let error = setup_instance(instance_request(
+            "default-web-ab3xz-c575252d",
+            "10.0.0.4/24",
+            vec![],
+        ))
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid request: instance_id \"default-web-ab3xz-c575252d\": its Instance name \
+             \"default-web-ab3xz-c575252d\" is already instance \"default.web-Ab3xZ\"'s"
+        );
+        clean_instance(clean_request(
+            "default-web-ab3xz-c575252d",
+            "10.0.0.4/24",
+            vec![],
+        ))
+        .unwrap();
+        assert!(netns(id).exists());
+        assert!(answers("127.0.0.1:80"));
+
         clean_instance(clean_request(id, "10.0.0.2/24", vec![])).unwrap();
         assert!(!netns(id).exists());
         assert!(!answers("127.0.0.1:80"));

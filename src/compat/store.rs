@@ -404,22 +404,37 @@ fn without_positions(message: &str, scratch: &Path) -> String {
     text
 }
 
+/// A field of a document the library wrote (`name:`, `id:`), unquoted.
+fn field(text: &str, key: &str) -> Option<String> {
+    text.lines().find_map(|line| {
+        let value = line.strip_prefix(key)?.trim();
+        serde_json::from_str::<String>(value)
+            .ok()
+            .or_else(|| Some(value.to_string()))
+    })
+}
+
+fn is_kind(text: &str, kind: &str) -> bool {
+    let line = format!("kind: {kind}");
+    text.lines().any(|l| l.trim_end() == line)
+}
+
+/// The instance id recorded in the library's file for Instance `name`, if there is one.
+pub(crate) fn recorded_instance_id(config: &Config, name: &str) -> Option<String> {
+    let text = fs::read_to_string(config.instance_file(name)).ok()?;
+    is_kind(&text, "Instance").then(|| field(&text, "id:").or_else(|| field(&text, "name:")))?
+}
+
 /// What a file of the library's state directory records, in the caller's terms.
 fn recorded_what(path: &Path) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
-    let field = |key: &str| {
-        text.lines().find_map(|line| {
-            let value = line.strip_prefix(key)?.trim();
-            serde_json::from_str::<String>(value)
-                .ok()
-                .or_else(|| Some(value.to_string()))
-        })
-    };
-    if text.contains("\nkind: Node") || text.starts_with("kind: Node") {
-        let name = field("name:").unwrap_or_default();
+    if is_kind(&text, "Node") {
+        let name = field(&text, "name:").unwrap_or_default();
         format!("node {}", quote(&name))
-    } else if text.contains("\nkind: Instance") || text.starts_with("kind: Instance") {
-        let id = field("id:").or_else(|| field("name:")).unwrap_or_default();
+    } else if is_kind(&text, "Instance") {
+        let id = field(&text, "id:")
+            .or_else(|| field(&text, "name:"))
+            .unwrap_or_default();
         format!("instance {}", quote(&id))
     } else {
         path.file_name()
