@@ -600,6 +600,32 @@ fn library_calls_work_beside_a_controller_watching_their_directory() {
             assert!(answers("127.0.0.1:80"));
             clean_instance(clean_request("web", "10.0.0.2/24", vec![])).unwrap();
             assert!(!netns("web").exists());
+
+            // An id that is not a DNS label is an instance like any other to the controller:
+            // its veth, deleted behind kudonet's back, comes back in its namespace kudo-<id>.
+            let id = "default.web-Ab3xZ";
+            setup_instance(instance_request(id, "10.0.0.3/24", vec![])).unwrap();
+            let veth = names::host_interface_name("default-web-ab3xz-c575252d");
+            let index = || common::link(None, &veth).map(|link| link["ifindex"].clone());
+            let before = index().expect("the instance's veth");
+            common::run_ok("ip", &["link", "delete", &veth]);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while index().is_none_or(|now| now == before)
+                || common::addresses(Some("kudo-default.web-Ab3xZ"), "eth0").is_empty()
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the controller did not repair {id}'s veth"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            assert_eq!(
+                common::addresses(Some("kudo-default.web-Ab3xZ"), "eth0"),
+                ["10.0.0.3/24"]
+            );
+            clean_instance(clean_request(id, "10.0.0.3/24", vec![])).unwrap();
+            assert!(!netns(id).exists());
+
             let pid = nix::unistd::Pid::from_raw(controller.id() as i32);
             nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
             assert!(controller.wait().unwrap().success());
