@@ -1,5 +1,11 @@
 //! Helpers of the original Kudo network library, and where the library keeps its state.
 //!
+//! [`get_namespace_name`] and [`namespace_name`] (the name the original crate published it
+//! under) give an instance's namespace, `kudo-<instance_id>`, for any id
+//! [`setup_instance`](crate::instance::setup_instance) accepts; [`bridge_name`] gives the
+//! bridge [`setup_node`](crate::node::setup_node) made. [`IntoIpv4Inet`] is what the
+//! requests' constructors accept: a `cidr::Ipv4Inet` of cidr 0.3 or of cidr 0.2.
+//!
 //! # The library's desired-state directory
 //!
 //! The calls of [`node`](crate::node) and [`instance`](crate::instance) record what they are
@@ -26,7 +32,9 @@
 //! was. Folders the library creates are mode 0755 and files 0644, owned by the calling
 //! user (root); like the command line, the library refuses a directory that users other
 //! than root can write. Other files may be added to the directory (peer Nodes, a Cluster);
-//! the library only ever writes and removes the files above. A directory holds one node.
+//! the library only ever writes and removes the files above. A directory holds one node; a
+//! [`setup_node`](crate::node::setup_node) with a new node id re-keys it while no instance is
+//! set up.
 
 #![deny(missing_docs)]
 
