@@ -479,7 +479,8 @@ fn build_consumer(manifest: &str, bin: &str) -> PathBuf {
     let target = root.join("target/consumer-projects");
     if !common::inside_sandbox() {
         let output = Command::new(env!("CARGO"))
-            .args(["build", "--offline", "--locked", "--manifest-path"])
+            // Not --locked: the projects' lockfiles follow kudonet's own dependencies.
+            .args(["build", "--offline", "--manifest-path"])
             .arg(root.join(manifest))
             .env("CARGO_TARGET_DIR", &target)
             .output()
