@@ -14,6 +14,21 @@
 //! differs, and a call succeeds or fails on the node and its own instance alone (another
 //! instance in trouble does not fail it). Calls are synchronous and idempotent, take the
 //! node's lock, and need root, like those of [`node`](crate::node).
+//!
+//! # Instance ids
+//!
+//! Any id the original library accepted works, not only DNS labels: `default.web-Ab3xZ`
+//! (capitals, dots) gets the namespace `kudo-default.web-Ab3xZ`, as
+//! [`utils::get_namespace_name`](crate::utils::get_namespace_name) says. In the state
+//! directory an Instance name is a DNS label, so such an id is recorded as an Instance
+//! named after it (lowercased, other characters turned into `-`, and 8 hex digits of a hash
+//! of the id: `default-web-ab3xz-` and the hash) whose `id: default.web-Ab3xZ` names the
+//! namespace; `kudonet status` lists it under that name. An id that is a DNS label is the
+//! Instance name itself. An id must not be empty, nor contain `/`, `..`, whitespace or
+//! control characters, nor be longer than 250 bytes (its namespace is a file name).
+//!
+//! The requests, the response and [`Port`] are also reachable where the original library
+//! published them: [`request`], [`response`] and [`crate::port`].
 
 #![deny(missing_docs)]
 
@@ -21,45 +36,24 @@ use std::net::Ipv4Addr;
 
 use cidr::Ipv4Inet;
 
+use crate::compat::inet::IntoIpv4Inet;
 use crate::compat::store::{self, Change, Config};
 use crate::compat::{self, Scope};
 use crate::names;
 
 pub use crate::compat::error::NetworkError;
+pub use crate::compat::port::Port;
 
-/// A published port: host port `source` forwarded to instance port `destination`, for TCP and
-/// for UDP.
-///
-/// `Port::new(80, 8080)` makes connections to port 80 of the node (any of its addresses,
-/// including `127.0.0.1` from the node itself) reach port 8080 in the instance. In the
-/// state directory it is two port entries: `hostPort: 80, instancePort: 8080` for `tcp` and
-/// for `udp`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Port {
-    /// The node's port.
-    pub source: u16,
-    /// The instance's port.
-    pub destination: u16,
+/// The instance requests, at the original library's path
+/// (`instance::request::SetupInstanceRequest`).
+pub mod request {
+    pub use super::{CleanInstanceRequest, SetupInstanceRequest};
 }
 
-impl Port {
-    /// Host port `source` forwarded to instance port `destination`.
-    pub fn new(source: u16, destination: u16) -> Port {
-        Port {
-            source,
-            destination,
-        }
-    }
-
-    /// The node's port.
-    pub fn source(&self) -> u16 {
-        self.source
-    }
-
-    /// The instance's port.
-    pub fn destination(&self) -> u16 {
-        self.destination
-    }
+/// The instance response, at the original library's path
+/// (`instance::response::SetupInstanceResponse`).
+pub mod response {
+    pub use super::SetupInstanceResponse;
 }
 
 /// A request to set up (or update) the network of an instance.
@@ -69,8 +63,8 @@ pub struct SetupInstanceRequest {
     pub node_id: String,
     /// The node's gateway address: the address part of the node's `node_ip_cidr`.
     pub node_ip_addr: Ipv4Addr,
-    /// The instance's id, a DNS label (`[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63
-    /// characters); its namespace is `kudo-<instance_id>`.
+    /// The instance's id; its namespace is `kudo-<instance_id>` (see [Instance
+    /// ids](self#instance-ids)).
     pub instance_id: String,
     /// The instance's address, in the node's subnet and with the node's prefix length.
     pub instance_ip_cidr: Ipv4Inet,
@@ -80,19 +74,20 @@ pub struct SetupInstanceRequest {
 
 impl SetupInstanceRequest {
     /// A request to set up instance `instance_id` on node `node_id` (whose gateway is
-    /// `node_ip_addr`) at `instance_ip_cidr`, publishing `ports`.
+    /// `node_ip_addr`) at `instance_ip_cidr` (a `cidr::Ipv4Inet` of cidr 0.3 or 0.2),
+    /// publishing `ports`.
     pub fn new(
         node_id: String,
         node_ip_addr: Ipv4Addr,
         instance_id: String,
-        instance_ip_cidr: Ipv4Inet,
+        instance_ip_cidr: impl IntoIpv4Inet,
         ports: Vec<Port>,
     ) -> SetupInstanceRequest {
         SetupInstanceRequest {
             node_id,
             node_ip_addr,
             instance_id,
-            instance_ip_cidr,
+            instance_ip_cidr: instance_ip_cidr.into_ipv4_inet(),
             ports,
         }
     }
@@ -109,6 +104,14 @@ pub struct SetupInstanceResponse {
 }
 
 impl SetupInstanceResponse {
+    /// A response naming the instance's interface and namespace.
+    pub fn new(interface_name: String, namespace_name: String) -> SetupInstanceResponse {
+        SetupInstanceResponse {
+            interface_name,
+            namespace_name,
+        }
+    }
+
     /// The instance's default interface (`eth0`).
     pub fn interface_name(&self) -> &str {
         &self.interface_name
@@ -133,16 +136,16 @@ pub struct CleanInstanceRequest {
 }
 
 impl CleanInstanceRequest {
-    /// A request to clean instance `instance_id`.
+    /// A request to clean instance `instance_id` (`instance_ip_cidr` of cidr 0.3 or 0.2).
     pub fn new(
         instance_id: String,
         ports: Vec<Port>,
-        instance_ip_cidr: Ipv4Inet,
+        instance_ip_cidr: impl IntoIpv4Inet,
     ) -> CleanInstanceRequest {
         CleanInstanceRequest {
             instance_id,
             ports,
-            instance_ip_cidr,
+            instance_ip_cidr: instance_ip_cidr.into_ipv4_inet(),
         }
     }
 }
@@ -160,10 +163,11 @@ impl CleanInstanceRequest {
 ///
 /// [`NetworkError::NodeNotSetUp`] before [`setup_node`](crate::node::setup_node),
 /// [`NetworkError::DifferentNode`] for a `node_id` other than the node set up,
-/// [`NetworkError::InvalidRequest`] for an instance id that is not a DNS label, a
-/// `node_ip_addr` that is not the node's gateway, an address outside the node's subnet (or
-/// with another prefix length, or taken by another instance), a port 0 or a host port
-/// another instance publishes; nothing is changed then. [`NetworkError::NotConverged`]
+/// [`NetworkError::InvalidRequest`] for an unusable instance id, a `node_ip_addr` that is not
+/// the node's gateway, an address outside the node's subnet (or with another prefix length:
+/// `10.0.0.2/32` on a /24 node is refused, not widened; or taken by another instance), a port
+/// outside 1..=65535 or a host port another instance publishes; nothing is changed then. The
+/// message names the request's value (`instance_ip_cidr 10.0.0.2/32: ...`). [`NetworkError::NotConverged`]
 /// when the instance could not be set up (the request stays recorded; calling again
 /// retries).
 ///
@@ -198,7 +202,8 @@ pub fn setup_instance(
     request: SetupInstanceRequest,
 ) -> Result<SetupInstanceResponse, NetworkError> {
     compat::check_node_id(&request.node_id)?;
-    compat::check_instance_id(&request.instance_id)?;
+    let name = compat::instance_name(&request.instance_id)?;
+    let ports = port_pairs(&request.ports)?;
     compat::require_privileges("instance::setup_instance")?;
     let config = Config::from_env();
     let _lock = compat::lock_node(&request.node_id)?;
@@ -211,23 +216,47 @@ pub fn setup_instance(
             node.gateway()
         )));
     }
-    let ports: Vec<store::PortPair> = request
-        .ports
-        .iter()
-        .map(|port| (port.source, port.destination))
-        .collect();
+    // Two ids whose names meet (a DNS-label id spelled like another id's name, or a hash
+    // collision) must not overwrite each other's record.
+    if let Some(recorded) = store::recorded_instance_id(&config, &name)
+        && recorded != request.instance_id
+    {
+        return Err(NetworkError::invalid(format!(
+            "instance_id {:?}: its Instance name {name:?} is already instance {recorded:?}'s",
+            request.instance_id
+        )));
+    }
     let document = store::instance_document(
         &request.instance_id,
+        &name,
         &node.name,
         request.instance_ip_cidr,
         &ports,
     );
-    store::commit(&config, &Change::instance(&request.instance_id, document))?;
-    compat::converge(&config, &node.name, Scope::Instance(&request.instance_id))?;
-    Ok(SetupInstanceResponse {
-        interface_name: names::INSTANCE_INTERFACE.to_string(),
-        namespace_name: names::namespace_name(&request.instance_id),
-    })
+    store::commit(&config, &Change::instance(&name, document))?;
+    compat::converge(&config, &node.name, Scope::Instance(&name))?;
+    Ok(SetupInstanceResponse::new(
+        names::INSTANCE_INTERFACE.to_string(),
+        names::namespace_name(&request.instance_id),
+    ))
+}
+
+/// The ports as recorded, each refused unless both ends are in 1..=65535.
+fn port_pairs(ports: &[Port]) -> Result<Vec<store::PortPair>, NetworkError> {
+    let valid = |port: i32| u16::try_from(port).ok().filter(|&port| port != 0);
+    ports
+        .iter()
+        .enumerate()
+        .map(
+            |(index, port)| match (valid(port.source), valid(port.destination)) {
+                (Some(source), Some(destination)) => Ok((source, destination)),
+                _ => Err(NetworkError::invalid(format!(
+                    "ports[{index}] (source {}, destination {}): a port is a number in 1..=65535",
+                    port.source, port.destination
+                ))),
+            },
+        )
+        .collect()
 }
 
 /// Cleans the network of an instance: removes its recorded document and converges the node,
@@ -240,7 +269,7 @@ pub fn setup_instance(
 ///
 /// # Errors
 ///
-/// [`NetworkError::InvalidRequest`] for an instance id that is not a DNS label;
+/// [`NetworkError::InvalidRequest`] for an unusable instance id;
 /// [`NetworkError::NotConverged`] naming what could not be removed.
 ///
 /// # Example
@@ -264,16 +293,20 @@ pub fn setup_instance(
 /// clean_instance(request).unwrap();
 /// ```
 pub fn clean_instance(request: CleanInstanceRequest) -> Result<(), NetworkError> {
-    compat::check_instance_id(&request.instance_id)?;
+    let name = compat::instance_name(&request.instance_id)?;
     compat::require_privileges("instance::clean_instance")?;
     let config = Config::from_env();
-    let file = config.instance_file(&request.instance_id);
+    let file = config.instance_file(&name);
     let Some(node) = store::recorded_node(&config)? else {
         // No node: nothing is set up, and no converge is possible; drop a stray record.
         store::remove(&file)?;
         return Ok(());
     };
     let _lock = compat::lock_node(&node.name)?;
+    if store::recorded_instance_id(&config, &name).is_some_and(|id| id != request.instance_id) {
+        // Another instance's record under the same name: this one does not exist.
+        return Ok(());
+    }
     store::remove(&file)?;
-    compat::converge(&config, &node.name, Scope::Instance(&request.instance_id))
+    compat::converge(&config, &node.name, Scope::Instance(&name))
 }

@@ -8,8 +8,9 @@
 //! - [`dataplane`]: executes a plan's actions; [`dataplane::memory`] does so in memory;
 //! - [`reconcile`]: observe → plan → apply → verify, and instance status;
 //! - [`names`]: how kudonet names and marks what it owns;
-//! - [`node`], [`instance`], [`utils`]: the API of the original Kudo network library
-//!   (CONTRACT §6), recording requests as desired state and converging through the above.
+//! - [`node`], [`instance`], [`utils`], [`port`], [`error`]: the API of the original Kudo
+//!   network library, recording requests as desired state and converging through the above;
+//!   [`cidr`] is the cidr crate its signatures use.
 //!
 //! The binary (`kudonet`) is a thin command line over these.
 
@@ -17,6 +18,10 @@ mod compat;
 pub mod controller;
 pub mod dataplane;
 pub mod demo;
+/// The library's error, at the original library's path (`error::KudoNetworkError`).
+pub mod error {
+    pub use crate::compat::error::{KudoNetworkError, NetworkError};
+}
 pub mod faults;
 pub mod instance;
 pub mod lock;
@@ -24,8 +29,15 @@ pub mod names;
 pub mod node;
 pub mod observe;
 pub mod plan;
+/// The published port of the library, at the original library's path (`port::Port`).
+pub mod port {
+    pub use crate::compat::port::Port;
+}
 pub mod privileges;
 pub mod probe;
 pub mod reconcile;
 pub mod spec;
 pub mod utils;
+
+/// The cidr crate (0.3) of the library's signatures: `kudonet::cidr::Ipv4Inet`.
+pub use cidr;

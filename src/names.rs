@@ -122,7 +122,7 @@ pub fn reserved_link_name(name: &str) -> Option<&'static str> {
 }
 
 /// FNV-1a: tiny, and stable across Rust releases (unlike `DefaultHasher`), which names need.
-fn fnv1a64(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
         (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
     })

@@ -14,22 +14,41 @@
 //! for the lock, then fails with [`NetworkError::Busy`]. They need root (CAP_NET_ADMIN and
 //! CAP_SYS_ADMIN), checked before anything is written.
 //!
-//! A state directory holds one node: [`setup_node`] with another node id fails with
-//! [`NetworkError::DifferentNode`] until [`clean_node`] has been called for the first one.
+//! A state directory holds one node. [`setup_node`] with another node id re-keys it when no
+//! instance is set up (an agent that restarts with a fresh id is not refused: nothing in the
+//! kernel is named after the node id), and fails with [`NetworkError::NodeInUse`] while
+//! instances recorded under the old id remain.
+//!
+//! The requests and responses are also reachable where the original library published them:
+//! [`request`] and [`response`].
 
 #![deny(missing_docs)]
 
 use cidr::Ipv4Inet;
 
+use crate::compat::inet::IntoIpv4Inet;
 use crate::compat::store::{self, Change, Config};
 use crate::compat::{self, Scope};
 
 pub use crate::compat::error::NetworkError;
 
+/// The node requests, at the original library's path (`node::request::SetupNodeRequest`).
+pub mod request {
+    pub use super::{CleanNodeRequest, SetupIptablesRequest, SetupNodeRequest};
+}
+
+/// The node response, at the original library's path (`node::response::SetupNodeResponse`).
+pub mod response {
+    pub use super::SetupNodeResponse;
+}
+
 /// A request to set up a node: its id and the bridge's address and prefix.
 ///
 /// `node_ip_cidr` is the gateway of the node's instances (the bridge address, for example
 /// `10.0.0.1/24`); its network (`10.0.0.0/24`) is the subnet instance addresses come from.
+/// It must leave room for instances and be an address other hosts can route to: a loopback
+/// address (`127.0.0.1/32`) or a prefix of /31 or /32 is refused with
+/// [`NetworkError::InvalidRequest`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SetupNodeRequest {
     /// The node's name (the `name` of its Node document).
@@ -39,11 +58,13 @@ pub struct SetupNodeRequest {
 }
 
 impl SetupNodeRequest {
-    /// A request to set up node `node_id` with its bridge at `node_ip_cidr`.
-    pub fn new(node_id: String, node_ip_cidr: Ipv4Inet) -> SetupNodeRequest {
+    /// A request to set up node `node_id` with its bridge at `node_ip_cidr`, a
+    /// `cidr::Ipv4Inet` of cidr 0.3 ([`kudonet::cidr`](crate::cidr)) or of cidr 0.2 (the
+    /// version the original library was published with).
+    pub fn new(node_id: String, node_ip_cidr: impl IntoIpv4Inet) -> SetupNodeRequest {
         SetupNodeRequest {
             node_id,
-            node_ip_cidr,
+            node_ip_cidr: node_ip_cidr.into_ipv4_inet(),
         }
     }
 }
@@ -57,6 +78,11 @@ pub struct SetupNodeResponse {
 }
 
 impl SetupNodeResponse {
+    /// A response naming the node's bridge.
+    pub fn new(interface_name: String) -> SetupNodeResponse {
+        SetupNodeResponse { interface_name }
+    }
+
     /// The node's bridge (`kudo0`).
     pub fn interface_name(&self) -> &str {
         &self.interface_name
@@ -98,11 +124,20 @@ impl CleanNodeRequest {
 ///
 /// Instances recorded earlier are kept; calling it again with another `node_ip_cidr`
 /// changes the node's address, provided every recorded instance still fits the new subnet.
+/// Calling it with another `node_id` while no instance is set up re-keys the node: the
+/// recorded Node takes the new id and nothing in the kernel changes (an agent that picks a
+/// fresh id at every start keeps working).
+///
+/// It blocks until the node is converged and may be called from inside an async runtime
+/// (a tokio task, as the Kudo node agent does); it does not need one.
 ///
 /// # Errors
 ///
-/// [`NetworkError::InvalidRequest`] for an unusable node id or address,
-/// [`NetworkError::DifferentNode`] when another node is set up in the state directory,
+/// [`NetworkError::InvalidRequest`] for an unusable node id or address (among them a
+/// loopback address or a /31 or /32 prefix, which leave no room for instances: two callers
+/// asking for `127.0.0.1/32` at once both get this error, and nothing changes),
+/// [`NetworkError::NodeInUse`] for a new node id while instances of the recorded node are
+/// still set up,
 /// [`NetworkError::NotConverged`] (and the others of [`NetworkError`]) when the node could not
 /// be brought to the requested state.
 ///
@@ -128,8 +163,24 @@ pub fn setup_node(request: SetupNodeRequest) -> Result<SetupNodeResponse, Networ
     compat::require_privileges("node::setup_node")?;
     let config = Config::from_env();
     let _lock = compat::lock_node(&request.node_id)?;
-    if let Some(recorded) = store::recorded_node(&config)? {
-        store::check_same_node(&config, &request.node_id, &recorded)?;
+    if let Some(recorded) = store::recorded_node(&config)?
+        && recorded.name != request.node_id
+    {
+        let instances = store::recorded_instances(&config)?;
+        if !instances.is_empty() {
+            return Err(NetworkError::NodeInUse {
+                requested: request.node_id,
+                recorded: recorded.name,
+                instances,
+                state_dir: config.state_dir,
+            });
+        }
+        // Re-keyed below: only the Node document carries the node id.
+        tracing::info!(
+            from = recorded.name,
+            to = request.node_id,
+            "re-keying the node, which has no instances"
+        );
     }
     store::commit(
         &config,
@@ -137,9 +188,7 @@ pub fn setup_node(request: SetupNodeRequest) -> Result<SetupNodeResponse, Networ
     )?;
     compat::converge(&config, &request.node_id, Scope::Node)?;
     let node = store::require_node(&config, &request.node_id)?;
-    Ok(SetupNodeResponse {
-        interface_name: node.bridge,
-    })
+    Ok(SetupNodeResponse::new(node.bridge))
 }
 
 /// Restores the node after a reboot: converges it to what is recorded, which rebuilds its

@@ -327,7 +327,7 @@ pub fn instance_status(
         .instances
         .iter()
         .map(|instance| {
-            let netns = names::namespace_name(&instance.name);
+            let netns = instance.namespace();
             let own_actions: Vec<&Action> = remaining
                 .actions
                 .iter()
@@ -378,7 +378,7 @@ pub fn instance_of<'a>(action: &Action, desired: &'a Desired) -> Option<&'a str>
         desired
             .instances
             .iter()
-            .find(|i| names::namespace_name(&i.name) == netns)
+            .find(|i| i.namespace() == netns)
             .map(|i| i.name.as_str())
     };
     let by_host_link = |link: &str| {

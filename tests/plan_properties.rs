@@ -80,6 +80,7 @@ prop_compose! {
             });
             Instance {
                 name: name.to_string(),
+                id: None,
                 node: "a".to_string(),
                 address: Ipv4Inet::new(Ipv4Addr::new(10, 0, 0, host), 24).unwrap(),
                 ports: instance_ports,
@@ -519,6 +520,7 @@ fn a_converged_node_needs_no_write() {
         peers: vec![node("b", 1, "kudo0", None, true, false)],
         instances: vec![Instance {
             name: "web".to_string(),
+            id: None,
             node: "a".to_string(),
             address: "10.0.0.2/24".parse().unwrap(),
             ports: vec![PublishedPort {

@@ -168,7 +168,7 @@ fn unknown_fields_are_errors() {
         "kind: Instance\nname: web\naddress: 10.0.0.2\nadress: 10.0.0.3\n",
         &[
             "$DIR/i.yaml:4:1: unknown field `adress` in an Instance, expected one of apiVersion, \
-             kind, name, node, address, ports (did you mean `address`?)",
+             kind, name, node, address, ports, id (did you mean `address`?)",
         ],
     );
     instance_case(
@@ -301,6 +301,48 @@ fn instance_names_are_dns_labels() {
     );
     instance_case(&instance(&"a".repeat(63), "10.0.0.2"), &[]);
     instance_case(&instance("web-1", "10.0.0.2"), &[]);
+}
+
+/// An `id` (what the library records for an orchestrator's id that is not a DNS label) names
+/// the namespace; it follows the rules of names, and takes no other instance's namespace.
+#[test]
+fn an_instance_id_names_its_namespace_once() {
+    let with_id = |name: &str, id: &str, address: &str| {
+        format!("kind: Instance\nname: {name}\nid: {id}\naddress: {address}\n")
+    };
+    instance_case(
+        &with_id("default-web-ab3xz", "\"default.web-Ab3xZ\"", "10.0.0.2"),
+        &[],
+    );
+    for (id, message) in [
+        ("\"a b\"", "Instance id \"a b\" must not contain whitespace"),
+        (
+            "\"../etc\"",
+            "Instance id \"../etc\" must not contain `/` or `..`",
+        ),
+        ("\"\"", "Instance id must not be empty"),
+    ] {
+        instance_case(
+            &with_id("web", id, "10.0.0.2"),
+            &[&format!("$DIR/i.yaml:3:5: {message}")],
+        );
+    }
+    instance_case(
+        &with_id("web", &"a".repeat(251), "10.0.0.2"),
+        &["$DIR/i.yaml:3:5: Instance id is 251 characters long, over the limit of 250"],
+    );
+    // An id equal to another instance's name would share its namespace, kudo-web.
+    case(
+        &[
+            ("node.yaml", NODE),
+            ("a.yaml", &instance("web", "10.0.0.2")),
+            ("b.yaml", &with_id("other", "web", "10.0.0.3")),
+        ],
+        &[
+            "$DIR/b.yaml:3:5: namespace kudo-web of Instance \"other\" is already the namespace of \
+           Instance \"web\" at $DIR/a.yaml:2:7",
+        ],
+    );
 }
 
 #[test]
@@ -454,6 +496,20 @@ fn node_cidrs_must_parse() {
             "10.0.0.0/24",
             "cidr \"10.0.0.0/24\" is the network address of 10.0.0.0/24, not a usable bridge \
              address (e.g. 10.0.0.1/24)",
+        ),
+        (
+            "127.0.0.1/32",
+            "cidr \"127.0.0.1/32\": a loopback address cannot be a node's bridge address, the \
+             gateway of its instances",
+        ),
+        (
+            "127.1.0.1/24",
+            "cidr \"127.1.0.1/24\": a loopback address cannot be a node's bridge address, the \
+             gateway of its instances",
+        ),
+        (
+            "10.0.0.1/32",
+            "cidr \"10.0.0.1/32\": a node subnet needs a prefix of at most /30 to hold instances",
         ),
     ] {
         case(
@@ -885,7 +941,7 @@ fn an_alias_bomb_is_rejected_quickly() {
             ("bomb.yaml", bomb.as_bytes()),
         ],
         &[
-            "$DIR/bomb.yaml:4:1: unknown field `a`, expected one of apiVersion, kind, name, cidr, mode, externalIp, bridge, uplink, masquerade, mtu, node, address, ports",
+            "$DIR/bomb.yaml:4:1: unknown field `a`, expected one of apiVersion, kind, name, cidr, mode, externalIp, bridge, uplink, masquerade, mtu, node, address, ports, id",
         ],
     );
 }

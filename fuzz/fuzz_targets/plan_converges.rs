@@ -104,6 +104,7 @@ fn desired(u: &mut Unstructured) -> Result<Desired> {
         }
         instances.push(Instance {
             name: name.to_string(),
+            id: None,
             node: "a".to_string(),
             address: Ipv4Inet::new(Ipv4Addr::new(10, 0, 0, host), 24).unwrap(),
             ports,

@@ -14,9 +14,10 @@ use crate::dataplane::DataplaneError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NetworkError {
-    /// The request cannot be carried out as given: an instance id that is not a DNS label,
-    /// an address outside the node's subnet or with another prefix length, a port published
-    /// twice, a gateway that is not the node's... The reason is kudonet's validation
+    /// The request cannot be carried out as given: an unusable id, an address outside the
+    /// node's subnet or with another prefix length, a port out of range or published twice, a
+    /// gateway that is not the node's, a loopback node address... The reason names the
+    /// request's value (`instance_ip_cidr 10.0.0.2/32: ...`), then kudonet's validation
     /// message.
     #[error("invalid request: {reason}")]
     InvalidRequest {
@@ -47,6 +48,25 @@ pub enum NetworkError {
         requested: String,
         /// The node recorded in the state directory.
         recorded: String,
+        /// The library's desired-state directory.
+        state_dir: PathBuf,
+    },
+    /// [`setup_node`](crate::node::setup_node) with a new node id while instances of the node
+    /// recorded under the old id are still set up. Without instances the node is simply
+    /// re-keyed; with them, kudonet cannot tell a restarted agent from a second one sharing the
+    /// state directory, and leaves the decision to the caller.
+    #[error(
+        "node {requested:?} cannot replace node {recorded:?} set up in {}: its instances {} are still set up; clean them with instance::clean_instance, or call node::clean_node for {recorded:?}, first",
+        state_dir.display(),
+        instances.iter().map(|id| format!("{id:?}")).collect::<Vec<_>>().join(", ")
+    )]
+    NodeInUse {
+        /// The node id of the request.
+        requested: String,
+        /// The node id recorded in the state directory.
+        recorded: String,
+        /// The ids of the instances recorded for it.
+        instances: Vec<String>,
         /// The library's desired-state directory.
         state_dir: PathBuf,
     },
@@ -90,6 +110,9 @@ pub enum NetworkError {
         source: io::Error,
     },
 }
+
+/// The original library's name for [`NetworkError`].
+pub type KudoNetworkError = NetworkError;
 
 impl NetworkError {
     pub(crate) fn invalid(reason: impl Into<String>) -> NetworkError {

@@ -6,6 +6,8 @@
 #![deny(missing_docs)]
 
 pub(crate) mod error;
+pub(crate) mod inet;
+pub(crate) mod port;
 pub(crate) mod store;
 
 use std::collections::BTreeSet;
@@ -17,7 +19,7 @@ use crate::dataplane::kernel::KernelDataplane;
 use crate::lock::{self, LockError, NodeLock};
 use crate::plan::Action;
 use crate::reconcile::{self, DesiredError, Failure, Outcome, instance_of, load_desired};
-use crate::spec::Desired;
+use crate::spec::{self, Desired};
 use crate::{names, privileges};
 
 use error::NetworkError;
@@ -53,43 +55,53 @@ pub(crate) fn lock_node(node: &str) -> Result<NodeLock, NetworkError> {
     }
 }
 
-/// Node ids name lock files and appear in the desired state: the rules of Node names that
-/// keep them safe as file names, checked before anything is written.
+/// A node id is the name of the recorded Node: the rules of Node names, checked before
+/// anything is written.
 pub(crate) fn check_node_id(node_id: &str) -> Result<(), NetworkError> {
-    let problem = if node_id.is_empty() {
-        Some("must not be empty")
-    } else if node_id.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        Some("must not contain whitespace or control characters")
-    } else if node_id.contains('/') || node_id.contains("..") || node_id.starts_with('.') {
-        Some("must not contain `/` or `..`, nor start with `.`")
-    } else {
-        None
-    };
-    match problem {
-        Some(problem) => Err(NetworkError::invalid(format!(
-            "node id {node_id:?} {problem}"
-        ))),
-        None => Ok(()),
-    }
+    spec::check_node_name(node_id).map_err(|problem| {
+        NetworkError::invalid(format!("node_id {}: {problem}", store::quote(node_id)))
+    })
 }
 
-/// Instance ids are DNS labels (CONTRACT §1): they name the namespace and the instance's
-/// file in the state directory, so they are checked before anything is written.
-pub(crate) fn check_instance_id(instance_id: &str) -> Result<(), NetworkError> {
-    let label = (1..=63).contains(&instance_id.len())
-        && instance_id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !instance_id.starts_with('-')
-        && !instance_id.ends_with('-');
-    if label {
-        Ok(())
-    } else {
-        Err(NetworkError::invalid(format!(
-            "instance id {instance_id:?} is not a DNS label: lowercase letters, digits and `-`, \
-             starting and ending with a letter or digit, at most 63 characters"
-        )))
+/// The Instance name (a DNS label, as every Instance name is) recorded for `instance_id`.
+///
+/// An id that is a DNS label is the name itself. Any other id the original library accepted
+/// (capitals, dots: `default.web-Ab3xZ`) is recorded under a name made of it, lowercased,
+/// with every other character turned into `-`, cut to 54 characters, and 8 hex digits of a
+/// hash of the id (`default-web-ab3xz-` and the hash), so that ids differing only in case
+/// stay apart; the id itself is recorded too, and names the namespace: `kudo-<id>`.
+pub(crate) fn instance_name(instance_id: &str) -> Result<String, NetworkError> {
+    if spec::is_dns_label(instance_id) {
+        return Ok(instance_id.to_string());
     }
+    spec::check_instance_id(instance_id).map_err(|problem| {
+        NetworkError::invalid(format!(
+            "instance_id {}: {problem}",
+            store::quote(instance_id)
+        ))
+    })?;
+    let mut stem = String::new();
+    for c in instance_id.chars().map(|c| c.to_ascii_lowercase()) {
+        let c = if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            c
+        } else {
+            '-'
+        };
+        // One `-` for a run of other characters, none at the start.
+        if c != '-' || !(stem.is_empty() || stem.ends_with('-')) {
+            stem.push(c);
+        }
+        if stem.len() == 54 {
+            break;
+        }
+    }
+    let stem = stem.trim_end_matches('-');
+    let hash = names::fnv1a64(instance_id.as_bytes()) as u32;
+    Ok(if stem.is_empty() {
+        format!("id-{hash:08x}")
+    } else {
+        format!("{stem}-{hash:08x}")
+    })
 }
 
 /// What a converge must achieve for a call to succeed.
@@ -194,4 +206,35 @@ pub(crate) fn teardown(config: &Config, node: &str) -> Result<(), NetworkError> 
 /// The namespace of an instance, as the library reports it.
 pub(crate) fn namespace_name(instance_id: &str) -> String {
     names::namespace_name(instance_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_follow_the_rules_of_names_and_map_to_stable_distinct_dns_labels() {
+        assert_eq!(
+            instance_name("web").unwrap(),
+            "web",
+            "a DNS label is the name"
+        );
+        // Pinned: names recorded in state directories in the field.
+        let name = instance_name("default.web-Ab3xZ").unwrap();
+        assert_eq!(name, "default-web-ab3xz-c575252d");
+        let other = instance_name("default.web-ab3xz").unwrap();
+        assert!(other.starts_with("default-web-ab3xz-") && other != name);
+        assert_eq!(instance_name("_").unwrap(), "id-8602484e");
+        let long = instance_name(&"A.".repeat(125)).unwrap();
+        assert!(spec::is_dns_label(&long), "{long}");
+        assert_eq!(
+            check_node_id("a b").unwrap_err().to_string(),
+            "invalid request: node_id \"a b\": Node name \"a b\" must not contain whitespace"
+        );
+        check_node_id("6f0c9a52-4b8e-4c4f-9d57-3f1e2a7b9c01").unwrap();
+        assert_eq!(
+            instance_name("a/b").unwrap_err().to_string(),
+            "invalid request: instance_id \"a/b\": Instance id \"a/b\" must not contain `/` or `..`"
+        );
+    }
 }

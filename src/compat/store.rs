@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use cidr::Ipv4Inet;
 
 use super::error::NetworkError;
+use super::inet::with_prefix;
 use crate::spec::{self, Node};
 
 /// Environment variable naming the library's desired-state directory.
@@ -105,70 +106,140 @@ pub(crate) fn check_same_node(
     }
 }
 
+/// The ids of the instances recorded in the state directory (an Instance's `id`, else its
+/// name).
+pub(crate) fn recorded_instances(config: &Config) -> Result<Vec<String>, NetworkError> {
+    let spec = spec::load(&config.state_dir).map_err(|diagnostics| NetworkError::InvalidState {
+        state_dir: config.state_dir.clone(),
+        reason: one_line(&diagnostics.to_string()),
+    })?;
+    Ok(spec
+        .instances
+        .into_iter()
+        .map(|instance| instance.id.unwrap_or(instance.name))
+        .collect())
+}
+
 /// A YAML double-quoted scalar (JSON strings are YAML): names can never be read as numbers,
 /// booleans or anything but the string they are.
-fn quote(value: &str) -> String {
+pub(crate) fn quote(value: &str) -> String {
     serde_json::to_string(value).expect("strings serialise")
 }
 
+/// A document the library writes, and which request value each of its lines records, so that
+/// a problem found in it is reported in the caller's terms rather than as a file position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Document {
+    pub content: String,
+    /// The request value each line (1-based) records, if any.
+    values: Vec<Option<String>>,
+}
+
+impl Document {
+    fn new(header: &str) -> Document {
+        let mut document = Document {
+            content: String::new(),
+            values: Vec::new(),
+        };
+        document.line(header, None);
+        document
+    }
+
+    fn line(&mut self, text: &str, value: Option<&str>) {
+        self.content.push_str(text);
+        self.content.push('\n');
+        self.values.push(value.map(str::to_string));
+    }
+
+    /// The request value recorded on `line` (1-based).
+    fn value_at(&self, line: u64) -> Option<&str> {
+        let index = usize::try_from(line).ok()?.checked_sub(1)?;
+        self.values.get(index)?.as_deref()
+    }
+}
+
 /// The Node document recorded for `setup_node`.
-pub(crate) fn node_document(node_id: &str, cidr: Ipv4Inet) -> String {
-    format!(
-        "# Recorded by the kudonet library (kudonet::node::setup_node).\n\
-         kind: Node\nname: {}\ncidr: {cidr}\n",
-        quote(node_id)
-    )
+pub(crate) fn node_document(node_id: &str, cidr: Ipv4Inet) -> Document {
+    let mut document =
+        Document::new("# Recorded by the kudonet library (kudonet::node::setup_node).");
+    document.line("kind: Node", None);
+    let id = format!("node_id {}", quote(node_id));
+    document.line(&format!("name: {}", quote(node_id)), Some(&id));
+    let cidr = with_prefix(cidr);
+    document.line(
+        &format!("cidr: {cidr}"),
+        Some(&format!("node_ip_cidr {cidr}")),
+    );
+    document
 }
 
 /// A port published by an instance, as recorded: host port to instance port, both TCP and
 /// UDP.
 pub(crate) type PortPair = (u16, u16);
 
-/// The Instance document recorded for `setup_instance`.
+/// The Instance document recorded for `setup_instance`: `name` is the Instance name of
+/// `instance_id` (see [`super::instance_name`]); an id that is not that name is recorded as
+/// `id`, which names the namespace.
 pub(crate) fn instance_document(
     instance_id: &str,
+    name: &str,
     node_id: &str,
     address: Ipv4Inet,
     ports: &[PortPair],
-) -> String {
-    let mut text = format!(
-        "# Recorded by the kudonet library (kudonet::instance::setup_instance).\n\
-         kind: Instance\nname: {}\nnode: {}\naddress: {address}\n",
-        quote(instance_id),
-        quote(node_id)
+) -> Document {
+    let mut document =
+        Document::new("# Recorded by the kudonet library (kudonet::instance::setup_instance).");
+    document.line("kind: Instance", None);
+    let id = format!("instance_id {}", quote(instance_id));
+    document.line(&format!("name: {}", quote(name)), Some(&id));
+    if name != instance_id {
+        document.line(&format!("id: {}", quote(instance_id)), Some(&id));
+    }
+    document.line(
+        &format!("node: {}", quote(node_id)),
+        Some(&format!("node_id {}", quote(node_id))),
+    );
+    let address = with_prefix(address);
+    document.line(
+        &format!("address: {address}"),
+        Some(&format!("instance_ip_cidr {address}")),
     );
     if !ports.is_empty() {
-        text.push_str("ports:\n");
-        for (host, instance) in ports {
+        document.line("ports:", None);
+        for (index, (host, instance)) in ports.iter().enumerate() {
+            let port = format!("ports[{index}] (source {host}, destination {instance})");
             for protocol in ["tcp", "udp"] {
-                text.push_str(&format!(
-                    "  - hostPort: {host}\n    instancePort: {instance}\n    protocol: {protocol}\n"
-                ));
+                document.line(&format!("  - hostPort: {host}"), Some(&port));
+                document.line(&format!("    instancePort: {instance}"), Some(&port));
+                document.line(&format!("    protocol: {protocol}"), Some(&port));
             }
         }
     }
-    text
+    document
 }
 
 /// A change to the state directory.
 #[derive(Debug)]
 pub(crate) enum Change {
-    /// Write a file (relative to the state directory) with this content.
-    Write { relative: PathBuf, content: String },
+    /// Write a document to a file (relative to the state directory).
+    Write {
+        relative: PathBuf,
+        document: Document,
+    },
 }
 
 impl Change {
     pub fn node(node_id: &str, cidr: Ipv4Inet) -> Change {
         Change::Write {
             relative: PathBuf::from(NODE_FILE),
-            content: node_document(node_id, cidr),
+            document: node_document(node_id, cidr),
         }
     }
 
-    pub fn instance(instance: &str, content: String) -> Change {
+    pub fn instance(name: &str, document: Document) -> Change {
         Change::Write {
-            relative: instance_relative(instance),
-            content,
+            relative: instance_relative(name),
+            document,
         }
     }
 }
@@ -197,13 +268,14 @@ fn scratch_suffix() -> String {
 /// changed (rewriting identical content is skipped, so a watching `kudonet run` is not
 /// woken for nothing).
 pub(crate) fn commit(config: &Config, change: &Change) -> Result<bool, NetworkError> {
-    let Change::Write { relative, content } = change;
+    let Change::Write { relative, document } = change;
+    let content = &document.content;
     let target = config.state_dir.join(relative);
     if fs::read_to_string(&target).is_ok_and(|current| &current == content) {
         return Ok(false);
     }
     create_dir(&config.state_dir)?;
-    validate_with(config, relative, content)?;
+    validate_with(config, relative, document)?;
     let folder = target.parent().expect("a file in the state directory");
     create_dir(folder)?;
     let name = target
@@ -234,10 +306,17 @@ pub(crate) fn commit(config: &Config, change: &Change) -> Result<bool, NetworkEr
     Ok(true)
 }
 
-/// Loads a copy of the state directory with `relative` set to `content`, in a hidden
+/// Where the requested document is staged, in the scratch copy of the state directory.
+const STAGED_REQUEST: &str = "~~kudonet-request.yaml";
+
+/// Loads a copy of the state directory with `relative` set to `document`, in a hidden
 /// scratch folder inside it (which loads of the directory skip), and reports what is wrong
-/// with the copy as an invalid request naming the real paths.
-fn validate_with(config: &Config, relative: &Path, content: &str) -> Result<(), NetworkError> {
+/// with the copy as an invalid request, in the caller's terms (see [`caller_terms`]).
+fn validate_with(
+    config: &Config,
+    relative: &Path,
+    document: &Document,
+) -> Result<(), NetworkError> {
     let scratch = config
         .state_dir
         .join(format!(".kudonet-staging-{}", scratch_suffix()));
@@ -260,21 +339,107 @@ fn validate_with(config: &Config, relative: &Path, content: &str) -> Result<(), 
             }
             fs::copy(&file, &copy).map_err(NetworkError::io("copy", &file))?;
         }
-        let staged = scratch.join(relative);
-        if let Some(parent) = staged.parent() {
-            fs::create_dir_all(parent).map_err(NetworkError::io("create folder", parent))?;
-        }
-        fs::write(&staged, content).map_err(NetworkError::io("write", &staged))?;
+        // Loaded last (`~` sorts after letters and digits), so that a clash between the request
+        // and a recorded file is reported at the request, which is what the caller can change.
+        let staged = scratch.join(STAGED_REQUEST);
+        fs::write(&staged, &document.content).map_err(NetworkError::io("write", &staged))?;
         spec::load(&scratch).map(drop).map_err(|diagnostics| {
-            let text = diagnostics.to_string().replace(
-                &scratch.display().to_string(),
-                &config.state_dir.display().to_string(),
-            );
-            NetworkError::invalid(one_line(&text))
+            let problems: Vec<String> = diagnostics
+                .iter()
+                .map(|diagnostic| caller_terms(diagnostic, &scratch, document))
+                .collect();
+            NetworkError::invalid(problems.join("; "))
         })
     })();
     let _ = fs::remove_dir_all(&scratch);
     result
+}
+
+/// A problem found in the staged directory, said in the terms of the request: the request
+/// value the problem is about (`instance_ip_cidr 10.0.0.2/32: ...`) rather than the line of a
+/// file the caller never wrote, and other recorded files by what they record (`instance
+/// "web"`, `node "node"`) rather than by path and position.
+fn caller_terms(diagnostic: &spec::Diagnostic, scratch: &Path, document: &Document) -> String {
+    let message = without_positions(&diagnostic.message, scratch);
+    let file = diagnostic.origin.file.strip_prefix(scratch).ok();
+    if file == Some(Path::new(STAGED_REQUEST)) {
+        let value = diagnostic
+            .origin
+            .position
+            .and_then(|position| document.value_at(position.line));
+        match value {
+            Some(value) => format!("{value}: {message}"),
+            None => message,
+        }
+    } else {
+        match file {
+            Some(file) => format!("{}: {message}", recorded_what(&scratch.join(file))),
+            None => message,
+        }
+    }
+}
+
+/// `message` with each ` at FILE:LINE:COLUMN` naming a file of the staged directory replaced
+/// by what that file records.
+fn without_positions(message: &str, scratch: &Path) -> String {
+    let marker = format!(" at {}/", scratch.display());
+    let mut text = message.to_string();
+    while let Some(start) = text.find(&marker) {
+        let rest = &text[start + 4..];
+        // The path runs to the `:LINE:COLUMN` after it.
+        let end = rest.find(':').unwrap_or(rest.len());
+        let path = PathBuf::from(&rest[..end]);
+        let after = rest[end..]
+            .trim_start_matches(|c: char| c == ':' || c.is_ascii_digit())
+            .to_string();
+        let what = recorded_what(&path);
+        // "published by Instance "api" at ..." already says who.
+        let replacement = if text[..start].contains(" by Instance ") {
+            String::new()
+        } else {
+            format!(" by {what}")
+        };
+        text = format!("{}{replacement}{after}", &text[..start]);
+    }
+    text
+}
+
+/// A field of a document the library wrote (`name:`, `id:`), unquoted.
+fn field(text: &str, key: &str) -> Option<String> {
+    text.lines().find_map(|line| {
+        let value = line.strip_prefix(key)?.trim();
+        serde_json::from_str::<String>(value)
+            .ok()
+            .or_else(|| Some(value.to_string()))
+    })
+}
+
+fn is_kind(text: &str, kind: &str) -> bool {
+    let line = format!("kind: {kind}");
+    text.lines().any(|l| l.trim_end() == line)
+}
+
+/// The instance id recorded in the library's file for Instance `name`, if there is one.
+pub(crate) fn recorded_instance_id(config: &Config, name: &str) -> Option<String> {
+    let text = fs::read_to_string(config.instance_file(name)).ok()?;
+    is_kind(&text, "Instance").then(|| field(&text, "id:").or_else(|| field(&text, "name:")))?
+}
+
+/// What a file of the library's state directory records, in the caller's terms.
+fn recorded_what(path: &Path) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    if is_kind(&text, "Node") {
+        let name = field(&text, "name:").unwrap_or_default();
+        format!("node {}", quote(&name))
+    } else if is_kind(&text, "Instance") {
+        let id = field(&text, "id:")
+            .or_else(|| field(&text, "name:"))
+            .unwrap_or_default();
+        format!("instance {}", quote(&id))
+    } else {
+        path.file_name()
+            .map_or_else(String::new, |name| name.to_string_lossy().into_owned())
+    }
 }
 
 /// Removes a file the library wrote; a missing one is fine. Returns whether it existed.
@@ -325,13 +490,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::write(
             dir.path().join(NODE_FILE),
-            node_document("123", "10.0.0.1/24".parse().unwrap()),
+            node_document("123", "10.0.0.1/24".parse().unwrap()).content,
         )
         .unwrap();
         fs::create_dir(dir.path().join(INSTANCES_DIR)).unwrap();
         fs::write(
             dir.path().join(instance_relative("web")),
-            instance_document("web", "123", "10.0.0.2/24".parse().unwrap(), &[(80, 8080)]),
+            instance_document(
+                "web",
+                "web",
+                "123",
+                "10.0.0.2/24".parse().unwrap(),
+                &[(80, 8080)],
+            )
+            .content,
         )
         .unwrap();
         let spec = spec::load(dir.path()).unwrap();
@@ -365,15 +537,12 @@ mod tests {
             )
             .unwrap()
         );
-        let outside = instance_document("web", "node", "10.0.1.2/24".parse().unwrap(), &[]);
+        let outside = instance_document("web", "web", "node", "10.0.1.2/24".parse().unwrap(), &[]);
         let error = commit(&config, &Change::instance("web", outside)).unwrap_err();
-        let text = error.to_string();
-        assert!(
-            text.starts_with(&format!(
-                "invalid request: {}:",
-                config.instance_file("web").display()
-            )),
-            "{text}"
+        assert_eq!(
+            error.to_string(),
+            "invalid request: instance_ip_cidr 10.0.1.2/24: address 10.0.1.2 is outside \
+             Node \"node\"'s subnet 10.0.0.0/24"
         );
         let mut ignored = Vec::new();
         assert_eq!(

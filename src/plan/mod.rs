@@ -232,7 +232,7 @@ impl From<&Desired> for Wanted {
             namespaces: desired
                 .instances
                 .iter()
-                .map(|instance| names::namespace_name(&instance.name))
+                .map(|instance| instance.namespace())
                 .collect(),
             routes: desired
                 .peers
@@ -466,7 +466,7 @@ impl<'a> Planner<'a> {
 
     fn instance(&mut self, desired: &Desired, instance: &Instance) {
         let node = &desired.node;
-        let netns = names::namespace_name(&instance.name);
+        let netns = instance.namespace();
         let host = names::host_interface_name(&instance.name);
         let alias = names::instance_alias(&instance.name);
         let eth0 = names::INSTANCE_INTERFACE;

@@ -112,10 +112,20 @@ impl Node {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instance {
     pub name: String,
+    /// The id an orchestrator knows the instance by, when its namespace is named after that
+    /// rather than after `name` (ids of the original library need not be DNS labels).
+    pub id: Option<String>,
     pub node: String,
     /// Always carries the node's prefix length.
     pub address: Ipv4Inet,
     pub ports: Vec<PublishedPort>,
+}
+
+impl Instance {
+    /// The instance's namespace: `kudo-<id>` when it has an id, else `kudo-<name>`.
+    pub fn namespace(&self) -> String {
+        crate::names::namespace_name(self.id.as_deref().unwrap_or(&self.name))
+    }
 }
 
 /// A port of the node forwarded (DNAT) to a port of an instance.

@@ -22,6 +22,7 @@ pub(super) struct RawDocument {
     pub node: Option<Spanned<String>>,
     pub address: Option<Spanned<String>>,
     pub ports: Option<Spanned<Vec<Spanned<RawPort>>>>,
+    pub id: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -41,7 +42,7 @@ pub(super) struct FieldPresence {
 
 impl RawDocument {
     /// Every field with its camelCase name and, when present, where its value is.
-    pub fn fields(&self) -> [FieldPresence; 13] {
+    pub fn fields(&self) -> [FieldPresence; 14] {
         fn at<T>(name: &'static str, field: &Option<Spanned<T>>) -> FieldPresence {
             FieldPresence {
                 name,
@@ -62,6 +63,7 @@ impl RawDocument {
             at("node", &self.node),
             at("address", &self.address),
             at("ports", &self.ports),
+            at("id", &self.id),
         ]
     }
 }

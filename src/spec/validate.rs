@@ -33,7 +33,15 @@ const NODE_FIELDS: &[&str] = &[
     "masquerade",
     "mtu",
 ];
-const INSTANCE_FIELDS: &[&str] = &["apiVersion", "kind", "name", "node", "address", "ports"];
+const INSTANCE_FIELDS: &[&str] = &[
+    "apiVersion",
+    "kind",
+    "name",
+    "node",
+    "address",
+    "ports",
+    "id",
+];
 
 /// The fields a document of `kind` may have.
 pub(super) fn fields_of(kind: &str) -> Option<&'static [&'static str]> {
@@ -96,6 +104,7 @@ struct NodeDecl {
 #[derive(Debug)]
 struct InstanceDecl {
     name: At<String>,
+    id: Option<At<String>>,
     node: Option<At<String>>,
     /// The address and, when written, its prefix length.
     address: Option<At<(Ipv4Addr, Option<u8>)>>,
@@ -363,6 +372,9 @@ impl Checker {
         let node = self.parse(context, &raw.node, |node| {
             check_name("Node", node).map(|()| node.to_string())
         });
+        let id = self.parse(context, &raw.id, |id| {
+            check_instance_id(id).map(|()| id.to_string())
+        });
         let address = self.parse(context, &raw.address, parse_instance_address);
         let ports = raw
             .ports
@@ -373,6 +385,7 @@ impl Checker {
         let Some(name) = name else { return };
         self.instances.push(InstanceDecl {
             name,
+            id,
             node,
             address,
             ports,
@@ -587,6 +600,7 @@ impl Checker {
         type Publisher<'a> = (Option<Ipv4Addr>, &'a str, &'a Origin);
         let mut published: HashMap<(&str, Protocol, u16), Vec<Publisher>> = HashMap::new();
         let mut interfaces: HashMap<String, &str> = HashMap::new();
+        let mut namespaces: HashMap<String, (&str, &Origin)> = HashMap::new();
         for instance in &self.instances {
             let name = instance.name.value.as_str();
             let node_name = match (&instance.node, only_node) {
@@ -625,6 +639,25 @@ impl Checker {
                     continue;
                 }
             };
+            let id = instance.id.as_ref().map(|id| id.value.as_str());
+            let namespace = names::namespace_name(id.unwrap_or(name));
+            // Equal names are reported as duplicates; an id can take another's namespace.
+            let this = instance
+                .id
+                .as_ref()
+                .map_or(&instance.name.origin, |id| &id.origin);
+            if let Some((other, previous)) = namespaces.insert(namespace.clone(), (name, this))
+                && other != name
+            {
+                errors.push(Diagnostic::new(
+                    this.clone(),
+                    format!(
+                        "namespace {namespace} of Instance {} is already the namespace of Instance {} at {previous}",
+                        quoted(name),
+                        quoted(other)
+                    ),
+                ));
+            }
             let interface = names::host_interface_name(name);
             // Equal names are reported as duplicates; only distinct names can collide here.
             if let Some(other) = interfaces.insert(interface.clone(), name)
@@ -682,6 +715,7 @@ impl Checker {
                     }
                     instances.push(Instance {
                         name: name.to_string(),
+                        id: id.map(str::to_string),
                         node: node_name.to_string(),
                         address: address_inet,
                         ports: instance.ports.iter().map(|port| port.value).collect(),
@@ -801,6 +835,12 @@ fn parse_network(text: &str) -> Result<Ipv4Cidr, String> {
 /// A Node `cidr`: the bridge's address and prefix, a usable host address of its subnet.
 fn parse_gateway(text: &str) -> Result<Ipv4Inet, String> {
     let (address, prefix) = parse_prefixed(text, "cidr")?;
+    if address.is_loopback() {
+        return Err(format!(
+            "cidr {}: a loopback address cannot be a node's bridge address, the gateway of its instances",
+            quoted(text)
+        ));
+    }
     if prefix > 30 {
         return Err(format!(
             "cidr {}: a node subnet needs a prefix of at most /30 to hold instances",
@@ -836,35 +876,64 @@ fn parse_instance_address(text: &str) -> Result<(Ipv4Addr, Option<u8>), String> 
 
 /// Rules every name follows: it ends up in paths, interface aliases and log lines.
 fn check_name(kind: &str, name: &str) -> Result<(), String> {
+    check_text(&format!("{kind} name"), name, MAX_NODE_NAME)
+}
+
+/// The rules of names for `what` (`Node name`, `Instance id`...), at most `max` bytes.
+fn check_text(what: &str, name: &str, max: usize) -> Result<(), String> {
     if name.is_empty() {
-        return Err(format!("{kind} name must not be empty"));
+        return Err(format!("{what} must not be empty"));
     }
     if let Some(c) = name.chars().find(|c| c.is_control()) {
         return Err(format!(
-            "{kind} name {} contains a control character (U+{:04X})",
+            "{what} {} contains a control character (U+{:04X})",
             quoted(name),
             c as u32
         ));
     }
     if name.contains('/') || name.contains("..") {
         return Err(format!(
-            "{kind} name {} must not contain `/` or `..`",
+            "{what} {} must not contain `/` or `..`",
             quoted(name)
         ));
     }
     if name.chars().any(char::is_whitespace) {
         return Err(format!(
-            "{kind} name {} must not contain whitespace",
+            "{what} {} must not contain whitespace",
             quoted(name)
         ));
     }
-    if name.len() > MAX_NODE_NAME {
+    if name.len() > max {
         return Err(format!(
-            "{kind} name is {} characters long, over the limit of {MAX_NODE_NAME}",
+            "{what} is {} characters long, over the limit of {max}",
             name.chars().count()
         ));
     }
     Ok(())
+}
+
+/// The rules of a Node name.
+pub fn check_node_name(name: &str) -> Result<(), String> {
+    check_name("Node", name)
+}
+
+/// Instance ids name a namespace, `kudo-<id>`, which must fit a file name (255 bytes).
+const MAX_INSTANCE_ID: usize = 250;
+
+/// Whether `name` is a DNS label: what every Instance name is.
+pub fn is_dns_label(name: &str) -> bool {
+    (1..=MAX_INSTANCE_NAME).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// An Instance `id`: any name an orchestrator gives (capitals, dots...) that is safe as the
+/// namespace name `kudo-<id>`.
+pub fn check_instance_id(id: &str) -> Result<(), String> {
+    check_text("Instance id", id, MAX_INSTANCE_ID)
 }
 
 /// Instance names are DNS labels: they name namespaces and appear in DNS-like places.
@@ -876,12 +945,7 @@ fn check_instance_name(name: &str) -> Result<(), String> {
         ));
     }
     check_name("Instance", name)?;
-    let label = name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if label {
+    if is_dns_label(name) {
         Ok(())
     } else {
         Err(format!(
