@@ -168,17 +168,26 @@ impl Mounts {
         if !here.read_only {
             return Exposure::At(path.to_path_buf());
         }
-        let inside = here
-            .root
-            .join(path.strip_prefix(&here.point).unwrap_or(Path::new("")));
+        let inside = below(
+            &here.root,
+            path.strip_prefix(&here.point).unwrap_or(Path::new("")),
+        );
         match same_fs().find(|mount| !mount.read_only && inside.starts_with(&mount.root)) {
-            Some(writable) => Exposure::At(
-                writable
-                    .point
-                    .join(inside.strip_prefix(&writable.root).unwrap_or(Path::new(""))),
-            ),
+            Some(writable) => Exposure::At(below(
+                &writable.point,
+                inside.strip_prefix(&writable.root).unwrap_or(Path::new("")),
+            )),
             None => Exposure::Sealed,
         }
+    }
+}
+
+/// `base` joined with `relative`, without the trailing `/` of joining an empty path.
+fn below(base: &Path, relative: &Path) -> PathBuf {
+    if relative.as_os_str().is_empty() {
+        base.to_path_buf()
+    } else {
+        base.join(relative)
     }
 }
 
