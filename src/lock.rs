@@ -181,9 +181,9 @@ fn lock(
                 return Ok(NodeLock { _lock: lock, path });
             }
             Err((mut file, Errno::EWOULDBLOCK)) => {
-                let (holder, holder_uid) = holder_of(&mut file, id);
+                let (holder, untrusted) = holder_of(&mut file, id);
                 drop(file);
-                if holder_uid.is_some_and(|uid| !trusted_owner(uid)) {
+                if untrusted {
                     displace(folder.as_fd(), dir, name, id)?;
                     continue;
                 }
@@ -331,8 +331,9 @@ fn open_lock_file(
     Ok((file, (meta.dev(), meta.ino())))
 }
 
-/// Who holds the lock on `file` (whose identity is `id`), and that process's uid when known.
-fn holder_of(file: &mut File, id: FileId) -> (Holder, Option<u32>) {
+/// Who holds the lock on `file` (whose identity is `id`), and whether a holder is a process
+/// of a user kudonet does not trust.
+fn holder_of(file: &mut File, id: FileId) -> (Holder, bool) {
     let pids = flock_holders(id);
     // The holder wrote "PID NODE": believed only if that pid really holds the lock.
     let mut text = String::new();
@@ -349,11 +350,12 @@ fn holder_of(file: &mut File, id: FileId) -> (Holder, Option<u32>) {
             pid: pids.first().copied(),
         },
     };
-    let uid = match &holder {
-        Holder::Kudonet { pid, .. } | Holder::Other { pid: Some(pid) } => process_uid(*pid),
-        Holder::Other { pid: None } => None,
-    };
-    (holder, uid)
+    // Any holder of another user is broken off (a kudonet takes exclusive locks only, so
+    // none can share the lock with one).
+    let untrusted = pids
+        .iter()
+        .any(|pid| process_uid(*pid).is_some_and(|uid| !trusted_owner(uid)));
+    (holder, untrusted)
 }
 
 /// The pids holding a `flock` on the file `id`, from `/proc/locks` (lines such as
