@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -300,8 +301,7 @@ fn print_warnings(conditions: &[reconcile::Condition]) {
 fn apply(cli: &Cli, dir: &Path, node: Option<&str>) -> CommandResult {
     let (spec, desired) = load_desired(dir, node).map_err(|error| error.to_string())?;
     let mut dataplane = dataplane(cli, "apply")?;
-    let _lock = kudonet::lock::wait_lock(Path::new(kudonet::lock::LOCK_DIR), &desired.node.name)
-        .map_err(|error| error.to_string())?;
+    let _lock = wait_for_change_lock(&desired.node.name)?;
     let outcome = reconcile::converge(&mut dataplane, &desired, &Default::default(), |action| {
         println!("{action}")
     })
@@ -332,10 +332,7 @@ fn teardown(cli: &Cli, dir: Option<&Path>, node: Option<&str>) -> CommandResult 
         Some(desired.node.name)
     });
     let _lock = match &node {
-        Some(node) => Some(
-            kudonet::lock::wait_lock(Path::new(kudonet::lock::LOCK_DIR), node)
-                .map_err(|error| error.to_string())?,
-        ),
+        Some(node) => Some(wait_for_change_lock(node)?),
         None => None,
     };
     let outcome = reconcile::teardown(&mut dataplane, |action| println!("{action}"))
@@ -346,6 +343,50 @@ fn teardown(cli: &Cli, dir: Option<&Path>, node: Option<&str>) -> CommandResult 
         &outcome.failures,
         &outcome.remaining,
     )
+}
+
+/// Set by SIGTERM or SIGINT while a command waits for the change lock.
+static STOP_WAITING: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn stop_waiting(_: nix::libc::c_int) {
+    STOP_WAITING.store(true, Ordering::SeqCst);
+}
+
+/// Takes the node's change lock for `apply` or `teardown`, waiting as long as its holder
+/// keeps it (saying so once). SIGTERM or SIGINT end the wait with a one-line reason, before
+/// anything was changed; once the lock is held they have their default effect again (an
+/// interrupted change converges on the next apply).
+fn wait_for_change_lock(node: &str) -> Result<kudonet::lock::NodeLock, String> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let catch = SigAction::new(
+        SigHandler::Handler(stop_waiting),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    let signals = [Signal::SIGTERM, Signal::SIGINT];
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    let previous = signals.map(|signal| unsafe { sigaction(signal, &catch) }.ok());
+    let wait = kudonet::lock::Wait {
+        until: None,
+        stop: &|| STOP_WAITING.load(Ordering::SeqCst),
+    };
+    let result = kudonet::lock::wait_lock(Path::new(kudonet::lock::LOCK_DIR), node, wait, |held| {
+        eprintln!("kudonet: waiting for the lock: {held}")
+    });
+    for (signal, previous) in signals.into_iter().zip(previous) {
+        if let Some(previous) = previous {
+            // SAFETY: restores the disposition saved above.
+            let _ = unsafe { sigaction(signal, &previous) };
+        }
+    }
+    match result {
+        // A signal between taking the lock and restoring the dispositions.
+        Ok(_) if STOP_WAITING.load(Ordering::SeqCst) => {
+            Err("interrupted before anything was changed".to_string())
+        }
+        Ok(lock) => Ok(lock),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 /// Prints the summary of an apply or teardown; exit 1 when the node does not match.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::dataplane::iptables::Iptables;
 use crate::dataplane::kernel::KernelDataplane;
-use crate::lock::{self, LockError, NodeLock};
+use crate::lock::{self, NodeLock};
 use crate::plan::Action;
 use crate::reconcile::{self, DesiredError, Failure, Outcome, instance_of, load_desired};
 use crate::spec::{self, Desired};
@@ -28,7 +28,6 @@ use store::Config;
 /// How long a call waits for another kudonet holding the node's lock (an apply or a pass
 /// of `kudonet run` finishes well within it).
 const LOCK_WAIT: Duration = Duration::from_secs(30);
-const LOCK_POLL: Duration = Duration::from_millis(50);
 
 /// Fails unless the process may change the node; `call` names the call in the message.
 pub(crate) fn require_privileges(call: &str) -> Result<(), NetworkError> {
@@ -39,20 +38,16 @@ pub(crate) fn require_privileges(call: &str) -> Result<(), NetworkError> {
 /// Takes the node's change lock (the one `kudonet apply` and each pass of `kudonet run`
 /// take), waiting at most [`LOCK_WAIT`] for its holder.
 pub(crate) fn lock_node(node: &str) -> Result<NodeLock, NetworkError> {
-    let deadline = Instant::now() + LOCK_WAIT;
-    loop {
-        match lock::try_lock(Path::new(lock::LOCK_DIR), node) {
-            Ok(lock) => return Ok(lock),
-            Err(LockError::Held { .. }) if Instant::now() < deadline => {
-                std::thread::sleep(LOCK_POLL)
-            }
-            Err(error) => {
-                return Err(NetworkError::Busy {
-                    reason: error.to_string(),
-                });
-            }
+    let wait = lock::Wait {
+        until: Some(Instant::now() + LOCK_WAIT),
+        // A library cannot own the caller's signals: the deadline bounds the wait.
+        stop: &|| false,
+    };
+    lock::wait_lock(Path::new(lock::LOCK_DIR), node, wait, |_| {}).map_err(|error| {
+        NetworkError::Busy {
+            reason: error.to_string(),
         }
-    }
+    })
 }
 
 /// A node id is the name of the recorded Node: the rules of Node names, checked before

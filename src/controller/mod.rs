@@ -22,7 +22,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
@@ -82,6 +82,8 @@ struct Controller {
     desired_watcher: Option<(Option<u64>, DirWatcher)>,
     kernel_events: Option<KernelEvents>,
     _netns_watcher: Option<DirWatcher>,
+    /// Raised by SIGTERM or SIGINT: ends a pass's wait for the change lock.
+    stopping: Arc<AtomicBool>,
 }
 
 /// Runs the controller until SIGTERM or SIGINT. Errors are the fatal ones: another
@@ -93,6 +95,22 @@ pub async fn run(options: Options) -> Result<(), String> {
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|error| error.to_string())?;
     let mut hangup = signal(SignalKind::hangup()).map_err(|error| error.to_string())?;
     let triggers = Triggers::new();
+    // A pass waiting for the change lock (an apply holding it) must not hold up a shutdown:
+    // the wait polls this flag, which SIGTERM and SIGINT raise. The loop below sees the
+    // same signals through its own streams once the pass has given up.
+    let stopping = Arc::new(AtomicBool::new(false));
+    {
+        let mut terminate = signal(SignalKind::terminate()).map_err(|error| error.to_string())?;
+        let mut interrupt = signal(SignalKind::interrupt()).map_err(|error| error.to_string())?;
+        let stopping = stopping.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = terminate.recv() => {},
+                _ = interrupt.recv() => {},
+            }
+            stopping.store(true, Ordering::SeqCst);
+        });
+    }
     let metrics = Arc::new(Metrics::new());
     if let Some(address) = options.metrics_addr {
         let listener = metrics::bind(address)?;
@@ -137,6 +155,7 @@ pub async fn run(options: Options) -> Result<(), String> {
         kernel_events,
         _netns_watcher: netns_watcher,
         options,
+        stopping,
     };
     if let Some(node) = controller.options.node.clone() {
         controller.lock_node(&node)?;
@@ -324,18 +343,28 @@ impl Controller {
         let job_held_back = held_back.clone();
         let lock_dir = self.options.lock_dir.clone();
         let (events, everything) = (self.kernel_events.clone(), reads_everything(batch));
+        let stopping = self.stopping.clone();
         let (dataplane, result) = tokio::task::spawn_blocking(move || {
             // Library calls and applies may change the node between passes, never during one.
-            let result = match lock::wait_lock(&lock_dir, &job_desired.node.name) {
+            // The wait lasts as long as the holder keeps the lock, or until SIGTERM/SIGINT.
+            let wait = lock::Wait {
+                until: None,
+                stop: &|| stopping.load(Ordering::SeqCst),
+            };
+            let waiting = |held: &lock::LockError| info!("waiting for the change lock: {held}");
+            let result = match lock::wait_lock(&lock_dir, &job_desired.node.name, wait, waiting) {
                 Ok(_change) => {
                     // Taken once the lock is held: what others change from now on raises
                     // events noted for the next pass.
                     dataplane.changed(changes_since_last_pass(events.as_ref(), everything));
-                    reconcile::converge(&mut dataplane, &job_desired, &job_held_back, |_| {})
+                    Ok(reconcile::converge(
+                        &mut dataplane,
+                        &job_desired,
+                        &job_held_back,
+                        |_| {},
+                    ))
                 }
-                Err(error) => Err(crate::dataplane::DataplaneError::Unavailable(
-                    error.to_string(),
-                )),
+                Err(error) => Err(error),
             };
             (dataplane, result)
         })
@@ -344,11 +373,20 @@ impl Controller {
         self.dataplane = Some(dataplane);
 
         match result {
-            Ok(outcome) => {
+            Err(lock::LockError::Interrupted { .. }) => {
+                // Nothing was changed; the loop sees the signal and stops.
+                info!("stopped while waiting for the change lock");
+            }
+            Err(error) => {
+                error!("cannot lock the node: {error}");
+                self.metrics.count_reconcile("failed");
+                self.finish_pass(started, None, Vec::new()).await?;
+            }
+            Ok(Ok(outcome)) => {
                 let statuses = self.account(&desired, batch, &held_back, &outcome);
                 self.finish_pass(started, Some(&outcome), statuses).await?;
             }
-            Err(problem) => {
+            Ok(Err(problem)) => {
                 // Nothing could be done on the node: back off as for a failed action.
                 let delay = self
                     .backoff
