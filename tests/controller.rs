@@ -1,4 +1,4 @@
-//! `kudonet run`, the controller loop (CONTRACT §5), against a real kernel: one scenario per
+//! `kudonet run`, the controller loop , against a real kernel: one scenario per
 //! test, each in its own sandbox (see `common::sandboxed`), with the controller running as
 //! a child process. Tests wait until the node, the status file or the metrics show what is
 //! expected, with a generous limit, and fail with the controller's status document and log;
@@ -12,27 +12,24 @@
 
 mod common;
 
-use common::{addr, addresses, firewall, is_up, link, namespaces, netns, setup_outside};
+use common::controller::{Controller, LIMIT, metric, phases};
+use common::state::write_file;
+use common::{
+    KUDONET, StateDir, addr, addresses, firewall, is_up, link, namespaces, netns, seen_tcp as seen,
+    setup_outside,
+};
 
-use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kudonet::probe::{self, Place};
 use kudonet::spec::Protocol::Tcp;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde_json::Value;
-
-const KUDONET: &str = env!("CARGO_BIN_EXE_kudonet");
-
-/// How often and how long to wait for something the controller should do.
-const POLL: Duration = Duration::from_millis(20);
-const LIMIT: Duration = Duration::from_secs(10);
 
 /// web publishes 8080 -> 80; db publishes nothing.
 const NODE: &str = "\
@@ -56,245 +53,10 @@ address: 10.0.0.3/24
 const WEB_VETH: &str = "kv0e11948721ef1";
 const DB_VETH: &str = "kv14e07b53ba1e3";
 
-const STATUS_FILE: &str = "/run/kudonet-status.json";
-
 fn cache(address: &str) -> String {
     format!("kind: Instance\nname: cache\naddress: {address}\n")
 }
 
-/// A desired-state directory as a root-run kudonet accepts it: `state` inside a private
-/// temporary folder (so that its parent, watched while it is missing, is quiet).
-struct StateDir {
-    root: tempfile::TempDir,
-}
-
-impl StateDir {
-    fn empty() -> StateDir {
-        let root = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let state = StateDir { root };
-        state.create();
-        state
-    }
-
-    fn new(yaml: &str) -> StateDir {
-        let state = StateDir::empty();
-        state.write("node.yaml", yaml);
-        state
-    }
-
-    fn create(&self) {
-        std::fs::create_dir(self.dir()).unwrap();
-        std::fs::set_permissions(self.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-
-    fn dir(&self) -> PathBuf {
-        self.root.path().join("state")
-    }
-
-    fn path(&self) -> String {
-        self.dir().display().to_string()
-    }
-
-    fn file(&self, file: &str) -> PathBuf {
-        self.dir().join(file)
-    }
-
-    /// Writes `file` in place (not atomically).
-    fn write(&self, file: &str, yaml: &str) {
-        write_file(&self.file(file), yaml);
-    }
-
-    /// Writes `file` as agents do: a hidden temporary file, renamed over it.
-    fn replace(&self, file: &str, yaml: &str) {
-        let temporary = self.file(&format!(".{file}.tmp"));
-        write_file(&temporary, yaml);
-        std::fs::rename(&temporary, self.file(file)).unwrap();
-    }
-
-    /// A folder beside DIR, for files DIR links to.
-    fn outside(&self) -> PathBuf {
-        self.root.path().join("elsewhere")
-    }
-}
-
-fn write_file(path: &Path, content: &str) {
-    std::fs::write(path, content).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
-}
-
-/// A running `kudonet run`; killed if a test fails before stopping it.
-struct Controller {
-    child: RefCell<Child>,
-    log: PathBuf,
-    metrics: Option<String>,
-    _log_dir: tempfile::TempDir,
-}
-
-impl Controller {
-    /// Starts `kudonet run DIR --status-file STATUS_FILE ARGS...`.
-    fn start(state: &StateDir, args: &[&str]) -> Controller {
-        // A status file of an earlier controller must not pass for this one's.
-        let _ = std::fs::remove_file(STATUS_FILE);
-        let log_dir = tempfile::tempdir().unwrap();
-        let log = log_dir.path().join("kudonet.log");
-        let stderr = std::fs::File::create(&log).unwrap();
-        let child = Command::new(KUDONET)
-            .args(["run", &state.path(), "--status-file", STATUS_FILE])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("kudonet run starts");
-        let metrics = args
-            .iter()
-            .position(|arg| *arg == "--metrics-addr")
-            .map(|at| args[at + 1].to_string());
-        Controller {
-            child: RefCell::new(child),
-            log,
-            metrics,
-            _log_dir: log_dir,
-        }
-    }
-
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.borrow().id() as i32)
-    }
-
-    fn signal(&self, signal: Signal) {
-        kill(self.pid(), signal).unwrap();
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The status document, once the controller has written one.
-    fn status(&self) -> Option<Value> {
-        let text = std::fs::read_to_string(STATUS_FILE).ok()?;
-        Some(serde_json::from_str(&text).unwrap_or_else(|error| {
-            panic!("the status file is always a whole document: {error}\n{text}")
-        }))
-    }
-
-    /// Waits until `done` holds, failing after LIMIT (or when the controller exits).
-    #[track_caller]
-    fn wait_until(&self, what: &str, done: impl FnMut() -> bool) {
-        self.wait_for(what, LIMIT, done);
-    }
-
-    #[track_caller]
-    fn wait_for(&self, what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-        let deadline = Instant::now() + limit;
-        loop {
-            if done() {
-                return;
-            }
-            if let Some(exit) = self.child.borrow_mut().try_wait().unwrap() {
-                panic!(
-                    "kudonet run exited ({exit}) while waiting until {what}\nlog:\n{}",
-                    self.log()
-                );
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "gave up after {limit:?} waiting until {what}\nstatus file: {}\nlog:\n{}",
-                    self.status()
-                        .map(|status| serde_json::to_string_pretty(&status).unwrap())
-                        .unwrap_or_else(|| "none".into()),
-                    self.log()
-                );
-            }
-            std::thread::sleep(POLL);
-        }
-    }
-
-    /// Waits until the status file shows a valid desired state with exactly `instances`,
-    /// all Ready.
-    #[track_caller]
-    fn wait_ready(&self, instances: &[&str]) {
-        self.wait_until(&format!("{instances:?} are all Ready"), || {
-            self.status().is_some_and(|status| {
-                status["valid"] == true
-                    && phases(&status)
-                        == instances
-                            .iter()
-                            .map(|name| (name.to_string(), "Ready".to_string()))
-                            .collect::<Vec<_>>()
-            })
-        });
-    }
-
-    /// The instance `name` of the status document, when listed.
-    fn instance(&self, name: &str) -> Option<Value> {
-        self.status()?["instances"]
-            .as_array()?
-            .iter()
-            .find(|instance| instance["name"] == name)
-            .cloned()
-    }
-
-    /// GET `path` from the metrics address: (status code, body); None while not listening.
-    fn get(&self, path: &str) -> Option<(u16, String)> {
-        let address = self.metrics.as_ref().expect("started with --metrics-addr");
-        http_get(address, path)
-    }
-
-    /// The value of the metric line starting with `series` (name and labels, exactly).
-    fn metric(&self, series: &str) -> Option<f64> {
-        let (code, body) = self.get("/metrics")?;
-        assert_eq!(code, 200, "{body}");
-        metric(&body, series)
-    }
-
-    /// SIGTERM; asserts that the controller exits 0 and returns its log.
-    #[track_caller]
-    fn stop(self) -> String {
-        self.signal(Signal::SIGTERM);
-        let exit = self.wait_exit();
-        let log = self.log();
-        assert_eq!(
-            exit.code(),
-            Some(0),
-            "kudonet run after SIGTERM; log:\n{log}"
-        );
-        assert!(
-            log.contains("stopping; the network stays as it is"),
-            "log:\n{log}"
-        );
-        log
-    }
-
-    #[track_caller]
-    fn wait_exit(&self) -> ExitStatus {
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            if let Some(exit) = self.child.borrow_mut().try_wait().unwrap() {
-                return exit;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "kudonet run did not exit within {LIMIT:?}; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(POLL);
-        }
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let child = self.child.get_mut();
-        if let Ok(None) = child.try_wait() {
-            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-            let _ = child.wait();
-        }
-    }
-}
-
-/// A Ready instance of `NODE` as the status document shows it.
 /// An instance of the last valid state while DIR is invalid.
 fn in_force(name: &str, veth: &str, address: &str) -> Value {
     let mut entry = instance(name, veth, address);
@@ -302,44 +64,11 @@ fn in_force(name: &str, veth: &str, address: &str) -> Value {
     entry
 }
 
+/// A Ready instance of `NODE` as the status document shows it.
 fn instance(name: &str, veth: &str, address: &str) -> Value {
     serde_json::json!({
         "name": name, "phase": "Ready", "address": address,
         "netns": format!("/run/netns/kudo-{name}"), "hostInterface": veth, "message": "",
-    })
-}
-
-/// (name, phase) of each instance of a status document, in its order (by name).
-fn phases(status: &Value) -> Vec<(String, String)> {
-    status["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|instance| {
-            (
-                instance["name"].as_str().unwrap().to_string(),
-                instance["phase"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
-fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(address).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, body.to_string()))
-}
-
-/// The value of the sample `series` (`name{labels}` exactly as exposed) in `text`.
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
-        value.split_whitespace().next()?.parse().ok()
     })
 }
 
@@ -359,7 +88,7 @@ fn kernel_state() -> String {
 
 /// Whether `kudonet plan` finds nothing to do (it only reads, so it may run beside `run`).
 fn plan_is_empty(state: &StateDir) -> bool {
-    let output = common::run(KUDONET, &["plan", &state.path()]);
+    let output = common::run(KUDONET, &["plan", state.path()]);
     output.status.success() && output.stdout == b"No changes.\n"
 }
 
@@ -371,15 +100,6 @@ fn instance_built(name: &str, veth: &str, address: &str) -> bool {
         && addresses(Some(&netns), "eth0") == [address]
         && common::run_ok("ip", &["-n", &netns, "route", "show", "default"])
             .starts_with("default via 10.0.0.1 dev eth0")
-}
-
-/// The source address a TCP server at `target` saw, asked from `from`.
-#[track_caller]
-fn seen(from: &Place, target: &str) -> String {
-    match probe::ask(from, Tcp, addr(target)) {
-        Ok(source) => source.ip().to_string(),
-        Err(error) => panic!("tcp {target} from {from:?}: {error}"),
-    }
 }
 
 /// db reaches web directly, and the node reaches web through its published port.
@@ -837,7 +557,7 @@ fn invalid_desired_state_changes_nothing() {
             "{}: cannot read desired-state directory: No such file or directory (os error 2)",
             state.path()
         )]);
-        let staging = state.root.path().join("staging");
+        let staging = state.beside("staging");
         std::fs::create_dir(&staging).unwrap();
         std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o755)).unwrap();
         write_file(&staging.join("node.yaml"), node);
@@ -915,7 +635,7 @@ fn a_second_controller_for_the_node_refuses_to_run() {
         // Named with --node, or found in DIR.
         for args in [&["--node", "node-a"][..], &[]] {
             let second = Command::new(KUDONET)
-                .args(["run", &state.path(), "--status-file", "/run/second.json"])
+                .args(["run", state.path(), "--status-file", "/run/second.json"])
                 .args(args)
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
@@ -924,12 +644,7 @@ fn a_second_controller_for_the_node_refuses_to_run() {
                 .unwrap();
             // A Controller only for its bounded wait and its kill on failure; its output
             // is piped, not logged.
-            let second = Controller {
-                child: RefCell::new(second),
-                log: PathBuf::new(),
-                metrics: None,
-                _log_dir: tempfile::tempdir().unwrap(),
-            };
+            let second = Controller::adopt(second);
             let exit = second.wait_exit();
             let mut child = second.child.borrow_mut();
             let mut stderr = String::new();

@@ -1,0 +1,133 @@
+//! The proptest front end of `generators`: strategies drawing the descriptions it builds
+//! nodes and desired states from (the libFuzzer front end is in
+//! fuzz/fuzz_targets/plan_converges.rs).
+
+use kudonet::observe::Observed;
+use kudonet::spec::{Desired, PublishedPort};
+use proptest::prelude::*;
+use proptest::sample::{select, subsequence};
+
+use super::generators::{
+    BRIDGES, CONTESTED_HOST_PORTS, DesiredChoice, Drift, FOREIGN_FORWARD_RULES, FOREIGN_LINK_KINDS,
+    FOREIGN_ROUTE_OCTETS, Foreign, ForeignLink, HOSTS, INSTANCE_NAMES, MAX_DRIFTS, MAX_PEERS, MTUS,
+    PORTS, foreign_link_names, foreign_namespace_names, observed, port,
+};
+
+/// A published port, mostly on one of a few contested host ports.
+pub fn arb_port() -> impl Strategy<Value = PublishedPort> {
+    (
+        prop_oneof![3 => CONTESTED_HOST_PORTS, 1 => PORTS],
+        PORTS,
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(host_port, instance_port, udp, host_ip)| {
+            port(host_port, instance_port, udp, host_ip)
+        })
+}
+
+/// A valid desired state for node `a` (10.0.0.0/24), with up to two peers.
+pub fn arb_desired() -> impl Strategy<Value = Desired> {
+    let names = INSTANCE_NAMES.len();
+    (
+        subsequence(INSTANCE_NAMES, 0..=names),
+        proptest::collection::vec(HOSTS, names),
+        proptest::collection::vec(proptest::collection::vec(arb_port(), 0..=3), names),
+        select(BRIDGES),
+        proptest::option::of(select(MTUS)),
+        any::<bool>(),
+        any::<bool>(),
+        0..=MAX_PEERS,
+        proptest::option::of(any::<bool>()),
+    )
+        .prop_map(
+            |(chosen, hosts, ports, bridge, mtu, masquerade, uplink, peers, cluster)| {
+                DesiredChoice {
+                    bridge,
+                    mtu,
+                    masquerade,
+                    uplink,
+                    instances: chosen
+                        .into_iter()
+                        .enumerate()
+                        .map(|(index, name)| super::generators::InstanceChoice {
+                            name,
+                            host: hosts[index],
+                            ports: ports[index].clone(),
+                        })
+                        .collect(),
+                    cluster,
+                    peers,
+                }
+                .build()
+            },
+        )
+}
+
+/// Something that happens to a node behind kudonet's back.
+pub fn arb_drift() -> impl Strategy<Value = Drift> {
+    (0..Drift::KINDS, any::<usize>()).prop_map(|(kind, index)| Drift::of_kind(kind, index))
+}
+
+/// Objects that are not kudonet's, some squatting on names kudonet wants.
+pub fn arb_foreign() -> impl Strategy<Value = Foreign> {
+    let link = (
+        select(foreign_link_names()),
+        select(FOREIGN_LINK_KINDS),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(name, kind, up, alias)| ForeignLink {
+            name,
+            kind,
+            up,
+            alias,
+        });
+    (
+        proptest::collection::vec(link, 0..=3),
+        proptest::collection::vec(select(foreign_namespace_names()), 0..=2),
+        proptest::collection::vec(FOREIGN_ROUTE_OCTETS, 0..=2),
+        proptest::collection::vec(select(FOREIGN_FORWARD_RULES), 0..=3),
+        any::<[bool; 4]>(),
+    )
+        .prop_map(
+            |(
+                links,
+                namespaces,
+                routes,
+                forward_rules,
+                [other_chain, nat_rule, other_backend, default_route],
+            )| {
+                Foreign {
+                    links,
+                    namespaces,
+                    routes,
+                    forward_rules,
+                    other_chain,
+                    nat_rule,
+                    other_backend,
+                    default_route,
+                }
+            },
+        )
+}
+
+/// A node as it may be found: foreign objects, then part of an earlier desired state's
+/// plan (a crash mid-apply), then drift.
+pub fn arb_observed() -> impl Strategy<Value = (Observed, Foreign)> {
+    (
+        arb_foreign(),
+        arb_desired(),
+        0.0f64..=1.0,
+        proptest::collection::vec(arb_drift(), 0..=MAX_DRIFTS),
+    )
+        .prop_map(|(foreign, earlier, applied_fraction, drifts)| {
+            let observed = observed(
+                &foreign,
+                &earlier,
+                |length| (length as f64 * applied_fraction) as usize,
+                &drifts,
+            );
+            (observed, foreign)
+        })
+}
