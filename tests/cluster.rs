@@ -18,6 +18,8 @@
 
 mod common;
 
+use common::{KUDONET, addr, seen};
+
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
 use std::path::Path;
@@ -25,7 +27,6 @@ use std::path::Path;
 use kudonet::probe::{self, EchoServer, Place};
 use kudonet::spec::Protocol::{self, Tcp, Udp};
 
-const KUDONET: &str = env!("CARGO_BIN_EXE_kudonet");
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/cluster");
 
 const ALL: [&str; 3] = ["node-a", "node-b", "node-c"];
@@ -77,10 +78,6 @@ fn letter(node: &str) -> &str {
     node.strip_prefix("node-").expect("node-X")
 }
 
-fn addr(text: &str) -> SocketAddrV4 {
-    text.parse().unwrap()
-}
-
 /// An instance of `node`, in the node's own netns directory.
 fn instance(node: &str, name: &str) -> Place {
     Place::netns(format!("/run/netns-{}/kudo-{name}", letter(node)))
@@ -88,14 +85,6 @@ fn instance(node: &str, name: &str) -> Place {
 
 fn outside() -> Place {
     Place::netns("/run/netns/outside")
-}
-
-/// The address the echo server at `target` saw, asking from `from`.
-fn seen(from: &Place, protocol: Protocol, target: &str) -> String {
-    match probe::ask(from, protocol, addr(target)) {
-        Ok(source) => source.ip().to_string(),
-        Err(error) => panic!("{protocol} {target} from {from:?}: {error}"),
-    }
 }
 
 /// Runs a bash script in `node`'s network namespace; returns its stdout.

@@ -11,6 +11,8 @@
 
 mod common;
 
+use common::{KUDONET, addr};
+
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,7 +31,6 @@ use kudonet::probe::{self, Place};
 use kudonet::spec::Protocol::{Tcp, Udp};
 use kudonet::utils::get_namespace_name;
 
-const KUDONET: &str = env!("CARGO_BIN_EXE_kudonet");
 const STATE_DIR: &str = "/run/kudonet-test/state";
 
 /// Points the library at the sandbox's state directory.
@@ -59,10 +60,6 @@ fn instance_request(id: &str, address: &str, ports: Vec<Port>) -> SetupInstanceR
 
 fn clean_request(id: &str, address: &str, ports: Vec<Port>) -> CleanInstanceRequest {
     CleanInstanceRequest::new(id.to_string(), ports, inet(address))
-}
-
-fn addr(text: &str) -> SocketAddrV4 {
-    text.parse().unwrap()
 }
 
 fn netns(instance: &str) -> PathBuf {

@@ -1,10 +1,11 @@
-//! `kudonet run`, the controller loop , against a real kernel: one scenario per
-//! test, each in its own sandbox (see `common::sandboxed`), with the controller running as
-//! a child process. Tests wait until the node, the status file or the metrics show what is
-//! expected, with a generous limit, and fail with the controller's status document and log;
-//! they assert on elapsed time only where time is the requirement (a probe answering within
-//! a second, a change applied long before the resync, attempts bounded by the backoff). Every test stops the controller with SIGTERM and
-//! checks that it exits 0 and leaves the network in place.
+//! `kudonet run`, the controller loop, against a real kernel: one scenario per test, each in
+//! its own sandbox (see `common::sandboxed`), with the controller running as a child process
+//! (`common::controller::Controller`). Tests wait until the node, the status file or the
+//! metrics show what is expected, with a generous limit, and fail with the controller's
+//! status document and log; they assert on elapsed time only where time is the requirement
+//! (a probe answering within a second, a change applied long before the resync, attempts
+//! bounded by the backoff). Every test stops the controller with SIGTERM and checks that it
+//! exits 0 and leaves the network in place.
 //!
 //! The sandbox's own namespace is the node. Where packets must leave it, "outside" is a
 //! namespace behind the node's uplink `eth0` (203.0.113.1/24; outside is 203.0.113.254 and

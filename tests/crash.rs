@@ -4,11 +4,11 @@
 
 mod common;
 
+use common::KUDONET;
+
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Output};
-
-const KUDONET: &str = env!("CARGO_BIN_EXE_kudonet");
 
 const NODE: &str = "
 kind: Node

@@ -14,11 +14,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{link, sh};
+use common::cli::kudonet;
+use common::{KUDONET, link, sh};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-
-const KUDONET: &str = env!("CARGO_BIN_EXE_kudonet");
 
 const NODE: &str = "kind: Node\nname: node-a\ncidr: 10.0.0.1/24\n";
 
@@ -51,21 +50,6 @@ fn state_dir() -> &'static str {
     sh("install -d -m 0755 /run/state && install -m 0644 /dev/null /run/state/node.yaml");
     fs::write("/run/state/node.yaml", NODE).unwrap();
     "/run/state"
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn kudonet(args: &[&str]) -> Run {
-    let output = Command::new(KUDONET).args(args).output().unwrap();
-    Run {
-        code: output.status.code().expect("exited, not killed"),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
 }
 
 /// A kudonet started in the background, its stderr in a file.

@@ -4,11 +4,11 @@
 
 mod common;
 
+use common::KUDONET;
+use common::cli::{kudonet_output as kudonet, text};
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Output;
-
-const KUDONET: &str = env!("CARGO_BIN_EXE_kudonet");
 
 const NODE: &str = "
 kind: Node
@@ -20,14 +20,6 @@ name: web
 address: 10.0.0.2/24
 ports: [{hostPort: 8080, instancePort: 80}]
 ";
-
-fn kudonet(args: &[&str]) -> Output {
-    common::run(KUDONET, args)
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// Links, namespaces and kudonet's rules: what a refused command must leave alone.
 fn node_state() -> String {

@@ -9,17 +9,17 @@
 
 mod common;
 
-use common::link_names;
-use common::{addr, addresses, firewall, is_up, link, namespaces, netns, setup_outside};
+use common::cli::{kudonet, run_command};
+use common::{
+    KUDONET, StateDir, addr, addresses, firewall, is_up, link, link_names, namespaces, netns,
+    seen_tcp as seen, setup_outside,
+};
 
-use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 use kudonet::probe::{self, Place};
 use kudonet::spec::Protocol::Tcp;
 use serde_json::Value;
-
-const KUDONET: &str = env!("CARGO_BIN_EXE_kudonet");
 
 /// web publishes 8080 -> 80; db publishes nothing.
 const NODE: &str = "\
@@ -110,82 +110,11 @@ fn fresh_apply(ip_forward: bool, masquerade: &str) -> String {
     )
 }
 
-/// The outcome of one kudonet run.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    /// Asserts the exit code and both outputs, exactly.
-    #[track_caller]
-    fn expect(&self, code: i32, stdout: &str, stderr: &str) {
-        assert_eq!(
-            (self.code, self.stdout.as_str(), self.stderr.as_str()),
-            (code, stdout, stderr),
-            "exit code, stdout, stderr"
-        );
-    }
-}
-
-fn run_command(command: &mut Command) -> Run {
-    let output = command.output().expect("kudonet runs");
-    Run {
-        code: output.status.code().expect("exited, not killed"),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
-fn kudonet(args: &[&str]) -> Run {
-    run_command(Command::new(KUDONET).args(args))
-}
-
-/// A desired-state directory as a root-run kudonet accepts it (and others can read).
-struct StateDir {
-    dir: tempfile::TempDir,
-}
-
-impl StateDir {
-    fn new(yaml: &str) -> StateDir {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let state = StateDir { dir };
-        state.write("node.yaml", yaml);
-        state
-    }
-
-    fn write(&self, file: &str, yaml: &str) {
-        let path = self.dir.path().join(file);
-        std::fs::write(&path, yaml).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    }
-
-    fn path(&self) -> &str {
-        self.dir.path().to_str().unwrap()
-    }
-
-    fn file(&self, file: &str) -> String {
-        self.dir.path().join(file).display().to_string()
-    }
-}
-
 fn ip_forward() -> String {
     std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
         .unwrap()
         .trim()
         .to_string()
-}
-
-/// The source address a TCP server at `target` saw, asked from `from`.
-#[track_caller]
-fn seen(from: &Place, target: &str) -> String {
-    match probe::ask(from, Tcp, addr(target)) {
-        Ok(source) => source.ip().to_string(),
-        Err(error) => panic!("tcp {target} from {from:?}: {error}"),
-    }
 }
 
 /// The DNAT rule of web's published port, left out while web is held back.
@@ -642,7 +571,7 @@ fn status_reports_each_instance() {
             "kind: Instance\nname: cache\nadress: 10.0.0.4\n---\n\
              kind: Instance\nname: cache2\naddress: 10.0.9.5\n",
         );
-        let broken = state.file("broken.yaml");
+        let broken = state.file("broken.yaml").display().to_string();
         let errors = [
             format!(
                 "{broken}:3:1: unknown field `adress` in an Instance, expected one of apiVersion, \

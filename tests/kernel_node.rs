@@ -1,5 +1,6 @@
 //! One node on a real kernel, in a sandbox: `kudonet apply` builds it, real packets prove
-//! every connectivity case of CONTRACT §2, a second apply changes nothing, removal and
+//! every connectivity case kudonet promises (instance to instance, node to instance,
+//! published ports, outbound masquerade), a second apply changes nothing, removal and
 //! teardown take exactly kudonet's objects, and foreign firewall rules survive untouched.
 //!
 //! The sandbox's own namespace is the node. "outside" is a namespace behind the node's
@@ -7,15 +8,13 @@
 
 mod common;
 
-use common::{addr, netns, setup_outside};
+use common::cli::{kudonet_output as kudonet, stdout};
+use common::{addr, firewall, netns, seen, setup_outside};
 
 use std::path::Path;
-use std::process::Output;
 
 use kudonet::probe::{self, Place};
 use kudonet::spec::Protocol::{Tcp, Udp};
-
-const KUDONET: &str = env!("CARGO_BIN_EXE_kudonet");
 
 const NODE: &str = r#"
 kind: Node
@@ -51,27 +50,6 @@ iptables -w -A FORWARD -i eth9 -j DROP
 iptables -w -t nat -A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE
 iptables -w -t nat -A PREROUTING -d 198.51.100.7/32 -j RETURN
 ";
-
-fn kudonet(args: &[&str]) -> Output {
-    common::run(KUDONET, args)
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// The address the server saw, asking from `from` to `target`.
-fn seen(from: &Place, protocol: kudonet::spec::Protocol, target: &str) -> String {
-    match probe::ask(from, protocol, addr(target)) {
-        Ok(source) => source.ip().to_string(),
-        Err(error) => panic!("{protocol} {target} from {from:?}: {error}"),
-    }
-}
-
-/// iptables-save without counters and comments, per table: what must not change.
-fn firewall() -> String {
-    common::sh("iptables-save -t nat | grep -v '^#'; iptables-save -t filter | grep -v '^#'")
-}
 
 fn foreign_rules(firewall: &str) -> Vec<String> {
     firewall

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::cli::{kudonet_output as kudonet, text};
+
 use std::path::Path;
 use std::process::Output;
 
@@ -14,8 +16,6 @@ use kudonet::dataplane::iptables::Iptables;
 use kudonet::dataplane::kernel::KernelDataplane;
 use kudonet::reconcile;
 use serde_json::Value;
-
-const KUDONET: &str = env!("CARGO_BIN_EXE_kudonet");
 
 const NODE: &str = "kind: Node
 name: node-a
@@ -28,14 +28,6 @@ ports:
   - hostPort: 8080
     instancePort: 80
 ";
-
-fn kudonet(args: &[&str]) -> Output {
-    common::run(KUDONET, args)
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// A desired-state directory holding `node.yaml` with `content`.
 fn state_dir(content: &str) -> tempfile::TempDir {

@@ -1,5 +1,6 @@
 //! `kudonet validate DIR` end to end: the built binary on directories written to a temp dir,
-//! asserting the exact exit code and the exact stderr lines (CONTRACT §1 and §3).
+//! asserting the exact exit code and the exact stderr lines: the desired-state file format
+//! and the validation rules, one `FILE:LINE:COLUMN: message` line per error.
 
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};

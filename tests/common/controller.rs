@@ -1,6 +1,7 @@
 //! A `kudonet run` child process: start, wait, status document, metrics, HTTP, stop.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -218,15 +219,28 @@ pub fn phases(status: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// GET `path` from the HTTP server at `address` (one request per connection): (status
+/// code, body); None while nothing listens there.
 pub fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(address).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n").ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
     let code = head.split_whitespace().nth(1)?.parse().ok()?;
     Some((code, body.to_string()))
+}
+
+/// Whether the controller serving metrics at `address` answers /readyz with 200.
+pub fn is_ready(address: &str) -> bool {
+    http_get(address, "/readyz").is_some_and(|(code, _)| code == 200)
 }
 
 /// The value of the sample `series` (`name{labels}` exactly as exposed) in `text`.
@@ -235,4 +249,29 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
         let value = line.strip_prefix(series)?.strip_prefix(' ')?;
         value.split_whitespace().next()?.parse().ok()
     })
+}
+
+/// The samples of metric `name` in `text`, by label set: `{result="converged"}` -> 12 (the
+/// empty string for a sample without labels).
+pub fn metric_samples(text: &str, name: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let (labels, value) = rest.rsplit_once(' ')?;
+            (labels.is_empty() || labels.starts_with('{'))
+                .then(|| Some((labels.to_string(), value.parse().ok()?)))?
+        })
+        .collect()
+}
+
+/// The sum of every sample of metric `name` (all label sets) in `text`.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    metric_samples(text, name).values().sum()
+}
+
+/// SIGTERM to a controller started by other means than `Controller::start`; waits for it
+/// to exit.
+pub fn terminate(child: &mut Child) -> ExitStatus {
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    child.wait().unwrap()
 }
