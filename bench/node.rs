@@ -21,8 +21,6 @@
 //! Prints a table and writes JSON (default bench/results.json).
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -31,7 +29,11 @@ use kudonet::dataplane::netlink::Netlink;
 use kudonet::names;
 use serde_json::{Map, Value, json};
 
-const KUDONET: &str = env!("CARGO_BIN_EXE_kudonet");
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::KUDONET;
+use common::controller::{http_get, is_ready, metric_sum as metric, terminate};
 const BASELINES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/baselines");
 const WORKER: &str = "KUDONET_BENCH_NODE_WORKER";
 const WORK: &str = "/run/kudonet-bench";
@@ -477,7 +479,7 @@ fn wait_ready(controller: &Child, n: usize) -> Duration {
     let started = Instant::now();
     let limit = Duration::from_secs(60) + Duration::from_millis(n as u64 * 200);
     while started.elapsed() < limit {
-        if get("/readyz").is_some_and(|response| response.starts_with("HTTP/1.1 200")) {
+        if is_ready(METRICS) {
             return started.elapsed();
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -489,9 +491,7 @@ fn wait_ready(controller: &Child, n: usize) -> Duration {
 }
 
 fn stop(mut controller: Child) {
-    let pid = nix::unistd::Pid::from_raw(controller.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    controller.wait().unwrap();
+    terminate(&mut controller);
 }
 
 /// Deletes `victims` (host veths) and times until the controller has them back: the links
@@ -537,32 +537,10 @@ fn vm_hwm(controller: &Child) -> u64 {
         .unwrap_or(0)
 }
 
-fn get(route: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(METRICS).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {route} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    Some(response)
-}
-
 fn scrape() -> String {
-    get("/metrics").unwrap_or_default()
-}
-
-/// The sum of every sample of `name` (all label sets) in a Prometheus text exposition.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|line| {
-            line.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    http_get(METRICS, "/metrics")
+        .map(|(_, body)| body)
+        .unwrap_or_default()
 }
 
 /// (count, sum) of the reconcile duration histogram.

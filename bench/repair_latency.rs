@@ -13,7 +13,11 @@ use std::time::{Duration, Instant};
 use kudonet::dataplane::netlink::Netlink;
 use kudonet::names;
 
-const KUDONET: &str = env!("CARGO_BIN_EXE_kudonet");
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::KUDONET;
+use common::controller::terminate;
 const INSTANCES: usize = 20;
 
 fn main() {
@@ -38,7 +42,7 @@ fn main() {
     std::fs::write(dir.join("node.yaml"), state).unwrap();
 
     let mut netlink = Netlink::open().unwrap();
-    let controller = start_controller(dir);
+    let mut controller = start_controller(dir);
     wait_for(
         &mut netlink,
         &names::host_interface_name(&format!("i{}", INSTANCES - 1)),
@@ -46,7 +50,7 @@ fn main() {
     )
     .expect("the controller builds the node");
     let by_event = measure(&mut netlink, rounds, |_| {});
-    stop(controller);
+    terminate(&mut controller);
 
     let by_apply = measure(&mut netlink, rounds, |_| {
         let status = Command::new(KUDONET)
@@ -75,12 +79,6 @@ fn start_controller(dir: &Path) -> Child {
         .stdout(Stdio::null())
         .spawn()
         .expect("kudonet run starts")
-}
-
-fn stop(mut controller: Child) {
-    let pid = nix::unistd::Pid::from_raw(controller.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    controller.wait().unwrap();
 }
 
 /// Deletes a host veth `rounds` times, lets `repair` run, and times until it is back.

@@ -12,13 +12,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const KUDONET: &str = env!("CARGO_BIN_EXE_kudonet");
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::KUDONET;
+use common::controller::{http_get, is_ready, metric_samples as metric_values, terminate};
 const ROOT: &str = "/run/kudonet-soak";
 const METRICS: &str = "127.0.0.1:9101";
 /// Host port of instance number `id` when it publishes one: unique, so never a clash.
@@ -299,9 +301,7 @@ fn start_controller(dir: &Path) -> Child {
 }
 
 fn stop(controller: &mut Child) {
-    let pid = nix::unistd::Pid::from_raw(controller.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let status = controller.wait().unwrap();
+    let status = terminate(controller);
     assert!(
         status.success(),
         "the controller exits 0 on SIGTERM: {status}"
@@ -324,40 +324,14 @@ fn wait_until(limit: Duration, mut done: impl FnMut() -> bool, what: &str) {
     }
 }
 
-fn http_get(path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(METRICS).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    Some(response)
+fn fetch_metrics() -> String {
+    http_get(METRICS, "/metrics")
+        .expect("the controller serves /metrics")
+        .1
 }
 
 fn ready() -> bool {
-    http_get("/readyz").is_some_and(|response| response.starts_with("HTTP/1.1 200"))
-}
-
-fn fetch_metrics() -> String {
-    http_get("/metrics").expect("the controller serves /metrics")
-}
-
-/// A metric's samples, by label set: `{result="success"}` → 12.
-fn metric_values(metrics: &str, name: &str) -> BTreeMap<String, f64> {
-    metrics
-        .lines()
-        .filter_map(|line| {
-            let rest = line.strip_prefix(name)?;
-            let (labels, value) = rest.rsplit_once(' ')?;
-            (labels.is_empty() || labels.starts_with('{'))
-                .then(|| Some((labels.to_string(), value.parse().ok()?)))?
-        })
-        .collect()
+    is_ready(METRICS)
 }
 
 fn plan_is_empty(dir: &Path) -> bool {
