@@ -162,8 +162,12 @@ fn lock(
     let folder = open_folder(dir)?;
     let mut pause = Duration::from_millis(1);
     let mut told = false;
+    // Whether the file was open to others when first seen: a descriptor of theirs from
+    // then may still hold it, even through a process that is gone or out of sight.
+    let mut was_open_to_others = false;
     loop {
-        let (file, id) = open_lock_file(folder.as_fd(), name, &path)?;
+        let (file, id, open_to_others) = open_lock_file(folder.as_fd(), name, &path)?;
+        was_open_to_others |= open_to_others;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(mut lock) => {
                 // Whoever replaced the file meanwhile (see `displace`) left this lock on a
@@ -181,9 +185,12 @@ fn lock(
                 return Ok(NodeLock { _lock: lock, path });
             }
             Err((mut file, Errno::EWOULDBLOCK)) => {
-                let (holder, untrusted) = holder_of(&mut file, id);
+                let (holder, untrusted, trusted_seen) = holder_of(&mut file, id);
                 drop(file);
-                if untrusted {
+                // A holder of a file others could open is trusted only if seen to be root's:
+                // a pid that forked and exited, or one in another pid namespace, shows none.
+                if untrusted || (was_open_to_others && !trusted_seen) {
+                    was_open_to_others = false;
                     displace(folder.as_fd(), dir, name, id)?;
                     continue;
                 }
@@ -282,11 +289,12 @@ fn file_id(folder: BorrowedFd, name: &str) -> Option<FileId> {
 
 /// Opens (creating it 0600 if needed) a lock file without following a link, refusing what is
 /// not a regular file of root's with a single name, and closing it to everyone else.
+/// Also says whether others could open the file until now (an older kudonet's 0644).
 fn open_lock_file(
     folder: BorrowedFd,
     name: &str,
     path: &Path,
-) -> Result<(File, FileId), LockError> {
+) -> Result<(File, FileId, bool), LockError> {
     let shown = path.display().to_string();
     let unsafe_file = |reason: String| LockError::Unsafe {
         what: "lock file",
@@ -323,17 +331,18 @@ fn open_lock_file(
         // Another name for the same file could be anything root owns: never write into it.
         return Err(unsafe_file(format!("it has {} hard links", meta.nlink())));
     }
+    let opened_by_others = meta.mode() & 0o077 != 0;
     if meta.mode() & 0o7777 != 0o600 {
         // An older kudonet's 0644: nobody else may open it from now on.
         file.set_permissions(std::fs::Permissions::from_mode(0o600))
             .map_err(io_error)?;
     }
-    Ok((file, (meta.dev(), meta.ino())))
+    Ok((file, (meta.dev(), meta.ino()), opened_by_others))
 }
 
-/// Who holds the lock on `file` (whose identity is `id`), and whether a holder is a process
-/// of a user kudonet does not trust.
-fn holder_of(file: &mut File, id: FileId) -> (Holder, bool) {
+/// Who holds the lock on `file` (whose identity is `id`), whether a holder is a process of
+/// a user kudonet does not trust, and whether one is seen to be a trusted user's.
+fn holder_of(file: &mut File, id: FileId) -> (Holder, bool, bool) {
     let pids = flock_holders(id);
     // The holder wrote "PID NODE": believed only if that pid really holds the lock.
     let mut text = String::new();
@@ -352,10 +361,10 @@ fn holder_of(file: &mut File, id: FileId) -> (Holder, bool) {
     };
     // Any holder of another user is broken off (a kudonet takes exclusive locks only, so
     // none can share the lock with one).
-    let untrusted = pids
-        .iter()
-        .any(|pid| process_uid(*pid).is_some_and(|uid| !trusted_owner(uid)));
-    (holder, untrusted)
+    let uids: Vec<u32> = pids.iter().filter_map(|pid| process_uid(*pid)).collect();
+    let untrusted = uids.iter().any(|uid| !trusted_owner(*uid));
+    let trusted_seen = uids.iter().any(|uid| trusted_owner(*uid));
+    (holder, untrusted, trusted_seen)
 }
 
 /// The pids holding a `flock` on the file `id`, from `/proc/locks` (lines such as
@@ -393,7 +402,7 @@ fn process_uid(pid: u32) -> Option<u32> {
 /// replaced once it gets it, and takes the new one.
 fn displace(folder: BorrowedFd, dir: &Path, name: &str, id: FileId) -> Result<(), LockError> {
     let guard_path = dir.join(REPLACE_GUARD);
-    let (guard, _) = open_lock_file(folder, REPLACE_GUARD, &guard_path)?;
+    let (guard, _, _) = open_lock_file(folder, REPLACE_GUARD, &guard_path)?;
     let io_error = |source: io::Error| LockError::Io {
         path: dir.join(name).display().to_string(),
         source,

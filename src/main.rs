@@ -465,14 +465,25 @@ fn status(cli: &Cli, dir: &Path, node: Option<&str>, output: Output) -> CommandR
     let observed = observe(&mut dataplane)?;
     let observed_at = reconcile::timestamp();
     let document = match &desired {
-        Ok((_, desired)) => StatusDocument {
-            node: desired.node.name.clone(),
-            valid: true,
-            errors: Vec::new(),
-            observed_at,
-            conditions: reconcile::node_conditions(desired, &observed, &plan(desired, &observed)),
-            instances: reconcile::instance_status(desired, &observed, &cli.netns_dir, &[]),
-        },
+        Ok((spec, desired)) => {
+            // A node its uplink's addresses make invalid is reported as the controller does.
+            let errors: Vec<String> = reconcile::check_against_node(spec, desired, &observed)
+                .err()
+                .map(|error| error.to_string().lines().map(str::to_string).collect())
+                .unwrap_or_default();
+            StatusDocument {
+                node: desired.node.name.clone(),
+                valid: errors.is_empty(),
+                errors,
+                observed_at,
+                conditions: reconcile::node_conditions(
+                    desired,
+                    &observed,
+                    &plan(desired, &observed),
+                ),
+                instances: reconcile::instance_status(desired, &observed, &cli.netns_dir, &[]),
+            }
+        }
         Err(error) => StatusDocument {
             node: node
                 .map(str::to_string)

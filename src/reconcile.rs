@@ -176,8 +176,10 @@ pub struct StatusDocument {
 /// - `Conflict`: a foreign object stands where a node-wide object of kudonet's must be
 ///   (the bridge, the overlay device, a route to a peer node);
 /// - `UplinkMissing`: the Node's `uplink:` interface does not exist;
-/// - `UplinkOverlap`: the node's subnet overlaps a network of its uplink (`plan`, `apply`
-///   and `run` refuse such a node);
+/// - `UplinkOverlap`: the node's subnet holds an address of its uplink, or a whole network
+///   of it (`plan`, `apply` and `run` refuse such a node);
+/// - `UplinkShadowed`: the node's subnet lies inside a wider network of its uplink, whose
+///   hosts there the node cannot reach (a warning);
 /// - `ForwardBlocked`: a firewall rule of someone else drops forwarded traffic whatever
 ///   kudonet's rules accept (a FORWARD policy of DROP in the other iptables backend, an
 ///   nftables forward chain with a drop policy or reject rules).
@@ -194,6 +196,7 @@ pub const CONDITION_TYPES: &[&str] = &[
     "Conflict",
     "UplinkMissing",
     "UplinkOverlap",
+    "UplinkShadowed",
     "ForwardBlocked",
 ];
 
@@ -233,6 +236,19 @@ pub fn node_conditions(desired: &Desired, observed: &Observed, plan: &Plan) -> V
                  and ports published on it are unreachable",
                 desired.node.name
             ),
+        });
+    }
+    let overlaps = conditions.iter().any(|c| c.kind == "UplinkOverlap");
+    if !overlaps
+        && let Some(uplink) = uplink(desired, observed)
+        && let Some(link) = observed.links.get(uplink)
+        && let Some(shadowed) = desired
+            .node
+            .uplink_shadowed(uplink, link.addresses.iter().copied())
+    {
+        conditions.push(Condition {
+            kind: "UplinkShadowed",
+            message: shadowed,
         });
     }
     conditions.extend(observed.forward_blockers.iter().map(|blocker| Condition {

@@ -1098,7 +1098,7 @@ fn node_conditions_and_a_subnet_the_uplink_uses_reach_status_and_metrics() {
         || {
             setup_outside();
             common::sh("iptables-legacy -w -P FORWARD DROP");
-            let overlapping = "kind: Node\nname: node-a\ncidr: 203.0.113.129/25\n";
+            let overlapping = "kind: Node\nname: node-a\ncidr: 203.0.113.2/24\n";
             let state = StateDir::new(overlapping);
             let kudonet = Controller::start(
                 &state,
@@ -1113,7 +1113,7 @@ fn node_conditions_and_a_subnet_the_uplink_uses_reach_status_and_metrics() {
             assert_eq!(
                 status["errors"],
                 serde_json::json!([format!(
-                    "{}:3:7: subnet 203.0.113.128/25 of Node \"node-a\" overlaps 203.0.113.1/24 of \
+                    "{}:3:7: subnet 203.0.113.0/24 of Node \"node-a\" overlaps 203.0.113.1/24 of \
                      its uplink eth0: the node would lose its own network; choose a subnet the \
                      uplink does not use",
                     state.file("node.yaml").display()

@@ -245,6 +245,38 @@ fn a_lock_held_through_an_old_descriptor_of_another_user_is_broken() {
 }
 
 #[test]
+fn a_lock_of_an_old_file_whose_holder_is_out_of_sight_is_broken() {
+    common::sandboxed(
+        "a_lock_of_an_old_file_whose_holder_is_out_of_sight_is_broken",
+        || {
+            let dir = state_dir();
+            old_lock_files();
+            // nobody locks the 0644 file through a descriptor a background process keeps,
+            // taken by a `flock` process that exits at once: /proc/locks names a dead pid.
+            let script = format!(
+                "exec 9<{}; flock -s 9; sleep 60 >/dev/null 2>&1 </dev/null & echo $!",
+                change_lock()
+            );
+            let output = as_nobody().args(["bash", "-c", &script]).output().unwrap();
+            assert!(output.status.success());
+            let sleeper: i32 = String::from_utf8_lossy(&output.stdout)
+                .trim()
+                .parse()
+                .unwrap();
+            let change_inode = fs::metadata(change_lock()).unwrap().ino();
+            assert_eq!(kudonet(&["apply", "--help"]).code, 0);
+            let started = Instant::now();
+            let applied = kudonet(&["apply", dir]);
+            let _ = nix::sys::signal::kill(Pid::from_raw(sleeper), Signal::SIGKILL);
+            assert_eq!(applied.code, 0, "{}", applied.stderr);
+            assert!(started.elapsed() < Duration::from_secs(5));
+            assert_ne!(fs::metadata(change_lock()).unwrap().ino(), change_inode);
+            assert_eq!(mode(&change_lock()), 0o600);
+        },
+    );
+}
+
+#[test]
 fn a_restart_never_names_a_dead_pid() {
     common::sandboxed("a_restart_never_names_a_dead_pid", || {
         let dir = state_dir();

@@ -264,10 +264,10 @@ fn a_node_subnet_the_uplink_uses_is_refused_at_its_cidr_before_any_change() {
         "a_node_subnet_the_uplink_uses_is_refused_at_its_cidr_before_any_change",
         || {
             setup_outside();
-            let dir = state_dir("kind: Node\nname: node-a\ncidr: 203.0.113.129/25\n");
+            let dir = state_dir("kind: Node\nname: node-a\ncidr: 203.0.113.2/24\n");
             let path = dir.path().join("node.yaml");
             let expected = format!(
-                "kudonet: {}:3:7: subnet 203.0.113.128/25 of Node \"node-a\" overlaps 203.0.113.1/24 \
+                "kudonet: {}:3:7: subnet 203.0.113.0/24 of Node \"node-a\" overlaps 203.0.113.1/24 \
                  of its uplink eth0: the node would lose its own network; choose a subnet the uplink \
                  does not use\n",
                 path.display()
@@ -281,9 +281,24 @@ fn a_node_subnet_the_uplink_uses_is_refused_at_its_cidr_before_any_change() {
             assert_eq!(common::link_names(None), links_before);
             assert!(!common::firewall().contains("KUDO-"));
             let status = status_json(dir.path());
+            assert_eq!(status["valid"], false, "{status}");
+            assert_eq!(
+                status["errors"][0],
+                expected.trim_start_matches("kudonet: ").trim_end()
+            );
             assert!(
-                conditions(&status)[0].starts_with("UplinkOverlap: subnet 203.0.113.128/25"),
+                conditions(&status)[0].starts_with("UplinkOverlap: subnet 203.0.113.0/24"),
                 "{status}"
+            );
+            // A subnet inside the uplink's wider network, holding neither its address nor its
+            // gateway, works: a warning.
+            std::fs::write(&path, "kind: Node\nname: node-a\ncidr: 203.0.113.129/25\n").unwrap();
+            let apply = apply_ok(dir.path());
+            assert_eq!(
+                text(&apply.stderr),
+                "warning: UplinkShadowed: subnet 203.0.113.128/25 of Node \"node-a\" lies inside \
+                 203.0.113.0/24 of its uplink eth0: hosts of that network in 203.0.113.128/25 are \
+                 unreachable from the node\n"
             );
             // Without an uplink holding the subnet, the same file is fine.
             run_ok("ip", &["addr", "flush", "dev", "eth0"]);

@@ -348,3 +348,41 @@ impl Dataplane for MemoryDataplane {
             .map_err(|reason| DataplaneError::action(action, reason))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// As the kernel dataplane: a per-interface sysctl only for an existing bridge of
+    /// kudonet's, never for `all`, `default` or a bridge of someone else's.
+    #[test]
+    fn per_interface_sysctls_are_refused_but_for_kudonets_own_bridge() {
+        let mut state = Observed::default();
+        state
+            .links
+            .insert("br-x".to_string(), Link::new(LinkKind::Bridge));
+        let mut own = Link::new(LinkKind::Bridge);
+        own.alias = Some(names::bridge_alias());
+        state.links.insert("kudo0".to_string(), own);
+        let mut dataplane = MemoryDataplane::new(state);
+        let set = |device: &str| Action::SetSysctl {
+            key: format!("net.ipv4.conf.{device}.route_localnet"),
+            value: "1".to_string(),
+        };
+        for device in ["all", "default", "br-x", "eth9"] {
+            let error = dataplane.apply(&set(device)).unwrap_err().to_string();
+            assert!(
+                error.contains(&format!(
+                    "refusing to set net.ipv4.conf.{device}.route_localnet: {device} is not kudonet's bridge"
+                )),
+                "{error}"
+            );
+        }
+        dataplane.apply(&set("kudo0")).unwrap();
+        let observed = dataplane.observe().unwrap();
+        assert_eq!(
+            observed.sysctls.keys().collect::<Vec<_>>(),
+            ["net.ipv4.conf.kudo0.route_localnet"]
+        );
+    }
+}

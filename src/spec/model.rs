@@ -84,22 +84,47 @@ impl Node {
         self.cidr.network()
     }
 
-    /// Why this node's subnet cannot be used beside `uplink`, if it overlaps one of the
-    /// uplink's networks: the node would route its own gateway or neighbours into the
-    /// bridge and lose the underlay.
+    /// Why this node's subnet cannot be used beside `uplink`: it holds one of the uplink's
+    /// own addresses, or the whole of one of its networks (the gateway with it). The node
+    /// would route its own address or its neighbours and gateway into the bridge and lose the
+    /// underlay.
     pub fn uplink_overlap(
         &self,
         uplink: &str,
         uplink_addresses: impl IntoIterator<Item = Ipv4Inet>,
     ) -> Option<String> {
         let subnet = self.subnet();
-        let clash = uplink_addresses
-            .into_iter()
-            .find(|address| super::validate::overlaps(&subnet, &address.network()))?;
+        let clash = uplink_addresses.into_iter().find(|address| {
+            subnet.contains(&address.address())
+                || super::validate::contains(&subnet, &address.network())
+        })?;
         Some(format!(
             "subnet {subnet} of Node {:?} overlaps {clash} of its uplink {uplink}: the node would \
              lose its own network; choose a subnet the uplink does not use",
             self.name
+        ))
+    }
+
+    /// What this node's subnet hides of a wider network of `uplink` that it lies inside
+    /// (without holding the uplink's address): hosts of that network in the node's subnet
+    /// are unreachable from the node, since its bridge route is more specific. It works, and
+    /// is often meant (a /24 of instances inside a /8 LAN), so it is a warning.
+    pub fn uplink_shadowed(
+        &self,
+        uplink: &str,
+        uplink_addresses: impl IntoIterator<Item = Ipv4Inet>,
+    ) -> Option<String> {
+        let subnet = self.subnet();
+        let wider = uplink_addresses.into_iter().find(|address| {
+            address.network_length() < subnet.network_length()
+                && address.network().contains(&subnet.first_address())
+                && !subnet.contains(&address.address())
+        })?;
+        Some(format!(
+            "subnet {subnet} of Node {:?} lies inside {} of its uplink {uplink}: hosts of that \
+             network in {subnet} are unreachable from the node",
+            self.name,
+            wider.network()
         ))
     }
 

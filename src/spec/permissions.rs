@@ -70,7 +70,7 @@ fn problem(metadata: &fs::Metadata, real: &Path, me: u32, mounts: &Mounts) -> Op
     }
     match writable_by_others(metadata.uid(), metadata.gid(), metadata.mode(), me)? {
         Problem::Owner(text) => Some(text),
-        Problem::Mode { why, fix } => match mounts.writable_elsewhere(real, metadata.dev()) {
+        Problem::Mode { why, fix } => match mounts.writable_elsewhere(real) {
             Exposure::Sealed => None,
             Exposure::At(other) if other != real => Some(format!(
                 "{why}, read-only here but writable as {}; {fix}",
@@ -142,17 +142,14 @@ impl Mounts {
         Mounts(text.lines().filter_map(parse_mountinfo_line).collect())
     }
 
-    /// Where `path` (canonical, on device `dev`) can be written, as far as mounts go.
-    fn writable_elsewhere(&self, path: &Path, dev: u64) -> Exposure {
-        let device = format!(
-            "{}:{}",
-            nix::sys::stat::major(dev),
-            nix::sys::stat::minor(dev)
-        );
-        let same_fs = || self.0.iter().filter(|mount| mount.device == device);
-        // The mount `path` is on: the deepest one of its filesystem above it (the last when
-        // several are stacked on one point).
-        let Some(here) = same_fs()
+    /// Where `path` (canonical) can be written, as far as mounts go.
+    fn writable_elsewhere(&self, path: &Path) -> Exposure {
+        // The mount `path` is on: the deepest mount point above it (the last when several
+        // are stacked on one point). Chosen by path, not by the file's `st_dev`, which
+        // differs from mountinfo's device on btrfs subvolumes and overlayfs files.
+        let Some(here) = self
+            .0
+            .iter()
             .filter(|mount| path.starts_with(&mount.point))
             .fold(None::<&Mount>, |best, mount| match best {
                 Some(best)
@@ -165,6 +162,7 @@ impl Mounts {
         else {
             return Exposure::At(path.to_path_buf());
         };
+        let same_fs = || self.0.iter().filter(|mount| mount.device == here.device);
         if !here.read_only {
             return Exposure::At(path.to_path_buf());
         }
@@ -288,13 +286,12 @@ mod tests {
             ROOT_FS,
             "40 22 8:1 /srv/state/sub /srv/state/sub ro,relatime shared:1 - ext4 /dev/sda1 rw",
         ]);
-        let dev = nix::sys::stat::makedev(8, 1);
         assert_eq!(
-            mounts.writable_elsewhere(Path::new("/srv/state/sub/x"), dev),
+            mounts.writable_elsewhere(Path::new("/srv/state/sub/x")),
             Exposure::At(PathBuf::from("/srv/state/sub/x"))
         );
         assert_eq!(
-            mounts.writable_elsewhere(Path::new("/srv/state"), dev),
+            mounts.writable_elsewhere(Path::new("/srv/state")),
             Exposure::At(PathBuf::from("/srv/state"))
         );
     }
@@ -309,13 +306,12 @@ mod tests {
             "511 500 8:1 /var/lib/kubelet/pods/u1/etc-hosts /etc/hosts rw,relatime - ext4 /dev/sda1 rw",
             "512 500 0:23 /kudonet /run/kudonet rw,nosuid - tmpfs tmpfs rw",
         ]);
-        let dev = nix::sys::stat::makedev(8, 1);
         assert_eq!(
-            mounts.writable_elsewhere(Path::new("/etc/kudonet"), dev),
+            mounts.writable_elsewhere(Path::new("/etc/kudonet")),
             Exposure::Sealed
         );
         assert_eq!(
-            mounts.writable_elsewhere(Path::new("/etc/kudonet/..2026_11_28/node.yaml"), dev),
+            mounts.writable_elsewhere(Path::new("/etc/kudonet/..2026_11_28/node.yaml")),
             Exposure::Sealed
         );
         // The same volume with the host's disk also mounted writable in sight: not sealed.
@@ -324,7 +320,7 @@ mod tests {
             "513 500 8:1 /var/lib /host/var/lib rw,relatime - ext4 /dev/sda1 rw",
         ]);
         assert_eq!(
-            exposed.writable_elsewhere(Path::new("/etc/kudonet"), dev),
+            exposed.writable_elsewhere(Path::new("/etc/kudonet")),
             Exposure::At(PathBuf::from(
                 "/host/var/lib/kubelet/pods/u1/volumes/kubernetes.io~configmap/state"
             ))

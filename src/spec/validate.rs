@@ -729,7 +729,7 @@ impl Checker {
     }
 }
 
-fn contains(outer: &Ipv4Cidr, inner: &Ipv4Cidr) -> bool {
+pub(super) fn contains(outer: &Ipv4Cidr, inner: &Ipv4Cidr) -> bool {
     outer.network_length() <= inner.network_length() && outer.contains(&inner.first_address())
 }
 
