@@ -327,8 +327,8 @@ fn observed(u: &mut Unstructured) -> Result<Observed> {
     let earlier = desired(u)?;
     let mut dataplane = MemoryDataplane::new(state);
     let earlier_plan = plan(&earlier, &dataplane.state);
-    let applied = u.int_in_range(0..=earlier_plan.actions.len())?;
-    if let Err(error) = dataplane.apply_all(&earlier_plan.actions[..applied]) {
+    let applied = u.int_in_range(0..=earlier_plan.steps.len())?;
+    if let Err(error) = dataplane.apply_all(&earlier_plan.to_actions()[..applied]) {
         panic!("an earlier plan fails on the in-memory dataplane: {error}\n{earlier_plan}");
     }
     for _ in 0..u.int_in_range(0..=6)? {
@@ -396,13 +396,13 @@ fuzz_target!(|data: &[u8]| {
     };
     let first = plan(&desired, &observed);
     let mut dataplane = MemoryDataplane::new(observed.clone());
-    if let Err(error) = dataplane.apply_all(&first.actions) {
+    if let Err(error) = dataplane.apply_all(&first.to_actions()) {
         panic!("plan failed: {error}\nplan:\n{first}");
     }
     let converged = dataplane.observe().unwrap();
     let second = plan(&desired, &converged);
     assert!(
-        second.actions.is_empty(),
+        second.is_empty(),
         "second plan not empty:\n{second}\nafter:\n{first}"
     );
     assert_eq!(second.conflicts, first.conflicts, "conflicts are stable");

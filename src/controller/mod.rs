@@ -33,9 +33,8 @@ use crate::dataplane::iptables::Iptables;
 use crate::dataplane::kernel::KernelDataplane;
 use crate::lock::{self, NodeLock};
 use crate::observe::kernel::Changes;
-use crate::reconcile::{
-    self, InstanceStatus, Outcome, Phase, StatusDocument, instance_of, load_desired,
-};
+use crate::plan::Scope;
+use crate::reconcile::{self, InstanceStatus, Outcome, Phase, StatusDocument, load_desired};
 use crate::spec::Desired;
 use backoff::Backoff;
 use metrics::Metrics;
@@ -55,9 +54,12 @@ pub struct Options {
     pub metrics_addr: Option<SocketAddr>,
 }
 
-/// The key failures of the node as a whole (the bridge, sysctls, the firewall, reading the
-/// node at all) are backed off under, like an instance's.
-const NODE_KEY: &str = "";
+/// How a scope is named in the logs: the instance's name, empty for the node as a whole
+/// (whose failures, of the bridge, sysctls, the firewall or reading the node at all, are
+/// backed off like an instance's).
+fn log_name(scope: &Scope) -> &str {
+    scope.instance_name().unwrap_or_default()
+}
 
 struct Controller {
     options: Options,
@@ -175,7 +177,7 @@ pub async fn run(options: Options) -> Result<(), String> {
         // While the node as a whole backs off, only a change of the desired state (which
         // may be the fix), SIGHUP or the retry start a pass: kernel events and the resync
         // wait for the retry, which reads everything anyway.
-        let node_waits = controller.backoff.held_back(now).contains(NODE_KEY);
+        let node_waits = controller.backoff.held_back(now).contains(&Scope::Node);
         let eligible = move |trigger: Trigger| {
             !node_waits || !matches!(trigger, Trigger::Kernel | Trigger::Resync)
         };
@@ -227,12 +229,8 @@ fn changes_since_last_pass(events: Option<&KernelEvents>, everything: bool) -> C
 /// Node-wide work a pass still finds needed after converging: a pass tries every node-level
 /// action it plans, so what remains was undone (a bridge name the planner takes for a crash
 /// leftover, another program fighting kudonet). `None` when the node as a whole converged.
-fn undone_node_work(desired: &Desired, outcome: &Outcome) -> Option<String> {
-    let action = outcome
-        .remaining
-        .actions
-        .iter()
-        .find(|action| instance_of(action, desired).is_none())?;
+fn undone_node_work(outcome: &Outcome) -> Option<String> {
+    let action = outcome.remaining.node_actions().next()?;
     Some(format!(
         "{}: still needed after it was applied: something undoes it",
         action.summary()
@@ -390,7 +388,7 @@ impl Controller {
                 // Nothing could be done on the node: back off as for a failed action.
                 let delay = self
                     .backoff
-                    .failed(NODE_KEY, Instant::now(), problem.to_string());
+                    .failed(&Scope::Node, Instant::now(), problem.to_string());
                 error!(retry_in = ?delay, "cannot converge the node: {problem}");
                 self.metrics.ready.store(false, Ordering::Relaxed);
                 self.metrics.count_reconcile("failed");
@@ -406,40 +404,38 @@ impl Controller {
         &mut self,
         desired: &Desired,
         batch: &Batch,
-        held_back: &BTreeSet<String>,
+        held_back: &BTreeSet<Scope>,
         outcome: &Outcome,
     ) -> Vec<InstanceStatus> {
         let now = Instant::now();
         let mut failed = BTreeSet::new();
         for failure in &outcome.failures {
-            let key = instance_of(&failure.action, desired)
-                .unwrap_or(NODE_KEY)
-                .to_string();
+            let key = &failure.scope;
             if failed.insert(key.clone()) {
-                let delay = self.backoff.failed(&key, now, failure.error.to_string());
-                warn!(instance = %key, retry_in = ?delay, "{}", failure.error);
+                let delay = self.backoff.failed(key, now, failure.error.to_string());
+                warn!(instance = %log_name(key), retry_in = ?delay, "{}", failure.error);
             }
         }
         // Node-wide work that succeeded yet is still needed after the pass (something
         // undoes it: a name the planner takes for a crash leftover, another program) fails
         // too: retrying at once would only loop on kudonet's own kernel events.
-        if !failed.contains(NODE_KEY)
-            && let Some(error) = undone_node_work(desired, outcome)
+        if !failed.contains(&Scope::Node)
+            && let Some(error) = undone_node_work(outcome)
         {
-            failed.insert(NODE_KEY.to_string());
-            let delay = self.backoff.failed(NODE_KEY, now, error.clone());
+            failed.insert(Scope::Node);
+            let delay = self.backoff.failed(&Scope::Node, now, error.clone());
             warn!(retry_in = ?delay, "the node does not converge: {error}");
         }
         // Failing objects this pass tried again without failure have recovered (node-wide
         // actions are never held back: a pass tries them whenever it runs).
-        let recovered: Vec<String> = self
+        let recovered: Vec<Scope> = self
             .backoff
             .failing()
-            .filter(|key| !failed.contains(*key) && (*key == NODE_KEY || !held_back.contains(*key)))
-            .map(str::to_string)
+            .filter(|key| !failed.contains(*key) && (key.is_node() || !held_back.contains(*key)))
+            .cloned()
             .collect();
         for key in &recovered {
-            info!(instance = %key, "recovered");
+            info!(instance = %log_name(key), "recovered");
             self.backoff.succeeded(key);
         }
         for action in &outcome.applied {
@@ -506,7 +502,7 @@ impl Controller {
             &outcome.failures,
         );
         for status in &mut statuses {
-            if let Some(error) = self.backoff.last_error(&status.name) {
+            if let Some(error) = self.backoff.last_error(&Scope::instance(&status.name)) {
                 status.phase = Phase::Failed;
                 status.message = error.to_string();
             }
@@ -532,12 +528,12 @@ impl Controller {
         });
         // Ready once the node itself (bridge, firewall, routes) is in place: one broken
         // instance, reported as Failed, must not keep the whole node unready.
-        let node_ok = !failed.contains(NODE_KEY)
+        let node_ok = !failed.contains(&Scope::Node)
             && outcome
                 .remaining
                 .conflicts
                 .iter()
-                .all(|c| c.instance.is_some());
+                .all(|c| !c.scope.is_node());
         self.metrics.ready.store(node_ok, Ordering::Relaxed);
         if outcome.converged() {
             let unix = std::time::SystemTime::now()
@@ -551,7 +547,7 @@ impl Controller {
     /// While the node as a whole fails, no instance is shown Ready: its network depends on
     /// the bridge, sysctls, firewall and routes of the node.
     fn show_node_failure(&self, statuses: &mut [InstanceStatus]) {
-        let Some(error) = self.backoff.last_error(NODE_KEY) else {
+        let Some(error) = self.backoff.last_error(&Scope::Node) else {
             return;
         };
         for status in statuses.iter_mut().filter(|s| s.phase == Phase::Ready) {
@@ -685,20 +681,30 @@ mod tests {
         .unwrap();
         let (_, desired) = load_desired(dir.path(), None).unwrap();
         let mut outcome = Outcome::default();
-        assert_eq!(undone_node_work(&desired, &outcome), None);
+        assert_eq!(undone_node_work(&outcome), None);
         // An instance's leftover work is the instance's (its own backoff), not the node's.
-        outcome.remaining.actions.push(Action::CreateNamespace {
+        // The planner's own steps, scope included, for these actions.
+        let planned = crate::plan::plan(&desired, &crate::observe::Observed::default());
+        let step = |action: Action| {
+            planned
+                .steps
+                .iter()
+                .find(|step| step.action == action)
+                .cloned()
+                .expect("the planner plans it")
+        };
+        outcome.remaining.steps.push(step(Action::CreateNamespace {
             name: "kudo-web".into(),
-        });
-        assert_eq!(undone_node_work(&desired, &outcome), None);
-        outcome.remaining.actions.push(Action::SetUp {
+        }));
+        assert_eq!(undone_node_work(&outcome), None);
+        outcome.remaining.steps.push(step(Action::SetUp {
             link: LinkRef {
                 netns: None,
                 name: "kudo0".into(),
             },
-        });
+        }));
         assert_eq!(
-            undone_node_work(&desired, &outcome).as_deref(),
+            undone_node_work(&outcome).as_deref(),
             Some("~ link kudo0: up: still needed after it was applied: something undoes it")
         );
     }
