@@ -38,7 +38,7 @@ use crate::reconcile::{self, InstanceStatus, Outcome, Phase, StatusDocument, loa
 use crate::spec::Desired;
 use backoff::Backoff;
 use metrics::Metrics;
-use triggers::{Batch, DirWatcher, KernelEvents, Trigger, Triggers};
+use triggers::{DirWatcher, KernelEvents, Trigger, Triggers, Work};
 
 /// How `kudonet run` was asked to behave.
 #[derive(Debug, Clone)]
@@ -191,7 +191,7 @@ pub async fn run(options: Options) -> Result<(), String> {
             () = sleep_until_option(retry) => triggers.set(Trigger::Retry),
             () = sleep_until_option(due) => {
                 let batch = triggers.take(eligible);
-                let result = controller.pass(&batch, node_waits).await;
+                let result = controller.pass(batch.work(), node_waits).await;
                 triggers.finished();
                 result?;
             }
@@ -200,21 +200,6 @@ pub async fn run(options: Options) -> Result<(), String> {
     }
     info!("stopping; the network stays as it is");
     Ok(())
-}
-
-/// Whether a pass started by `batch` reads the whole node: at start, on a resync, on
-/// SIGHUP, after dropped events, and on a retry. Others read what kernel events named.
-fn reads_everything(batch: &Batch) -> bool {
-    batch.0.iter().any(|trigger| {
-        matches!(
-            trigger,
-            Trigger::Startup
-                | Trigger::Resync
-                | Trigger::Hangup
-                | Trigger::Overrun
-                | Trigger::Retry
-        )
-    })
 }
 
 /// What the kernel events received since the last pass named, or everything.
@@ -308,17 +293,16 @@ impl Controller {
             .set(i64::from(self.errors.is_empty()));
     }
 
-    /// One pass for `batch`. `node_waits`: the node as a whole is backing off, and the
-    /// batch holds no retry: the node is left alone unless the desired state changed or
-    /// SIGHUP asked for a pass.
-    async fn pass(&mut self, batch: &Batch, node_waits: bool) -> Result<(), String> {
+    /// One pass doing `work`, what the triggers taken require. `node_waits`: the node as a
+    /// whole is backing off, and the batch holds no retry: the node is left alone unless
+    /// the desired state changed or SIGHUP asked for a pass.
+    async fn pass(&mut self, work: Work, node_waits: bool) -> Result<(), String> {
         let started = std::time::Instant::now();
-        if batch.reloads() {
+        if work.reload {
             let (before, errors_before) = (self.desired.clone(), self.errors.clone());
             self.watch_desired();
             self.reload();
-            let asked = batch.0.contains(&Trigger::Hangup) || batch.0.contains(&Trigger::Startup);
-            if node_waits && !asked && self.desired == before {
+            if node_waits && !work.asked && self.desired == before {
                 if self.errors != errors_before {
                     self.finish_pass(started, None, Vec::new()).await?;
                 }
@@ -340,7 +324,7 @@ impl Controller {
         let job_desired = desired.clone();
         let job_held_back = held_back.clone();
         let lock_dir = self.options.lock_dir.clone();
-        let (events, everything) = (self.kernel_events.clone(), reads_everything(batch));
+        let (events, everything) = (self.kernel_events.clone(), work.read_everything);
         let stopping = self.stopping.clone();
         let (dataplane, result) = tokio::task::spawn_blocking(move || {
             // Library calls and applies may change the node between passes, never during one.
@@ -381,7 +365,7 @@ impl Controller {
                 self.finish_pass(started, None, Vec::new()).await?;
             }
             Ok(Ok(outcome)) => {
-                let statuses = self.account(&desired, batch, &held_back, &outcome);
+                let statuses = self.account(&desired, work, &held_back, &outcome);
                 self.finish_pass(started, Some(&outcome), statuses).await?;
             }
             Ok(Err(problem)) => {
@@ -403,7 +387,7 @@ impl Controller {
     fn account(
         &mut self,
         desired: &Desired,
-        batch: &Batch,
+        work: Work,
         held_back: &BTreeSet<Scope>,
         outcome: &Outcome,
     ) -> Vec<InstanceStatus> {
@@ -446,15 +430,9 @@ impl Controller {
                 })
                 .inc();
         }
-        let desired_changed = batch
-            .0
-            .iter()
-            .any(|trigger| matches!(trigger, Trigger::Startup | Trigger::Files | Trigger::Hangup));
-        // A retry of a failing instance is not a repair of someone else's change.
-        let repair = !desired_changed && !batch.0.contains(&Trigger::Retry);
         if !outcome.applied.is_empty() {
             let (applied, failed) = (outcome.applied.len(), outcome.failures.len());
-            match (desired_changed, outcome.converged()) {
+            match (work.desired_changed, outcome.converged()) {
                 (true, true) => info!(applied, "converged the node to the desired state"),
                 (false, true) => info!(applied, "repaired changes made behind kudonet's back"),
                 (_, false) => info!(
@@ -462,7 +440,8 @@ impl Controller {
                     failed, "applied what could be; the node does not match yet"
                 ),
             }
-            if repair {
+            // A retry of a failing instance is not a repair of someone else's change.
+            if work.repairs() {
                 self.metrics.drift_repairs.inc();
             }
         }
