@@ -412,3 +412,62 @@ pub fn instances_in_force(observed: &Observed, netns_dir: &Path) -> Vec<Instance
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::memory::MemoryDataplane;
+
+    fn desired() -> Desired {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("node.yaml"),
+            "kind: Node\nname: node-a\ncidr: 10.0.0.1/24\n---\nkind: Instance\nname: web\naddress: 10.0.0.2\n---\nkind: Instance\nname: db\naddress: 10.0.0.3\n",
+        )
+        .unwrap();
+        load_desired(dir.path(), None).unwrap().1
+    }
+
+    #[test]
+    fn held_back_instances_wait_and_the_status_reads_the_scope() {
+        let desired = desired();
+        let mut dataplane = MemoryDataplane::new(Observed::default());
+        // The node is never held back, even when asked to.
+        let held_back = BTreeSet::from([Scope::instance("web"), Scope::Node]);
+        let outcome = converge(&mut dataplane, &desired, &held_back, |_| {}).unwrap();
+        assert!(outcome.failures.is_empty());
+        // Everything left is web's own work; the node's and db's is done.
+        assert!(!outcome.remaining.is_empty());
+        assert!(
+            outcome
+                .remaining
+                .steps
+                .iter()
+                .all(|step| step.scope == Scope::instance("web")),
+            "{}",
+            outcome.remaining
+        );
+        let statuses = instance_status(&desired, &outcome.observed, Path::new("/run/netns"), &[]);
+        let phase = |name: &str| statuses.iter().find(|s| s.name == name).unwrap().phase;
+        assert_eq!((phase("web"), phase("db")), (Phase::Pending, Phase::Ready));
+
+        // A failure is reported on the instance it is for, and on no other.
+        let failure = Failure {
+            scope: Scope::instance("db"),
+            action: Action::CreateNamespace {
+                name: "kudo-db".into(),
+            },
+            error: DataplaneError::Unavailable("boom".into()),
+        };
+        let statuses = instance_status(
+            &desired,
+            &outcome.observed,
+            Path::new("/run/netns"),
+            &[failure],
+        );
+        let db = statuses.iter().find(|s| s.name == "db").unwrap();
+        assert_eq!((db.phase, db.message.as_str()), (Phase::Failed, "boom"));
+        let web = statuses.iter().find(|s| s.name == "web").unwrap();
+        assert_eq!(web.phase, Phase::Pending);
+    }
+}
