@@ -43,16 +43,16 @@ fn planner(c: &mut Criterion) {
     let cold = plan(&desired, &empty);
     let mut dataplane = MemoryDataplane::new(Observed::default());
     dataplane
-        .apply_all(&cold.actions)
+        .apply_all(&cold.to_actions())
         .expect("the plan applies");
     let converged = dataplane.observe().unwrap();
     assert!(
-        plan(&desired, &converged).actions.is_empty(),
+        plan(&desired, &converged).is_empty(),
         "the converged node needs nothing"
     );
     eprintln!(
         "planner: {INSTANCES} instances, {} actions on an empty node",
-        cold.actions.len()
+        cold.steps.len()
     );
 
     let mut group = c.benchmark_group("planner_10k");

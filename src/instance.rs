@@ -36,10 +36,11 @@ use std::net::Ipv4Addr;
 
 use cidr::Ipv4Inet;
 
+use crate::compat;
 use crate::compat::inet::IntoIpv4Inet;
 use crate::compat::store::{self, Change, Config};
-use crate::compat::{self, Scope};
 use crate::names;
+use crate::plan::Scope;
 
 pub use crate::compat::error::NetworkError;
 pub use crate::compat::port::Port;
@@ -234,7 +235,7 @@ pub fn setup_instance(
         &ports,
     );
     store::commit(&config, &Change::instance(&name, document))?;
-    compat::converge(&config, &node.name, Scope::Instance(&name))?;
+    compat::converge(&config, &node.name, Scope::instance(&name))?;
     Ok(SetupInstanceResponse::new(
         names::INSTANCE_INTERFACE.to_string(),
         names::namespace_name(&request.instance_id),
@@ -308,5 +309,5 @@ pub fn clean_instance(request: CleanInstanceRequest) -> Result<(), NetworkError>
         return Ok(());
     }
     store::remove(&file)?;
-    compat::converge(&config, &node.name, Scope::Instance(&name))
+    compat::converge(&config, &node.name, Scope::instance(&name))
 }

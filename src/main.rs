@@ -398,7 +398,7 @@ fn report_outcome(
 ) -> CommandResult {
     let (added, changed, destroyed) = count_effects(applied);
     let summary = format!("{added} added, {changed} changed, {destroyed} destroyed");
-    let converged = remaining.actions.is_empty() && remaining.conflicts.is_empty();
+    let converged = remaining.is_empty() && remaining.conflicts.is_empty();
     if converged {
         if applied.is_empty() {
             println!("No changes.");
@@ -413,7 +413,7 @@ fn report_outcome(
     for conflict in &remaining.conflicts {
         eprintln!("conflict: {conflict}");
     }
-    for action in &remaining.actions {
+    for action in remaining.actions() {
         // An action that failed was reported with its error already.
         if !failures.iter().any(|failure| failure.action == *action) {
             eprintln!("still differs: {}", action.summary());

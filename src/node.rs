@@ -26,9 +26,10 @@
 
 use cidr::Ipv4Inet;
 
+use crate::compat;
 use crate::compat::inet::IntoIpv4Inet;
 use crate::compat::store::{self, Change, Config};
-use crate::compat::{self, Scope};
+use crate::plan::Scope;
 
 pub use crate::compat::error::NetworkError;
 

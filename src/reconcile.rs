@@ -1,15 +1,15 @@
 //! One reconcile: observe → plan → apply → verify, and the status of each instance. The
 //! command line, the controller loop and the library API all converge a node through here.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use serde::Serialize;
 
 use crate::dataplane::{Dataplane, DataplaneError};
 use crate::names;
-use crate::observe::{LinkRef, Observed};
-use crate::plan::{Action, Plan, plan, plan_teardown};
+use crate::observe::Observed;
+use crate::plan::{Action, Plan, Scope, Step, plan, plan_teardown};
 use crate::spec::{self, Desired, Diagnostics, Spec};
 
 /// Why the desired state could not be read.
@@ -41,9 +41,11 @@ pub fn load_desired(dir: &Path, node: Option<&str>) -> Result<(Spec, Desired), D
     Ok((spec, desired))
 }
 
-/// An action that failed, and why.
+/// An action that failed, what it was for, and why.
 #[derive(Debug, Clone)]
 pub struct Failure {
+    /// The instance the action was for, or the node as a whole.
+    pub scope: Scope,
     pub action: Action,
     pub error: DataplaneError,
 }
@@ -69,7 +71,7 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn converged(&self) -> bool {
-        self.remaining.actions.is_empty() && self.remaining.conflicts.is_empty()
+        self.remaining.is_empty() && self.remaining.conflicts.is_empty()
     }
 }
 
@@ -79,36 +81,36 @@ const PASSES: usize = 2;
 
 /// Converges the node to `desired`: observe, plan, apply every action (a failure does not
 /// stop the others), and observe again to verify; repeats once if something still differs.
-/// Actions about an instance of `held_back` (one waiting out its retry backoff) are left
-/// for later. `on_applied` is told about each action as it succeeds.
+/// Actions for an instance in `held_back` (one waiting out its retry backoff) are left for
+/// later; actions for the node as a whole never are. `on_applied` is told about each action
+/// as it succeeds.
 pub fn converge(
     dataplane: &mut dyn Dataplane,
     desired: &Desired,
-    held_back: &BTreeSet<String>,
+    held_back: &BTreeSet<Scope>,
     mut on_applied: impl FnMut(&Action),
 ) -> Result<Outcome, DataplaneError> {
     let mut outcome = Outcome {
         observed: dataplane.observe()?,
         ..Outcome::default()
     };
-    let wanted = |action: &&Action| {
-        instance_of(action, desired).is_none_or(|name| !held_back.contains(name))
-    };
+    let wanted = |step: &&Step| step.scope.is_node() || !held_back.contains(&step.scope);
     for _ in 0..PASSES {
         let planned = plan(desired, &outcome.observed);
-        if !planned.actions.iter().any(|action| wanted(&action)) {
+        if !planned.steps.iter().any(|step| wanted(&step)) {
             outcome.remaining = planned;
             return Ok(outcome);
         }
         dataplane.check_can_change()?;
         outcome.failures.clear();
-        for action in planned.actions.iter().filter(wanted) {
+        for Step { scope, action } in planned.steps.iter().filter(wanted) {
             match dataplane.apply(action) {
                 Ok(()) => {
                     on_applied(action);
                     outcome.applied.push(action.clone());
                 }
                 Err(error) => outcome.failures.push(Failure {
+                    scope: scope.clone(),
                     action: action.clone(),
                     error,
                 }),
@@ -116,12 +118,7 @@ pub fn converge(
         }
         outcome.observed = dataplane.observe()?;
         outcome.remaining = plan(desired, &outcome.observed);
-        if !outcome
-            .remaining
-            .actions
-            .iter()
-            .any(|action| wanted(&action))
-        {
+        if !outcome.remaining.steps.iter().any(|step| wanted(&step)) {
             break;
         }
     }
@@ -136,17 +133,21 @@ pub fn teardown(
     mut on_applied: impl FnMut(&Action),
 ) -> Result<Outcome, DataplaneError> {
     let planned = plan_teardown(&dataplane.observe()?);
-    if !planned.actions.is_empty() {
+    if !planned.is_empty() {
         dataplane.check_can_change()?;
     }
     let mut outcome = Outcome::default();
-    for action in planned.actions {
+    for Step { scope, action } in planned.steps {
         match dataplane.apply(&action) {
             Ok(()) => {
                 on_applied(&action);
                 outcome.applied.push(action);
             }
-            Err(error) => outcome.failures.push(Failure { action, error }),
+            Err(error) => outcome.failures.push(Failure {
+                scope,
+                action,
+                error,
+            }),
         }
     }
     outcome.observed = dataplane.observe()?;
@@ -220,7 +221,7 @@ pub fn node_conditions(desired: &Desired, observed: &Observed, plan: &Plan) -> V
     let mut conditions: Vec<Condition> = plan
         .conflicts
         .iter()
-        .filter(|conflict| conflict.instance.is_none())
+        .filter(|conflict| conflict.scope.is_node())
         .map(|conflict| Condition {
             kind: conflict.kind,
             message: conflict.message.clone(),
@@ -320,7 +321,7 @@ pub struct InstanceStatus {
 }
 
 /// The status of every instance of `desired` on a node observed as `observed`.
-/// `failures` are errors of the last apply, reported on the instances they concern.
+/// `failures` are errors of the last apply, reported on the instances they are for.
 pub fn instance_status(
     desired: &Desired,
     observed: &Observed,
@@ -328,35 +329,43 @@ pub fn instance_status(
     failures: &[Failure],
 ) -> Vec<InstanceStatus> {
     let remaining = plan(desired, observed);
-    let node_actions: Vec<&Action> = remaining
-        .actions
-        .iter()
-        .filter(|action| instance_of(action, desired).is_none())
-        .collect();
+    // The remaining actions, conflicts and failures of each instance, read once from
+    // their scope.
+    let mut node_actions: Vec<&Action> = Vec::new();
+    let mut own_actions: HashMap<&str, Vec<&Action>> = HashMap::new();
+    for step in &remaining.steps {
+        match step.scope.instance_name() {
+            None => node_actions.push(&step.action),
+            Some(name) => own_actions.entry(name).or_default().push(&step.action),
+        }
+    }
+    let mut conflicts = HashMap::new();
+    for conflict in &remaining.conflicts {
+        if let Some(name) = conflict.scope.instance_name() {
+            conflicts.entry(name).or_insert(conflict);
+        }
+    }
+    let mut failed = HashMap::new();
+    for failure in failures {
+        if let Some(name) = failure.scope.instance_name() {
+            failed.entry(name).or_insert(failure);
+        }
+    }
     // A node-wide conflict is a node condition; it holds instances back only when it
     // blocks the whole node (nothing about them could be planned).
     let node_conflict = remaining
         .conflicts
         .iter()
-        .find(|conflict| remaining.blocked && conflict.instance.is_none());
+        .find(|conflict| remaining.blocked && conflict.scope.is_node());
     desired
         .instances
         .iter()
         .map(|instance| {
             let netns = instance.namespace();
-            let own_actions: Vec<&Action> = remaining
-                .actions
-                .iter()
-                .filter(|action| instance_of(action, desired) == Some(instance.name.as_str()))
-                .collect();
-            let conflict = remaining
-                .conflicts
-                .iter()
-                .find(|conflict| conflict.instance.as_deref() == Some(instance.name.as_str()))
-                .or(node_conflict);
-            let failure = failures.iter().find(|failure| {
-                instance_of(&failure.action, desired) == Some(instance.name.as_str())
-            });
+            let name = instance.name.as_str();
+            let own_actions = own_actions.get(name).map(Vec::as_slice).unwrap_or_default();
+            let conflict = conflicts.get(name).copied().or(node_conflict);
+            let failure = failed.get(name);
             let (phase, message) = if let Some(conflict) = conflict {
                 (Phase::Failed, conflict.message.clone())
             } else if let Some(failure) = failure {
@@ -386,48 +395,6 @@ pub fn instance_status(
             }
         })
         .collect()
-}
-
-/// The instance an action is about, if any (others concern the whole node).
-pub fn instance_of<'a>(action: &Action, desired: &'a Desired) -> Option<&'a str> {
-    let by_namespace = |netns: &str| {
-        desired
-            .instances
-            .iter()
-            .find(|i| i.namespace() == netns)
-            .map(|i| i.name.as_str())
-    };
-    let by_host_link = |link: &str| {
-        desired
-            .instances
-            .iter()
-            .find(|i| names::host_interface_name(&i.name) == link)
-            .map(|i| i.name.as_str())
-    };
-    let by_link = |link: &LinkRef| match &link.netns {
-        Some(netns) => by_namespace(netns),
-        None => by_host_link(&link.name),
-    };
-    match action {
-        Action::CreateNamespace { name } | Action::DeleteNamespace { name } => by_namespace(name),
-        Action::CreateVeth { host, .. } => by_host_link(host),
-        Action::SetMaster { link, .. } | Action::SetHairpin { link } => by_host_link(link),
-        Action::DeleteLink { link }
-        | Action::SetMtu { link, .. }
-        | Action::SetUp { link }
-        | Action::AddAddress { link, .. }
-        | Action::DeleteAddress { link, .. } => by_link(link),
-        Action::ReplaceDefaultRoute { namespace, .. } => by_namespace(namespace),
-        Action::CreateBridge { .. }
-        | Action::CreateVxlan { .. }
-        | Action::AddFlood { .. }
-        | Action::DeleteFlood { .. }
-        | Action::ReplaceRoute { .. }
-        | Action::DeleteRoute { .. }
-        | Action::SetSysctl { .. }
-        | Action::SyncTable { .. }
-        | Action::PurgeOtherBackend { .. } => None,
-    }
 }
 
 /// The instances kudonet has on a node, read from the kernel alone: what is in force when
@@ -460,4 +427,63 @@ pub fn instances_in_force(observed: &Observed, netns_dir: &Path) -> Vec<Instance
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::memory::MemoryDataplane;
+
+    fn desired() -> Desired {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("node.yaml"),
+            "kind: Node\nname: node-a\ncidr: 10.0.0.1/24\n---\nkind: Instance\nname: web\naddress: 10.0.0.2\n---\nkind: Instance\nname: db\naddress: 10.0.0.3\n",
+        )
+        .unwrap();
+        load_desired(dir.path(), None).unwrap().1
+    }
+
+    #[test]
+    fn held_back_instances_wait_and_the_status_reads_the_scope() {
+        let desired = desired();
+        let mut dataplane = MemoryDataplane::new(Observed::default());
+        // The node is never held back, even when asked to.
+        let held_back = BTreeSet::from([Scope::instance("web"), Scope::Node]);
+        let outcome = converge(&mut dataplane, &desired, &held_back, |_| {}).unwrap();
+        assert!(outcome.failures.is_empty());
+        // Everything left is web's own work; the node's and db's is done.
+        assert!(!outcome.remaining.is_empty());
+        assert!(
+            outcome
+                .remaining
+                .steps
+                .iter()
+                .all(|step| step.scope == Scope::instance("web")),
+            "{}",
+            outcome.remaining
+        );
+        let statuses = instance_status(&desired, &outcome.observed, Path::new("/run/netns"), &[]);
+        let phase = |name: &str| statuses.iter().find(|s| s.name == name).unwrap().phase;
+        assert_eq!((phase("web"), phase("db")), (Phase::Pending, Phase::Ready));
+
+        // A failure is reported on the instance it is for, and on no other.
+        let failure = Failure {
+            scope: Scope::instance("db"),
+            action: Action::CreateNamespace {
+                name: "kudo-db".into(),
+            },
+            error: DataplaneError::Unavailable("boom".into()),
+        };
+        let statuses = instance_status(
+            &desired,
+            &outcome.observed,
+            Path::new("/run/netns"),
+            &[failure],
+        );
+        let db = statuses.iter().find(|s| s.name == "db").unwrap();
+        assert_eq!((db.phase, db.message.as_str()), (Phase::Failed, "boom"));
+        let web = statuses.iter().find(|s| s.name == "web").unwrap();
+        assert_eq!(web.phase, Phase::Pending);
+    }
 }

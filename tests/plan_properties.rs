@@ -12,8 +12,10 @@ use common::generators::{foreign_view, node, owned_objects};
 use common::strategies::{arb_desired, arb_observed};
 use kudonet::dataplane::Dataplane;
 use kudonet::dataplane::memory::MemoryDataplane;
+use kudonet::names;
+use kudonet::observe::LinkRef;
 use kudonet::observe::Observed;
-use kudonet::plan::{plan, plan_teardown};
+use kudonet::plan::{Action, Scope, plan, plan_teardown};
 use kudonet::spec::{Desired, Instance, Protocol, PublishedPort};
 
 proptest! {
@@ -23,12 +25,12 @@ proptest! {
     fn one_pass_converges_and_leaves_foreign_objects_alone(desired in arb_desired(), (observed, _) in arb_observed()) {
         let first = plan(&desired, &observed);
         let mut dataplane = MemoryDataplane::new(observed.clone());
-        if let Err(error) = dataplane.apply_all(&first.actions) {
+        if let Err(error) = dataplane.apply_all(&first.to_actions()) {
             panic!("plan failed: {error}\nplan:\n{first}");
         }
         let converged = dataplane.observe().unwrap();
         let second = plan(&desired, &converged);
-        prop_assert!(second.actions.is_empty(), "second plan not empty:\n{}\nafter:\n{}", second, first);
+        prop_assert!(second.is_empty(), "second plan not empty:\n{}\nafter:\n{}", second, first);
         prop_assert_eq!(&second.conflicts, &first.conflicts, "conflicts are stable");
         prop_assert_eq!(foreign_view(&converged), foreign_view(&observed));
         // Stale rules in the other iptables backend would keep forwarding removed ports.
@@ -39,13 +41,33 @@ proptest! {
     fn teardown_removes_exactly_what_kudonet_owns((observed, _) in arb_observed()) {
         let mut dataplane = MemoryDataplane::new(observed.clone());
         let teardown = plan_teardown(&observed);
-        if let Err(error) = dataplane.apply_all(&teardown.actions) {
+        if let Err(error) = dataplane.apply_all(&teardown.to_actions()) {
             panic!("teardown failed: {error}\nplan:\n{teardown}");
         }
         let after = dataplane.observe().unwrap();
         prop_assert_eq!(owned_objects(&after), Vec::<String>::new());
         prop_assert_eq!(foreign_view(&after), foreign_view(&observed));
-        prop_assert!(plan_teardown(&after).actions.is_empty());
+        prop_assert!(plan_teardown(&after).is_empty());
+    }
+
+    #[test]
+    fn every_action_and_conflict_is_for_a_desired_instance_or_the_node(desired in arb_desired(), (observed, _) in arb_observed()) {
+        let planned = plan(&desired, &observed);
+        let instances: Vec<&str> = desired.instances.iter().map(|i| i.name.as_str()).collect();
+        for step in &planned.steps {
+            if let Some(name) = step.scope.instance_name() {
+                prop_assert!(instances.contains(&name), "{} is for {name}, not in the desired state", step.action);
+            }
+            // The scope is what the action's names say it is about.
+            prop_assert_eq!(step.scope.clone(), scope_by_names(&step.action, &desired), "{}", step.action);
+        }
+        for conflict in &planned.conflicts {
+            if let Some(name) = conflict.scope.instance_name() {
+                prop_assert!(instances.contains(&name), "{} is for {name}, not in the desired state", conflict);
+            }
+        }
+        // Removing everything is the node's business.
+        prop_assert!(plan_teardown(&observed).steps.iter().all(|step| step.scope.is_node()));
     }
 
     #[test]
@@ -75,12 +97,41 @@ fn a_converged_node_needs_no_write() {
     };
     let mut dataplane = MemoryDataplane::default();
     dataplane
-        .apply_all(&plan(&desired, &Observed::default()).actions)
+        .apply_all(&plan(&desired, &Observed::default()).to_actions())
         .unwrap();
     let writes = dataplane.writes;
     assert!(writes > 0);
     let again = plan(&desired, &dataplane.observe().unwrap());
     assert_eq!(again.to_string(), "No changes.\n");
-    dataplane.apply_all(&again.actions).unwrap();
+    dataplane.apply_all(&again.to_actions()).unwrap();
     assert_eq!(dataplane.writes, writes);
+}
+
+/// The instance of `desired` an action names (its namespace, or its host interface, by
+/// name), else the node: what the planner's scope must agree with.
+fn scope_by_names(action: &Action, desired: &Desired) -> Scope {
+    let by_namespace = |netns: &str| desired.instances.iter().find(|i| i.namespace() == netns);
+    let by_host_link = |link: &str| {
+        desired
+            .instances
+            .iter()
+            .find(|i| names::host_interface_name(&i.name) == link)
+    };
+    let by_link = |link: &LinkRef| match &link.netns {
+        Some(netns) => by_namespace(netns),
+        None => by_host_link(&link.name),
+    };
+    let instance = match action {
+        Action::CreateNamespace { name } | Action::DeleteNamespace { name } => by_namespace(name),
+        Action::CreateVeth { host, .. } => by_host_link(host),
+        Action::SetMaster { link, .. } | Action::SetHairpin { link } => by_host_link(link),
+        Action::DeleteLink { link }
+        | Action::SetMtu { link, .. }
+        | Action::SetUp { link }
+        | Action::AddAddress { link, .. }
+        | Action::DeleteAddress { link, .. } => by_link(link),
+        Action::ReplaceDefaultRoute { namespace, .. } => by_namespace(namespace),
+        _ => None,
+    };
+    instance.map_or(Scope::Node, |instance| Scope::instance(&instance.name))
 }

@@ -62,12 +62,12 @@ fuzz_target!(|data: &[u8]| {
         let desired = spec.desired_for(node);
         let first = plan(&desired, &Default::default());
         let mut dataplane = MemoryDataplane::default();
-        if let Err(error) = dataplane.apply_all(&first.actions) {
+        if let Err(error) = dataplane.apply_all(&first.to_actions()) {
             panic!("the plan of a valid directory fails: {error}\n{first}");
         }
         let second = plan(&desired, &dataplane.state);
         assert!(
-            second.actions.is_empty(),
+            second.is_empty(),
             "a valid directory does not converge in one pass:\n{second}"
         );
     }

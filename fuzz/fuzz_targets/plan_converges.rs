@@ -142,14 +142,33 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let first = plan(&desired, &observed);
+    // Every action and conflict is for an instance of the desired state or the node.
+    let desired_instance = |name: &str| desired.instances.iter().any(|i| i.name == name);
+    for step in &first.steps {
+        if let Some(name) = step.scope.instance_name() {
+            assert!(
+                desired_instance(name),
+                "{} is for {name}, not desired",
+                step.action
+            );
+        }
+    }
+    for conflict in &first.conflicts {
+        if let Some(name) = conflict.scope.instance_name() {
+            assert!(
+                desired_instance(name),
+                "{conflict} is for {name}, not desired"
+            );
+        }
+    }
     let mut dataplane = MemoryDataplane::new(observed.clone());
-    if let Err(error) = dataplane.apply_all(&first.actions) {
+    if let Err(error) = dataplane.apply_all(&first.to_actions()) {
         panic!("plan failed: {error}\nplan:\n{first}");
     }
     let converged = dataplane.observe().unwrap();
     let second = plan(&desired, &converged);
     assert!(
-        second.actions.is_empty(),
+        second.is_empty(),
         "second plan not empty:\n{second}\nafter:\n{first}"
     );
     assert_eq!(second.conflicts, first.conflicts, "conflicts are stable");

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use crate::dataplane::iptables::Iptables;
 use crate::dataplane::kernel::KernelDataplane;
 use crate::lock::{self, NodeLock};
-use crate::plan::Action;
-use crate::reconcile::{self, DesiredError, Failure, Outcome, instance_of, load_desired};
-use crate::spec::{self, Desired};
+use crate::plan::{Scope, Step};
+use crate::reconcile::{self, DesiredError, Failure, Outcome, load_desired};
+use crate::spec;
 use crate::{names, privileges};
 
 use error::NetworkError;
@@ -99,17 +99,10 @@ pub(crate) fn instance_name(instance_id: &str) -> Result<String, NetworkError> {
     })
 }
 
-/// What a converge must achieve for a call to succeed.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Scope<'a> {
-    /// The whole node matches its desired state.
-    Node,
-    /// Everything but what concerns the other instances: the node itself and this
-    /// instance (present or, once cleaned, gone).
-    Instance(&'a str),
-}
-
-/// Loads the recorded desired state of `node` and converges the node to it.
+/// Loads the recorded desired state of `node` and converges the node to it. What the call
+/// needs depends on its `scope`: with [`Scope::Node`], the whole node matches its desired
+/// state; with [`Scope::Instance`], everything but what is for the other instances: the
+/// node itself and this instance (present or, once cleaned, gone).
 pub(crate) fn converge(config: &Config, node: &str, scope: Scope) -> Result<(), NetworkError> {
     let (_, desired) = load_desired(&config.state_dir, Some(node)).map_err(|error| {
         NetworkError::InvalidState {
@@ -124,7 +117,7 @@ pub(crate) fn converge(config: &Config, node: &str, scope: Scope) -> Result<(), 
     let outcome = reconcile::converge(&mut dataplane, &desired, &BTreeSet::new(), |action| {
         tracing::info!(node, "{}", action.summary());
     })?;
-    let problems = problems(&outcome, &desired, scope);
+    let problems = problems(&outcome, &scope);
     if problems.is_empty() {
         Ok(())
     } else {
@@ -137,16 +130,16 @@ pub(crate) fn converge(config: &Config, node: &str, scope: Scope) -> Result<(), 
 
 /// What keeps the call from succeeding: failures, conflicts and remaining differences,
 /// except those of other instances when the call is about one instance.
-fn problems(outcome: &Outcome, desired: &Desired, scope: Scope) -> Vec<String> {
-    let of_another = |instance: Option<&str>| match scope {
-        Scope::Node => false,
-        Scope::Instance(this) => instance.is_some_and(|other| other != this),
+fn problems(outcome: &Outcome, scope: &Scope) -> Vec<String> {
+    let of_another = |other: &Scope| match (scope, other) {
+        (Scope::Instance(this), Scope::Instance(other)) => this != other,
+        _ => false,
     };
 
     let mut problems: Vec<String> = outcome
         .failures
         .iter()
-        .filter(|failure| !of_another(instance_of(&failure.action, desired)))
+        .filter(|failure| !of_another(&failure.scope))
         .map(Failure::to_string)
         .collect();
     let failed: Vec<String> = outcome
@@ -159,16 +152,16 @@ fn problems(outcome: &Outcome, desired: &Desired, scope: Scope) -> Vec<String> {
             .remaining
             .conflicts
             .iter()
-            .filter(|conflict| !of_another(conflict.instance.as_deref()))
+            .filter(|conflict| !of_another(&conflict.scope))
             .map(|conflict| format!("conflict: {conflict}")),
     );
     problems.extend(
         outcome
             .remaining
-            .actions
+            .steps
             .iter()
-            .filter(|action| !of_another(instance_of(action, desired)))
-            .map(Action::summary)
+            .filter(|step| !of_another(&step.scope))
+            .map(|Step { action, .. }| action.summary())
             .filter(|action| !failed.contains(action))
             .map(|action| format!("still differs: {action}")),
     );
@@ -181,15 +174,14 @@ pub(crate) fn teardown(config: &Config, node: &str) -> Result<(), NetworkError> 
     let outcome = reconcile::teardown(&mut dataplane, |action| {
         tracing::info!(node, "{}", action.summary())
     })?;
-    if outcome.remaining.actions.is_empty() && outcome.failures.is_empty() {
+    if outcome.remaining.is_empty() && outcome.failures.is_empty() {
         return Ok(());
     }
     let mut problems: Vec<String> = outcome.failures.iter().map(Failure::to_string).collect();
     problems.extend(
         outcome
             .remaining
-            .actions
-            .iter()
+            .actions()
             .map(|action| format!("still there: {}", action.summary())),
     );
     Err(NetworkError::NotConverged {

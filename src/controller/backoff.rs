@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::plan::Scope;
+
 /// The first retry comes after this long; each failure doubles it.
 pub const BASE: Duration = Duration::from_secs(1);
 /// No retry waits longer than this.
@@ -18,16 +20,16 @@ struct Entry {
     last_error: String,
 }
 
-/// Failing objects (instance names) and when each may be retried.
+/// Failing objects (an instance, or the node as a whole) and when each may be retried.
 #[derive(Debug, Default)]
 pub struct Backoff {
-    entries: HashMap<String, Entry>,
+    entries: HashMap<Scope, Entry>,
 }
 
 impl Backoff {
     /// Records a failure of `key` at `now`; returns how long it now waits.
-    pub fn failed(&mut self, key: &str, now: Instant, error: String) -> Duration {
-        let entry = self.entries.entry(key.to_string()).or_insert(Entry {
+    pub fn failed(&mut self, key: &Scope, now: Instant, error: String) -> Duration {
+        let entry = self.entries.entry(key.clone()).or_insert(Entry {
             failures: 0,
             retry_at: now,
             last_error: String::new(),
@@ -42,12 +44,12 @@ impl Backoff {
     }
 
     /// `key` worked: forget its failures.
-    pub fn succeeded(&mut self, key: &str) {
+    pub fn succeeded(&mut self, key: &Scope) {
         self.entries.remove(key);
     }
 
     /// The objects still waiting at `now`: their actions are left out of a reconcile.
-    pub fn held_back(&self, now: Instant) -> BTreeSet<String> {
+    pub fn held_back(&self, now: Instant) -> BTreeSet<Scope> {
         self.entries
             .iter()
             .filter(|(_, entry)| entry.retry_at > now)
@@ -65,13 +67,13 @@ impl Backoff {
     }
 
     /// The last error of `key`, while it is failing.
-    pub fn last_error(&self, key: &str) -> Option<&str> {
+    pub fn last_error(&self, key: &Scope) -> Option<&str> {
         self.entries.get(key).map(|entry| entry.last_error.as_str())
     }
 
     /// Every failing object.
-    pub fn failing(&self) -> impl Iterator<Item = &str> {
-        self.entries.keys().map(String::as_str)
+    pub fn failing(&self) -> impl Iterator<Item = &Scope> {
+        self.entries.keys()
     }
 }
 
@@ -81,31 +83,33 @@ mod tests {
 
     #[test]
     fn delays_double_up_to_the_cap_and_reset_on_success() {
+        let web = &Scope::instance("web");
         let start = Instant::now();
         let mut backoff = Backoff::default();
         let delays: Vec<u64> = (0..9)
-            .map(|_| backoff.failed("web", start, "boom".into()).as_secs())
+            .map(|_| backoff.failed(web, start, "boom".into()).as_secs())
             .collect();
         assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
-        assert_eq!(backoff.last_error("web"), Some("boom"));
-        backoff.succeeded("web");
-        assert_eq!(backoff.failed("web", start, "again".into()), BASE);
+        assert_eq!(backoff.last_error(web), Some("boom"));
+        backoff.succeeded(web);
+        assert_eq!(backoff.failed(web, start, "again".into()), BASE);
     }
 
     #[test]
     fn only_waiting_objects_are_held_back() {
+        let (web, db) = (Scope::instance("web"), Scope::instance("db"));
         let start = Instant::now();
         let mut backoff = Backoff::default();
-        backoff.failed("web", start, "x".into());
-        backoff.failed("db", start, "y".into());
-        backoff.failed("db", start, "y".into());
+        backoff.failed(&web, start, "x".into());
+        backoff.failed(&db, start, "y".into());
+        backoff.failed(&db, start, "y".into());
         assert_eq!(
             backoff.held_back(start),
-            BTreeSet::from(["db".to_string(), "web".to_string()])
+            BTreeSet::from([db.clone(), web.clone()])
         );
         assert_eq!(backoff.next_retry(start), Some(start + BASE));
         let later = start + Duration::from_millis(1500);
-        assert_eq!(backoff.held_back(later), BTreeSet::from(["db".to_string()]));
+        assert_eq!(backoff.held_back(later), BTreeSet::from([db]));
         assert_eq!(backoff.next_retry(later), Some(start + 2 * BASE));
         assert!(backoff.held_back(start + 3 * BASE).is_empty());
     }

@@ -33,13 +33,12 @@ use crate::dataplane::iptables::Iptables;
 use crate::dataplane::kernel::KernelDataplane;
 use crate::lock::{self, NodeLock};
 use crate::observe::kernel::Changes;
-use crate::reconcile::{
-    self, InstanceStatus, Outcome, Phase, StatusDocument, instance_of, load_desired,
-};
+use crate::plan::Scope;
+use crate::reconcile::{self, InstanceStatus, Outcome, Phase, StatusDocument, load_desired};
 use crate::spec::Desired;
 use backoff::Backoff;
 use metrics::Metrics;
-use triggers::{Batch, DirWatcher, KernelEvents, Trigger, Triggers};
+use triggers::{DirWatcher, KernelEvents, Trigger, Triggers, Work};
 
 /// How `kudonet run` was asked to behave.
 #[derive(Debug, Clone)]
@@ -55,9 +54,12 @@ pub struct Options {
     pub metrics_addr: Option<SocketAddr>,
 }
 
-/// The key failures of the node as a whole (the bridge, sysctls, the firewall, reading the
-/// node at all) are backed off under, like an instance's.
-const NODE_KEY: &str = "";
+/// How a scope is named in the logs: the instance's name, empty for the node as a whole
+/// (whose failures, of the bridge, sysctls, the firewall or reading the node at all, are
+/// backed off like an instance's).
+fn log_name(scope: &Scope) -> &str {
+    scope.instance_name().unwrap_or_default()
+}
 
 struct Controller {
     options: Options,
@@ -175,7 +177,7 @@ pub async fn run(options: Options) -> Result<(), String> {
         // While the node as a whole backs off, only a change of the desired state (which
         // may be the fix), SIGHUP or the retry start a pass: kernel events and the resync
         // wait for the retry, which reads everything anyway.
-        let node_waits = controller.backoff.held_back(now).contains(NODE_KEY);
+        let node_waits = controller.backoff.held_back(now).contains(&Scope::Node);
         let eligible = move |trigger: Trigger| {
             !node_waits || !matches!(trigger, Trigger::Kernel | Trigger::Resync)
         };
@@ -189,7 +191,7 @@ pub async fn run(options: Options) -> Result<(), String> {
             () = sleep_until_option(retry) => triggers.set(Trigger::Retry),
             () = sleep_until_option(due) => {
                 let batch = triggers.take(eligible);
-                let result = controller.pass(&batch, node_waits).await;
+                let result = controller.pass(batch.work(), node_waits).await;
                 triggers.finished();
                 result?;
             }
@@ -198,21 +200,6 @@ pub async fn run(options: Options) -> Result<(), String> {
     }
     info!("stopping; the network stays as it is");
     Ok(())
-}
-
-/// Whether a pass started by `batch` reads the whole node: at start, on a resync, on
-/// SIGHUP, after dropped events, and on a retry. Others read what kernel events named.
-fn reads_everything(batch: &Batch) -> bool {
-    batch.0.iter().any(|trigger| {
-        matches!(
-            trigger,
-            Trigger::Startup
-                | Trigger::Resync
-                | Trigger::Hangup
-                | Trigger::Overrun
-                | Trigger::Retry
-        )
-    })
 }
 
 /// What the kernel events received since the last pass named, or everything.
@@ -227,12 +214,8 @@ fn changes_since_last_pass(events: Option<&KernelEvents>, everything: bool) -> C
 /// Node-wide work a pass still finds needed after converging: a pass tries every node-level
 /// action it plans, so what remains was undone (a bridge name the planner takes for a crash
 /// leftover, another program fighting kudonet). `None` when the node as a whole converged.
-fn undone_node_work(desired: &Desired, outcome: &Outcome) -> Option<String> {
-    let action = outcome
-        .remaining
-        .actions
-        .iter()
-        .find(|action| instance_of(action, desired).is_none())?;
+fn undone_node_work(outcome: &Outcome) -> Option<String> {
+    let action = outcome.remaining.node_actions().next()?;
     Some(format!(
         "{}: still needed after it was applied: something undoes it",
         action.summary()
@@ -310,17 +293,16 @@ impl Controller {
             .set(i64::from(self.errors.is_empty()));
     }
 
-    /// One pass for `batch`. `node_waits`: the node as a whole is backing off, and the
-    /// batch holds no retry: the node is left alone unless the desired state changed or
-    /// SIGHUP asked for a pass.
-    async fn pass(&mut self, batch: &Batch, node_waits: bool) -> Result<(), String> {
+    /// One pass doing `work`, what the triggers taken require. `node_waits`: the node as a
+    /// whole is backing off, and the batch holds no retry: the node is left alone unless
+    /// the desired state changed or SIGHUP asked for a pass.
+    async fn pass(&mut self, work: Work, node_waits: bool) -> Result<(), String> {
         let started = std::time::Instant::now();
-        if batch.reloads() {
+        if work.reload {
             let (before, errors_before) = (self.desired.clone(), self.errors.clone());
             self.watch_desired();
             self.reload();
-            let asked = batch.0.contains(&Trigger::Hangup) || batch.0.contains(&Trigger::Startup);
-            if node_waits && !asked && self.desired == before {
+            if node_waits && !work.asked && self.desired == before {
                 if self.errors != errors_before {
                     self.finish_pass(started, None, Vec::new()).await?;
                 }
@@ -342,7 +324,7 @@ impl Controller {
         let job_desired = desired.clone();
         let job_held_back = held_back.clone();
         let lock_dir = self.options.lock_dir.clone();
-        let (events, everything) = (self.kernel_events.clone(), reads_everything(batch));
+        let (events, everything) = (self.kernel_events.clone(), work.read_everything);
         let stopping = self.stopping.clone();
         let (dataplane, result) = tokio::task::spawn_blocking(move || {
             // Library calls and applies may change the node between passes, never during one.
@@ -383,14 +365,14 @@ impl Controller {
                 self.finish_pass(started, None, Vec::new()).await?;
             }
             Ok(Ok(outcome)) => {
-                let statuses = self.account(&desired, batch, &held_back, &outcome);
+                let statuses = self.account(&desired, work, &held_back, &outcome);
                 self.finish_pass(started, Some(&outcome), statuses).await?;
             }
             Ok(Err(problem)) => {
                 // Nothing could be done on the node: back off as for a failed action.
                 let delay = self
                     .backoff
-                    .failed(NODE_KEY, Instant::now(), problem.to_string());
+                    .failed(&Scope::Node, Instant::now(), problem.to_string());
                 error!(retry_in = ?delay, "cannot converge the node: {problem}");
                 self.metrics.ready.store(false, Ordering::Relaxed);
                 self.metrics.count_reconcile("failed");
@@ -405,41 +387,39 @@ impl Controller {
     fn account(
         &mut self,
         desired: &Desired,
-        batch: &Batch,
-        held_back: &BTreeSet<String>,
+        work: Work,
+        held_back: &BTreeSet<Scope>,
         outcome: &Outcome,
     ) -> Vec<InstanceStatus> {
         let now = Instant::now();
         let mut failed = BTreeSet::new();
         for failure in &outcome.failures {
-            let key = instance_of(&failure.action, desired)
-                .unwrap_or(NODE_KEY)
-                .to_string();
+            let key = &failure.scope;
             if failed.insert(key.clone()) {
-                let delay = self.backoff.failed(&key, now, failure.error.to_string());
-                warn!(instance = %key, retry_in = ?delay, "{}", failure.error);
+                let delay = self.backoff.failed(key, now, failure.error.to_string());
+                warn!(instance = %log_name(key), retry_in = ?delay, "{}", failure.error);
             }
         }
         // Node-wide work that succeeded yet is still needed after the pass (something
         // undoes it: a name the planner takes for a crash leftover, another program) fails
         // too: retrying at once would only loop on kudonet's own kernel events.
-        if !failed.contains(NODE_KEY)
-            && let Some(error) = undone_node_work(desired, outcome)
+        if !failed.contains(&Scope::Node)
+            && let Some(error) = undone_node_work(outcome)
         {
-            failed.insert(NODE_KEY.to_string());
-            let delay = self.backoff.failed(NODE_KEY, now, error.clone());
+            failed.insert(Scope::Node);
+            let delay = self.backoff.failed(&Scope::Node, now, error.clone());
             warn!(retry_in = ?delay, "the node does not converge: {error}");
         }
         // Failing objects this pass tried again without failure have recovered (node-wide
         // actions are never held back: a pass tries them whenever it runs).
-        let recovered: Vec<String> = self
+        let recovered: Vec<Scope> = self
             .backoff
             .failing()
-            .filter(|key| !failed.contains(*key) && (*key == NODE_KEY || !held_back.contains(*key)))
-            .map(str::to_string)
+            .filter(|key| !failed.contains(*key) && (key.is_node() || !held_back.contains(*key)))
+            .cloned()
             .collect();
         for key in &recovered {
-            info!(instance = %key, "recovered");
+            info!(instance = %log_name(key), "recovered");
             self.backoff.succeeded(key);
         }
         for action in &outcome.applied {
@@ -450,15 +430,9 @@ impl Controller {
                 })
                 .inc();
         }
-        let desired_changed = batch
-            .0
-            .iter()
-            .any(|trigger| matches!(trigger, Trigger::Startup | Trigger::Files | Trigger::Hangup));
-        // A retry of a failing instance is not a repair of someone else's change.
-        let repair = !desired_changed && !batch.0.contains(&Trigger::Retry);
         if !outcome.applied.is_empty() {
             let (applied, failed) = (outcome.applied.len(), outcome.failures.len());
-            match (desired_changed, outcome.converged()) {
+            match (work.desired_changed, outcome.converged()) {
                 (true, true) => info!(applied, "converged the node to the desired state"),
                 (false, true) => info!(applied, "repaired changes made behind kudonet's back"),
                 (_, false) => info!(
@@ -466,7 +440,8 @@ impl Controller {
                     failed, "applied what could be; the node does not match yet"
                 ),
             }
-            if repair {
+            // A retry of a failing instance is not a repair of someone else's change.
+            if work.repairs() {
                 self.metrics.drift_repairs.inc();
             }
         }
@@ -506,7 +481,7 @@ impl Controller {
             &outcome.failures,
         );
         for status in &mut statuses {
-            if let Some(error) = self.backoff.last_error(&status.name) {
+            if let Some(error) = self.backoff.last_error(&Scope::instance(&status.name)) {
                 status.phase = Phase::Failed;
                 status.message = error.to_string();
             }
@@ -532,12 +507,12 @@ impl Controller {
         });
         // Ready once the node itself (bridge, firewall, routes) is in place: one broken
         // instance, reported as Failed, must not keep the whole node unready.
-        let node_ok = !failed.contains(NODE_KEY)
+        let node_ok = !failed.contains(&Scope::Node)
             && outcome
                 .remaining
                 .conflicts
                 .iter()
-                .all(|c| c.instance.is_some());
+                .all(|c| !c.scope.is_node());
         self.metrics.ready.store(node_ok, Ordering::Relaxed);
         if outcome.converged() {
             let unix = std::time::SystemTime::now()
@@ -551,7 +526,7 @@ impl Controller {
     /// While the node as a whole fails, no instance is shown Ready: its network depends on
     /// the bridge, sysctls, firewall and routes of the node.
     fn show_node_failure(&self, statuses: &mut [InstanceStatus]) {
-        let Some(error) = self.backoff.last_error(NODE_KEY) else {
+        let Some(error) = self.backoff.last_error(&Scope::Node) else {
             return;
         };
         for status in statuses.iter_mut().filter(|s| s.phase == Phase::Ready) {
@@ -685,20 +660,30 @@ mod tests {
         .unwrap();
         let (_, desired) = load_desired(dir.path(), None).unwrap();
         let mut outcome = Outcome::default();
-        assert_eq!(undone_node_work(&desired, &outcome), None);
+        assert_eq!(undone_node_work(&outcome), None);
         // An instance's leftover work is the instance's (its own backoff), not the node's.
-        outcome.remaining.actions.push(Action::CreateNamespace {
+        // The planner's own steps, scope included, for these actions.
+        let planned = crate::plan::plan(&desired, &crate::observe::Observed::default());
+        let step = |action: Action| {
+            planned
+                .steps
+                .iter()
+                .find(|step| step.action == action)
+                .cloned()
+                .expect("the planner plans it")
+        };
+        outcome.remaining.steps.push(step(Action::CreateNamespace {
             name: "kudo-web".into(),
-        });
-        assert_eq!(undone_node_work(&desired, &outcome), None);
-        outcome.remaining.actions.push(Action::SetUp {
+        }));
+        assert_eq!(undone_node_work(&outcome), None);
+        outcome.remaining.steps.push(step(Action::SetUp {
             link: LinkRef {
                 netns: None,
                 name: "kudo0".into(),
             },
-        });
+        }));
         assert_eq!(
-            undone_node_work(&desired, &outcome).as_deref(),
+            undone_node_work(&outcome).as_deref(),
             Some("~ link kudo0: up: still needed after it was applied: something undoes it")
         );
     }

@@ -43,17 +43,77 @@ pub enum Trigger {
     Retry,
 }
 
+/// What a pass must do for the triggers that started it. Triggers combine: a pass does
+/// the work any of them requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Work {
+    /// Read the desired-state directory again.
+    pub reload: bool,
+    /// Read every link and namespace of the node; otherwise only what kernel events named.
+    pub read_everything: bool,
+    /// The desired state is known to have changed, or a pass over it was asked for (start,
+    /// SIGHUP): what the pass applies converges to it rather than repairs drift.
+    pub desired_changed: bool,
+    /// Asked for by the operator or the start: the pass runs even while the node as a
+    /// whole is backing off.
+    pub asked: bool,
+    /// A failing instance's or the node's backoff ran out: what the pass applies retries
+    /// it rather than repairs someone else's change.
+    pub retry: bool,
+}
+
+impl Work {
+    /// Whether what the pass applies repairs changes made behind kudonet's back.
+    pub fn repairs(self) -> bool {
+        !self.desired_changed && !self.retry
+    }
+}
+
+impl std::ops::BitOr for Work {
+    type Output = Work;
+
+    fn bitor(self, other: Work) -> Work {
+        Work {
+            reload: self.reload || other.reload,
+            read_everything: self.read_everything || other.read_everything,
+            desired_changed: self.desired_changed || other.desired_changed,
+            asked: self.asked || other.asked,
+            retry: self.retry || other.retry,
+        }
+    }
+}
+
 impl Trigger {
-    /// Whether the desired state must be read again.
-    pub fn reloads(self) -> bool {
-        matches!(
-            self,
-            Trigger::Startup
-                | Trigger::Files
-                | Trigger::Overrun
-                | Trigger::Resync
-                | Trigger::Hangup
-        )
+    /// What a pass started by this trigger must do: the one place that says it.
+    pub fn work(self) -> Work {
+        let none = Work::default();
+        match self {
+            Trigger::Startup | Trigger::Hangup => Work {
+                reload: true,
+                read_everything: true,
+                desired_changed: true,
+                asked: true,
+                ..none
+            },
+            Trigger::Files => Work {
+                reload: true,
+                desired_changed: true,
+                ..none
+            },
+            // Events may have been lost: read everything again.
+            Trigger::Overrun | Trigger::Resync => Work {
+                reload: true,
+                read_everything: true,
+                ..none
+            },
+            // Only what the events named.
+            Trigger::Kernel => none,
+            Trigger::Retry => Work {
+                read_everything: true,
+                retry: true,
+                ..none
+            },
+        }
     }
 
     /// Whether this is a known change of the desired state (or a request to read it): the
@@ -80,8 +140,11 @@ impl Trigger {
 pub struct Batch(pub BTreeSet<Trigger>);
 
 impl Batch {
-    pub fn reloads(&self) -> bool {
-        self.0.iter().any(|trigger| trigger.reloads())
+    /// What the pass for these triggers must do: what any of them requires.
+    pub fn work(&self) -> Work {
+        self.0
+            .iter()
+            .fold(Work::default(), |work, trigger| work | trigger.work())
     }
 
     pub fn changes(&self) -> bool {
@@ -501,6 +564,81 @@ fn read_events(epoll: &Epoll, watched: &Mutex<Watched>, triggers: &Weak<Triggers
 mod tests {
     use super::*;
 
+    #[test]
+    fn each_trigger_says_what_work_it_requires_and_a_batch_does_all_of_it() {
+        let work = |triggers: &[Trigger]| Batch(triggers.iter().copied().collect()).work();
+        let (reload, everything, changed, asked, retry) = (true, true, true, true, true);
+        let table = [
+            (
+                Trigger::Startup,
+                Work {
+                    reload,
+                    read_everything: everything,
+                    desired_changed: changed,
+                    asked,
+                    retry: false,
+                },
+            ),
+            (
+                Trigger::Files,
+                Work {
+                    reload,
+                    desired_changed: changed,
+                    ..Work::default()
+                },
+            ),
+            (Trigger::Kernel, Work::default()),
+            (
+                Trigger::Overrun,
+                Work {
+                    reload,
+                    read_everything: everything,
+                    ..Work::default()
+                },
+            ),
+            (
+                Trigger::Resync,
+                Work {
+                    reload,
+                    read_everything: everything,
+                    ..Work::default()
+                },
+            ),
+            (
+                Trigger::Hangup,
+                Work {
+                    reload,
+                    read_everything: everything,
+                    desired_changed: changed,
+                    asked,
+                    retry: false,
+                },
+            ),
+            (
+                Trigger::Retry,
+                Work {
+                    read_everything: everything,
+                    retry,
+                    ..Work::default()
+                },
+            ),
+        ];
+        for (trigger, expected) in table {
+            assert_eq!(trigger.work(), expected, "{trigger:?}");
+        }
+        // Kernel events alone read only what they named, and repair drift.
+        assert!(work(&[Trigger::Kernel]).repairs());
+        assert!(!work(&[Trigger::Kernel]).read_everything);
+        // A file change among kernel events is a change of the desired state, not a repair.
+        let files = work(&[Trigger::Kernel, Trigger::Files]);
+        assert!(files.reload && files.desired_changed && !files.read_everything);
+        assert!(!files.repairs());
+        // A retry reads everything and is no repair either.
+        let retry = work(&[Trigger::Kernel, Trigger::Retry]);
+        assert!(retry.read_everything && !retry.reload && !retry.repairs());
+        assert_eq!(work(&[]), Work::default());
+    }
+
     fn all(_: Trigger) -> bool {
         true
     }
@@ -553,7 +691,7 @@ mod tests {
         triggers.set(Trigger::Kernel);
         let batch = debounce(&triggers, all).await;
         assert_eq!(batch, Batch(BTreeSet::from([Trigger::Kernel])));
-        assert!(!batch.reloads());
+        assert!(!batch.work().reload);
         assert_eq!(start.elapsed(), Duration::from_millis(20));
     }
 
@@ -577,7 +715,7 @@ mod tests {
             batch,
             Batch(BTreeSet::from([Trigger::Kernel, Trigger::Resync]))
         );
-        assert!(batch.reloads());
+        assert!(batch.work().reload);
         assert_eq!(start.elapsed(), MAX_DEBOUNCE);
     }
 
@@ -598,7 +736,7 @@ mod tests {
             batch,
             Batch(BTreeSet::from([Trigger::Files, Trigger::Kernel]))
         );
-        assert!(batch.reloads());
+        assert!(batch.work().reload);
         // Taken: being applied until the pass finishes.
         assert!(!triggers.change_waiting());
         assert!(triggers.change_pending());

@@ -8,6 +8,48 @@ use cidr::{Ipv4Cidr, Ipv4Inet};
 
 use crate::observe::LinkRef;
 
+/// What a piece of work is for: the node as a whole, or one instance of the desired state.
+/// The planner says it of every action and conflict; the status, the controller's backoff
+/// and the library read it from there (and key their own records by it).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Scope {
+    /// The node as a whole: the bridge, node-wide settings, the overlay, routes to peer
+    /// nodes, the firewall, and the removal of what no instance of the desired state owns.
+    #[default]
+    Node,
+    /// The instance of the desired state with this name.
+    Instance(String),
+}
+
+impl Scope {
+    /// The scope of the instance named `name`.
+    pub fn instance(name: impl Into<String>) -> Scope {
+        Scope::Instance(name.into())
+    }
+
+    /// The instance's name, or `None` for the node as a whole.
+    pub fn instance_name(&self) -> Option<&str> {
+        match self {
+            Scope::Node => None,
+            Scope::Instance(name) => Some(name),
+        }
+    }
+
+    /// Whether this is the scope of the node as a whole.
+    pub fn is_node(&self) -> bool {
+        matches!(self, Scope::Node)
+    }
+}
+
+/// An action of a plan, with what it is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// The instance the action is for, or the node as a whole.
+    pub scope: Scope,
+    /// The change itself.
+    pub action: Action,
+}
+
 /// One change to the node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {

@@ -14,6 +14,11 @@
 //! Something foreign in the way (a link on the bridge's name, a namespace named like an
 //! instance's that kudonet did not create) is never touched: it becomes a [`Conflict`] and
 //! whatever depends on it is left out of the plan.
+//!
+//! Every action and conflict says what it is for, its [`Scope`]: an instance of the desired
+//! state (what the instance's own planning step produced, and the removal of a stale link
+//! under its host interface's name), or the node as a whole (everything else, including the
+//! removal of what belonged to instances no longer desired).
 
 mod action;
 pub mod firewall;
@@ -21,7 +26,7 @@ pub mod firewall;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-pub use action::{Action, Effect};
+pub use action::{Action, Effect, Scope, Step};
 use firewall::TableRules;
 
 use crate::names;
@@ -51,8 +56,8 @@ pub fn sysctl_interface(key: &str) -> Option<&str> {
 /// Something foreign stands where kudonet needs to put one of its objects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conflict {
-    /// The instance held back by the conflict; `None` when it is about the whole node.
-    pub instance: Option<String>,
+    /// The instance held back by the conflict, or the node as a whole.
+    pub scope: Scope,
     /// `Conflict` for a foreign object in the way, `UplinkOverlap` for a node subnet the
     /// uplink uses (see `reconcile::Condition`).
     pub kind: &'static str,
@@ -66,10 +71,12 @@ impl fmt::Display for Conflict {
     }
 }
 
-/// The actions that converge the node, in order, and what stops some of them.
+/// The actions that converge the node, in order, each with its scope, and what stops some
+/// of them.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Plan {
-    pub actions: Vec<Action>,
+    /// The actions in the order they must be applied, each with what it is for.
+    pub steps: Vec<Step>,
     pub conflicts: Vec<Conflict>,
     /// Whether a conflict stops the whole node (a foreign link holds the bridge's name):
     /// then nothing about instances was planned.
@@ -78,20 +85,41 @@ pub struct Plan {
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        self.actions.is_empty()
+        self.steps.is_empty()
+    }
+
+    /// The actions, in order, without their scope.
+    pub fn actions(&self) -> impl ExactSizeIterator<Item = &Action> + Clone {
+        self.steps.iter().map(|step| &step.action)
+    }
+
+    /// The actions, in order, as a list of their own (to apply them all at once).
+    pub fn to_actions(&self) -> Vec<Action> {
+        self.actions().cloned().collect()
+    }
+
+    /// The actions for the node as a whole, in order.
+    pub fn node_actions(&self) -> impl Iterator<Item = &Action> {
+        self.steps
+            .iter()
+            .filter(|step| step.scope.is_node())
+            .map(|step| &step.action)
     }
 
     /// How many actions add, change and destroy something.
     pub fn counts(&self) -> (usize, usize, usize) {
-        count_effects(&self.actions)
+        count_effects(self.actions())
     }
 }
 
 /// How many of `actions` add, change and destroy something.
-pub fn count_effects(actions: &[Action]) -> (usize, usize, usize) {
+pub fn count_effects<'a>(
+    actions: impl IntoIterator<Item = &'a Action> + Clone,
+) -> (usize, usize, usize) {
     let count = |effect| {
         actions
-            .iter()
+            .clone()
+            .into_iter()
             .filter(|action| action.effect() == effect)
             .count()
     };
@@ -106,10 +134,10 @@ impl fmt::Display for Plan {
     /// One action a line, then the summary: `Plan: N to add, M to change, K to destroy.`, or
     /// `No changes.` when the node is converged. Conflicts follow, one a line.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for action in &self.actions {
+        for action in self.actions() {
             writeln!(f, "{action}")?;
         }
-        if self.actions.is_empty() && self.conflicts.is_empty() {
+        if self.steps.is_empty() && self.conflicts.is_empty() {
             writeln!(f, "No changes.")?;
         } else {
             let (add, change, destroy) = self.counts();
@@ -127,8 +155,8 @@ impl fmt::Display for Plan {
 
 /// The plan that makes `observed` match `desired`.
 pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
-    let mut planner = Planner::new(observed);
     let wanted = Wanted::from(desired);
+    let mut planner = Planner::new(observed, &wanted);
     let uplink = desired
         .node
         .uplink
@@ -143,7 +171,7 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
             .uplink_overlap(uplink, link.addresses.iter().copied())
     {
         planner.plan.conflicts.push(Conflict {
-            instance: None,
+            scope: Scope::Node,
             kind: "UplinkOverlap",
             message: problem,
         });
@@ -173,7 +201,7 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
         .plan
         .conflicts
         .iter()
-        .filter_map(|conflict| conflict.instance.as_deref())
+        .filter_map(|conflict| conflict.scope.instance_name())
         .collect();
     let serving = Desired {
         instances: desired
@@ -190,8 +218,9 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
 
 /// The plan that removes everything kudonet owns on the node, and nothing else.
 pub fn plan_teardown(observed: &Observed) -> Plan {
-    let mut planner = Planner::new(observed);
-    planner.delete_unwanted(&Wanted::default());
+    let nothing = Wanted::default();
+    let mut planner = Planner::new(observed, &nothing);
+    planner.delete_unwanted(&nothing);
     planner.firewall(&firewall::empty_tables());
     planner.purge_other_backend();
     planner.plan
@@ -201,8 +230,8 @@ pub fn plan_teardown(observed: &Observed) -> Plan {
 #[derive(Debug, Default)]
 struct Wanted {
     bridge: Option<String>,
-    /// Host veth name -> the alias it must carry.
-    host_links: BTreeMap<String, String>,
+    /// Host veth name -> the alias it must carry and the instance it is for.
+    host_links: BTreeMap<String, (String, String)>,
     namespaces: BTreeSet<String>,
     /// Peer subnet -> gateway and, over the overlay, the device the gateway is on-link on.
     routes: BTreeMap<cidr::Ipv4Cidr, (std::net::Ipv4Addr, Option<String>)>,
@@ -225,7 +254,7 @@ impl From<&Desired> for Wanted {
                 .map(|instance| {
                     (
                         names::host_interface_name(&instance.name),
-                        names::instance_alias(&instance.name),
+                        (names::instance_alias(&instance.name), instance.name.clone()),
                     )
                 })
                 .collect(),
@@ -252,7 +281,12 @@ impl From<&Desired> for Wanted {
 
 struct Planner<'a> {
     observed: &'a Observed,
+    /// What the desired state names: the host links of its instances.
+    wanted: &'a Wanted,
     plan: Plan,
+    /// What the actions and conflicts being planned are for: an instance while its own
+    /// step is planned, else the node.
+    scope: Scope,
     /// The MTU of the bridge, the veths, the vxlan and the instances' eth0.
     mtu: u32,
     /// Links the plan deletes as a side effect of an earlier action: the other end of a
@@ -261,10 +295,12 @@ struct Planner<'a> {
 }
 
 impl<'a> Planner<'a> {
-    fn new(observed: &'a Observed) -> Planner<'a> {
+    fn new(observed: &'a Observed, wanted: &'a Wanted) -> Planner<'a> {
         Planner {
             observed,
+            wanted,
             plan: Plan::default(),
+            scope: Scope::Node,
             mtu: DEFAULT_MTU,
             gone: BTreeSet::new(),
         }
@@ -277,7 +313,21 @@ impl<'a> Planner<'a> {
     }
 
     fn push(&mut self, action: Action) {
-        self.plan.actions.push(action);
+        let scope = self.scope.clone();
+        self.push_for(scope, action);
+    }
+
+    fn push_for(&mut self, scope: Scope, action: Action) {
+        self.plan.steps.push(Step { scope, action });
+    }
+
+    /// The scope of deleting a node-namespace link: the desired instance whose host
+    /// interface has its name (a stale link in its way), else the current scope.
+    fn host_link_scope(&self, name: &str) -> Scope {
+        match (&self.scope, self.wanted.host_links.get(name)) {
+            (Scope::Node, Some((_, instance))) => Scope::instance(instance),
+            _ => self.scope.clone(),
+        }
     }
 
     /// The observed link, unless an earlier action of the plan takes it away.
@@ -296,13 +346,18 @@ impl<'a> Planner<'a> {
         if let Some(existing) = self.link(&link) {
             self.gone.extend(existing.peer.clone());
             self.gone.insert(link.clone());
-            self.push(Action::DeleteLink { link });
+            let scope = match &link.netns {
+                None => self.host_link_scope(&link.name),
+                Some(_) => self.scope.clone(),
+            };
+            self.push_for(scope, Action::DeleteLink { link });
         }
     }
 
-    fn conflict(&mut self, instance: Option<&str>, message: String) {
+    /// Something foreign in the way of the current scope's work.
+    fn conflict(&mut self, message: String) {
         self.plan.conflicts.push(Conflict {
-            instance: instance.map(str::to_string),
+            scope: self.scope.clone(),
             kind: "Conflict",
             message,
         });
@@ -326,7 +381,7 @@ impl<'a> Planner<'a> {
         for (name, link) in &observed.links {
             if link.kind == LinkKind::Veth
                 && link.is_owned()
-                && wanted.host_links.get(name) != link.alias.as_ref()
+                && wanted.host_links.get(name).map(|(alias, _)| alias) != link.alias.as_ref()
             {
                 self.delete_link(LinkRef::host(name));
             }
@@ -405,15 +460,12 @@ impl<'a> Planner<'a> {
                 Some(existing)
             }
             Some(existing) => {
-                self.conflict(
-                    None,
-                    format!(
-                        "link {name} exists and is not kudonet's bridge ({}): kudonet leaves it alone; \
+                self.conflict(format!(
+                    "link {name} exists and is not kudonet's bridge ({}): kudonet leaves it alone; \
                          delete or rename it, or set `bridge:` on Node {:?} to a free name",
-                        describe(existing),
-                        node.name
-                    ),
-                );
+                    describe(existing),
+                    node.name
+                ));
                 return false;
             }
             None => {
@@ -464,7 +516,15 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// Plans `instance`'s own step: everything it is made of, each action and conflict
+    /// scoped to it.
     fn instance(&mut self, desired: &Desired, instance: &Instance) {
+        self.scope = Scope::instance(&instance.name);
+        self.instance_parts(desired, instance);
+        self.scope = Scope::Node;
+    }
+
+    fn instance_parts(&mut self, desired: &Desired, instance: &Instance) {
         let node = &desired.node;
         let netns = instance.namespace();
         let host = names::host_interface_name(&instance.name);
@@ -475,7 +535,6 @@ impl<'a> Planner<'a> {
             Some(namespace) if namespace.owned => Some(namespace),
             Some(_) => {
                 self.conflict(
-                    Some(&instance.name),
                     format!(
                         "namespace {netns} exists and was not created by kudonet: kudonet leaves it alone; \
                          delete it (ip netns delete {netns}) if nothing uses it"
@@ -497,7 +556,6 @@ impl<'a> Planner<'a> {
             && !existing.is_owned()
         {
             self.conflict(
-                Some(&instance.name),
                 format!(
                     "link {host}, the host interface of instance {:?}, exists and is not kudonet's ({}): \
                      kudonet leaves it alone; delete or rename it",
@@ -587,7 +645,6 @@ impl<'a> Planner<'a> {
         let current = match self.link(&LinkRef::host(name)) {
             Some(existing) if !existing.is_owned() => {
                 self.conflict(
-                    None,
                     format!(
                         "link {name} exists and is not kudonet's overlay device ({}): kudonet leaves it alone; \
                          delete or rename it to connect this node to its peers",
@@ -660,7 +717,6 @@ impl<'a> Planner<'a> {
         for (destination, (gateway, device)) in &wanted.routes {
             match self.observed.routes.get(destination) {
                 Some(route) if !route.owned => self.conflict(
-                    None,
                     format!(
                         "a route to {destination} exists and is not kudonet's: kudonet leaves it alone; \
                          delete it to let the peer node's instances be reached via {gateway}"

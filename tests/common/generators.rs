@@ -469,8 +469,8 @@ pub fn observed(
     add_foreign(&mut state, foreign);
     let mut dataplane = MemoryDataplane::new(state);
     let earlier_plan = plan(earlier, &dataplane.state);
-    let applied = applied(earlier_plan.actions.len()).min(earlier_plan.actions.len());
-    if let Err(error) = dataplane.apply_all(&earlier_plan.actions[..applied]) {
+    let applied = applied(earlier_plan.steps.len()).min(earlier_plan.steps.len());
+    if let Err(error) = dataplane.apply_all(&earlier_plan.to_actions()[..applied]) {
         panic!("an earlier plan fails on the in-memory dataplane: {error}\n{earlier_plan}");
     }
     for change in drifts {
