@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use kudonet::dataplane::Dataplane;
-use kudonet::dataplane::iptables::Iptables;
-use kudonet::dataplane::kernel::KernelDataplane;
-use kudonet::observe::Observed;
+use kudonet::kernel::KernelDataplane;
+use kudonet::kernel::firewall::iptables::Iptables;
+use kudonet::observed::Observed;
 use kudonet::plan::{count_effects, plan};
 use kudonet::reconcile::{self, Failure, StatusDocument, load_desired};
 use kudonet::{privileges, spec};

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::dataplane::{Dataplane, DataplaneError};
 use crate::names;
-use crate::observe::{LinkRef, Observed};
+use crate::observed::{LinkRef, Observed};
 use crate::plan::{Action, Plan, plan, plan_teardown};
 use crate::spec::{self, Desired, Diagnostics, Spec};
 

@@ -11,8 +11,8 @@ use proptest::prelude::*;
 use kudonet::dataplane::Dataplane;
 use kudonet::dataplane::memory::MemoryDataplane;
 use kudonet::names;
-use kudonet::observe::JUMP_MARK;
-use kudonet::observe::{Link, LinkKind, LinkRef, Namespace, Observed, Route, Table};
+use kudonet::names::JUMP_MARK;
+use kudonet::observed::{Link, LinkKind, LinkRef, Namespace, Observed, Route, Table};
 use kudonet::plan::{Action, plan, plan_teardown};
 use kudonet::spec::{Cluster, ClusterMode, Desired, Instance, Node, Protocol, PublishedPort};
 

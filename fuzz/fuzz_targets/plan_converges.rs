@@ -17,7 +17,7 @@ use libfuzzer_sys::fuzz_target;
 use kudonet::dataplane::Dataplane;
 use kudonet::dataplane::memory::MemoryDataplane;
 use kudonet::names;
-use kudonet::observe::{Link, LinkKind, LinkRef, Namespace, Observed, Route, Table};
+use kudonet::observed::{Link, LinkKind, LinkRef, Namespace, Observed, Route, Table};
 use kudonet::plan::{Action, plan};
 use kudonet::spec::{Cluster, ClusterMode, Desired, Instance, Node, Protocol, PublishedPort};
 

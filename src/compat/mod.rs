@@ -14,8 +14,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::dataplane::iptables::Iptables;
-use crate::dataplane::kernel::KernelDataplane;
+use crate::kernel::KernelDataplane;
+use crate::kernel::firewall::iptables::Iptables;
 use crate::lock::{self, NodeLock};
 use crate::plan::Action;
 use crate::reconcile::{self, DesiredError, Failure, Outcome, instance_of, load_desired};

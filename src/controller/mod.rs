@@ -2,7 +2,7 @@
 //! directory. Level-triggered: whatever woke it (a file, a kernel event, the resync timer,
 //! SIGHUP, a retry coming due), a pass reads the directory if needed, observes the node,
 //! and converges it. A pass reads again only the links and namespaces that kernel events
-//! named (see `observe::kernel::Changes`), except at start, on a resync, SIGHUP, a retry
+//! named (see `dataplane::Changes`), except at start, on a resync, SIGHUP, a retry
 //! or after events were lost, when it reads every link and namespace.
 //!
 //! Safety rules: an invalid or missing directory never changes the node (the last valid
@@ -29,17 +29,19 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{error, info, warn};
 
-use crate::dataplane::iptables::Iptables;
-use crate::dataplane::kernel::KernelDataplane;
+use crate::dataplane::Changes;
+use crate::dataplane::Dataplane;
+use crate::kernel::KernelDataplane;
+use crate::kernel::events::KernelEvents;
+use crate::kernel::firewall::iptables::Iptables;
 use crate::lock::{self, NodeLock};
-use crate::observe::kernel::Changes;
 use crate::reconcile::{
     self, InstanceStatus, Outcome, Phase, StatusDocument, instance_of, load_desired,
 };
 use crate::spec::Desired;
 use backoff::Backoff;
 use metrics::Metrics;
-use triggers::{Batch, DirWatcher, KernelEvents, Trigger, Triggers};
+use triggers::{Batch, DirWatcher, Trigger, Triggers};
 
 /// How `kudonet run` was asked to behave.
 #[derive(Debug, Clone)]
@@ -672,7 +674,7 @@ fn write_atomically(path: &Path, document: &StatusDocument) -> std::io::Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observe::LinkRef;
+    use crate::observed::LinkRef;
     use crate::plan::Action;
 
     #[test]

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use cidr::{Ipv4Cidr, Ipv4Inet};
 
-use crate::observe::LinkRef;
+use crate::observed::LinkRef;
 
 /// One change to the node.
 #[derive(Debug, Clone, PartialEq, Eq)]
