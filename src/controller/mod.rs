@@ -390,9 +390,12 @@ impl Controller {
             }
             Ok(Err(problem)) => {
                 // Nothing could be done on the node: back off as for a failed action.
-                let delay = self
-                    .backoff
-                    .failed(NODE_KEY, Instant::now(), problem.to_string());
+                let delay = self.backoff.failed(
+                    NODE_KEY,
+                    Instant::now(),
+                    problem.to_string(),
+                    problem.can_retry(),
+                );
                 error!(retry_in = ?delay, "cannot converge the node: {problem}");
                 self.metrics.ready.store(false, Ordering::Relaxed);
                 self.metrics.count_reconcile("failed");
@@ -418,7 +421,12 @@ impl Controller {
                 .unwrap_or(NODE_KEY)
                 .to_string();
             if failed.insert(key.clone()) {
-                let delay = self.backoff.failed(&key, now, failure.error.to_string());
+                let delay = self.backoff.failed(
+                    &key,
+                    now,
+                    failure.error.to_string(),
+                    failure.error.can_retry(),
+                );
                 warn!(instance = %key, retry_in = ?delay, "{}", failure.error);
             }
         }
@@ -429,7 +437,7 @@ impl Controller {
             && let Some(error) = undone_node_work(desired, outcome)
         {
             failed.insert(NODE_KEY.to_string());
-            let delay = self.backoff.failed(NODE_KEY, now, error.clone());
+            let delay = self.backoff.failed(NODE_KEY, now, error.clone(), true);
             warn!(retry_in = ?delay, "the node does not converge: {error}");
         }
         // Failing objects this pass tried again without failure have recovered (node-wide

@@ -142,19 +142,20 @@ pub struct IoError {
 /// node and kudonet's configuration unchanged (nmstate's `ErrorKind::can_retry` is the model):
 ///
 /// - no: `EPERM`, `EACCES` (kudonet lacks a capability, or a security module says no),
-///   `EROFS` (a read-only `/proc/sys`), `EINVAL`, `ERANGE`, `ENAMETOOLONG` (the request
+///   `EINVAL`, `ERANGE`, `ENAMETOOLONG` (the request
 ///   itself is wrong, e.g. an MTU the device refuses), `EOPNOTSUPP`, `ENOSYS`,
 ///   `EAFNOSUPPORT`, `EPROTONOSUPPORT` (the kernel lacks a feature, e.g. no vxlan module);
 /// - yes, everything else, notably `EBUSY`, `EAGAIN`, `ENOBUFS`, `ENOMEM`, `EINTR` (a busy
 ///   kernel), `EEXIST`, `ENOENT`, `ENODEV`, `ESRCH` (a link, address, route or namespace that
-///   came or went during the pass: the next pass observes it again and plans accordingly).
+///   came or went during the pass: the next pass observes it again and plans accordingly),
+///   and `EROFS`: a read-only `/proc/sys` (a container's) is made writable by a remount,
+///   which raises no event, so the node keeps being retried as it always was.
 pub fn errno_can_retry(errno: i32) -> bool {
     use nix::errno::Errno;
     !matches!(
         Errno::from_raw(errno),
         Errno::EPERM
             | Errno::EACCES
-            | Errno::EROFS
             | Errno::EINVAL
             | Errno::ERANGE
             | Errno::ENAMETOOLONG
