@@ -307,7 +307,7 @@ impl std::fmt::Display for Phase {
     }
 }
 
-/// One instance in the status document (CONTRACT §4).
+/// One instance in the status document (docs/status.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceStatus {

@@ -1,4 +1,4 @@
-//! The desired state: the YAML model of CONTRACT §1, loading a directory, and validation.
+//! The desired state: the YAML model of docs/file-format.md, loading a directory, and validation.
 //!
 //! Pure except for reading files. Every problem is reported with its file and position.
 

@@ -1,4 +1,5 @@
-//! The validated desired state: what the YAML files mean once every rule of CONTRACT §1 holds.
+//! The validated desired state: what the YAML files mean once every rule of
+//! docs/file-format.md holds.
 //!
 //! These types carry no source positions and cannot be invalid; they are what the planner,
 //! the controller and the library API work with.

@@ -1,5 +1,5 @@
-//! Validation: turns parsed documents into a `Spec`, or reports every rule of CONTRACT §1 that
-//! does not hold, each at the position of the offending value.
+//! Validation: turns parsed documents into a `Spec`, or reports every rule of
+//! docs/file-format.md that does not hold, each at the position of the offending value.
 //!
 //! Two passes: each document is checked on its own (kind, fields, formats), then the
 //! documents are checked against each other (names, subnets, addresses, ports).
