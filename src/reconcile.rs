@@ -21,7 +21,7 @@ pub enum DesiredError {
     #[error("{}", .0.iter().map(|d| format!("{d} (refusing to use it)")).collect::<Vec<_>>().join("\n"))]
     Unsafe(Vec<spec::Diagnostic>),
     #[error("{0}")]
-    Node(String),
+    Node(spec::Invalid),
 }
 
 /// Loads `dir`, refusing files others can write, and selects the node to manage.

@@ -15,6 +15,7 @@
 //! the directory is waiting or being applied.
 
 pub mod backoff;
+mod error;
 pub mod metrics;
 pub mod triggers;
 
@@ -40,6 +41,7 @@ use crate::reconcile::{
 };
 use crate::spec::Desired;
 use backoff::Backoff;
+pub use error::ControllerError;
 use metrics::Metrics;
 use triggers::{Batch, DirWatcher, Trigger, Triggers};
 
@@ -90,20 +92,20 @@ struct Controller {
 
 /// Runs the controller until SIGTERM or SIGINT. Errors are the fatal ones: another
 /// controller holds the node, or the metrics address cannot be bound.
-pub async fn run(options: Options) -> Result<(), String> {
+pub async fn run(options: Options) -> Result<(), ControllerError> {
     // First of all: a SIGTERM during start-up must stop the controller cleanly too, not
     // kill it with the default disposition.
-    let mut terminate = signal(SignalKind::terminate()).map_err(|error| error.to_string())?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(|error| error.to_string())?;
-    let mut hangup = signal(SignalKind::hangup()).map_err(|error| error.to_string())?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(ControllerError::Signals)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(ControllerError::Signals)?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(ControllerError::Signals)?;
     let triggers = Triggers::new();
     // A pass waiting for the change lock (an apply holding it) must not hold up a shutdown:
     // the wait polls this flag, which SIGTERM and SIGINT raise. The loop below sees the
     // same signals through its own streams once the pass has given up.
     let stopping = Arc::new(AtomicBool::new(false));
     {
-        let mut terminate = signal(SignalKind::terminate()).map_err(|error| error.to_string())?;
-        let mut interrupt = signal(SignalKind::interrupt()).map_err(|error| error.to_string())?;
+        let mut terminate = signal(SignalKind::terminate()).map_err(ControllerError::Signals)?;
+        let mut interrupt = signal(SignalKind::interrupt()).map_err(ControllerError::Signals)?;
         let stopping = stopping.clone();
         tokio::spawn(async move {
             tokio::select! {
@@ -129,8 +131,7 @@ pub async fn run(options: Options) -> Result<(), String> {
             }),
         )?;
     }
-    let mut dataplane = KernelDataplane::new(&options.netns_dir, Iptables::new())
-        .map_err(|error| error.to_string())?;
+    let mut dataplane = KernelDataplane::new(&options.netns_dir, Iptables::new())?;
     let _ = std::fs::create_dir_all(&options.netns_dir);
     let netns_watcher = DirWatcher::new(&options.netns_dir, false, &triggers, Trigger::Kernel)
         .map_err(|error| warn!(dir = %options.netns_dir.display(), %error, "cannot watch the netns directory"))
@@ -249,12 +250,9 @@ async fn sleep_until_option(deadline: Option<Instant>) {
 }
 
 impl Controller {
-    fn lock_node(&mut self, node: &str) -> Result<(), String> {
+    fn lock_node(&mut self, node: &str) -> Result<(), ControllerError> {
         if self.lock.is_none() {
-            self.lock = Some(
-                lock::controller_lock(&self.options.lock_dir, node)
-                    .map_err(|error| error.to_string())?,
-            );
+            self.lock = Some(lock::controller_lock(&self.options.lock_dir, node)?);
         }
         Ok(())
     }
@@ -315,7 +313,7 @@ impl Controller {
     /// One pass for `batch`. `node_waits`: the node as a whole is backing off, and the
     /// batch holds no retry: the node is left alone unless the desired state changed or
     /// SIGHUP asked for a pass.
-    async fn pass(&mut self, batch: &Batch, node_waits: bool) -> Result<(), String> {
+    async fn pass(&mut self, batch: &Batch, node_waits: bool) -> Result<(), ControllerError> {
         let started = std::time::Instant::now();
         if batch.reloads() {
             let (before, errors_before) = (self.desired.clone(), self.errors.clone());
@@ -371,7 +369,7 @@ impl Controller {
             (dataplane, result)
         })
         .await
-        .map_err(|error| format!("reconcile task failed: {error}"))?;
+        .map_err(ControllerError::Pass)?;
         self.dataplane = Some(dataplane);
 
         match result {
@@ -576,7 +574,7 @@ impl Controller {
         started: std::time::Instant,
         outcome: Option<&Outcome>,
         statuses: Vec<InstanceStatus>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ControllerError> {
         self.metrics
             .set_phases(statuses.iter().map(|status| status.phase));
         self.metrics
@@ -637,7 +635,7 @@ impl Controller {
 
     /// What the kernel has of kudonet's instances, for a status file written while no
     /// desired state was ever valid. Read in the blocking pool, as a pass does.
-    async fn instances_in_force(&mut self) -> Result<Vec<InstanceStatus>, String> {
+    async fn instances_in_force(&mut self) -> Result<Vec<InstanceStatus>, ControllerError> {
         use crate::dataplane::Dataplane;
         let mut dataplane = self
             .dataplane
@@ -653,7 +651,7 @@ impl Controller {
             (dataplane, instances)
         })
         .await
-        .map_err(|error| format!("reading the node failed: {error}"))?;
+        .map_err(ControllerError::ReadNode)?;
         self.dataplane = Some(dataplane);
         Ok(instances)
     }
