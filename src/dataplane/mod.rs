@@ -1,6 +1,7 @@
 //! Reading the node and executing a plan's actions. The [`Dataplane`] trait is the seam
-//! between the pure core (spec, observed model, planner) and the kernel ([`crate::kernel`]); [`memory::MemoryDataplane`] implements it over an in-memory [`Observed`],
-//! with the kernel's semantics, for tests that need no root.
+//! between the pure core (spec, observed model, planner) and the kernel, whose module
+//! implements it for a real node; [`memory::MemoryDataplane`] implements it over an
+//! in-memory [`Observed`], with the kernel's semantics, for tests that need no root.
 
 mod error;
 pub mod memory;
