@@ -598,7 +598,7 @@ fn libc_enodev() -> i32 {
 /// The interface indexes of the link messages (`RTM_NEWLINK`, `RTM_DELLINK`) among the
 /// route family's event messages in `buffer` (one `recv`): the node's links they say changed.
 /// Other messages (addresses, routes) name no link; a message cut short ends the walk.
-pub fn changed_links(buffer: &[u8]) -> Vec<u32> {
+pub(crate) fn changed_links(buffer: &[u8]) -> Vec<u32> {
     const RTM_NEWLINK: u16 = 16;
     const RTM_DELLINK: u16 = 17;
     let mut indexes = Vec::new();
