@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kudonet::dataplane::netlink::Netlink;
+use kudonet::kernel::netlink::Netlink;
 use kudonet::names;
 use serde_json::{Map, Value, json};
 

@@ -12,7 +12,7 @@ use std::path::Path;
 use criterion::{Criterion, criterion_group, criterion_main};
 use kudonet::dataplane::Dataplane;
 use kudonet::dataplane::memory::MemoryDataplane;
-use kudonet::observe::Observed;
+use kudonet::observed::Observed;
 use kudonet::plan::plan;
 use kudonet::reconcile::load_desired;
 

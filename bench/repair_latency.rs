@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kudonet::dataplane::netlink::Netlink;
+use kudonet::kernel::netlink::Netlink;
 use kudonet::names;
 
 #[path = "../tests/common/mod.rs"]

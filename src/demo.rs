@@ -11,10 +11,10 @@ use cidr::Ipv4Inet;
 use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
 
-use crate::dataplane::iptables::Iptables;
-use crate::dataplane::kernel::KernelDataplane;
-use crate::dataplane::netlink::Netlink;
-use crate::dataplane::netns;
+use crate::kernel::KernelDataplane;
+use crate::kernel::firewall::iptables::Iptables;
+use crate::kernel::netlink::Netlink;
+use crate::kernel::netns;
 use crate::names;
 use crate::probe::{self, EchoServer, Place};
 use crate::reconcile::{self, load_desired};
@@ -182,7 +182,7 @@ pub fn run(
     Ok(all)
 }
 
-fn dataplane_observe(dataplane: &mut KernelDataplane) -> io::Result<crate::observe::Observed> {
+fn dataplane_observe(dataplane: &mut KernelDataplane) -> io::Result<crate::observed::Observed> {
     use crate::dataplane::Dataplane;
     dataplane
         .observe()
@@ -239,8 +239,7 @@ impl Uplink {
         let dir = self.outside_netns.parent().expect("has a parent");
         netns::create(dir, "outside")?;
         let outside_file = std::fs::File::open(&self.outside_netns)?;
-        let err =
-            |error: crate::dataplane::netlink::NetlinkError| io::Error::other(error.to_string());
+        let err = |error: crate::kernel::netlink::NetlinkError| io::Error::other(error.to_string());
         let mut node = Netlink::open()?;
         node.create_veth(&self.device, "up0", &outside_file, None, desired.node.mtu)
             .map_err(err)?;

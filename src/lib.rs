@@ -3,11 +3,13 @@
 //! The crate is a functional core in an imperative shell:
 //!
 //! - [`spec`]: the desired state (YAML files), loaded and validated;
-//! - [`observe`]: the vocabulary of what the kernel has ([`observe::Observed`]);
-//! - [`plan`]: `plan(&Desired, &Observed) -> Plan`, pure and deterministic;
-//! - [`dataplane`]: executes a plan's actions; [`dataplane::memory`] does so in memory;
-//! - [`reconcile`]: observe → plan → apply → verify, and instance status;
 //! - [`names`]: how kudonet names and marks what it owns;
+//! - [`observed`]: the vocabulary of what the kernel has ([`observed::Observed`]);
+//! - [`plan`]: `plan(&Desired, &Observed) -> Plan`, pure and deterministic;
+//! - [`dataplane`]: the seam: the [`dataplane::Dataplane`] trait (observe and apply), its
+//!   typed errors, and [`dataplane::memory`], a dataplane in memory;
+//! - [`kernel`]: all kernel I/O, the dataplane of a real node and its kernel events;
+//! - [`reconcile`]: observe → plan → apply → verify, and instance status;
 //! - [`node`], [`instance`], [`utils`], [`port`], [`error`]: the API of the original Kudo
 //!   network library, recording requests as desired state and converging through the above;
 //!   [`cidr`] is the cidr crate its signatures use.
@@ -24,10 +26,11 @@ pub mod error {
 }
 pub mod faults;
 pub mod instance;
+pub mod kernel;
 pub mod lock;
 pub mod names;
 pub mod node;
-pub mod observe;
+pub mod observed;
 pub mod plan;
 /// The published port of the library, at the original library's path (`port::Port`).
 pub mod port {

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use kudonet::dataplane::Dataplane;
-use kudonet::dataplane::iptables::Iptables;
-use kudonet::dataplane::kernel::KernelDataplane;
-use kudonet::observe::Observed;
+use kudonet::kernel::KernelDataplane;
+use kudonet::kernel::firewall::iptables::Iptables;
+use kudonet::observed::Observed;
 use kudonet::plan::{count_effects, plan};
 use kudonet::reconcile::{self, Failure, StatusDocument, load_desired};
 use kudonet::{privileges, spec};
@@ -272,7 +272,7 @@ fn plural(count: usize) -> &'static str {
 
 /// The kernel dataplane of this node, after checking privileges.
 fn dataplane(cli: &Cli, command: &str) -> Result<KernelDataplane, String> {
-    privileges::require(command, privileges::NODE_ADMIN)?;
+    privileges::require(command, privileges::NODE_ADMIN).map_err(|missing| missing.to_string())?;
     KernelDataplane::new(&cli.netns_dir, Iptables::new()).map_err(|error| error.to_string())
 }
 
@@ -424,13 +424,15 @@ fn report_outcome(
 }
 
 fn run(_cli: &Cli, options: kudonet::controller::Options) -> CommandResult {
-    privileges::require("run", privileges::NODE_ADMIN)?;
+    privileges::require("run", privileges::NODE_ADMIN).map_err(|missing| missing.to_string())?;
     limit_malloc_arenas();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|error| format!("cannot start the runtime: {error}"))?;
-    runtime.block_on(kudonet::controller::run(options))?;
+    runtime
+        .block_on(kudonet::controller::run(options))
+        .map_err(|error| error.to_string())?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -446,7 +448,7 @@ fn limit_malloc_arenas() {
 }
 
 fn demo(cli: &Cli, dir: Option<&Path>, node: Option<&str>) -> CommandResult {
-    privileges::require("demo", privileges::NODE_ADMIN)?;
+    privileges::require("demo", privileges::NODE_ADMIN).map_err(|missing| missing.to_string())?;
     // Still single-threaded here, as unsharing the mount namespace requires.
     kudonet::demo::enter_sandbox()
         .map_err(|error| format!("cannot create the demo's namespaces: {error}"))?;

@@ -31,6 +31,36 @@ pub const ROUTE_PROTOCOL: u8 = 75;
 /// Linux interface names hold at most 15 bytes (IFNAMSIZ - 1).
 pub const MAX_INTERFACE_NAME: usize = 15;
 
+/// The alias of the loopback of every namespace kudonet creates.
+pub const NAMESPACE_MARK: &str = "kudonet";
+
+/// The comment on kudonet's jump rules in built-in chains, as `iptables-save` prints it.
+pub const JUMP_MARK: &str = "-m comment --comment kudonet";
+
+/// The iptables tables kudonet writes.
+pub const NAT: &str = "nat";
+pub const FILTER: &str = "filter";
+
+/// The sysctl that lets the node route between the bridge and the uplink.
+pub const IP_FORWARD: &str = "net.ipv4.ip_forward";
+
+/// The sysctl that lets the node DNAT 127.0.0.1 to an instance behind `bridge`.
+pub fn route_localnet(bridge: &str) -> String {
+    format!("net.ipv4.conf.{bridge}.route_localnet")
+}
+
+/// The interface a per-interface sysctl (`net.ipv4.conf.<device>.<setting>`) is about, or
+/// `None` for a node-wide one. `all` and `default` are returned too: they are pseudo-devices
+/// whose settings reach every interface, which is why a dataplane writes a per-interface
+/// sysctl only for kudonet's own existing bridge.
+pub fn sysctl_interface(key: &str) -> Option<&str> {
+    let rest = key
+        .strip_prefix("net.ipv4.conf.")
+        .or_else(|| key.strip_prefix("net.ipv6.conf."))?;
+    // Interface names may contain dots: the setting is the last part.
+    rest.rsplit_once('.').map(|(device, _)| device)
+}
+
 /// The namespace of an instance: `kudo-<instance>`.
 pub fn namespace_name(instance: &str) -> String {
     format!("{NAMESPACE_PREFIX}{instance}")

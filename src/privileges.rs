@@ -33,9 +33,23 @@ impl fmt::Display for Capability {
 /// What changing a node needs.
 pub const NODE_ADMIN: &[Capability] = &[Capability::NetAdmin, Capability::SysAdmin];
 
-/// Ok when the process has every capability of `needed` in its effective set; else the
-/// one-line reason, naming what `command` lacks.
-pub fn require(command: &str, needed: &[Capability]) -> Result<(), String> {
+/// What a command lacks to run: its message is one line, naming the command and the
+/// capabilities.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MissingPrivileges {
+    /// Root without the capability: a container or a unit's bounding set dropped it.
+    #[error(
+        "{command} needs {missing}, which this root process lacks: grant it (e.g. in the container or systemd unit)"
+    )]
+    RootLacks { command: String, missing: String },
+    /// Not root.
+    #[error("{command} needs root (missing {missing}): run it as root")]
+    NotRoot { command: String, missing: String },
+}
+
+/// Ok when the process has every capability of `needed` in its effective set; else what
+/// `command` lacks.
+pub fn require(command: &str, needed: &[Capability]) -> Result<(), MissingPrivileges> {
     let effective = effective_capabilities().unwrap_or(0);
     let missing: Vec<String> = needed
         .iter()
@@ -45,16 +59,11 @@ pub fn require(command: &str, needed: &[Capability]) -> Result<(), String> {
     if missing.is_empty() {
         return Ok(());
     }
-    let missing = missing.join(" and ");
+    let (command, missing) = (command.to_string(), missing.join(" and "));
     if nix::unistd::geteuid().is_root() {
-        // Root without the capability: a container or a unit's bounding set dropped it.
-        Err(format!(
-            "{command} needs {missing}, which this root process lacks: grant it (e.g. in the container or systemd unit)"
-        ))
+        Err(MissingPrivileges::RootLacks { command, missing })
     } else {
-        Err(format!(
-            "{command} needs root (missing {missing}): run it as root"
-        ))
+        Err(MissingPrivileges::NotRoot { command, missing })
     }
 }
 

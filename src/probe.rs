@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::dataplane::netlink::in_namespace;
+use crate::kernel::netlink::in_namespace;
 use crate::spec::Protocol;
 
 /// Where a socket lives: the calling thread's namespace (the node), or a named namespace.

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::dataplane::{Dataplane, DataplaneError};
 use crate::names;
-use crate::observe::Observed;
+use crate::observed::Observed;
 use crate::plan::{Action, Plan, Scope, Step, plan, plan_teardown};
 use crate::spec::{self, Desired, Diagnostics, Spec};
 
@@ -21,7 +21,7 @@ pub enum DesiredError {
     #[error("{}", .0.iter().map(|d| format!("{d} (refusing to use it)")).collect::<Vec<_>>().join("\n"))]
     Unsafe(Vec<spec::Diagnostic>),
     #[error("{0}")]
-    Node(String),
+    Node(spec::Invalid),
 }
 
 /// Loads `dir`, refusing files others can write, and selects the node to manage.
@@ -308,7 +308,7 @@ impl std::fmt::Display for Phase {
     }
 }
 
-/// One instance in the status document (CONTRACT §4).
+/// One instance in the status document (docs/status.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceStatus {
@@ -473,7 +473,7 @@ mod tests {
             action: Action::CreateNamespace {
                 name: "kudo-db".into(),
             },
-            error: DataplaneError::Unavailable("boom".into()),
+            error: DataplaneError::Unavailable(crate::dataplane::Cause::refusal("boom")),
         };
         let statuses = instance_status(
             &desired,

@@ -5,8 +5,8 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use kudonet::dataplane::iptables::{FirewallError, Iptables, parse_save, synced_table};
-use kudonet::observe::Table;
+use kudonet::kernel::firewall::iptables::{FirewallError, Iptables, parse_save, synced_table};
+use kudonet::observed::Table;
 
 type Chains = BTreeMap<String, Vec<String>>;
 

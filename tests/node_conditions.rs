@@ -12,8 +12,8 @@ use std::path::Path;
 use std::process::Output;
 
 use common::{run_ok, sandboxed, setup_outside, sh};
-use kudonet::dataplane::iptables::Iptables;
-use kudonet::dataplane::kernel::KernelDataplane;
+use kudonet::kernel::KernelDataplane;
+use kudonet::kernel::firewall::iptables::Iptables;
 use kudonet::reconcile;
 use serde_json::Value;
 

@@ -1,4 +1,4 @@
-//! Incremental observation (`observe::kernel::{Snapshot, Changes}`) against a real kernel:
+//! Incremental observation (`kernel::observe::Snapshot`, `dataplane::Changes`) against a real kernel:
 //! after any sequence of changes made behind kudonet's back, and of repairs kudonet makes,
 //! an observation that reads only what kernel events and kudonet's own actions named must
 //! equal a full read by a fresh dataplane. Each case runs in its own sandbox.
@@ -7,12 +7,13 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use kudonet::controller::triggers::{KernelEvents, Triggers};
+use kudonet::controller::triggers::Triggers;
 use kudonet::dataplane::Dataplane;
-use kudonet::dataplane::iptables::Iptables;
-use kudonet::dataplane::kernel::KernelDataplane;
+use kudonet::kernel::KernelDataplane;
+use kudonet::kernel::events::KernelEvents;
+use kudonet::kernel::firewall::iptables::Iptables;
 use kudonet::names;
-use kudonet::observe::Observed;
+use kudonet::observed::Observed;
 use kudonet::reconcile;
 
 const NETNS_DIR: &str = "/run/netns";

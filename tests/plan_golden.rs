@@ -10,7 +10,7 @@
 use std::fs;
 use std::path::Path;
 
-use kudonet::observe::Observed;
+use kudonet::observed::Observed;
 use kudonet::plan::{plan, plan_teardown};
 use kudonet::spec;
 

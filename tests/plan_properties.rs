@@ -13,8 +13,8 @@ use common::strategies::{arb_desired, arb_observed};
 use kudonet::dataplane::Dataplane;
 use kudonet::dataplane::memory::MemoryDataplane;
 use kudonet::names;
-use kudonet::observe::LinkRef;
-use kudonet::observe::Observed;
+use kudonet::observed::LinkRef;
+use kudonet::observed::Observed;
 use kudonet::plan::{Action, Scope, plan, plan_teardown};
 use kudonet::spec::{Desired, Instance, Protocol, PublishedPort};
 

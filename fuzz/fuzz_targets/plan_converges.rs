@@ -13,7 +13,7 @@ use libfuzzer_sys::fuzz_target;
 
 use kudonet::dataplane::Dataplane;
 use kudonet::dataplane::memory::MemoryDataplane;
-use kudonet::observe::Observed;
+use kudonet::observed::Observed;
 use kudonet::plan::plan;
 use kudonet::spec::{Desired, PublishedPort};
 

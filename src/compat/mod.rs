@@ -14,8 +14,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::dataplane::iptables::Iptables;
-use crate::dataplane::kernel::KernelDataplane;
+use crate::kernel::KernelDataplane;
+use crate::kernel::firewall::iptables::Iptables;
 use crate::lock::{self, NodeLock};
 use crate::plan::{Scope, Step};
 use crate::reconcile::{self, DesiredError, Failure, Outcome, load_desired};
@@ -31,8 +31,11 @@ const LOCK_WAIT: Duration = Duration::from_secs(30);
 
 /// Fails unless the process may change the node; `call` names the call in the message.
 pub(crate) fn require_privileges(call: &str) -> Result<(), NetworkError> {
-    privileges::require(call, privileges::NODE_ADMIN)
-        .map_err(|reason| NetworkError::MissingPrivileges { reason })
+    privileges::require(call, privileges::NODE_ADMIN).map_err(|missing| {
+        NetworkError::MissingPrivileges {
+            reason: missing.to_string(),
+        }
+    })
 }
 
 /// Takes the node's change lock (the one `kudonet apply` and each pass of `kudonet run`
@@ -108,7 +111,7 @@ pub(crate) fn converge(config: &Config, node: &str, scope: Scope) -> Result<(), 
         NetworkError::InvalidState {
             state_dir: config.state_dir.clone(),
             reason: match error {
-                DesiredError::Node(reason) => reason,
+                DesiredError::Node(reason) => reason.to_string(),
                 other => store::one_line(&other.to_string()),
             },
         }

@@ -1,5 +1,6 @@
 //! Capped exponential backoff per failing object, so that one broken instance is retried
-//! patiently while the others converge.
+//! patiently while the others converge. A failure that retrying cannot help (a refusal, a
+//! missing program, a permission: see `DataplaneError::can_retry`) waits the cap at once.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -27,17 +28,29 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// Records a failure of `key` at `now`; returns how long it now waits.
-    pub fn failed(&mut self, key: &Scope, now: Instant, error: String) -> Duration {
+    /// Records a failure of `key` at `now`; returns how long it now waits: [`BASE`] doubled
+    /// per failure in a row up to [`CAP`], or `CAP` at once when retrying cannot help
+    /// (`can_retry` false): such a failure only goes away when the node or the desired state
+    /// changes, and a change of the desired state is acted on at once anyway.
+    pub fn failed(
+        &mut self,
+        key: &Scope,
+        now: Instant,
+        error: String,
+        can_retry: bool,
+    ) -> Duration {
         let entry = self.entries.entry(key.clone()).or_insert(Entry {
             failures: 0,
             retry_at: now,
             last_error: String::new(),
         });
         entry.failures = entry.failures.saturating_add(1);
-        let delay = BASE
-            .saturating_mul(1 << (entry.failures - 1).min(16))
-            .min(CAP);
+        let delay = if can_retry {
+            BASE.saturating_mul(1 << (entry.failures - 1).min(16))
+                .min(CAP)
+        } else {
+            CAP
+        };
         entry.retry_at = now + delay;
         entry.last_error = error;
         delay
@@ -87,12 +100,12 @@ mod tests {
         let start = Instant::now();
         let mut backoff = Backoff::default();
         let delays: Vec<u64> = (0..9)
-            .map(|_| backoff.failed(web, start, "boom".into()).as_secs())
+            .map(|_| backoff.failed(web, start, "boom".into(), true).as_secs())
             .collect();
         assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
         assert_eq!(backoff.last_error(web), Some("boom"));
         backoff.succeeded(web);
-        assert_eq!(backoff.failed(web, start, "again".into()), BASE);
+        assert_eq!(backoff.failed(web, start, "again".into(), true), BASE);
     }
 
     #[test]
@@ -100,9 +113,9 @@ mod tests {
         let (web, db) = (Scope::instance("web"), Scope::instance("db"));
         let start = Instant::now();
         let mut backoff = Backoff::default();
-        backoff.failed(&web, start, "x".into());
-        backoff.failed(&db, start, "y".into());
-        backoff.failed(&db, start, "y".into());
+        backoff.failed(&web, start, "x".into(), true);
+        backoff.failed(&db, start, "y".into(), true);
+        backoff.failed(&db, start, "y".into(), true);
         assert_eq!(
             backoff.held_back(start),
             BTreeSet::from([db.clone(), web.clone()])
@@ -112,5 +125,29 @@ mod tests {
         assert_eq!(backoff.held_back(later), BTreeSet::from([db]));
         assert_eq!(backoff.next_retry(later), Some(start + 2 * BASE));
         assert!(backoff.held_back(start + 3 * BASE).is_empty());
+    }
+
+    #[test]
+    fn a_failure_retrying_cannot_help_waits_the_cap_at_once() {
+        let start = Instant::now();
+        let mut backoff = Backoff::default();
+        assert_eq!(
+            backoff.failed(&Scope::instance("web"), start, "denied".into(), false),
+            CAP
+        );
+        assert_eq!(
+            backoff.held_back(start + CAP / 2),
+            BTreeSet::from([Scope::instance("web")])
+        );
+        // Once it can be retried (another error), doubling goes on from the failures so far.
+        assert_eq!(
+            backoff.failed(&Scope::instance("web"), start, "busy".into(), true),
+            2 * BASE
+        );
+        backoff.succeeded(&Scope::instance("web"));
+        assert_eq!(
+            backoff.failed(&Scope::instance("web"), start, "busy".into(), true),
+            BASE
+        );
     }
 }

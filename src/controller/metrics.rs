@@ -24,6 +24,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
+use super::ControllerError;
 use crate::reconcile::Phase;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -296,13 +297,13 @@ fn respond(
 }
 
 /// Binds the metrics address, with a clear error.
-pub fn bind(address: SocketAddr) -> Result<std::net::TcpListener, String> {
+pub fn bind(address: SocketAddr) -> Result<std::net::TcpListener, ControllerError> {
     let listen = || {
         let listener = std::net::TcpListener::bind(address)?;
         listener.set_nonblocking(true)?;
         Ok::<_, std::io::Error>(listener)
     };
-    listen().map_err(|error| format!("cannot listen on --metrics-addr {address}: {error}"))
+    listen().map_err(|source| ControllerError::Bind { address, source })
 }
 
 /// Serves the endpoint (see [`serve`]) from a thread and runtime of its own: probes are
@@ -313,11 +314,11 @@ pub fn spawn(
     metrics: Arc<Metrics>,
     stale_after: Duration,
     ready: Readiness,
-) -> Result<(), String> {
+) -> Result<(), ControllerError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|error| format!("cannot start the metrics server: {error}"))?;
+        .map_err(ControllerError::MetricsServer)?;
     std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || {
@@ -329,5 +330,5 @@ pub fn spawn(
             });
         })
         .map(drop)
-        .map_err(|error| format!("cannot start the metrics server: {error}"))
+        .map_err(ControllerError::MetricsServer)
 }

@@ -2,7 +2,7 @@
 //! directory. Level-triggered: whatever woke it (a file, a kernel event, the resync timer,
 //! SIGHUP, a retry coming due), a pass reads the directory if needed, observes the node,
 //! and converges it. A pass reads again only the links and namespaces that kernel events
-//! named (see `observe::kernel::Changes`), except at start, on a resync, SIGHUP, a retry
+//! named (see `dataplane::Changes`), except at start, on a resync, SIGHUP, a retry
 //! or after events were lost, when it reads every link and namespace.
 //!
 //! Safety rules: an invalid or missing directory never changes the node (the last valid
@@ -15,6 +15,7 @@
 //! the directory is waiting or being applied.
 
 pub mod backoff;
+mod error;
 pub mod metrics;
 pub mod triggers;
 
@@ -29,16 +30,19 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{error, info, warn};
 
-use crate::dataplane::iptables::Iptables;
-use crate::dataplane::kernel::KernelDataplane;
+use crate::dataplane::Changes;
+use crate::dataplane::Dataplane;
+use crate::kernel::KernelDataplane;
+use crate::kernel::events::KernelEvents;
+use crate::kernel::firewall::iptables::Iptables;
 use crate::lock::{self, NodeLock};
-use crate::observe::kernel::Changes;
 use crate::plan::Scope;
 use crate::reconcile::{self, InstanceStatus, Outcome, Phase, StatusDocument, load_desired};
 use crate::spec::Desired;
 use backoff::Backoff;
+pub use error::ControllerError;
 use metrics::Metrics;
-use triggers::{DirWatcher, KernelEvents, Trigger, Triggers, Work};
+use triggers::{DirWatcher, Trigger, Triggers, Work};
 
 /// How `kudonet run` was asked to behave.
 #[derive(Debug, Clone)]
@@ -90,20 +94,20 @@ struct Controller {
 
 /// Runs the controller until SIGTERM or SIGINT. Errors are the fatal ones: another
 /// controller holds the node, or the metrics address cannot be bound.
-pub async fn run(options: Options) -> Result<(), String> {
+pub async fn run(options: Options) -> Result<(), ControllerError> {
     // First of all: a SIGTERM during start-up must stop the controller cleanly too, not
     // kill it with the default disposition.
-    let mut terminate = signal(SignalKind::terminate()).map_err(|error| error.to_string())?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(|error| error.to_string())?;
-    let mut hangup = signal(SignalKind::hangup()).map_err(|error| error.to_string())?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(ControllerError::Signals)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(ControllerError::Signals)?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(ControllerError::Signals)?;
     let triggers = Triggers::new();
     // A pass waiting for the change lock (an apply holding it) must not hold up a shutdown:
     // the wait polls this flag, which SIGTERM and SIGINT raise. The loop below sees the
     // same signals through its own streams once the pass has given up.
     let stopping = Arc::new(AtomicBool::new(false));
     {
-        let mut terminate = signal(SignalKind::terminate()).map_err(|error| error.to_string())?;
-        let mut interrupt = signal(SignalKind::interrupt()).map_err(|error| error.to_string())?;
+        let mut terminate = signal(SignalKind::terminate()).map_err(ControllerError::Signals)?;
+        let mut interrupt = signal(SignalKind::interrupt()).map_err(ControllerError::Signals)?;
         let stopping = stopping.clone();
         tokio::spawn(async move {
             tokio::select! {
@@ -129,8 +133,7 @@ pub async fn run(options: Options) -> Result<(), String> {
             }),
         )?;
     }
-    let mut dataplane = KernelDataplane::new(&options.netns_dir, Iptables::new())
-        .map_err(|error| error.to_string())?;
+    let mut dataplane = KernelDataplane::new(&options.netns_dir, Iptables::new())?;
     let _ = std::fs::create_dir_all(&options.netns_dir);
     let netns_watcher = DirWatcher::new(&options.netns_dir, false, &triggers, Trigger::Kernel)
         .map_err(|error| warn!(dir = %options.netns_dir.display(), %error, "cannot watch the netns directory"))
@@ -230,12 +233,9 @@ async fn sleep_until_option(deadline: Option<Instant>) {
 }
 
 impl Controller {
-    fn lock_node(&mut self, node: &str) -> Result<(), String> {
+    fn lock_node(&mut self, node: &str) -> Result<(), ControllerError> {
         if self.lock.is_none() {
-            self.lock = Some(
-                lock::controller_lock(&self.options.lock_dir, node)
-                    .map_err(|error| error.to_string())?,
-            );
+            self.lock = Some(lock::controller_lock(&self.options.lock_dir, node)?);
         }
         Ok(())
     }
@@ -296,7 +296,7 @@ impl Controller {
     /// One pass doing `work`, what the triggers taken require. `node_waits`: the node as a
     /// whole is backing off, and the batch holds no retry: the node is left alone unless
     /// the desired state changed or SIGHUP asked for a pass.
-    async fn pass(&mut self, work: Work, node_waits: bool) -> Result<(), String> {
+    async fn pass(&mut self, work: Work, node_waits: bool) -> Result<(), ControllerError> {
         let started = std::time::Instant::now();
         if work.reload {
             let (before, errors_before) = (self.desired.clone(), self.errors.clone());
@@ -351,7 +351,7 @@ impl Controller {
             (dataplane, result)
         })
         .await
-        .map_err(|error| format!("reconcile task failed: {error}"))?;
+        .map_err(ControllerError::Pass)?;
         self.dataplane = Some(dataplane);
 
         match result {
@@ -370,9 +370,12 @@ impl Controller {
             }
             Ok(Err(problem)) => {
                 // Nothing could be done on the node: back off as for a failed action.
-                let delay = self
-                    .backoff
-                    .failed(&Scope::Node, Instant::now(), problem.to_string());
+                let delay = self.backoff.failed(
+                    &Scope::Node,
+                    Instant::now(),
+                    problem.to_string(),
+                    problem.can_retry(),
+                );
                 error!(retry_in = ?delay, "cannot converge the node: {problem}");
                 self.metrics.ready.store(false, Ordering::Relaxed);
                 self.metrics.count_reconcile("failed");
@@ -396,7 +399,12 @@ impl Controller {
         for failure in &outcome.failures {
             let key = &failure.scope;
             if failed.insert(key.clone()) {
-                let delay = self.backoff.failed(key, now, failure.error.to_string());
+                let delay = self.backoff.failed(
+                    key,
+                    now,
+                    failure.error.to_string(),
+                    failure.error.can_retry(),
+                );
                 warn!(instance = %log_name(key), retry_in = ?delay, "{}", failure.error);
             }
         }
@@ -407,7 +415,7 @@ impl Controller {
             && let Some(error) = undone_node_work(outcome)
         {
             failed.insert(Scope::Node);
-            let delay = self.backoff.failed(&Scope::Node, now, error.clone());
+            let delay = self.backoff.failed(&Scope::Node, now, error.clone(), true);
             warn!(retry_in = ?delay, "the node does not converge: {error}");
         }
         // Failing objects this pass tried again without failure have recovered (node-wide
@@ -541,7 +549,7 @@ impl Controller {
         started: std::time::Instant,
         outcome: Option<&Outcome>,
         statuses: Vec<InstanceStatus>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ControllerError> {
         self.metrics
             .set_phases(statuses.iter().map(|status| status.phase));
         self.metrics
@@ -602,7 +610,7 @@ impl Controller {
 
     /// What the kernel has of kudonet's instances, for a status file written while no
     /// desired state was ever valid. Read in the blocking pool, as a pass does.
-    async fn instances_in_force(&mut self) -> Result<Vec<InstanceStatus>, String> {
+    async fn instances_in_force(&mut self) -> Result<Vec<InstanceStatus>, ControllerError> {
         use crate::dataplane::Dataplane;
         let mut dataplane = self
             .dataplane
@@ -618,7 +626,7 @@ impl Controller {
             (dataplane, instances)
         })
         .await
-        .map_err(|error| format!("reading the node failed: {error}"))?;
+        .map_err(ControllerError::ReadNode)?;
         self.dataplane = Some(dataplane);
         Ok(instances)
     }
@@ -647,7 +655,7 @@ fn write_atomically(path: &Path, document: &StatusDocument) -> std::io::Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observe::LinkRef;
+    use crate::observed::LinkRef;
     use crate::plan::Action;
 
     #[test]
@@ -663,7 +671,7 @@ mod tests {
         assert_eq!(undone_node_work(&outcome), None);
         // An instance's leftover work is the instance's (its own backoff), not the node's.
         // The planner's own steps, scope included, for these actions.
-        let planned = crate::plan::plan(&desired, &crate::observe::Observed::default());
+        let planned = crate::plan::plan(&desired, &crate::observed::Observed::default());
         let step = |action: Action| {
             planned
                 .steps

@@ -3,9 +3,9 @@
 //! what the kernel cascades (deleting one end of a veth deletes the other). Property tests
 //! use it to prove that plans converge.
 
-use super::{Dataplane, DataplaneError};
+use super::{Cause, Dataplane, DataplaneError};
 use crate::names;
-use crate::observe::{Link, LinkKind, LinkRef, Namespace, Observed, Route, Vxlan};
+use crate::observed::{Link, LinkKind, LinkRef, Namespace, Observed, Route, Vxlan};
 use crate::plan::Action;
 
 /// The loopback MTU the kernel gives a new namespace's `lo`.
@@ -68,12 +68,12 @@ impl MemoryDataplane {
         Some(removed)
     }
 
-    fn apply_action(&mut self, action: &Action) -> Result<(), String> {
-        let no_such_link = |link: &LinkRef| format!("no link {link}");
+    fn apply_action(&mut self, action: &Action) -> Result<(), Rejected> {
+        let no_such_link = |link: &LinkRef| Rejected(format!("no link {link}"));
         match action {
             Action::CreateNamespace { name } => {
                 if self.state.namespaces.contains_key(name) {
-                    return Err("namespace exists".into());
+                    return Err(Rejected("namespace exists".into()));
                 }
                 let lo = Link {
                     mtu: LOOPBACK_MTU,
@@ -102,7 +102,7 @@ impl MemoryDataplane {
             }
             Action::CreateBridge { name, mtu } => {
                 if self.state.links.contains_key(name) {
-                    return Err("link exists".into());
+                    return Err(Rejected("link exists".into()));
                 }
                 let bridge = Link {
                     alias: Some(names::bridge_alias()),
@@ -127,7 +127,7 @@ impl MemoryDataplane {
                     .get(namespace)
                     .ok_or("no such namespace")?;
                 if self.state.links.contains_key(host) || inside.links.contains_key(&eth0.name) {
-                    return Err("link exists".into());
+                    return Err(Rejected("link exists".into()));
                 }
                 let end = |alias: Option<String>, peer: LinkRef| Link {
                     alias,
@@ -145,7 +145,9 @@ impl MemoryDataplane {
             Action::DeleteLink { link } => {
                 let existing = self.link_mut(link).ok_or_else(|| no_such_link(link))?;
                 if existing.kind == LinkKind::Loopback {
-                    return Err("operation not supported: a loopback cannot be deleted".into());
+                    return Err(Rejected(
+                        "operation not supported: a loopback cannot be deleted".into(),
+                    ));
                 }
                 self.remove_link(link);
             }
@@ -162,7 +164,7 @@ impl MemoryDataplane {
                     .get(bridge)
                     .is_none_or(|bridge| bridge.kind != LinkKind::Bridge)
                 {
-                    return Err(format!("no bridge {bridge}"));
+                    return Err(Rejected(format!("no bridge {bridge}")));
                 }
                 let port = self
                     .state
@@ -181,7 +183,7 @@ impl MemoryDataplane {
                     .get_mut(link)
                     .ok_or_else(|| no_such_link(&LinkRef::host(link)))?;
                 if port.master.is_none() {
-                    return Err("not a bridge port".into());
+                    return Err(Rejected("not a bridge port".into()));
                 }
                 port.hairpin = true;
             }
@@ -192,7 +194,7 @@ impl MemoryDataplane {
                     .addresses
                     .insert(*address)
                 {
-                    return Err("address exists".into());
+                    return Err(Rejected("address exists".into()));
                 }
             }
             Action::DeleteAddress { link, address } => {
@@ -202,7 +204,7 @@ impl MemoryDataplane {
                     .addresses
                     .remove(address)
                 {
-                    return Err("no such address".into());
+                    return Err(Rejected("no such address".into()));
                 }
             }
             Action::ReplaceDefaultRoute { namespace, gateway } => {
@@ -222,7 +224,7 @@ impl MemoryDataplane {
                                 .any(|address| address.network().contains(gateway))
                     });
                 if !reachable {
-                    return Err("network is unreachable".into());
+                    return Err(Rejected("network is unreachable".into()));
                 }
                 inside.default_gateway = Some(*gateway);
             }
@@ -234,7 +236,7 @@ impl MemoryDataplane {
                 if let Some(device) = device
                     && !self.state.links.get(device).is_some_and(|link| link.up)
                 {
-                    return Err(format!("network is down: {device}"));
+                    return Err(Rejected(format!("network is down: {device}")));
                 }
                 let route = Route {
                     gateway: Some(*gateway),
@@ -252,7 +254,7 @@ impl MemoryDataplane {
                 mtu,
             } => {
                 if self.state.links.contains_key(name) {
-                    return Err("link exists".into());
+                    return Err(Rejected("link exists".into()));
                 }
                 let vxlan = Link {
                     alias: Some(names::vxlan_alias()),
@@ -275,7 +277,7 @@ impl MemoryDataplane {
                     .filter(|l| l.kind == LinkKind::Vxlan)
                     .ok_or("no such vxlan")?;
                 if !vxlan.flood.insert(*destination) {
-                    return Err("entry exists".into());
+                    return Err(Rejected("entry exists".into()));
                 }
             }
             Action::DeleteFlood { link, destination } => {
@@ -286,7 +288,7 @@ impl MemoryDataplane {
                     .filter(|l| l.kind == LinkKind::Vxlan)
                     .ok_or("no such vxlan")?;
                 if !vxlan.flood.remove(destination) {
-                    return Err("no such entry".into());
+                    return Err(Rejected("no such entry".into()));
                 }
             }
             Action::DeleteRoute { destination } => {
@@ -304,9 +306,9 @@ impl MemoryDataplane {
                             && link.alias.as_deref() == Some(names::bridge_alias().as_str())
                     })
                 {
-                    return Err(format!(
+                    return Err(Rejected(format!(
                         "refusing to set {key}: {device} is not kudonet's bridge"
-                    ));
+                    )));
                 }
                 self.state.sysctls.insert(key.clone(), value.clone());
             }
@@ -318,15 +320,15 @@ impl MemoryDataplane {
             } => {
                 // The same semantics as the kernel's sync, by construction.
                 let current = self.state.firewall.entry(table.clone()).or_default();
-                *current = super::iptables::synced_table(current, chains, jumps);
+                *current = crate::observed::synced_table(current, chains, jumps);
             }
             Action::PurgeOtherBackend { table } => {
                 let current = self
                     .state
                     .other_backend
                     .get_mut(table)
-                    .ok_or("no such table in the other backend")?;
-                *current = super::iptables::synced_table(
+                    .ok_or_else(|| Rejected("no such table in the other backend".into()))?;
+                *current = crate::observed::synced_table(
                     current,
                     &Default::default(),
                     &Default::default(),
@@ -344,8 +346,23 @@ impl Dataplane for MemoryDataplane {
 
     fn apply(&mut self, action: &Action) -> Result<(), DataplaneError> {
         self.writes += 1;
-        self.apply_action(action)
-            .map_err(|reason| DataplaneError::action(action, reason))
+        self.apply_action(action).map_err(|rejected| {
+            // The in-memory node's refusals mirror the kernel's answers to races (a link
+            // that exists, one that is gone), which a later pass can get past.
+            let retry = !rejected.0.starts_with("refusing");
+            DataplaneError::action(action, Cause::new(rejected, retry))
+        })
+    }
+}
+
+/// Why the in-memory node refused an action, in the kernel's words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+struct Rejected(String);
+
+impl From<&str> for Rejected {
+    fn from(reason: &str) -> Rejected {
+        Rejected(reason.to_string())
     }
 }
 

@@ -1,36 +1,48 @@
-//! Executing a plan's actions. The [`Dataplane`] trait is the seam between the pure planner
-//! and the kernel; [`memory::MemoryDataplane`] implements it over an in-memory [`Observed`],
-//! with the kernel's semantics, for tests that need no root.
+//! Reading the node and executing a plan's actions. The [`Dataplane`] trait is the seam
+//! between the pure core (spec, observed model, planner) and the kernel, whose module
+//! implements it for a real node; [`memory::MemoryDataplane`] implements it over an
+//! in-memory [`Observed`], with the kernel's semantics, for tests that need no root.
 
-pub mod iptables;
-pub mod kernel;
+mod error;
 pub mod memory;
-pub mod netlink;
-pub mod netns;
-pub mod nftables;
 
-use crate::observe::Observed;
+pub use error::{Cause, DataplaneError, IoError, Refusal, errno_can_retry};
+
+use std::collections::BTreeSet;
+
+use crate::observed::Observed;
 use crate::plan::Action;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DataplaneError {
-    #[error("reading the node: {0}")]
-    Observe(String),
-    /// A tool or facility the dataplane needs is missing; nothing was changed.
-    #[error("{0}")]
-    Unavailable(String),
-    /// `action` is the first line of the action as the plan prints it (without the rule
-    /// diff of a table sync), so that the error is one line.
-    #[error("{action}: {reason}")]
-    Action { action: String, reason: String },
+/// What may have changed in the kernel since the last observation: what the next one
+/// reads again. The rest comes from the [`Snapshot`]. Addresses and routes of the node,
+/// sysctls and the list of namespaces are cheap and read every time; iptables is read
+/// again whenever the nf_tables generation moved.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Trust no link or namespace read before: at start, on a resync, after dropped
+    /// events. iptables still follows its generation, the kernel's own change counter.
+    pub everything: bool,
+    /// Links of the node namespace, by interface index (as kernel events name them).
+    pub host_indexes: BTreeSet<u32>,
+    /// Links of the node namespace, by name (as kudonet's own actions name them).
+    pub host_names: BTreeSet<String>,
+    /// Namespaces of the netns directory, by name.
+    pub namespaces: BTreeSet<String>,
 }
 
-impl DataplaneError {
-    pub fn action(action: &Action, reason: impl Into<String>) -> DataplaneError {
-        DataplaneError::Action {
-            action: action.summary(),
-            reason: reason.into(),
+impl Changes {
+    pub fn everything() -> Changes {
+        Changes {
+            everything: true,
+            ..Changes::default()
         }
+    }
+
+    pub fn merge(&mut self, other: Changes) {
+        self.everything |= other.everything;
+        self.host_indexes.extend(other.host_indexes);
+        self.host_names.extend(other.host_names);
+        self.namespaces.extend(other.namespaces);
     }
 }
 
@@ -38,6 +50,15 @@ impl DataplaneError {
 pub trait Dataplane {
     /// What the node has now.
     fn observe(&mut self) -> Result<Observed, DataplaneError>;
+
+    /// From now on, observations read only what [`changed`](Dataplane::changed) reported
+    /// and what the dataplane's own actions touched since the last one, if the dataplane
+    /// reads incrementally. For an owner that follows kernel events (the controller); one
+    /// that misses some must report [`Changes::everything`].
+    fn observe_incrementally(&mut self) {}
+
+    /// Reports what may have changed in the node since the last observation.
+    fn changed(&mut self, _changes: Changes) {}
 
     /// Carries out one action.
     fn apply(&mut self, action: &Action) -> Result<(), DataplaneError>;

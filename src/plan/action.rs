@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use cidr::{Ipv4Cidr, Ipv4Inet};
 
-use crate::observe::LinkRef;
+use crate::observed::LinkRef;
 
 /// What a piece of work is for: the node as a whole, or one instance of the desired state.
 /// The planner says it of every action and conflict; the status, the controller's backoff

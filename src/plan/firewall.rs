@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::observe::JUMP_MARK;
+use crate::names::JUMP_MARK;
 use crate::spec::Desired;
 
 /// The `KUDO-*` chains of a table, and kudonet's jump rules per built-in chain.
@@ -16,8 +16,7 @@ pub struct TableRules {
     pub jumps: BTreeMap<String, Vec<String>>,
 }
 
-pub const NAT: &str = "nat";
-pub const FILTER: &str = "filter";
+pub use crate::names::{FILTER, NAT};
 
 /// The rules of every table kudonet uses, for `desired`. `uplink` is the interface that
 /// leads out of the node (the Node's `uplink`, else the default route's), if known.

@@ -30,28 +30,10 @@ pub use action::{Action, Effect, Scope, Step};
 use firewall::TableRules;
 
 use crate::names;
-use crate::observe::{Link, LinkKind, LinkRef, Observed, Table};
+use crate::observed::{Link, LinkKind, LinkRef, Observed, Table};
 use crate::spec::{ClusterMode, Desired, Instance};
 
-/// The sysctl that lets the node route between the bridge and the uplink.
-pub const IP_FORWARD: &str = "net.ipv4.ip_forward";
-
-/// The sysctl that lets the node DNAT 127.0.0.1 to an instance behind `bridge`.
-pub fn route_localnet(bridge: &str) -> String {
-    format!("net.ipv4.conf.{bridge}.route_localnet")
-}
-
-/// The interface a per-interface sysctl (`net.ipv4.conf.<device>.<setting>`) is about, or
-/// `None` for a node-wide one. `all` and `default` are returned too: they are pseudo-devices
-/// whose settings reach every interface, which is why a dataplane writes a per-interface
-/// sysctl only for kudonet's own existing bridge.
-pub fn sysctl_interface(key: &str) -> Option<&str> {
-    let rest = key
-        .strip_prefix("net.ipv4.conf.")
-        .or_else(|| key.strip_prefix("net.ipv6.conf."))?;
-    // Interface names may contain dots: the setting is the last part.
-    rest.rsplit_once('.').map(|(device, _)| device)
-}
+pub use crate::names::{IP_FORWARD, route_localnet, sysctl_interface};
 
 /// Something foreign stands where kudonet needs to put one of its objects.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -636,7 +618,7 @@ impl<'a> Planner<'a> {
         let uplink = uplink
             .filter(|uplink| self.observed.links.contains_key(*uplink))
             .map(str::to_string);
-        let settings = crate::observe::Vxlan {
+        let settings = crate::observed::Vxlan {
             id: names::VXLAN_ID,
             local: desired.node.external_ip,
             port: names::VXLAN_PORT,

@@ -135,3 +135,15 @@ pub fn shown_path(path: &Path) -> String {
 pub fn quoted(value: &str) -> String {
     format!("{value:?}")
 }
+
+/// A value that breaks a rule of the desired state (docs/file-format.md), and which rule, in
+/// one line. The validator reports it at the value's position ([`Diagnostic`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+impl From<Invalid> for String {
+    fn from(invalid: Invalid) -> String {
+        invalid.0
+    }
+}

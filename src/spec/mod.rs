@@ -1,4 +1,4 @@
-//! The desired state: the YAML model of CONTRACT §1, loading a directory, and validation.
+//! The desired state: the YAML model of docs/file-format.md, loading a directory, and validation.
 //!
 //! Pure except for reading files. Every problem is reported with its file and position.
 
@@ -11,7 +11,7 @@ mod validate;
 
 use std::path::Path;
 
-pub use diagnostic::{Diagnostic, Diagnostics, Origin, Position};
+pub use diagnostic::{Diagnostic, Diagnostics, Invalid, Origin, Position};
 pub use load::{MAX_FILE_BYTES, is_state_file_name, state_files};
 pub use model::*;
 pub use permissions::unsafe_permissions;

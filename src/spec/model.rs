@@ -1,4 +1,5 @@
-//! The validated desired state: what the YAML files mean once every rule of CONTRACT §1 holds.
+//! The validated desired state: what the YAML files mean once every rule of
+//! docs/file-format.md holds.
 //!
 //! These types carry no source positions and cannot be invalid; they are what the planner,
 //! the controller and the library API work with.
@@ -8,7 +9,7 @@ use std::net::Ipv4Addr;
 
 use cidr::{Ipv4Cidr, Ipv4Inet};
 
-use super::diagnostic::{Diagnostic, Origin};
+use super::diagnostic::{Diagnostic, Invalid, Origin};
 
 /// Bridge name used when a Node does not set `bridge`.
 pub const DEFAULT_BRIDGE: &str = "kudo0";
@@ -204,26 +205,26 @@ impl Spec {
         &self,
         explicit: Option<&str>,
         hostname: Option<&str>,
-    ) -> Result<&Node, String> {
+    ) -> Result<&Node, Invalid> {
         let by_name = |name: &str| self.nodes.iter().find(|node| node.name == name);
         if let Some(name) = explicit {
             return by_name(name).ok_or_else(|| {
-                format!(
+                Invalid(format!(
                     "--node {name:?}: no Node of that name (known: {})",
                     self.node_names()
-                )
+                ))
             });
         }
         if let [only] = self.nodes.as_slice() {
             return Ok(only);
         }
         hostname.and_then(by_name).ok_or_else(|| {
-            format!(
+            Invalid(format!(
                 "the directory describes {} nodes and none is named like this machine ({}): pass --node NAME (known: {})",
                 self.nodes.len(),
                 hostname.unwrap_or("unknown hostname"),
                 self.node_names()
-            )
+            ))
         })
     }
 

@@ -1,5 +1,5 @@
-//! Validation: turns parsed documents into a `Spec`, or reports every rule of CONTRACT §1 that
-//! does not hold, each at the position of the offending value.
+//! Validation: turns parsed documents into a `Spec`, or reports every rule of
+//! docs/file-format.md that does not hold, each at the position of the offending value.
 //!
 //! Two passes: each document is checked on its own (kind, fields, formats), then the
 //! documents are checked against each other (names, subnets, addresses, ports).
@@ -11,7 +11,7 @@ use std::path::Path;
 use cidr::{Ipv4Cidr, Ipv4Inet};
 use serde_saphyr::{Location, Spanned};
 
-use super::diagnostic::{Diagnostic, Origin, Position, quoted};
+use super::diagnostic::{Diagnostic, Invalid, Origin, Position, quoted};
 use super::load::Loaded;
 use super::model::{
     Cluster, ClusterMode, DEFAULT_BRIDGE, Instance, Node, Protocol, PublishedPort, Spec,
@@ -209,7 +209,7 @@ impl Checker {
         &mut self,
         context: &DocumentContext,
         field: &Option<Spanned<String>>,
-        parse: impl FnOnce(&str) -> Result<T, String>,
+        parse: impl FnOnce(&str) -> Result<T, Invalid>,
     ) -> Option<At<T>> {
         let field = field.as_ref()?;
         let origin = context.origin(field.referenced);
@@ -296,10 +296,10 @@ impl Checker {
             .parse(context, &raw.mode, |mode| match mode {
                 "routed" => Ok(ClusterMode::Routed),
                 "vxlan" => Ok(ClusterMode::Vxlan),
-                other => Err(format!(
+                other => Err(Invalid(format!(
                     "unknown mode {}: expected routed or vxlan",
                     quoted(other)
-                )),
+                ))),
             })
             .map(|mode| mode.value)
             .unwrap_or_default();
@@ -424,10 +424,10 @@ impl Checker {
         let protocol = self.parse(context, &raw.protocol, |protocol| match protocol {
             "tcp" => Ok(Protocol::Tcp),
             "udp" => Ok(Protocol::Udp),
-            other => Err(format!(
+            other => Err(Invalid(format!(
                 "unknown protocol {}: expected tcp or udp",
                 quoted(other)
-            )),
+            ))),
         });
         let protocol_valid = raw.protocol.is_none() || protocol.is_some();
         let host_ip = self.parse(context, &raw.host_ip, |ip| parse_address(ip, "hostIp"));
@@ -741,116 +741,122 @@ fn check_instance_address(
     ip: Ipv4Addr,
     prefix: Option<u8>,
     node: &Node,
-) -> Result<Ipv4Inet, String> {
+) -> Result<Ipv4Inet, Invalid> {
     let subnet = node.subnet();
     let node_name = quoted(&node.name);
     if let Some(prefix) = prefix
         && prefix != subnet.network_length()
     {
-        return Err(format!(
+        return Err(Invalid(format!(
             "prefix /{prefix} of address {ip} differs from the /{} of Node {node_name}'s subnet {subnet}",
             subnet.network_length()
-        ));
+        )));
     }
     if !subnet.contains(&ip) {
-        return Err(format!(
+        return Err(Invalid(format!(
             "address {ip} is outside Node {node_name}'s subnet {subnet}"
-        ));
+        )));
     }
     if ip == subnet.first_address() {
-        return Err(format!(
+        return Err(Invalid(format!(
             "address {ip} is the network address of subnet {subnet}"
-        ));
+        )));
     }
     if ip == subnet.last_address() {
-        return Err(format!(
+        return Err(Invalid(format!(
             "address {ip} is the broadcast address of subnet {subnet}"
-        ));
+        )));
     }
     if ip == node.gateway() {
-        return Err(format!(
+        return Err(Invalid(format!(
             "address {ip} is Node {node_name}'s gateway (its bridge address)"
-        ));
+        )));
     }
-    Ipv4Inet::new(ip, subnet.network_length()).map_err(|error| error.to_string())
+    Ipv4Inet::new(ip, subnet.network_length()).map_err(|error| Invalid(error.to_string()))
 }
 
 /// An IPv4 address, with a clear word for IPv6 and anything else.
-fn parse_address(text: &str, what: &str) -> Result<Ipv4Addr, String> {
-    text.parse::<Ipv4Addr>().map_err(|_| {
-        if text.parse::<std::net::Ipv6Addr>().is_ok() {
-            format!("{what} {}: IPv6 is not supported", quoted(text))
-        } else {
-            format!("{what} {} is not an IPv4 address", quoted(text))
-        }
-    })
+fn parse_address(text: &str, what: &str) -> Result<Ipv4Addr, Invalid> {
+    text.parse::<Ipv4Addr>()
+        .map_err(|_| {
+            if text.parse::<std::net::Ipv6Addr>().is_ok() {
+                format!("{what} {}: IPv6 is not supported", quoted(text))
+            } else {
+                format!("{what} {} is not an IPv4 address", quoted(text))
+            }
+        })
+        .map_err(Invalid)
 }
 
 /// `A.B.C.D/N`, with a clear message for each way it can be wrong.
-fn parse_prefixed(text: &str, what: &str) -> Result<(Ipv4Addr, u8), String> {
+fn parse_prefixed(text: &str, what: &str) -> Result<(Ipv4Addr, u8), Invalid> {
     let Some((address, prefix)) = text.split_once('/') else {
-        return Err(format!(
+        return Err(Invalid(format!(
             "{what} {} needs a prefix length, as in 10.0.0.1/24",
             quoted(text)
-        ));
+        )));
     };
-    let address = parse_address(address, what).map_err(|_| {
-        if address.parse::<std::net::Ipv6Addr>().is_ok() {
-            format!("{what} {}: IPv6 is not supported", quoted(text))
-        } else {
-            format!(
-                "{what} {} is not an IPv4 CIDR such as 10.0.0.1/24",
-                quoted(text)
-            )
-        }
-    })?;
+    let address = parse_address(address, what)
+        .map_err(|_| {
+            if address.parse::<std::net::Ipv6Addr>().is_ok() {
+                format!("{what} {}: IPv6 is not supported", quoted(text))
+            } else {
+                format!(
+                    "{what} {} is not an IPv4 CIDR such as 10.0.0.1/24",
+                    quoted(text)
+                )
+            }
+        })
+        .map_err(Invalid)?;
     // Digits only, no leading zero: `/024` or `/+24` are typos, not prefixes.
     let canonical = !prefix.is_empty()
         && prefix.bytes().all(|b| b.is_ascii_digit())
         && (prefix == "0" || !prefix.starts_with('0'));
     match prefix.parse::<u8>() {
         Ok(prefix) if canonical && prefix <= 32 => Ok((address, prefix)),
-        _ => Err(format!(
+        _ => Err(Invalid(format!(
             "{what} {} has an invalid prefix length (0..32)",
             quoted(text)
-        )),
+        ))),
     }
 }
 
 /// A Cluster `cidr`: a network such as 10.0.0.0/16.
-fn parse_network(text: &str) -> Result<Ipv4Cidr, String> {
+fn parse_network(text: &str) -> Result<Ipv4Cidr, Invalid> {
     let (address, prefix) = parse_prefixed(text, "cidr")?;
-    Ipv4Cidr::new(address, prefix).map_err(|_| {
-        let network = Ipv4Inet::new(address, prefix).map(|inet| inet.network());
-        format!(
-            "cidr {} has host bits set: did you mean {}?",
-            quoted(text),
-            network
-                .map(|network| network.to_string())
-                .unwrap_or_default()
-        )
-    })
+    Ipv4Cidr::new(address, prefix)
+        .map_err(|_| {
+            let network = Ipv4Inet::new(address, prefix).map(|inet| inet.network());
+            format!(
+                "cidr {} has host bits set: did you mean {}?",
+                quoted(text),
+                network
+                    .map(|network| network.to_string())
+                    .unwrap_or_default()
+            )
+        })
+        .map_err(Invalid)
 }
 
 /// A Node `cidr`: the bridge's address and prefix, a usable host address of its subnet.
-fn parse_gateway(text: &str) -> Result<Ipv4Inet, String> {
+fn parse_gateway(text: &str) -> Result<Ipv4Inet, Invalid> {
     let (address, prefix) = parse_prefixed(text, "cidr")?;
     if address.is_loopback() {
-        return Err(format!(
+        return Err(Invalid(format!(
             "cidr {}: a loopback address cannot be a node's bridge address, the gateway of its instances",
             quoted(text)
-        ));
+        )));
     }
     if prefix > 30 {
-        return Err(format!(
+        return Err(Invalid(format!(
             "cidr {}: a node subnet needs a prefix of at most /30 to hold instances",
             quoted(text)
-        ));
+        )));
     }
-    let inet = Ipv4Inet::new(address, prefix).map_err(|error| error.to_string())?;
+    let inet = Ipv4Inet::new(address, prefix).map_err(|error| Invalid(error.to_string()))?;
     let subnet = inet.network();
     if address == subnet.first_address() || address == subnet.last_address() {
-        return Err(format!(
+        return Err(Invalid(format!(
             "cidr {} is the {} address of {subnet}, not a usable bridge address (e.g. {}/{prefix})",
             quoted(text),
             if address == subnet.first_address() {
@@ -859,13 +865,13 @@ fn parse_gateway(text: &str) -> Result<Ipv4Inet, String> {
                 "broadcast"
             },
             Ipv4Addr::from(u32::from(subnet.first_address()) + 1),
-        ));
+        )));
     }
     Ok(inet)
 }
 
 /// An Instance `address`: `10.0.0.2/24` or `10.0.0.2`.
-fn parse_instance_address(text: &str) -> Result<(Ipv4Addr, Option<u8>), String> {
+fn parse_instance_address(text: &str) -> Result<(Ipv4Addr, Option<u8>), Invalid> {
     if text.contains('/') {
         let (address, prefix) = parse_prefixed(text, "address")?;
         Ok((address, Some(prefix)))
@@ -875,45 +881,45 @@ fn parse_instance_address(text: &str) -> Result<(Ipv4Addr, Option<u8>), String> 
 }
 
 /// Rules every name follows: it ends up in paths, interface aliases and log lines.
-fn check_name(kind: &str, name: &str) -> Result<(), String> {
+fn check_name(kind: &str, name: &str) -> Result<(), Invalid> {
     check_text(&format!("{kind} name"), name, MAX_NODE_NAME)
 }
 
 /// The rules of names for `what` (`Node name`, `Instance id`...), at most `max` bytes.
-fn check_text(what: &str, name: &str, max: usize) -> Result<(), String> {
+fn check_text(what: &str, name: &str, max: usize) -> Result<(), Invalid> {
     if name.is_empty() {
-        return Err(format!("{what} must not be empty"));
+        return Err(Invalid(format!("{what} must not be empty")));
     }
     if let Some(c) = name.chars().find(|c| c.is_control()) {
-        return Err(format!(
+        return Err(Invalid(format!(
             "{what} {} contains a control character (U+{:04X})",
             quoted(name),
             c as u32
-        ));
+        )));
     }
     if name.contains('/') || name.contains("..") {
-        return Err(format!(
+        return Err(Invalid(format!(
             "{what} {} must not contain `/` or `..`",
             quoted(name)
-        ));
+        )));
     }
     if name.chars().any(char::is_whitespace) {
-        return Err(format!(
+        return Err(Invalid(format!(
             "{what} {} must not contain whitespace",
             quoted(name)
-        ));
+        )));
     }
     if name.len() > max {
-        return Err(format!(
+        return Err(Invalid(format!(
             "{what} is {} characters long, over the limit of {max}",
             name.chars().count()
-        ));
+        )));
     }
     Ok(())
 }
 
 /// The rules of a Node name.
-pub fn check_node_name(name: &str) -> Result<(), String> {
+pub fn check_node_name(name: &str) -> Result<(), Invalid> {
     check_name("Node", name)
 }
 
@@ -932,31 +938,31 @@ pub fn is_dns_label(name: &str) -> bool {
 
 /// An Instance `id`: any name an orchestrator gives (capitals, dots...) that is safe as the
 /// namespace name `kudo-<id>`.
-pub fn check_instance_id(id: &str) -> Result<(), String> {
+pub fn check_instance_id(id: &str) -> Result<(), Invalid> {
     check_text("Instance id", id, MAX_INSTANCE_ID)
 }
 
 /// Instance names are DNS labels: they name namespaces and appear in DNS-like places.
-fn check_instance_name(name: &str) -> Result<(), String> {
+fn check_instance_name(name: &str) -> Result<(), Invalid> {
     if name.len() > MAX_INSTANCE_NAME {
-        return Err(format!(
+        return Err(Invalid(format!(
             "Instance name is {} characters long, over the DNS label limit of {MAX_INSTANCE_NAME}",
             name.chars().count()
-        ));
+        )));
     }
     check_name("Instance", name)?;
     if is_dns_label(name) {
         Ok(())
     } else {
-        Err(format!(
+        Err(Invalid(format!(
             "Instance name {} is not a DNS label: lowercase letters, digits and `-`, \
              starting and ending with a letter or digit, at most 63 characters",
             quoted(name)
-        ))
+        )))
     }
 }
 
-fn check_bridge_name(name: &str) -> Result<(), String> {
+fn check_bridge_name(name: &str) -> Result<(), Invalid> {
     let valid = (1..=names::MAX_INTERFACE_NAME).contains(&name.len())
         && name
             .bytes()
@@ -964,22 +970,22 @@ fn check_bridge_name(name: &str) -> Result<(), String> {
         && !name.contains("..")
         && name != ".";
     if !valid {
-        return Err(format!(
+        return Err(Invalid(format!(
             "bridge {} must be 1..15 characters of [a-zA-Z0-9_.-], without `..`",
             quoted(name)
-        ));
+        )));
     }
     match names::reserved_link_name(name) {
-        Some(reason) => Err(format!(
+        Some(reason) => Err(Invalid(format!(
             "bridge {} {reason}; choose another name",
             quoted(name)
-        )),
+        ))),
         None => Ok(()),
     }
 }
 
 /// Any name the kernel accepts for an existing interface.
-fn check_interface_name(name: &str) -> Result<(), String> {
+fn check_interface_name(name: &str) -> Result<(), Invalid> {
     let valid = (1..=names::MAX_INTERFACE_NAME).contains(&name.len())
         && !name
             .chars()
@@ -989,9 +995,9 @@ fn check_interface_name(name: &str) -> Result<(), String> {
     if valid {
         Ok(())
     } else {
-        Err(format!(
+        Err(Invalid(format!(
             "uplink {} is not an interface name (1..15 characters, no `/`, `:` or whitespace)",
             quoted(name)
-        ))
+        )))
     }
 }

@@ -19,8 +19,8 @@ use cidr::{Ipv4Cidr, Ipv4Inet};
 use kudonet::dataplane::Dataplane;
 use kudonet::dataplane::memory::MemoryDataplane;
 use kudonet::names;
-use kudonet::observe::JUMP_MARK;
-use kudonet::observe::{Link, LinkKind, LinkRef, Namespace, Observed, Route, Table};
+use kudonet::names::JUMP_MARK;
+use kudonet::observed::{Link, LinkKind, LinkRef, Namespace, Observed, Route, Table};
 use kudonet::plan::{Action, plan};
 use kudonet::spec::{Cluster, ClusterMode, Desired, Instance, Node, Protocol, PublishedPort};
 

@@ -2,7 +2,7 @@
 //! nodes and desired states from (the libFuzzer front end is in
 //! fuzz/fuzz_targets/plan_converges.rs).
 
-use kudonet::observe::Observed;
+use kudonet::observed::Observed;
 use kudonet::spec::{Desired, PublishedPort};
 use proptest::prelude::*;
 use proptest::sample::{select, subsequence};

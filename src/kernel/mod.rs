@@ -1,18 +1,32 @@
-//! The dataplane of a real node: rtnetlink for links, addresses and routes, the netns
-//! directory for namespaces, `/proc/sys` for sysctls, iptables-restore for the firewall.
+//! The kernel: all of kudonet's kernel I/O lives here. [`KernelDataplane`] is the
+//! [`Dataplane`] of a real node: rtnetlink for links, addresses and routes
+//! ([`netlink::route`]), the netns directory for namespaces ([`netns`]), `/proc/sys` for
+//! sysctls ([`sysctl`]), a [`firewall::FirewallDriver`] for the firewall, and nf_tables
+//! ([`netlink::netfilter`]) for its generation and the forward hook. [`observe`] reads the
+//! node incrementally; [`events`] subscribes to the kernel's events and reports what they
+//! name.
+
+pub mod events;
+pub mod firewall;
+pub mod netlink;
+pub mod netns;
+pub mod observe;
+pub mod sysctl;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::iptables::Iptables;
-use super::netlink::{Netlink, NetlinkError};
-use super::netns::NamespaceSockets;
-use super::nftables::Generation;
-use super::{Dataplane, DataplaneError, netns};
+use firewall::{FirewallDriver, Iptables};
+use netlink::netfilter::Generation;
+use netlink::{Netlink, NetlinkError};
+use netns::NamespaceSockets;
+use observe::{Snapshot, Sources, observe, parse_link};
+use sysctl::sysctl_path;
+
+use crate::dataplane::{Cause, Changes, Dataplane, DataplaneError};
 use crate::faults::crash_point;
 use crate::names;
-use crate::observe::kernel::{Changes, Snapshot, Sources, observe, parse_link, sysctl_path};
-use crate::observe::{LinkKind, LinkRef, Observed};
+use crate::observed::{LinkKind, LinkRef, Observed};
 use crate::plan::Action;
 
 pub struct KernelDataplane {
@@ -41,9 +55,9 @@ impl KernelDataplane {
     pub fn new(netns_dir: &Path, iptables: Iptables) -> Result<KernelDataplane, DataplaneError> {
         iptables
             .check_available()
-            .map_err(|error| DataplaneError::Unavailable(error.to_string()))?;
+            .map_err(|error| DataplaneError::Unavailable(error.into()))?;
         let host = Netlink::open().map_err(|error| {
-            DataplaneError::Observe(format!("cannot open a netlink socket: {error}"))
+            DataplaneError::Observe(observe::ObserveError::Socket(error).into())
         })?;
         Ok(KernelDataplane {
             netns_dir: netns_dir.to_path_buf(),
@@ -55,20 +69,6 @@ impl KernelDataplane {
             changes: Changes::everything(),
             incremental: false,
         })
-    }
-
-    /// From now on, observations read only what [`changed`] reported and what kudonet's
-    /// own actions touched since the last one. For an owner that follows kernel events (the
-    /// controller); one that misses some must report [`Changes::everything`].
-    ///
-    /// [`changed`]: KernelDataplane::changed
-    pub fn observe_incrementally(&mut self) {
-        self.incremental = true;
-    }
-
-    /// Reports what may have changed in the kernel since the last observation.
-    pub fn changed(&mut self, changes: Changes) {
-        self.changes.merge(changes);
     }
 
     /// Notes what `action` may change, for the next observation to read it again: the
@@ -136,11 +136,11 @@ impl KernelDataplane {
     /// A per-interface sysctl is written only for an existing bridge marked as kudonet's:
     /// `all` and `default` would change every interface of the node (route_localnet there
     /// exposes services bound to 127.0.0.1), and anyone else's interface is not ours.
-    fn check_own_bridge(&mut self, key: &str, device: &str) -> Result<(), String> {
+    fn check_own_bridge(&mut self, key: &str, device: &str) -> Result<(), Cause> {
         let link = self
             .host
             .get_link(device)
-            .map_err(|error| error.to_string())?
+            .map_err(Cause::from)?
             .as_ref()
             .and_then(parse_link);
         let own = link.is_some_and(|link| {
@@ -150,27 +150,25 @@ impl KernelDataplane {
         if own {
             Ok(())
         } else {
-            Err(format!(
+            Err(Cause::refusal(format!(
                 "refusing to set {key}: {device} is not kudonet's bridge"
-            ))
+            )))
         }
     }
 
-    fn socket(&mut self, netns: Option<&str>) -> Result<&mut Netlink, String> {
+    fn socket(&mut self, netns: Option<&str>) -> Result<&mut Netlink, Cause> {
         let Some(netns) = netns else {
             return Ok(&mut self.host);
         };
         self.namespaces
             .get(netns)
-            .map_err(|error| format!("cannot enter namespace {netns}: {error}"))
+            .map_err(|error| Cause::io(format!("cannot enter namespace {netns}"), error))
     }
 
     /// The socket of `link`'s namespace and the link's index there.
-    fn link(&mut self, link: &LinkRef) -> Result<(&mut Netlink, u32), String> {
+    fn link(&mut self, link: &LinkRef) -> Result<(&mut Netlink, u32), Cause> {
         let socket = self.socket(link.netns.as_deref())?;
-        let index = socket
-            .link_index(&link.name)
-            .map_err(|error| error.to_string())?;
+        let index = socket.link_index(&link.name).map_err(Cause::from)?;
         Ok((socket, index))
     }
 
@@ -182,10 +180,10 @@ impl KernelDataplane {
         name: &str,
         alias: &str,
         create: impl FnOnce(&mut Netlink, &str) -> Result<(), NetlinkError>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Cause> {
         let scratch = names::scratch_link_name();
         let host = &mut self.host;
-        create(host, &scratch).map_err(|error| error.to_string())?;
+        create(host, &scratch).map_err(Cause::from)?;
         let marked = (|| {
             crash_point();
             let index = host.link_index(&scratch)?;
@@ -197,23 +195,23 @@ impl KernelDataplane {
             if let Ok(index) = host.link_index(&scratch) {
                 let _ = host.delete_link(index, &scratch);
             }
-            error.to_string()
+            Cause::from(error)
         })
     }
 
-    fn apply_action(&mut self, action: &Action) -> Result<(), String> {
+    fn apply_action(&mut self, action: &Action) -> Result<(), Cause> {
         match action {
             Action::CreateNamespace { name } => netns::create(&self.netns_dir, name)
-                .map_err(|error| format!("create namespace: {error}")),
+                .map_err(|error| Cause::io("create namespace", error)),
             Action::DeleteNamespace { name } => {
                 self.namespaces.forget(name);
                 netns::delete(&self.netns_dir, name)
-                    .map_err(|error| format!("delete namespace: {error}"))
+                    .map_err(|error| Cause::io("delete namespace", error))
             }
             Action::CreateBridge { name, mtu } => {
                 // A fixed address, so that ports coming and going never change it; random,
                 // as the kernel's, so that bridges joined by the vxlan overlay differ.
-                let mac = random_mac().map_err(|error| format!("bridge address: {error}"))?;
+                let mac = random_mac().map_err(|error| Cause::io("bridge address", error))?;
                 self.create_marked(name, &names::bridge_alias(), |host, scratch| {
                     host.create_bridge(scratch, Some(mac), *mtu)
                 })
@@ -225,7 +223,7 @@ impl KernelDataplane {
                 mtu,
             } => {
                 let peer_netns = netns::open(&self.netns_dir, namespace)
-                    .map_err(|error| format!("open namespace {namespace}: {error}"))?;
+                    .map_err(|error| Cause::io(format!("open namespace {namespace}"), error))?;
                 self.create_marked(host, &names::instance_alias(instance), |socket, scratch| {
                     socket.create_veth(
                         scratch,
@@ -243,48 +241,40 @@ impl KernelDataplane {
             }
             Action::DeleteLink { link } => {
                 let (socket, index) = self.link(link)?;
-                socket
-                    .delete_link(index, &link.name)
-                    .map_err(|error| error.to_string())
+                socket.delete_link(index, &link.name).map_err(Cause::from)
             }
             Action::SetMtu { link, mtu } => {
                 let (socket, index) = self.link(link)?;
-                socket
-                    .set_mtu(index, &link.name, *mtu)
-                    .map_err(|error| error.to_string())
+                socket.set_mtu(index, &link.name, *mtu).map_err(Cause::from)
             }
             Action::SetUp { link } => {
                 let (socket, index) = self.link(link)?;
-                socket
-                    .set_up(index, &link.name)
-                    .map_err(|error| error.to_string())
+                socket.set_up(index, &link.name).map_err(Cause::from)
             }
             Action::SetMaster { link, bridge } => {
                 let host = &mut self.host;
                 let (index, master) =
                     (|| Ok::<_, NetlinkError>((host.link_index(link)?, host.link_index(bridge)?)))(
                     )
-                    .map_err(|error| error.to_string())?;
+                    .map_err(Cause::from)?;
                 host.set_master(index, link, master, bridge)
-                    .map_err(|error| error.to_string())
+                    .map_err(Cause::from)
             }
             Action::SetHairpin { link } => {
                 let (socket, index) = self.link(&LinkRef::host(link))?;
-                socket
-                    .set_hairpin(index, link)
-                    .map_err(|error| error.to_string())
+                socket.set_hairpin(index, link).map_err(Cause::from)
             }
             Action::AddAddress { link, address } => {
                 let (socket, index) = self.link(link)?;
                 socket
                     .add_address(index, &link.name, *address)
-                    .map_err(|error| error.to_string())
+                    .map_err(Cause::from)
             }
             Action::DeleteAddress { link, address } => {
                 let (socket, index) = self.link(link)?;
                 socket
                     .delete_address(index, &link.name, *address)
-                    .map_err(|error| error.to_string())
+                    .map_err(Cause::from)
             }
             Action::ReplaceDefaultRoute { namespace, gateway } => {
                 let eth0 = LinkRef::in_namespace(namespace, names::INSTANCE_INTERFACE);
@@ -293,7 +283,7 @@ impl KernelDataplane {
                     cidr::Ipv4Cidr::new(std::net::Ipv4Addr::UNSPECIFIED, 0).expect("0.0.0.0/0");
                 socket
                     .replace_route(default, *gateway, Some(index), names::ROUTE_PROTOCOL)
-                    .map_err(|error| error.to_string())
+                    .map_err(Cause::from)
             }
             Action::ReplaceRoute {
                 destination,
@@ -301,9 +291,9 @@ impl KernelDataplane {
                 device: Some(device),
             } => {
                 let host = &mut self.host;
-                let index = host.link_index(device).map_err(|error| error.to_string())?;
+                let index = host.link_index(device).map_err(Cause::from)?;
                 host.replace_route_onlink(*destination, *gateway, index, names::ROUTE_PROTOCOL)
-                    .map_err(|error| error.to_string())
+                    .map_err(Cause::from)
             }
             Action::CreateVxlan {
                 name,
@@ -314,11 +304,7 @@ impl KernelDataplane {
                 mtu,
             } => {
                 let uplink_index = match uplink {
-                    Some(uplink) => Some(
-                        self.host
-                            .link_index(uplink)
-                            .map_err(|error| error.to_string())?,
-                    ),
+                    Some(uplink) => Some(self.host.link_index(uplink).map_err(Cause::from)?),
                     None => None,
                 };
                 self.create_marked(name, &names::vxlan_alias(), |host, scratch| {
@@ -329,13 +315,13 @@ impl KernelDataplane {
                 let (socket, index) = self.link(&LinkRef::host(link))?;
                 socket
                     .add_flood(index, link, *destination)
-                    .map_err(|error| error.to_string())
+                    .map_err(Cause::from)
             }
             Action::DeleteFlood { link, destination } => {
                 let (socket, index) = self.link(&LinkRef::host(link))?;
                 socket
                     .delete_flood(index, link, *destination)
-                    .map_err(|error| error.to_string())
+                    .map_err(Cause::from)
             }
             Action::ReplaceRoute {
                 destination,
@@ -344,18 +330,18 @@ impl KernelDataplane {
             } => self
                 .host
                 .replace_route(*destination, *gateway, None, names::ROUTE_PROTOCOL)
-                .map_err(|error| error.to_string()),
+                .map_err(Cause::from),
             Action::DeleteRoute { destination } => self
                 .host
                 .delete_route(*destination, names::ROUTE_PROTOCOL)
-                .map_err(|error| error.to_string()),
+                .map_err(Cause::from),
             Action::SetSysctl { key, value } => {
-                if let Some(device) = crate::plan::sysctl_interface(key) {
+                if let Some(device) = names::sysctl_interface(key) {
                     self.check_own_bridge(key, device)?;
                 }
                 let path = sysctl_path(key);
                 fs::write(&path, value)
-                    .map_err(|error| format!("write {}: {error}", path.display()))
+                    .map_err(|error| Cause::io(format!("write {}", path.display()), error))
             }
             Action::SyncTable {
                 table,
@@ -365,13 +351,11 @@ impl KernelDataplane {
             } => self
                 .iptables
                 .sync_table(table, chains, jumps)
-                .map_err(|error| error.to_string()),
+                .map_err(Cause::from),
             Action::PurgeOtherBackend { table } => self
                 .iptables
-                .other_backend()
-                .ok_or_else(|| "the other iptables backend is not installed".to_string())?
-                .sync_table(table, &Default::default(), &Default::default())
-                .map_err(|error| error.to_string()),
+                .purge_other_backend(table)
+                .map_err(Cause::from),
         }
     }
 }
@@ -379,15 +363,22 @@ impl KernelDataplane {
 impl Dataplane for KernelDataplane {
     fn check_can_change(&mut self) -> Result<(), DataplaneError> {
         // Opening for writing is enough to meet a read-only /proc/sys (a container's).
-        let path = sysctl_path(crate::plan::IP_FORWARD);
+        let path = sysctl_path(names::IP_FORWARD);
         std::fs::OpenOptions::new()
             .write(true)
             .open(&path)
             .map(drop)
             .map_err(|error| {
-                DataplaneError::Unavailable(format!(
-                    "cannot change sysctls: {}: {error} (kudonet needs a writable /proc/sys/net)",
-                    path.display()
+                let context = format!("cannot change sysctls: {}", path.display());
+                let can_retry = error
+                    .raw_os_error()
+                    .is_none_or(crate::dataplane::errno_can_retry);
+                DataplaneError::Unavailable(Cause::new(
+                    NeedsWritableSysctls(crate::dataplane::IoError {
+                        context,
+                        source: error,
+                    }),
+                    can_retry,
                 ))
             })
     }
@@ -408,15 +399,21 @@ impl Dataplane for KernelDataplane {
         observe(sources, &mut self.snapshot, &changes).map_err(|error| {
             // Half read: read everything the next time.
             self.changes = Changes::everything();
-            DataplaneError::Observe(error.to_string())
+            DataplaneError::Observe(error.into())
         })
+    }
+    fn observe_incrementally(&mut self) {
+        self.incremental = true;
+    }
+    fn changed(&mut self, changes: Changes) {
+        self.changes.merge(changes);
     }
     fn apply(&mut self, action: &Action) -> Result<(), DataplaneError> {
         self.touches(action);
         crash_point();
         let result = self
             .apply_action(action)
-            .map_err(|reason| DataplaneError::action(action, reason));
+            .map_err(|cause| DataplaneError::action(action, cause));
         crash_point();
         result
     }
@@ -430,3 +427,8 @@ fn random_mac() -> std::io::Result<[u8; 6]> {
     mac[0] = (mac[0] & 0xfe) | 0x02;
     Ok(mac)
 }
+
+/// `/proc/sys` cannot be written: the message says what kudonet needs.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} (kudonet needs a writable /proc/sys/net)")]
+struct NeedsWritableSysctls(#[source] crate::dataplane::IoError);

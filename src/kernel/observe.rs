@@ -10,7 +10,6 @@
 //! generation, and no link or namespace at all.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs;
 use std::path::Path;
 
 use netlink_packet_route::link::{
@@ -19,14 +18,14 @@ use netlink_packet_route::link::{
 };
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 
-use super::{Link, LinkKind, LinkRef, Namespace, Observed, Route, Table, Vxlan};
-use crate::dataplane::iptables::Iptables;
-use crate::dataplane::netlink::{Netlink, NetlinkError};
-use crate::dataplane::netns::{self, NamespaceSockets};
-use crate::dataplane::nftables::Generation;
-use crate::names;
-use crate::plan::firewall::{FILTER, NAT};
-use crate::plan::{IP_FORWARD, route_localnet};
+use super::firewall::{FirewallDriver, FirewallError, FirewallView, Iptables};
+use super::netlink::netfilter::Generation;
+use super::netlink::{Netlink, NetlinkError};
+use super::netns::{self, NamespaceSockets};
+use super::sysctl::read_sysctl;
+use crate::dataplane::{Cause, Changes};
+use crate::names::{self, IP_FORWARD, route_localnet};
+use crate::observed::{Link, LinkKind, LinkRef, Namespace, Observed, Route, Vxlan};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ObserveError {
@@ -39,39 +38,34 @@ pub enum ObserveError {
     #[error("reading sysctl {key}: {source}")]
     Sysctl { key: String, source: std::io::Error },
     #[error("{0}")]
-    Firewall(#[from] crate::dataplane::iptables::FirewallError),
+    Firewall(#[from] FirewallError),
 }
 
-/// What may have changed in the kernel since the last observation: what the next one
-/// reads again. The rest comes from the [`Snapshot`]. Addresses and routes of the node,
-/// sysctls and the list of namespaces are cheap and read every time; iptables is read
-/// again whenever the nf_tables generation moved.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Changes {
-    /// Trust no link or namespace read before: at start, on a resync, after dropped
-    /// events. iptables still follows its generation, the kernel's own change counter.
-    pub everything: bool,
-    /// Links of the node namespace, by interface index (as kernel events name them).
-    pub host_indexes: BTreeSet<u32>,
-    /// Links of the node namespace, by name (as kudonet's own actions name them).
-    pub host_names: BTreeSet<String>,
-    /// Namespaces of the netns directory, by name.
-    pub namespaces: BTreeSet<String>,
-}
-
-impl Changes {
-    pub fn everything() -> Changes {
-        Changes {
-            everything: true,
-            ..Changes::default()
+impl ObserveError {
+    /// Whether reading again can succeed: a netlink errno or a firewall failure says (see
+    /// their `can_retry`); a netns directory or a sysctl that cannot be read follows its
+    /// errno (a permission: no; a namespace or a link that vanished meanwhile: yes).
+    pub fn can_retry(&self) -> bool {
+        let errno = |error: &std::io::Error| {
+            error
+                .raw_os_error()
+                .is_none_or(crate::dataplane::errno_can_retry)
+        };
+        match self {
+            ObserveError::Socket(error) => errno(error),
+            ObserveError::Netlink(error) => error.can_retry(),
+            ObserveError::NetnsDir { source, .. } | ObserveError::Sysctl { source, .. } => {
+                errno(source)
+            }
+            ObserveError::Firewall(error) => error.can_retry(),
         }
     }
+}
 
-    pub fn merge(&mut self, other: Changes) {
-        self.everything |= other.everything;
-        self.host_indexes.extend(other.host_indexes);
-        self.host_names.extend(other.host_names);
-        self.namespaces.extend(other.namespaces);
+impl From<ObserveError> for Cause {
+    fn from(error: ObserveError) -> Cause {
+        let can_retry = error.can_retry();
+        Cause::new(error, can_retry)
     }
 }
 
@@ -263,7 +257,7 @@ pub fn observe(
         observed.sysctls.insert(key, value);
     }
 
-    let view = read_firewall(iptables, generation, &mut snapshot.firewall)?;
+    let view = iptables.read(generation, &mut snapshot.firewall)?;
     observed.firewall = view.tables;
     observed.other_backend = view.other_backend;
     observed.forward_blockers = view.forward_blockers;
@@ -407,7 +401,7 @@ fn read_namespace(netlink: &mut Netlink) -> Result<InstanceNamespace, ObserveErr
         .find_map(gateway);
     let owned = links
         .get("lo")
-        .is_some_and(|(lo, _, _)| lo.alias.as_deref() == Some(netns::NAMESPACE_MARK));
+        .is_some_and(|(lo, _, _)| lo.alias.as_deref() == Some(names::NAMESPACE_MARK));
     Ok(InstanceNamespace {
         owned,
         links,
@@ -423,92 +417,6 @@ fn addresses_by_index(
         addresses.entry(index).or_default().insert(address);
     }
     Ok(addresses)
-}
-
-/// iptables: the tables read at the last observation while the nf_tables generation has
-/// not moved since, else read afresh (one `iptables-save`).
-fn read_firewall(
-    iptables: &Iptables,
-    mut generation: Option<&mut Generation>,
-    cached: &mut Option<(u32, FirewallView)>,
-) -> Result<FirewallView, ObserveError> {
-    // Read before the tables: a change made meanwhile moves it past what is cached.
-    let now = generation
-        .as_deref_mut()
-        .and_then(|generation| generation.current().ok());
-    let other = iptables.other_backend();
-    let mut view = match (now, cached.as_ref()) {
-        (Some(now), Some((read_at, view))) if now == *read_at => view.clone(),
-        _ => {
-            let (tables, nf_tables) = iptables.read_tables(&[NAT, FILTER])?;
-            // nftables chains on the forward hook; with the nf_tables iptables, its own
-            // FORWARD chain is where kudonet's jump accepts first.
-            let forward_blockers = generation
-                .and_then(|generation| generation.forward_blockers(nf_tables).ok())
-                .unwrap_or_default();
-            let mut view = FirewallView {
-                tables,
-                other_backend: BTreeMap::new(),
-                forward_blockers,
-            };
-            // The nf_tables iptables as the other backend moves the generation too.
-            if let Some(other) = other.as_ref().filter(|other| !other.is_legacy()) {
-                read_other_backend(other, &mut view);
-            }
-            // The legacy backend moves no generation: it is read every time.
-            *cached = now.filter(|_| nf_tables).map(|now| (now, view.clone()));
-            view
-        }
-    };
-    if let Some(other) = other.as_ref().filter(|other| other.is_legacy())
-        && legacy_tables_in_use()
-    {
-        read_other_backend(other, &mut view);
-    }
-    Ok(view)
-}
-
-/// What the firewall holds: kudonet's backend's tables, and what others' rules do to the
-/// instances' traffic (see [`Observed::other_backend`], [`Observed::forward_blockers`]).
-#[derive(Debug, Clone, Default)]
-pub struct FirewallView {
-    tables: BTreeMap<String, Table>,
-    other_backend: BTreeMap<String, Table>,
-    forward_blockers: Vec<String>,
-}
-
-/// Whether this namespace has legacy iptables tables at all: without, reading them would
-/// only cost a process (and could load x_tables modules).
-fn legacy_tables_in_use() -> bool {
-    fs::read_to_string("/proc/net/ip_tables_names").is_ok_and(|names| !names.trim().is_empty())
-}
-
-/// Adds what the other backend holds to `view`: its tables with kudonet's chains or jump
-/// rules, and a FORWARD policy of DROP. Best effort: a backend that cannot be read is not
-/// reported (kudonet's own backend is what it must read).
-fn read_other_backend(other: &Iptables, view: &mut FirewallView) {
-    let (tables, forward_drops) = match other.read_all() {
-        Ok(read) => read,
-        Err(error) => {
-            tracing::debug!(%error, "cannot read the other iptables backend");
-            return;
-        }
-    };
-    let backend = if other.is_legacy() {
-        "iptables-legacy"
-    } else {
-        "iptables-nft"
-    };
-    if forward_drops {
-        view.forward_blockers.push(format!(
-            "{backend} FORWARD policy is DROP: forwarded instance traffic is dropped there, \
-             whatever kudonet's chains accept"
-        ));
-    }
-    view.other_backend = tables
-        .into_iter()
-        .filter(|(_, table)| table.has_kudonet_rules())
-        .collect();
 }
 
 /// A link as read, with the indexes needed to resolve its master, its vxlan underlay and
@@ -681,20 +589,4 @@ fn route_device(route: &RouteMessage) -> Option<u32> {
             RouteAttribute::Oif(index) => Some(*index),
             _ => None,
         })
-}
-
-/// The file of a sysctl under /proc/sys. Interface names may contain dots, so the device
-/// part of `net.ipv4.conf.<device>.<setting>` is kept whole.
-pub fn sysctl_path(key: &str) -> std::path::PathBuf {
-    let root = Path::new("/proc/sys");
-    if let Some(rest) = key.strip_prefix("net.ipv4.conf.")
-        && let Some((device, setting)) = rest.rsplit_once('.')
-    {
-        return root.join("net/ipv4/conf").join(device).join(setting);
-    }
-    root.join(key.replace('.', "/"))
-}
-
-fn read_sysctl(key: &str) -> std::io::Result<String> {
-    Ok(fs::read_to_string(sysctl_path(key))?.trim().to_string())
 }

@@ -7,8 +7,6 @@
 //! (`crate::names`), never from a local database, so that a rebooted or wiped node, or a
 //! second kudonet binary, sees the truth.
 
-pub mod kernel;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
@@ -211,11 +209,36 @@ impl Table {
 
     /// Whether `rule`, in a chain that is not kudonet's, is one of kudonet's jump rules.
     pub fn is_owned_jump(rule: &str) -> bool {
-        rule.strip_prefix(JUMP_MARK)
+        rule.strip_prefix(names::JUMP_MARK)
             .and_then(|rest| rest.strip_prefix(" -j "))
             .is_some_and(|target| target.starts_with(names::CHAIN_PREFIX) && !target.contains(' '))
     }
 }
 
-/// The comment on kudonet's jump rules in built-in chains, as `iptables-save` prints it.
-pub const JUMP_MARK: &str = "-m comment --comment kudonet";
+/// The table `current` becomes once synced to `chains` and `jumps`: every `KUDO-*` chain
+/// exactly as in `chains` (others deleted), and in every other chain kudonet's jump rules
+/// removed, then `jumps[chain]` put at its head. Other rules keep their place. This is the
+/// semantics of `Action::SyncTable` (the in-memory dataplane applies it too).
+pub fn synced_table(
+    current: &Table,
+    chains: &BTreeMap<String, Vec<String>>,
+    jumps: &BTreeMap<String, Vec<String>>,
+) -> Table {
+    let mut table = current.clone();
+    table
+        .chains
+        .retain(|chain, _| !Table::is_owned_chain(chain));
+    for rules in table.chains.values_mut() {
+        rules.retain(|rule| !Table::is_owned_jump(rule));
+    }
+    for (chain, rules) in jumps {
+        let head = table.chains.entry(chain.clone()).or_default();
+        head.splice(0..0, rules.iter().cloned());
+    }
+    table.chains.extend(
+        chains
+            .iter()
+            .map(|(chain, rules)| (chain.clone(), rules.clone())),
+    );
+    table
+}

@@ -1,12 +1,10 @@
-//! A small synchronous rtnetlink client: one socket per network namespace, with helpers
-//! named after what they do. Synchronous on purpose: the library API is synchronous, a
-//! request is a few microseconds, and no async runtime has to be entered to change a link.
+//! rtnetlink (netlink-packet-route): links, addresses, routes and forwarding entries, one
+//! socket per network namespace, with helpers named after what they do; and the decoding of
+//! the route family's events ([`changed_links`]).
 //!
-//! A netlink socket talks to the namespace it was created in, so [`Netlink::open_in`] creates
-//! it on a short-lived thread that has entered the target namespace; the socket then works
-//! from any thread.
+//! [`Netlink::open_in`] creates the socket on a short-lived thread that has entered the
+//! target namespace ([`in_namespace`]); the socket then works from any thread.
 
-use std::fmt;
 use std::fs::File;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
@@ -15,13 +13,12 @@ use std::path::Path;
 
 use cidr::{Ipv4Cidr, Ipv4Inet};
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_REPLACE,
-    NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NetlinkBuffer,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
     InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, InfoVxlan,
-    LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
+    LinkAttribute, LinkExtentMask, LinkFlags, LinkHeader, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -31,67 +28,22 @@ use netlink_packet_route::route::{
     RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+use netlink_sys::protocols::NETLINK_ROUTE;
 
-/// A failed netlink request: what was asked, and the kernel's answer.
-#[derive(Debug)]
-pub struct NetlinkError {
-    pub operation: String,
-    pub source: io::Error,
-}
-
-impl fmt::Display for NetlinkError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.operation, self.source)
-    }
-}
-
-impl std::error::Error for NetlinkError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
-    }
-}
-
-impl NetlinkError {
-    fn new(operation: impl Into<String>, source: io::Error) -> NetlinkError {
-        NetlinkError {
-            operation: operation.into(),
-            source,
-        }
-    }
-
-    /// The errno the kernel answered, if any.
-    pub fn errno(&self) -> Option<i32> {
-        self.source.raw_os_error()
-    }
-}
-
-pub type Result<T> = std::result::Result<T, NetlinkError>;
+use super::{Connection, NetlinkError, Result, in_namespace};
 
 /// A dump interrupted by a concurrent change is retried this many times.
 const DUMP_ATTEMPTS: usize = 5;
 
-/// A netlink socket of `protocol` in the calling thread's network namespace, talking to
-/// the kernel.
-pub fn connected(protocol: isize) -> io::Result<Socket> {
-    let mut socket = Socket::new(protocol)?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
-    Ok(socket)
-}
-
 pub struct Netlink {
-    socket: Socket,
-    sequence: u32,
+    connection: Connection,
 }
 
 impl Netlink {
     /// A socket in the calling thread's network namespace.
     pub fn open() -> io::Result<Netlink> {
-        let socket = connected(NETLINK_ROUTE)?;
         Ok(Netlink {
-            socket,
-            sequence: 0,
+            connection: Connection::open(NETLINK_ROUTE)?,
         })
     }
 
@@ -106,71 +58,7 @@ impl Netlink {
         message: RouteNetlinkMessage,
         flags: u16,
     ) -> io::Result<Vec<RouteNetlinkMessage>> {
-        self.request_map(message, flags, &mut Some)
-    }
-
-    /// Sends `message` and returns what `map` makes of each reply, as it arrives: a dump
-    /// of a thousand links is never held parsed all at once (a parsed link is kilobytes).
-    fn request_map<T>(
-        &mut self,
-        message: RouteNetlinkMessage,
-        flags: u16,
-        map: &mut impl FnMut(RouteNetlinkMessage) -> Option<T>,
-    ) -> io::Result<Vec<T>> {
-        self.sequence = self.sequence.wrapping_add(1);
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | flags;
-        header.sequence_number = self.sequence;
-        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(message));
-        packet.finalize();
-        let mut buffer = vec![0; packet.buffer_len()];
-        packet.serialize(&mut buffer);
-        self.socket.send(&buffer, 0)?;
-
-        let mut replies = Vec::new();
-        let mut interrupted = false;
-        loop {
-            let (bytes, _) = self.socket.recv_from_full()?;
-            let mut offset = 0;
-            while offset < bytes.len() {
-                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes[offset..])
-                    .map_err(|error| {
-                        io::Error::new(io::ErrorKind::InvalidData, error.to_string())
-                    })?;
-                let length = reply.header.length as usize;
-                if reply.header.sequence_number == self.sequence {
-                    // The dump raced a change: read it to its end (a socket runs one dump at
-                    // a time), then let the caller dump again.
-                    interrupted |= reply.header.flags & NLM_F_DUMP_INTR != 0;
-                    match reply.payload {
-                        NetlinkPayload::Done(_) if interrupted => {
-                            return Err(io::Error::from(io::ErrorKind::Interrupted));
-                        }
-                        NetlinkPayload::Done(_) => return Ok(replies),
-                        NetlinkPayload::Error(error) => {
-                            return match error.code {
-                                Some(_) => Err(error.to_io()),
-                                None => Ok(replies),
-                            };
-                        }
-                        NetlinkPayload::InnerMessage(inner) => {
-                            replies.extend(map(inner));
-                            if flags & NLM_F_DUMP != NLM_F_DUMP && flags & NLM_F_ACK == 0 {
-                                return Ok(replies);
-                            }
-                        }
-                        NetlinkPayload::Overrun(_) => {
-                            return Err(io::Error::other("netlink overrun"));
-                        }
-                        _ => {}
-                    }
-                }
-                if length == 0 {
-                    break;
-                }
-                offset += length;
-            }
-        }
+        self.connection.request_map(message, flags, &mut Some)
     }
 
     /// A request the kernel acknowledges; errors name `operation`.
@@ -202,7 +90,10 @@ impl Netlink {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.request_map(message.clone(), NLM_F_DUMP, &mut map) {
+            match self
+                .connection
+                .request_map(message.clone(), NLM_F_DUMP, &mut map)
+            {
                 Err(error)
                     if error.kind() == io::ErrorKind::Interrupted && attempt < DUMP_ATTEMPTS =>
                 {
@@ -690,21 +581,6 @@ impl Netlink {
     }
 }
 
-/// Runs `work` on a thread that has entered the network namespace `namespace`: namespaces
-/// are per thread, and the caller's own thread must stay where it is.
-pub fn in_namespace<T: Send>(namespace: &File, work: impl FnOnce() -> T + Send) -> io::Result<T> {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                nix::sched::setns(namespace, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(io::Error::from)?;
-                Ok(work())
-            })
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("namespace worker thread panicked")))
-    })
-}
-
 /// A request for links without their counters: kudonet never reads them, and filling and
 /// parsing them is about a third of a dump of a node's links.
 fn link_request() -> LinkMessage {
@@ -717,4 +593,51 @@ fn link_request() -> LinkMessage {
 
 fn libc_enodev() -> i32 {
     nix::errno::Errno::ENODEV as i32
+}
+
+/// The interface indexes of the link messages (`RTM_NEWLINK`, `RTM_DELLINK`) among the
+/// route family's event messages in `buffer` (one `recv`): the node's links they say changed.
+/// Other messages (addresses, routes) name no link; a message cut short ends the walk.
+pub(crate) fn changed_links(buffer: &[u8]) -> Vec<u32> {
+    const RTM_NEWLINK: u16 = 16;
+    const RTM_DELLINK: u16 = 17;
+    let mut indexes = Vec::new();
+    let mut offset = 0;
+    while let Some(rest) = buffer.get(offset..) {
+        let Ok(message) = NetlinkBuffer::new_checked(rest) else {
+            break;
+        };
+        if matches!(message.message_type(), RTM_NEWLINK | RTM_DELLINK)
+            && let Ok(header) = LinkHeader::parse(message.payload())
+        {
+            indexes.push(header.index);
+        }
+        offset += (message.length() as usize).div_ceil(4) * 4;
+    }
+    indexes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_events_name_their_interface_index() {
+        // RTM_NEWLINK for index 7, RTM_NEWADDR (names no link), RTM_DELLINK for index 300.
+        let message = |kind: u16, index: u32, length: u32| {
+            let mut bytes = Vec::new();
+            bytes.extend(length.to_ne_bytes());
+            bytes.extend(kind.to_ne_bytes());
+            bytes.extend([0u8; 10]);
+            bytes.extend([0u8; 4]);
+            bytes.extend(index.to_ne_bytes());
+            bytes.resize(length.div_ceil(4) as usize * 4, 0);
+            bytes
+        };
+        let mut buffer = message(16, 7, 34);
+        buffer.extend(message(20, 9, 40));
+        buffer.extend(message(17, 300, 32));
+        assert_eq!(changed_links(&buffer), [7, 300]);
+        assert_eq!(changed_links(&buffer[..20]), Vec::<u32>::new(), "cut short");
+    }
 }

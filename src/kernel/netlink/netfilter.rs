@@ -54,7 +54,7 @@ pub struct Generation {
 impl Generation {
     /// A socket in the calling thread's network namespace.
     pub fn open() -> io::Result<Generation> {
-        let socket = super::netlink::connected(NETLINK_NETFILTER)?;
+        let socket = super::connected(NETLINK_NETFILTER)?;
         Ok(Generation {
             socket,
             sequence: 0,

@@ -17,8 +17,7 @@ use nix::sched::{CloneFlags, unshare};
 
 use super::netlink::Netlink;
 
-/// The alias of the loopback of every namespace kudonet creates.
-pub const NAMESPACE_MARK: &str = "kudonet";
+use crate::names::NAMESPACE_MARK;
 
 /// Makes `dir` a mount point with shared propagation, as `ip netns add` does, so that
 /// namespaces mounted on its files show in every mount namespace of the machine (and a

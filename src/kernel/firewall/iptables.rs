@@ -18,7 +18,8 @@ use std::io::{ErrorKind, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
 
-use crate::observe::{JUMP_MARK, Table};
+use crate::names::JUMP_MARK;
+use crate::observed::Table;
 
 /// Where the iptables binaries are looked for when `PATH` lacks them (a root shell or a
 /// systemd unit has them in `PATH`; `sudo` and cron may not).
@@ -52,10 +53,52 @@ pub enum FirewallError {
     /// backend: a table created by `nft` that iptables cannot represent).
     #[error("iptables-save printed no table {table}{}", if note.is_empty() { String::new() } else { format!(": {note}") })]
     NoTable { table: String, note: String },
+    /// The other backend's programs are not installed.
+    #[error("the other iptables backend is not installed")]
+    NoOtherBackend,
     /// A sync was asked to write something that is not kudonet's, or that would not fit on
     /// one line of an `iptables-restore` script.
     #[error("refusing to sync table {table}: {reason}")]
     Refused { table: String, reason: String },
+}
+
+impl FirewallError {
+    /// Whether running the program again can succeed with nothing else changed:
+    ///
+    /// - no for a missing program ([`NotFound`](FirewallError::NotFound)), one that cannot
+    ///   be started ([`Spawn`](FirewallError::Spawn): permissions, a bad interpreter), output
+    ///   kudonet cannot read ([`Parse`](FirewallError::Parse),
+    ///   [`NoTable`](FirewallError::NoTable): a table only `nft` can show), a refused sync
+    ///   and a missing other backend;
+    /// - for a program that ran and failed ([`Failed`](FirewallError::Failed)): no when it
+    ///   says permission was denied (not root, no `CAP_NET_ADMIN`), yes otherwise, notably
+    ///   for contention on the xtables lock ("Another app is currently holding the xtables
+    ///   lock", "Resource temporarily unavailable") and for a ruleset changed meanwhile.
+    pub fn can_retry(&self) -> bool {
+        match self {
+            FirewallError::Failed { stderr, .. } => {
+                let denied = [
+                    "Permission denied",
+                    "must be root",
+                    "Operation not permitted",
+                ];
+                !denied.iter().any(|marker| stderr.contains(marker))
+            }
+            FirewallError::NotFound { .. }
+            | FirewallError::Spawn { .. }
+            | FirewallError::Parse { .. }
+            | FirewallError::NoTable { .. }
+            | FirewallError::NoOtherBackend
+            | FirewallError::Refused { .. } => false,
+        }
+    }
+}
+
+impl From<FirewallError> for crate::dataplane::Cause {
+    fn from(error: FirewallError) -> Self {
+        let can_retry = error.can_retry();
+        crate::dataplane::Cause::new(error, can_retry)
+    }
 }
 
 /// Parses `iptables-save` output: one or several `*table` … `COMMIT` blocks. Every chain
@@ -132,33 +175,7 @@ pub fn parse_save(text: &str) -> Result<BTreeMap<String, Table>, FirewallError> 
     Ok(tables)
 }
 
-/// The table `current` becomes once synced to `chains` and `jumps`: every `KUDO-*` chain
-/// exactly as in `chains` (others deleted), and in every other chain kudonet's jump rules
-/// removed, then `jumps[chain]` put at its head. Other rules keep their place. This is the
-/// semantics of `Action::SyncTable` (the in-memory dataplane applies it too).
-pub fn synced_table(
-    current: &Table,
-    chains: &BTreeMap<String, Vec<String>>,
-    jumps: &BTreeMap<String, Vec<String>>,
-) -> Table {
-    let mut table = current.clone();
-    table
-        .chains
-        .retain(|chain, _| !Table::is_owned_chain(chain));
-    for rules in table.chains.values_mut() {
-        rules.retain(|rule| !Table::is_owned_jump(rule));
-    }
-    for (chain, rules) in jumps {
-        let head = table.chains.entry(chain.clone()).or_default();
-        head.splice(0..0, rules.iter().cloned());
-    }
-    table.chains.extend(
-        chains
-            .iter()
-            .map(|(chain, rules)| (chain.clone(), rules.clone())),
-    );
-    table
-}
+pub use crate::observed::synced_table;
 
 /// The `iptables-restore --noflush` input that takes `current` (table `table` as read) to
 /// [`synced_table`] in one transaction. Line by line:
