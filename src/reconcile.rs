@@ -181,6 +181,8 @@ pub struct StatusDocument {
 ///   of it (`plan`, `apply` and `run` refuse such a node);
 /// - `UplinkShadowed`: the node's subnet lies inside a wider network of its uplink, whose
 ///   hosts there the node cannot reach (a warning);
+/// - `StaleOtherBackend`: kudonet's chains are left in the other iptables backend (until
+///   an apply removes them; one that cannot is logged, and the node still works);
 /// - `ForwardBlocked`: a firewall rule of someone else drops forwarded traffic whatever
 ///   kudonet's rules accept (a FORWARD policy of DROP in the other iptables backend, an
 ///   nftables forward chain with a drop policy or reject rules).
@@ -199,6 +201,7 @@ pub const CONDITION_TYPES: &[&str] = &[
     "UplinkOverlap",
     "UplinkShadowed",
     "ForwardBlocked",
+    "StaleOtherBackend",
 ];
 
 impl std::fmt::Display for Condition {
@@ -251,6 +254,18 @@ pub fn node_conditions(desired: &Desired, observed: &Observed, plan: &Plan) -> V
             kind: "UplinkShadowed",
             message: shadowed,
         });
+    }
+    for action in plan.actions() {
+        if let Action::PurgeOtherBackend { table } = action {
+            conditions.push(Condition {
+                kind: "StaleOtherBackend",
+                message: format!(
+                    "kudonet's chains in table {table} of the other iptables backend are still \
+                     there: they may forward ports of removed instances (apply removes them; \
+                     the log says why it could not)"
+                ),
+            });
+        }
     }
     conditions.extend(observed.forward_blockers.iter().map(|blocker| Condition {
         kind: "ForwardBlocked",
@@ -335,6 +350,8 @@ pub fn instance_status(
     let mut own_actions: HashMap<&str, Vec<&Action>> = HashMap::new();
     for step in &remaining.steps {
         match step.scope.instance_name() {
+            // Clean-up of what kudonet does not use is a node condition, not drift.
+            None if step.action.is_best_effort() => {}
             None => node_actions.push(&step.action),
             Some(name) => own_actions.entry(name).or_default().push(&step.action),
         }

@@ -143,7 +143,44 @@ fn kudonets_chains_in_the_other_iptables_backend_are_removed_by_apply_and_teardo
             assert!(common::firewall().contains("KUDO-"));
             assert_eq!(text(&apply_ok(dir.path()).stdout), "No changes.\n");
 
+            // The other backend's tools failing leaves the chains and says so, but the node
+            // and its instances still work.
             sh(legacy_leftovers);
+            sh(
+                "mkdir -p /run/broken && printf '#!/bin/sh\\necho cannot >&2\\nexit 1\\n' \
+                > /run/broken/iptables-legacy-restore && chmod 0755 /run/broken/iptables-legacy-restore",
+            );
+            let path = format!("/run/broken:{}", std::env::var("PATH").unwrap_or_default());
+            let broken = |args: &[&str]| {
+                std::process::Command::new(common::KUDONET)
+                    .args(args)
+                    .env("PATH", &path)
+                    .output()
+                    .unwrap()
+            };
+            let dir_arg = dir.path().to_str().unwrap();
+            let apply = broken(&["apply", dir_arg]);
+            assert_eq!(apply.status.code(), Some(1), "{}", text(&apply.stderr));
+            assert!(
+                text(&apply.stderr).contains("iptables-legacy-restore failed"),
+                "{}",
+                text(&apply.stderr)
+            );
+            let output = broken(&["status", dir_arg, "--output", "json"]);
+            let status: Value = serde_json::from_slice(&output.stdout).unwrap();
+            assert_eq!(status["instances"][0]["phase"], "Ready", "{status}");
+            assert!(
+                conditions(&status)
+                    .iter()
+                    .any(|condition| {
+                        condition.starts_with(
+                    "StaleOtherBackend: kudonet's chains in table nat of the other iptables backend"
+                )
+                    }),
+                "{status}"
+            );
+            assert!(legacy().contains("KUDO"));
+
             let teardown = kudonet(&["teardown", dir.path().to_str().unwrap()]);
             assert!(teardown.status.success(), "{}", text(&teardown.stderr));
             assert!(!legacy().contains("KUDO"), "{}", legacy());

@@ -218,7 +218,10 @@ fn changes_since_last_pass(events: Option<&KernelEvents>, everything: bool) -> C
 /// action it plans, so what remains was undone (a bridge name the planner takes for a crash
 /// leftover, another program fighting kudonet). `None` when the node as a whole converged.
 fn undone_node_work(outcome: &Outcome) -> Option<String> {
-    let action = outcome.remaining.node_actions().next()?;
+    let action = outcome
+        .remaining
+        .node_actions()
+        .find(|action| !action.is_best_effort())?;
     Some(format!(
         "{}: still needed after it was applied: something undoes it",
         action.summary()
@@ -397,6 +400,11 @@ impl Controller {
         let now = Instant::now();
         let mut failed = BTreeSet::new();
         for failure in &outcome.failures {
+            if failure.action.is_best_effort() {
+                // Reported as a node condition; the node works without it.
+                warn!("{}", failure.error);
+                continue;
+            }
             let key = &failure.scope;
             if failed.insert(key.clone()) {
                 let delay = self.backoff.failed(

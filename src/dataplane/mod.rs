@@ -28,6 +28,9 @@ pub struct Changes {
     pub host_names: BTreeSet<String>,
     /// Namespaces of the netns directory, by name.
     pub namespaces: BTreeSet<String>,
+    /// kudonet changed the other iptables backend (which moves no nf_tables generation when
+    /// it is the legacy one, and is otherwise read again only with `everything`).
+    pub other_backend: bool,
 }
 
 impl Changes {
@@ -43,6 +46,7 @@ impl Changes {
         self.host_indexes.extend(other.host_indexes);
         self.host_names.extend(other.host_names);
         self.namespaces.extend(other.namespaces);
+        self.other_backend |= other.other_backend;
     }
 }
 

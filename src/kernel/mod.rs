@@ -125,11 +125,11 @@ impl KernelDataplane {
             Action::ReplaceDefaultRoute { namespace, .. } => {
                 changes.namespaces.insert(namespace.clone());
             }
+            Action::PurgeOtherBackend { .. } => changes.other_backend = true,
             Action::ReplaceRoute { .. }
             | Action::DeleteRoute { .. }
             | Action::SetSysctl { .. }
-            | Action::SyncTable { .. }
-            | Action::PurgeOtherBackend { .. } => {}
+            | Action::SyncTable { .. } => {}
         }
     }
 

@@ -18,7 +18,7 @@ use netlink_packet_route::link::{
 };
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 
-use super::firewall::{FirewallDriver, FirewallError, FirewallView, Iptables};
+use super::firewall::{FirewallCache, FirewallDriver, FirewallError, Iptables};
 use super::netlink::netfilter::Generation;
 use super::netlink::{Netlink, NetlinkError};
 use super::netns::{self, NamespaceSockets};
@@ -75,8 +75,8 @@ pub struct Snapshot {
     /// Links of the node namespace by interface index; `None` before the first read.
     host_links: Option<BTreeMap<u32, RawLink>>,
     namespaces: HashMap<String, InstanceNamespace>,
-    /// What the firewall held, and the nf_tables generation it was read at.
-    firewall: Option<(u32, FirewallView)>,
+    /// What the firewall held, and when it was read.
+    firewall: FirewallCache,
 }
 
 impl Snapshot {
@@ -257,7 +257,11 @@ pub fn observe(
         observed.sysctls.insert(key, value);
     }
 
-    let view = iptables.read(generation, &mut snapshot.firewall)?;
+    // The legacy backend beside kudonet's moves no generation: it is read again on full
+    // reads (start, resync, the command line) and after kudonet changed it, since stale
+    // chains appear there only when a node switches backends.
+    let reread_legacy = changes.everything || changes.other_backend;
+    let view = iptables.read(generation, &mut snapshot.firewall, reread_legacy)?;
     observed.firewall = view.tables;
     observed.other_backend = view.other_backend;
     observed.forward_blockers = view.forward_blockers;

@@ -175,6 +175,14 @@ impl Action {
             .to_string()
     }
 
+    /// Whether the action is clean-up of something kudonet does not use (its chains left in
+    /// the other iptables backend): when it fails, the node still works, so the failure is
+    /// reported (the `StaleOtherBackend` node condition, the log) but neither fails the node
+    /// nor holds its instances back.
+    pub fn is_best_effort(&self) -> bool {
+        matches!(self, Action::PurgeOtherBackend { .. })
+    }
+
     /// A stable snake_case name of the action's kind, for metrics labels.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -51,6 +51,10 @@ pub fn sandboxed(name: &str, body: impl FnOnce()) {
 fn prepare_sandbox() {
     run_ok("mount", &["-t", "tmpfs", "kudonet-test-run", "/run"]);
     run_ok("ip", &["link", "set", "lo", "up"]);
+    // A new namespace inherits the machine's IPv4 settings (net.core.devconf_inherit_init_net):
+    // start every sandbox from the kernel's default, so that what a test expects kudonet to
+    // change does not depend on the machine. This is the sandbox's own namespace.
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "0").expect("set the sandbox's ip_forward");
 }
 
 /// Runs a command, returning its output whatever its status.

@@ -18,7 +18,7 @@ use std::io::{ErrorKind, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
 
-use crate::names::JUMP_MARK;
+use crate::names::{FILTER, JUMP_MARK, NAT};
 use crate::observed::Table;
 
 /// Where the iptables binaries are looked for when `PATH` lacks them (a root shell or a
@@ -249,6 +249,8 @@ fn push_rule(script: &mut String, command: &str, rule: &str) {
 pub struct Iptables {
     save: PathBuf,
     restore: PathBuf,
+    /// The other backend's programs, once looked up (see [`Iptables::other_backend`]).
+    other: std::sync::OnceLock<Option<Box<Iptables>>>,
 }
 
 impl Default for Iptables {
@@ -268,6 +270,7 @@ impl Iptables {
         Iptables {
             save: save.into(),
             restore: restore.into(),
+            other: std::sync::OnceLock::new(),
         }
     }
 
@@ -275,6 +278,15 @@ impl Iptables {
     /// the nf_tables one, `iptables-nft-*` when it is the legacy one), if installed. `None`
     /// for explicit programs, or when the backend cannot be told from the binary's name.
     pub fn other_backend(&self) -> Option<Iptables> {
+        // Resolved once: it costs PATH look-ups and a canonicalize, and observations ask
+        // on every pass.
+        self.other
+            .get_or_init(|| self.find_other_backend().map(Box::new))
+            .as_deref()
+            .cloned()
+    }
+
+    fn find_other_backend(&self) -> Option<Iptables> {
         if self.save != Path::new("iptables-save") {
             return None;
         }
@@ -300,15 +312,19 @@ impl Iptables {
         self.save.to_string_lossy().contains("legacy")
     }
 
-    /// Every table `iptables-save` prints, and whether the FORWARD chain of `filter` drops
-    /// by policy.
+    /// The `nat` and `filter` tables (those kudonet uses; others go unparsed, so a table
+    /// this parser cannot read does not hide them), and whether the FORWARD chain of
+    /// `filter` drops by policy.
     pub fn read_all(&self) -> Result<(BTreeMap<String, Table>, bool), FirewallError> {
         let output = run(&self.save, &[], None)?;
         let text = String::from_utf8_lossy(&output.stdout);
-        let forward_drops = only_tables(&text, &["filter"])
+        let forward_drops = only_tables(&text, &[FILTER])
             .lines()
             .any(|line| line.starts_with(":FORWARD DROP "));
-        Ok((parse_save(&text)?, forward_drops))
+        Ok((
+            parse_save(&only_tables(&text, &[NAT, FILTER]))?,
+            forward_drops,
+        ))
     }
 
     /// Checks that both programs can be found, before anything is changed: a node must not

@@ -22,12 +22,13 @@ pub trait FirewallDriver {
 
     /// What the firewall holds: kudonet's tables, the other backend's tables holding
     /// kudonet's rules, and what others' rules do to the instances' forwarded traffic.
-    /// `cached` is what was read at nf_tables generation `.0`, reused while `generation`
-    /// has not moved.
+    /// What `cache` holds is reused while the nf_tables `generation` has not moved; a
+    /// backend that moves no generation is read again only with `reread_unversioned`.
     fn read(
         &self,
         generation: Option<&mut Generation>,
-        cached: &mut Option<(u32, FirewallView)>,
+        cache: &mut FirewallCache,
+        reread_unversioned: bool,
     ) -> Result<FirewallView, FirewallError>;
 
     /// Syncs `table` to `chains` and `jumps` in one transaction (see
@@ -51,9 +52,10 @@ impl FirewallDriver for Iptables {
     fn read(
         &self,
         generation: Option<&mut Generation>,
-        cached: &mut Option<(u32, FirewallView)>,
+        cache: &mut FirewallCache,
+        reread_unversioned: bool,
     ) -> Result<FirewallView, FirewallError> {
-        read_firewall(self, generation, cached)
+        read_firewall(self, generation, cache, reread_unversioned)
     }
 
     fn sync_table(
@@ -72,26 +74,45 @@ impl FirewallDriver for Iptables {
     }
 }
 
+/// What an observation keeps of the firewall for the next one.
+#[derive(Debug, Clone, Default)]
+pub struct FirewallCache {
+    /// What nf_tables held (kudonet's tables when iptables is the nf_tables one, nftables
+    /// forward chains, the nf_tables iptables as the other backend), and the generation it
+    /// was read at.
+    versioned: Option<(u32, FirewallView)>,
+    /// What the legacy backend beside kudonet's nf_tables iptables held, when last read.
+    legacy: Option<OtherBackend>,
+}
+
 /// iptables: the tables read at the last observation while the nf_tables generation has
-/// not moved since, else read afresh (one `iptables-save`).
+/// not moved since, else read afresh (one `iptables-save`); the legacy backend beside it
+/// only when `reread_legacy`.
 pub(super) fn read_firewall(
     iptables: &Iptables,
     mut generation: Option<&mut Generation>,
-    cached: &mut Option<(u32, FirewallView)>,
+    cache: &mut FirewallCache,
+    reread_legacy: bool,
 ) -> Result<FirewallView, FirewallError> {
     // Read before the tables: a change made meanwhile moves it past what is cached.
     let now = generation
         .as_deref_mut()
         .and_then(|generation| generation.current().ok());
     let other = iptables.other_backend();
-    let mut view = match (now, cached.as_ref()) {
+    let mut view = match (now, cache.versioned.as_ref()) {
         (Some(now), Some((read_at, view))) if now == *read_at => view.clone(),
         _ => {
             let (tables, nf_tables) = iptables.read_tables(&[NAT, FILTER])?;
-            // nftables chains on the forward hook; with the nf_tables iptables, its own
-            // FORWARD chain is where kudonet's jump accepts first.
+            let other_nft = other.as_ref().filter(|other| !other.is_legacy());
+            // nftables chains on the forward hook. iptables-nft's own `ip filter` is left
+            // out: kudonet's jump accepts first there when it is kudonet's backend, and the
+            // other backend's read reports its FORWARD policy when it is not.
             let forward_blockers = generation
-                .and_then(|generation| generation.forward_blockers(nf_tables).ok())
+                .and_then(|generation| {
+                    generation
+                        .forward_blockers(nf_tables || other_nft.is_some())
+                        .ok()
+                })
                 .unwrap_or_default();
             let mut view = FirewallView {
                 tables,
@@ -99,18 +120,27 @@ pub(super) fn read_firewall(
                 forward_blockers,
             };
             // The nf_tables iptables as the other backend moves the generation too.
-            if let Some(other) = other.as_ref().filter(|other| !other.is_legacy()) {
-                read_other_backend(other, &mut view);
+            if let Some(other) = other_nft
+                && let Some(read) = read_other_backend(other)
+            {
+                read.add_to(&mut view);
             }
-            // The legacy backend moves no generation: it is read every time.
-            *cached = now.filter(|_| nf_tables).map(|now| (now, view.clone()));
+            // The legacy backend moves no generation: kudonet's own is read every time.
+            cache.versioned = now.filter(|_| nf_tables).map(|now| (now, view.clone()));
             view
         }
     };
-    if let Some(other) = other.as_ref().filter(|other| other.is_legacy())
-        && legacy_tables_in_use()
-    {
-        read_other_backend(other, &mut view);
+    match other.as_ref().filter(|other| other.is_legacy()) {
+        Some(legacy) if reread_legacy => {
+            cache.legacy = legacy_tables_in_use()
+                .then(|| read_other_backend(legacy))
+                .flatten();
+        }
+        Some(_) => {}
+        None => cache.legacy = None,
+    }
+    if let Some(legacy) = &cache.legacy {
+        legacy.add_to(&mut view);
     }
     Ok(view)
 }
@@ -130,30 +160,48 @@ fn legacy_tables_in_use() -> bool {
     fs::read_to_string("/proc/net/ip_tables_names").is_ok_and(|names| !names.trim().is_empty())
 }
 
-/// Adds what the other backend holds to `view`: its tables with kudonet's chains or jump
-/// rules, and a FORWARD policy of DROP. Best effort: a backend that cannot be read is not
-/// reported (kudonet's own backend is what it must read).
-fn read_other_backend(other: &Iptables, view: &mut FirewallView) {
+/// What the other backend holds that matters to kudonet: its tables with kudonet's chains
+/// or jump rules, and whether its FORWARD chain drops by policy.
+#[derive(Debug, Clone)]
+struct OtherBackend {
+    backend: &'static str,
+    stale: BTreeMap<String, Table>,
+    forward_drops: bool,
+}
+
+impl OtherBackend {
+    fn add_to(&self, view: &mut FirewallView) {
+        if self.forward_drops {
+            view.forward_blockers.push(format!(
+                "{} FORWARD policy is DROP: forwarded instance traffic is dropped there, \
+                 whatever kudonet's chains accept",
+                self.backend
+            ));
+        }
+        view.other_backend.extend(self.stale.clone());
+    }
+}
+
+/// Reads the other backend. Best effort: one that cannot be read is not reported
+/// (kudonet's own backend is what it must read).
+fn read_other_backend(other: &Iptables) -> Option<OtherBackend> {
     let (tables, forward_drops) = match other.read_all() {
         Ok(read) => read,
         Err(error) => {
             tracing::debug!(%error, "cannot read the other iptables backend");
-            return;
+            return None;
         }
     };
-    let backend = if other.is_legacy() {
-        "iptables-legacy"
-    } else {
-        "iptables-nft"
-    };
-    if forward_drops {
-        view.forward_blockers.push(format!(
-            "{backend} FORWARD policy is DROP: forwarded instance traffic is dropped there, \
-             whatever kudonet's chains accept"
-        ));
-    }
-    view.other_backend = tables
-        .into_iter()
-        .filter(|(_, table)| table.has_kudonet_rules())
-        .collect();
+    Some(OtherBackend {
+        backend: if other.is_legacy() {
+            "iptables-legacy"
+        } else {
+            "iptables-nft"
+        },
+        stale: tables
+            .into_iter()
+            .filter(|(_, table)| table.has_kudonet_rules())
+            .collect(),
+        forward_drops,
+    })
 }
