@@ -126,6 +126,12 @@ impl Link {
             .as_deref()
             .is_some_and(|alias| alias.starts_with(names::ALIAS_PREFIX))
     }
+
+    /// Whether this link is a bridge carrying kudonet's bridge mark.
+    pub fn is_kudonet_bridge(&self) -> bool {
+        self.kind == LinkKind::Bridge
+            && self.alias.as_deref() == Some(names::bridge_alias().as_str())
+    }
 }
 
 /// A link by namespace and name. `netns: None` is the node's own namespace.

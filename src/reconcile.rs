@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::dataplane::{Dataplane, DataplaneError};
 use crate::names;
 use crate::observed::Observed;
-use crate::plan::{Action, Plan, Scope, Step, plan, plan_teardown};
+use crate::plan::{Action, Plan, Scope, Step, plan, plan_teardown, uplink};
 use crate::spec::{self, Desired, Diagnostics, Spec};
 
 /// Why the desired state could not be read.
@@ -208,15 +208,6 @@ impl std::fmt::Display for Condition {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.kind, self.message)
     }
-}
-
-/// The uplink of the node: its `uplink:`, else the interface of the default route.
-fn uplink<'a>(desired: &'a Desired, observed: &'a Observed) -> Option<&'a str> {
-    desired
-        .node
-        .uplink
-        .as_deref()
-        .or(observed.default_route_interface.as_deref())
 }
 
 /// The node-wide conditions of a node observed as `observed`, given its `plan`.

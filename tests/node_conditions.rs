@@ -170,13 +170,11 @@ fn kudonets_chains_in_the_other_iptables_backend_are_removed_by_apply_and_teardo
             let status: Value = serde_json::from_slice(&output.stdout).unwrap();
             assert_eq!(status["instances"][0]["phase"], "Ready", "{status}");
             assert!(
-                conditions(&status)
-                    .iter()
-                    .any(|condition| {
-                        condition.starts_with(
+                conditions(&status).iter().any(|condition| {
+                    condition.starts_with(
                     "StaleOtherBackend: kudonet's chains in table nat of the other iptables backend"
                 )
-                    }),
+                }),
                 "{status}"
             );
             assert!(legacy().contains("KUDO"));

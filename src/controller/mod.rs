@@ -291,9 +291,10 @@ impl Controller {
                 self.errors = errors;
             }
         }
-        self.metrics
-            .desired_valid
-            .set(i64::from(self.errors.is_empty()));
+        // What the last pass found invalid on this machine stands until a pass says otherwise.
+        self.metrics.desired_valid.set(i64::from(
+            self.errors.is_empty() && self.machine_errors.is_empty(),
+        ));
     }
 
     /// One pass doing `work`, what the triggers taken require. `node_waits`: the node as a

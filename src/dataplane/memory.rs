@@ -301,10 +301,11 @@ impl MemoryDataplane {
                 // As the kernel dataplane: a per-interface sysctl only for an existing bridge
                 // of kudonet's, never for `all`, `default` or anyone else's interface.
                 if let Some(device) = crate::plan::sysctl_interface(key)
-                    && !self.state.links.get(device).is_some_and(|link| {
-                        link.kind == LinkKind::Bridge
-                            && link.alias.as_deref() == Some(names::bridge_alias().as_str())
-                    })
+                    && !self
+                        .state
+                        .links
+                        .get(device)
+                        .is_some_and(Link::is_kudonet_bridge)
                 {
                     return Err(Rejected(format!(
                         "refusing to set {key}: {device} is not kudonet's bridge"

@@ -26,7 +26,7 @@ use sysctl::sysctl_path;
 use crate::dataplane::{Cause, Changes, Dataplane, DataplaneError};
 use crate::faults::crash_point;
 use crate::names;
-use crate::observed::{LinkKind, LinkRef, Observed};
+use crate::observed::{LinkRef, Observed};
 use crate::plan::Action;
 
 pub struct KernelDataplane {
@@ -143,11 +143,7 @@ impl KernelDataplane {
             .map_err(Cause::from)?
             .as_ref()
             .and_then(parse_link);
-        let own = link.is_some_and(|link| {
-            link.kind == LinkKind::Bridge
-                && link.alias.as_deref() == Some(names::bridge_alias().as_str())
-        });
-        if own {
+        if link.is_some_and(|link| link.is_kudonet_bridge()) {
             Ok(())
         } else {
             Err(Cause::refusal(format!(

@@ -135,15 +135,20 @@ impl fmt::Display for Plan {
     }
 }
 
+/// The node's uplink: its `uplink:`, else the interface of the default route, if any.
+pub fn uplink<'a>(desired: &'a Desired, observed: &'a Observed) -> Option<&'a str> {
+    desired
+        .node
+        .uplink
+        .as_deref()
+        .or(observed.default_route_interface.as_deref())
+}
+
 /// The plan that makes `observed` match `desired`.
 pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
     let wanted = Wanted::from(desired);
     let mut planner = Planner::new(observed, &wanted);
-    let uplink = desired
-        .node
-        .uplink
-        .as_deref()
-        .or(observed.default_route_interface.as_deref());
+    let uplink = uplink(desired, observed);
     // A node subnet that overlaps the uplink's would cut the node off its own network:
     // refused before anything changes (the command line reports it at the Node's cidr).
     if let Some(uplink) = uplink
@@ -435,12 +440,7 @@ impl<'a> Planner<'a> {
         let name = &node.bridge;
         let link = LinkRef::host(name);
         let current = match self.observed.links.get(name) {
-            Some(existing)
-                if existing.kind == LinkKind::Bridge
-                    && existing.alias.as_deref() == Some(&names::bridge_alias()) =>
-            {
-                Some(existing)
-            }
+            Some(existing) if existing.is_kudonet_bridge() => Some(existing),
             Some(existing) => {
                 self.conflict(format!(
                     "link {name} exists and is not kudonet's bridge ({}): kudonet leaves it alone; \
