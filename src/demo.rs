@@ -12,7 +12,6 @@ use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
 
 use crate::kernel::KernelDataplane;
-use crate::kernel::firewall::iptables::Iptables;
 use crate::kernel::netlink::Netlink;
 use crate::kernel::netns;
 use crate::names;
@@ -104,8 +103,8 @@ pub fn run(
         desired.node.name, uplink.device, uplink.address, uplink.outside
     )?;
 
-    let mut dataplane = KernelDataplane::new(netns_dir, Iptables::new())
-        .map_err(|e| io::Error::other(e.to_string()))?;
+    let mut dataplane =
+        KernelDataplane::new(netns_dir).map_err(|e| io::Error::other(e.to_string()))?;
     let outcome = reconcile::converge(&mut dataplane, &desired, &Default::default(), |_| {})
         .map_err(|e| io::Error::other(e.to_string()))?;
     let (add, change, destroy) = crate::plan::count_effects(&outcome.applied);

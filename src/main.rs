@@ -9,7 +9,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use kudonet::dataplane::Dataplane;
 use kudonet::kernel::KernelDataplane;
-use kudonet::kernel::firewall::iptables::Iptables;
 use kudonet::observed::Observed;
 use kudonet::plan::{count_effects, plan};
 use kudonet::reconcile::{self, Failure, StatusDocument, load_desired};
@@ -273,7 +272,7 @@ fn plural(count: usize) -> &'static str {
 /// The kernel dataplane of this node, after checking privileges.
 fn dataplane(cli: &Cli, command: &str) -> Result<KernelDataplane, String> {
     privileges::require(command, privileges::NODE_ADMIN).map_err(|missing| missing.to_string())?;
-    KernelDataplane::new(&cli.netns_dir, Iptables::new()).map_err(|error| error.to_string())
+    KernelDataplane::new(&cli.netns_dir).map_err(|error| error.to_string())
 }
 
 fn observe(dataplane: &mut KernelDataplane) -> Result<Observed, String> {

@@ -5,7 +5,8 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use kudonet::kernel::firewall::iptables::{FirewallError, Iptables, parse_save, synced_table};
+use kudonet::kernel::firewall::FirewallError;
+use kudonet::kernel::firewall::iptables::{Iptables, parse_save, synced_table};
 use kudonet::observed::Table;
 
 type Chains = BTreeMap<String, Vec<String>>;

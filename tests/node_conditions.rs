@@ -13,7 +13,6 @@ use std::process::Output;
 
 use common::{run_ok, sandboxed, setup_outside, sh};
 use kudonet::kernel::KernelDataplane;
-use kudonet::kernel::firewall::iptables::Iptables;
 use kudonet::reconcile;
 use serde_json::Value;
 
@@ -81,8 +80,7 @@ fn route_localnet_is_never_written_for_an_interface_that_is_not_kudonets_bridge(
             desired.node.bridge = "all".to_string();
             let all = "/proc/sys/net/ipv4/conf/all/route_localnet";
             assert_eq!(std::fs::read_to_string(all).unwrap().trim(), "0");
-            let mut dataplane =
-                KernelDataplane::new(Path::new("/run/netns"), Iptables::new()).unwrap();
+            let mut dataplane = KernelDataplane::new(Path::new("/run/netns")).unwrap();
             let outcome =
                 reconcile::converge(&mut dataplane, &desired, &Default::default(), |_| {}).unwrap();
             let errors: Vec<String> = outcome.failures.iter().map(|f| f.to_string()).collect();

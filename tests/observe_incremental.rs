@@ -11,7 +11,6 @@ use kudonet::controller::triggers::Triggers;
 use kudonet::dataplane::Dataplane;
 use kudonet::kernel::KernelDataplane;
 use kudonet::kernel::events::KernelEvents;
-use kudonet::kernel::firewall::iptables::Iptables;
 use kudonet::names;
 use kudonet::observed::Observed;
 use kudonet::reconcile;
@@ -78,7 +77,7 @@ impl Steps {
 }
 
 fn full_read() -> Observed {
-    KernelDataplane::new(Path::new(NETNS_DIR), Iptables::new())
+    KernelDataplane::new(Path::new(NETNS_DIR))
         .unwrap()
         .observe()
         .unwrap()
@@ -101,7 +100,7 @@ fn random_changes_are_all_seen(seed: u64) {
     let (_, desired) = reconcile::load_desired(state.path(), Some("node-a")).unwrap();
     let triggers = Triggers::new();
     let events = KernelEvents::start(&triggers).unwrap();
-    let mut dataplane = KernelDataplane::new(Path::new(NETNS_DIR), Iptables::new()).unwrap();
+    let mut dataplane = KernelDataplane::new(Path::new(NETNS_DIR)).unwrap();
     dataplane.observe_incrementally();
     let outcome = reconcile::converge(&mut dataplane, &desired, &Default::default(), |_| {})
         .expect("the node is built");
@@ -164,8 +163,7 @@ fn an_incremental_observation_equals_a_full_read_after_any_changes() {
             for seed in [1, 0x5eed, 0xdeca_fbad, 42_424_242] {
                 random_changes_are_all_seen(seed);
                 // The next sequence starts from a fresh node.
-                let mut dataplane =
-                    KernelDataplane::new(Path::new(NETNS_DIR), Iptables::new()).unwrap();
+                let mut dataplane = KernelDataplane::new(Path::new(NETNS_DIR)).unwrap();
                 reconcile::teardown(&mut dataplane, |_| {}).unwrap();
                 // Deleted namespaces take their veths with them a moment later: links may
                 // vanish while being listed, and are waited for.

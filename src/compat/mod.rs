@@ -15,7 +15,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::kernel::KernelDataplane;
-use crate::kernel::firewall::iptables::Iptables;
 use crate::lock::{self, NodeLock};
 use crate::plan::{Scope, Step};
 use crate::reconcile::{self, DesiredError, Failure, Outcome, load_desired};
@@ -116,7 +115,7 @@ pub(crate) fn converge(config: &Config, node: &str, scope: Scope) -> Result<(), 
             },
         }
     })?;
-    let mut dataplane = KernelDataplane::new(&config.netns_dir, Iptables::new())?;
+    let mut dataplane = KernelDataplane::new(&config.netns_dir)?;
     let outcome = reconcile::converge(&mut dataplane, &desired, &BTreeSet::new(), |action| {
         tracing::info!(node, "{}", action.summary());
     })?;
@@ -173,7 +172,7 @@ fn problems(outcome: &Outcome, scope: &Scope) -> Vec<String> {
 
 /// Removes everything kudonet owns on this node, as `kudonet teardown` does.
 pub(crate) fn teardown(config: &Config, node: &str) -> Result<(), NetworkError> {
-    let mut dataplane = KernelDataplane::new(&config.netns_dir, Iptables::new())?;
+    let mut dataplane = KernelDataplane::new(&config.netns_dir)?;
     let outcome = reconcile::teardown(&mut dataplane, |action| {
         tracing::info!(node, "{}", action.summary())
     })?;

@@ -34,7 +34,6 @@ use crate::dataplane::Changes;
 use crate::dataplane::Dataplane;
 use crate::kernel::KernelDataplane;
 use crate::kernel::events::KernelEvents;
-use crate::kernel::firewall::iptables::Iptables;
 use crate::lock::{self, NodeLock};
 use crate::plan::Scope;
 use crate::reconcile::{self, InstanceStatus, Outcome, Phase, StatusDocument, load_desired};
@@ -133,7 +132,7 @@ pub async fn run(options: Options) -> Result<(), ControllerError> {
             }),
         )?;
     }
-    let mut dataplane = KernelDataplane::new(&options.netns_dir, Iptables::new())?;
+    let mut dataplane = KernelDataplane::new(&options.netns_dir)?;
     let _ = std::fs::create_dir_all(&options.netns_dir);
     let netns_watcher = DirWatcher::new(&options.netns_dir, false, &triggers, Trigger::Kernel)
         .map_err(|error| warn!(dir = %options.netns_dir.display(), %error, "cannot watch the netns directory"))

@@ -31,7 +31,8 @@ use crate::plan::Action;
 
 pub struct KernelDataplane {
     netns_dir: PathBuf,
-    iptables: Iptables,
+    /// The firewall backend (iptables today), behind its seam.
+    firewall: Box<dyn FirewallDriver + Send>,
     /// A socket in the node's namespace (the one kudonet runs in).
     host: Netlink,
     /// Sockets inside instance namespaces, opened when first needed and reused.
@@ -51,9 +52,18 @@ pub struct KernelDataplane {
 
 impl KernelDataplane {
     /// A dataplane for the network namespace of the calling thread, with instance
-    /// namespaces in `netns_dir`.
-    pub fn new(netns_dir: &Path, iptables: Iptables) -> Result<KernelDataplane, DataplaneError> {
-        iptables
+    /// namespaces in `netns_dir`, and the machine's firewall backend (the `iptables` in
+    /// `PATH` or the sbin folders).
+    pub fn new(netns_dir: &Path) -> Result<KernelDataplane, DataplaneError> {
+        KernelDataplane::with_firewall(netns_dir, Box::new(Iptables::new()))
+    }
+
+    /// As [`KernelDataplane::new`], with the firewall backend `firewall`.
+    pub fn with_firewall(
+        netns_dir: &Path,
+        firewall: Box<dyn FirewallDriver + Send>,
+    ) -> Result<KernelDataplane, DataplaneError> {
+        firewall
             .check_available()
             .map_err(|error| DataplaneError::Unavailable(error.into()))?;
         let host = Netlink::open().map_err(|error| {
@@ -61,7 +71,7 @@ impl KernelDataplane {
         })?;
         Ok(KernelDataplane {
             netns_dir: netns_dir.to_path_buf(),
-            iptables,
+            firewall,
             host,
             namespaces: NamespaceSockets::new(netns_dir),
             generation: Generation::open().ok(),
@@ -345,11 +355,11 @@ impl KernelDataplane {
                 jumps,
                 ..
             } => self
-                .iptables
+                .firewall
                 .sync_table(table, chains, jumps)
                 .map_err(Cause::from),
             Action::PurgeOtherBackend { table } => self
-                .iptables
+                .firewall
                 .purge_other_backend(table)
                 .map_err(Cause::from),
         }
@@ -389,7 +399,7 @@ impl Dataplane for KernelDataplane {
             host: &mut self.host,
             netns_dir: &self.netns_dir,
             sockets: &mut self.namespaces,
-            iptables: &self.iptables,
+            firewall: self.firewall.as_ref(),
             generation: self.generation.as_mut(),
         };
         observe(sources, &mut self.snapshot, &changes).map_err(|error| {

@@ -18,7 +18,7 @@ use netlink_packet_route::link::{
 };
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 
-use super::firewall::{FirewallCache, FirewallDriver, FirewallError, Iptables};
+use super::firewall::{FirewallCache, FirewallDriver, FirewallError};
 use super::netlink::netfilter::Generation;
 use super::netlink::{Netlink, NetlinkError};
 use super::netns::{self, NamespaceSockets};
@@ -129,7 +129,7 @@ pub struct Sources<'a> {
     pub netns_dir: &'a Path,
     /// Sockets inside the namespaces, reused between observations.
     pub sockets: &'a mut NamespaceSockets,
-    pub iptables: &'a Iptables,
+    pub firewall: &'a dyn FirewallDriver,
     /// The nf_tables generation, when it can be read.
     pub generation: Option<&'a mut Generation>,
 }
@@ -146,7 +146,7 @@ pub fn observe(
         host,
         netns_dir,
         sockets,
-        iptables,
+        firewall,
         generation,
     } = sources;
     // Namespaces first: a veth end moved or replaced inside one changes its host end's
@@ -261,7 +261,7 @@ pub fn observe(
     // reads (start, resync, the command line) and after kudonet changed it, since stale
     // chains appear there only when a node switches backends.
     let reread_legacy = changes.everything || changes.other_backend;
-    let view = iptables.read(generation, &mut snapshot.firewall, reread_legacy)?;
+    let view = firewall.read(generation, &mut snapshot.firewall, reread_legacy)?;
     observed.firewall = view.tables;
     observed.other_backend = view.other_backend;
     observed.forward_blockers = view.forward_blockers;

@@ -18,88 +18,13 @@ use std::io::{ErrorKind, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
 
+use super::FirewallError;
 use crate::names::{FILTER, JUMP_MARK, NAT};
 use crate::observed::Table;
 
 /// Where the iptables binaries are looked for when `PATH` lacks them (a root shell or a
 /// systemd unit has them in `PATH`; `sudo` and cron may not).
 const SBIN_DIRS: &[&str] = &["/usr/local/sbin", "/usr/sbin", "/sbin"];
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FirewallError {
-    /// The binary is neither at the given path nor in `PATH`.
-    #[error("{program} not found: install the iptables package (apt-get install iptables)")]
-    NotFound { program: String },
-    /// The binary exists but could not be started (permissions, a bad interpreter...).
-    #[error("cannot run {program}: {reason}")]
-    Spawn { program: String, reason: String },
-    /// The binary ran and failed. `stderr` is on one line; `script_line` is the line of the
-    /// `iptables-restore` input it named as failing (`4: COMMIT`), if any.
-    #[error("{program} failed ({status}): {stderr}{}", script_line.as_ref().map(|line| format!(" [script line {line}]")).unwrap_or_default())]
-    Failed {
-        program: String,
-        status: String,
-        stderr: String,
-        script_line: Option<String>,
-    },
-    /// `iptables-save` printed something this parser does not understand.
-    #[error("iptables-save output, line {line}: {reason}: {text:?}")]
-    Parse {
-        line: usize,
-        reason: String,
-        text: String,
-    },
-    /// `iptables-save -t TABLE` succeeded without printing the table (with the nf_tables
-    /// backend: a table created by `nft` that iptables cannot represent).
-    #[error("iptables-save printed no table {table}{}", if note.is_empty() { String::new() } else { format!(": {note}") })]
-    NoTable { table: String, note: String },
-    /// The other backend's programs are not installed.
-    #[error("the other iptables backend is not installed")]
-    NoOtherBackend,
-    /// A sync was asked to write something that is not kudonet's, or that would not fit on
-    /// one line of an `iptables-restore` script.
-    #[error("refusing to sync table {table}: {reason}")]
-    Refused { table: String, reason: String },
-}
-
-impl FirewallError {
-    /// Whether running the program again can succeed with nothing else changed:
-    ///
-    /// - no for a missing program ([`NotFound`](FirewallError::NotFound)), one that cannot
-    ///   be started ([`Spawn`](FirewallError::Spawn): permissions, a bad interpreter), output
-    ///   kudonet cannot read ([`Parse`](FirewallError::Parse),
-    ///   [`NoTable`](FirewallError::NoTable): a table only `nft` can show), a refused sync
-    ///   and a missing other backend;
-    /// - for a program that ran and failed ([`Failed`](FirewallError::Failed)): no when it
-    ///   says permission was denied (not root, no `CAP_NET_ADMIN`), yes otherwise, notably
-    ///   for contention on the xtables lock ("Another app is currently holding the xtables
-    ///   lock", "Resource temporarily unavailable") and for a ruleset changed meanwhile.
-    pub fn can_retry(&self) -> bool {
-        match self {
-            FirewallError::Failed { stderr, .. } => {
-                let denied = [
-                    "Permission denied",
-                    "must be root",
-                    "Operation not permitted",
-                ];
-                !denied.iter().any(|marker| stderr.contains(marker))
-            }
-            FirewallError::NotFound { .. }
-            | FirewallError::Spawn { .. }
-            | FirewallError::Parse { .. }
-            | FirewallError::NoTable { .. }
-            | FirewallError::NoOtherBackend
-            | FirewallError::Refused { .. } => false,
-        }
-    }
-}
-
-impl From<FirewallError> for crate::dataplane::Cause {
-    fn from(error: FirewallError) -> Self {
-        let can_retry = error.can_retry();
-        crate::dataplane::Cause::new(error, can_retry)
-    }
-}
 
 /// Parses `iptables-save` output: one or several `*table` … `COMMIT` blocks. Every chain
 /// declared in a table is in its map, empty or not; rules keep their order.
@@ -538,6 +463,7 @@ fn run(program: &Path, args: &[&str], stdin: Option<&str>) -> Result<Output, Fir
             _ => FirewallError::Spawn {
                 program: name.clone(),
                 reason: error.to_string(),
+                errno: error.raw_os_error(),
             },
         })?;
     // Write from another thread: a child that fills its output pipes before reading all
@@ -551,6 +477,7 @@ fn run(program: &Path, args: &[&str], stdin: Option<&str>) -> Result<Output, Fir
         .map_err(|error| FirewallError::Spawn {
             program: name.clone(),
             reason: error.to_string(),
+            errno: error.raw_os_error(),
         })?;
     // A write error (a broken pipe) means the child quit early: its status says why.
     let written = writer.map(|writer| writer.join());
@@ -567,6 +494,7 @@ fn run(program: &Path, args: &[&str], stdin: Option<&str>) -> Result<Output, Fir
         return Err(FirewallError::Spawn {
             program: name,
             reason: format!("writing its input: {error}"),
+            errno: error.raw_os_error(),
         });
     }
     Ok(output)

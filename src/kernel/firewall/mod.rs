@@ -8,11 +8,106 @@ pub mod iptables;
 use std::collections::BTreeMap;
 use std::fs;
 
-pub use iptables::{FirewallError, Iptables};
+pub use iptables::Iptables;
 
 use super::netlink::netfilter::Generation;
 use crate::names::{FILTER, NAT};
 use crate::observed::Table;
+
+/// Why a firewall backend could not read or change the firewall.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FirewallError {
+    /// The binary is neither at the given path nor in `PATH`.
+    #[error("{program} not found: install the iptables package (apt-get install iptables)")]
+    NotFound { program: String },
+    /// The binary exists but could not be started (permissions, a bad interpreter, no
+    /// memory to fork...); `errno` is the system's error number, when there is one.
+    #[error("cannot run {program}: {reason}")]
+    Spawn {
+        program: String,
+        reason: String,
+        errno: Option<i32>,
+    },
+    /// The binary ran and failed. `stderr` is on one line; `script_line` is the line of the
+    /// `iptables-restore` input it named as failing (`4: COMMIT`), if any.
+    #[error("{program} failed ({status}): {stderr}{}", script_line.as_ref().map(|line| format!(" [script line {line}]")).unwrap_or_default())]
+    Failed {
+        program: String,
+        status: String,
+        stderr: String,
+        script_line: Option<String>,
+    },
+    /// `iptables-save` printed something this parser does not understand.
+    #[error("iptables-save output, line {line}: {reason}: {text:?}")]
+    Parse {
+        line: usize,
+        reason: String,
+        text: String,
+    },
+    /// `iptables-save -t TABLE` succeeded without printing the table (with the nf_tables
+    /// backend: a table created by `nft` that iptables cannot represent).
+    #[error("iptables-save printed no table {table}{}", if note.is_empty() { String::new() } else { format!(": {note}") })]
+    NoTable { table: String, note: String },
+    /// The other backend's programs are not installed.
+    #[error("the other iptables backend is not installed")]
+    NoOtherBackend,
+    /// A sync was asked to write something that is not kudonet's, or that would not fit on
+    /// one line of an `iptables-restore` script.
+    #[error("refusing to sync table {table}: {reason}")]
+    Refused { table: String, reason: String },
+}
+
+impl FirewallError {
+    /// Whether running the program again can succeed with nothing else changed:
+    ///
+    /// - no for a missing program ([`NotFound`](FirewallError::NotFound)), one that cannot
+    ///   be started ([`Spawn`](FirewallError::Spawn): permissions, a bad interpreter; a
+    ///   transient errno such as EAGAIN or ENOMEM from fork says yes), output
+    ///   kudonet cannot read ([`Parse`](FirewallError::Parse),
+    ///   [`NoTable`](FirewallError::NoTable): a table only `nft` can show), a refused sync
+    ///   and a missing other backend;
+    /// - for a program that ran and failed ([`Failed`](FirewallError::Failed)): no when it
+    ///   says permission was denied (not root, no `CAP_NET_ADMIN`), yes otherwise, notably
+    ///   for contention on the xtables lock ("Another app is currently holding the xtables
+    ///   lock", "Resource temporarily unavailable") and for a ruleset changed meanwhile.
+    pub fn can_retry(&self) -> bool {
+        match self {
+            FirewallError::Failed { stderr, .. } => {
+                let denied = [
+                    "Permission denied",
+                    "must be root",
+                    "Operation not permitted",
+                ];
+                !denied.iter().any(|marker| stderr.contains(marker))
+            }
+            // Out of processes, memory or descriptors for a moment: a later fork can work.
+            FirewallError::Spawn { errno, .. } => errno.is_some_and(|errno| {
+                use nix::errno::Errno;
+                matches!(
+                    Errno::from_raw(errno),
+                    Errno::EAGAIN
+                        | Errno::ENOMEM
+                        | Errno::EMFILE
+                        | Errno::ENFILE
+                        | Errno::EINTR
+                        | Errno::ETXTBSY
+                )
+            }),
+            FirewallError::NotFound { .. }
+            | FirewallError::Parse { .. }
+            | FirewallError::NoTable { .. }
+            | FirewallError::NoOtherBackend
+            | FirewallError::Refused { .. } => false,
+        }
+    }
+}
+
+impl From<FirewallError> for crate::dataplane::Cause {
+    fn from(error: FirewallError) -> Self {
+        let can_retry = error.can_retry();
+        crate::dataplane::Cause::new(error, can_retry)
+    }
+}
 
 /// A firewall backend: what kudonet needs from one.
 pub trait FirewallDriver {
