@@ -99,18 +99,10 @@ pub fn bridge_alias() -> String {
 /// kudonet marks it. A link left with such a name by a crash is kudonet's and is deleted.
 pub const SCRATCH_PREFIX: &str = "kudonet-";
 
-/// A fresh scratch name: `kudonet-` and 7 hex digits (15 characters).
-pub fn scratch_link_name() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_nanos() as u64);
-    let seed = format!(
-        "{}-{nanos}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
+/// The scratch name made from `seed`: `kudonet-` and 7 hex digits of its hash (15
+/// characters). The kernel shell seeds it with what makes a moment unique (process, clock,
+/// a counter): this module stays pure.
+pub fn scratch_link_name(seed: &str) -> String {
     format!(
         "{SCRATCH_PREFIX}{:07x}",
         fnv1a64(seed.as_bytes()) & 0xfff_ffff
@@ -173,10 +165,10 @@ mod tests {
 
     #[test]
     fn scratch_names_fit_the_kernel_limit_and_are_recognised() {
-        let scratch = scratch_link_name();
+        let scratch = scratch_link_name("1-2-3");
         assert_eq!(scratch.len(), MAX_INTERFACE_NAME);
         assert!(is_scratch_link_name(&scratch));
-        assert_ne!(scratch, scratch_link_name());
+        assert_ne!(scratch, scratch_link_name("1-2-4"));
         assert!(!is_scratch_link_name("kudonet-web"));
         assert!(!is_scratch_link_name("kudo0"));
     }
@@ -194,7 +186,7 @@ mod tests {
             assert!(reserved_link_name(name).is_some(), "{name}");
         }
         assert!(reserved_link_name(&host_interface_name("web")).is_some());
-        assert!(reserved_link_name(&scratch_link_name()).is_some());
+        assert!(reserved_link_name(&scratch_link_name("seed")).is_some());
         for name in ["kudo0", "br0", "kv0", "kvxxxxxxxxxxxxx", "alls", "lo0"] {
             assert_eq!(reserved_link_name(name), None, "{name}");
         }

@@ -96,8 +96,15 @@ impl Trigger {
                 desired_changed: true,
                 ..none
             },
-            // Events may have been lost: read everything again.
-            Trigger::Overrun | Trigger::Resync => Work {
+            // Events may have been lost, file events among them: read everything again, and
+            // count it as a change of the desired state (not a repair of drift).
+            Trigger::Overrun => Work {
+                reload: true,
+                read_everything: true,
+                desired_changed: true,
+                ..none
+            },
+            Trigger::Resync => Work {
                 reload: true,
                 read_everything: true,
                 ..none
@@ -115,10 +122,7 @@ impl Trigger {
     /// Whether this is a known change of the desired state (or a request to read it): the
     /// node cannot be called converged until a pass has applied it.
     pub fn is_change(self) -> bool {
-        matches!(
-            self,
-            Trigger::Startup | Trigger::Files | Trigger::Overrun | Trigger::Hangup
-        )
+        self.work().desired_changed
     }
 
     /// How long to wait for more triggers before acting: editors and agents write files in
@@ -347,6 +351,7 @@ mod tests {
                 Work {
                     reload,
                     read_everything: everything,
+                    desired_changed: changed,
                     ..Work::default()
                 },
             ),
@@ -379,6 +384,8 @@ mod tests {
         ];
         for (trigger, expected) in table {
             assert_eq!(trigger.work(), expected, "{trigger:?}");
+            // Readiness waits for exactly the triggers that change the desired state.
+            assert_eq!(trigger.is_change(), expected.desired_changed, "{trigger:?}");
         }
         // Kernel events alone read only what they named, and repair drift.
         assert!(work(&[Trigger::Kernel]).repairs());

@@ -187,7 +187,7 @@ impl KernelDataplane {
         alias: &str,
         create: impl FnOnce(&mut Netlink, &str) -> Result<(), NetlinkError>,
     ) -> Result<(), Cause> {
-        let scratch = names::scratch_link_name();
+        let scratch = fresh_scratch_name();
         let host = &mut self.host;
         create(host, &scratch).map_err(Cause::from)?;
         let marked = (|| {
@@ -438,3 +438,18 @@ fn random_mac() -> std::io::Result<[u8; 6]> {
 #[derive(Debug, thiserror::Error)]
 #[error("{0} (kudonet needs a writable /proc/sys/net)")]
 struct NeedsWritableSysctls(#[source] crate::dataplane::IoError);
+
+/// A scratch name no other link creation of this or another kudonet uses at the same time:
+/// seeded with the process, the clock and a counter (see [`names::scratch_link_name`]).
+fn fresh_scratch_name() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos() as u64);
+    names::scratch_link_name(&format!(
+        "{}-{nanos}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ))
+}
