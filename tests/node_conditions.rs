@@ -11,6 +11,7 @@ use common::cli::{kudonet_output as kudonet, text};
 use std::path::Path;
 use std::process::Output;
 
+use common::state::StateDir;
 use common::{run_ok, sandboxed, setup_outside, sh};
 use kudonet::kernel::KernelDataplane;
 use kudonet::reconcile;
@@ -28,15 +29,8 @@ ports:
     instancePort: 80
 ";
 
-/// A desired-state directory holding `node.yaml` with `content`.
-fn state_dir(content: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("node.yaml"), content).unwrap();
-    dir
-}
-
-fn status_json(dir: &Path) -> Value {
-    let output = kudonet(&["status", dir.to_str().unwrap(), "--output", "json"]);
+fn status_json(dir: &str) -> Value {
+    let output = kudonet(&["status", dir, "--output", "json"]);
     serde_json::from_slice(&output.stdout)
         .unwrap_or_else(|error| panic!("status json: {error}: {}", text(&output.stderr)))
 }
@@ -57,8 +51,8 @@ fn conditions(status: &Value) -> Vec<String> {
         .collect()
 }
 
-fn apply_ok(dir: &Path) -> Output {
-    let apply = kudonet(&["apply", dir.to_str().unwrap()]);
+fn apply_ok(dir: &str) -> Output {
+    let apply = kudonet(&["apply", dir]);
     assert!(
         apply.status.success(),
         "apply failed: {}{}",
@@ -75,8 +69,8 @@ fn route_localnet_is_never_written_for_an_interface_that_is_not_kudonets_bridge(
         || {
             // Validation refuses `bridge: all`; a desired state made in code bypasses it, and
             // the dataplane must still refuse the node-wide pseudo-device.
-            let dir = state_dir("kind: Node\nname: node-a\ncidr: 10.0.0.1/24\n");
-            let (_, mut desired) = reconcile::load_desired(dir.path(), None).unwrap();
+            let dir = StateDir::new("kind: Node\nname: node-a\ncidr: 10.0.0.1/24\n");
+            let (_, mut desired) = reconcile::load_desired(&dir.dir(), None).unwrap();
             desired.node.bridge = "all".to_string();
             let all = "/proc/sys/net/ipv4/conf/all/route_localnet";
             assert_eq!(std::fs::read_to_string(all).unwrap().trim(), "0");
@@ -125,8 +119,8 @@ fn kudonets_chains_in_the_other_iptables_backend_are_removed_by_apply_and_teardo
                 iptables-legacy -w -t nat -A PREROUTING -d 198.51.100.7/32 -j RETURN
             ";
             sh(legacy_leftovers);
-            let dir = state_dir(NODE);
-            let plan = kudonet(&["plan", dir.path().to_str().unwrap()]);
+            let dir = StateDir::new(NODE);
+            let plan = kudonet(&["plan", dir.path()]);
             assert!(
                 text(&plan.stdout)
                     .contains("- kudonet's chains in table nat of the other iptables backend\n"),
@@ -156,7 +150,7 @@ fn kudonets_chains_in_the_other_iptables_backend_are_removed_by_apply_and_teardo
                     .output()
                     .unwrap()
             };
-            let dir_arg = dir.path().to_str().unwrap();
+            let dir_arg = dir.path();
             let apply = broken(&["apply", dir_arg]);
             assert_eq!(apply.status.code(), Some(1), "{}", text(&apply.stderr));
             assert!(
@@ -177,7 +171,7 @@ fn kudonets_chains_in_the_other_iptables_backend_are_removed_by_apply_and_teardo
             );
             assert!(legacy().contains("KUDO"));
 
-            let teardown = kudonet(&["teardown", dir.path().to_str().unwrap()]);
+            let teardown = kudonet(&["teardown", dir.path()]);
             assert!(teardown.status.success(), "{}", text(&teardown.stderr));
             assert!(!legacy().contains("KUDO"), "{}", legacy());
             assert!(legacy().contains("-A PREROUTING -d 198.51.100.7/32 -j RETURN"));
@@ -192,7 +186,7 @@ fn drops_by_other_firewalls_are_node_conditions_not_failed_instances() {
         "drops_by_other_firewalls_are_node_conditions_not_failed_instances",
         || {
             setup_outside();
-            let dir = state_dir(NODE);
+            let dir = StateDir::new(NODE);
             apply_ok(dir.path());
             assert_eq!(conditions(&status_json(dir.path())), Vec::<String>::new());
 
@@ -215,7 +209,7 @@ fn drops_by_other_firewalls_are_node_conditions_not_failed_instances() {
             );
             // The instance itself is as it should be.
             assert_eq!(status["instances"][0]["phase"], "Ready");
-            let plan = kudonet(&["plan", dir.path().to_str().unwrap()]);
+            let plan = kudonet(&["plan", dir.path()]);
             assert_eq!(text(&plan.stdout), "No changes.\n");
             assert_eq!(
                 text(&plan.stderr)
@@ -226,7 +220,7 @@ fn drops_by_other_firewalls_are_node_conditions_not_failed_instances() {
                 "{}",
                 text(&plan.stderr)
             );
-            let table = kudonet(&["status", dir.path().to_str().unwrap()]);
+            let table = kudonet(&["status", dir.path()]);
             assert!(
                 text(&table.stdout).starts_with(
                     "Node condition ForwardBlocked: nftables chain `inet fw forward` drops"
@@ -244,7 +238,7 @@ fn a_missing_uplink_and_a_foreign_peer_route_are_node_conditions() {
         "a_missing_uplink_and_a_foreign_peer_route_are_node_conditions",
         || {
             setup_outside();
-            let dir = state_dir(
+            let dir = StateDir::new(
                 "kind: Node
 name: node-a
 cidr: 10.0.0.1/24
@@ -264,7 +258,7 @@ address: 10.0.0.2/24
             );
             // Someone else's route to node-b's subnet: kudonet leaves it alone.
             sh("ip route add 10.0.1.0/24 via 203.0.113.254");
-            let dir_arg = dir.path().to_str().unwrap();
+            let dir_arg = dir.path();
             let apply = kudonet(&["apply", dir_arg, "--node", "node-a"]);
             assert!(!apply.status.success());
             assert!(
@@ -297,8 +291,8 @@ fn a_node_subnet_the_uplink_uses_is_refused_at_its_cidr_before_any_change() {
         "a_node_subnet_the_uplink_uses_is_refused_at_its_cidr_before_any_change",
         || {
             setup_outside();
-            let dir = state_dir("kind: Node\nname: node-a\ncidr: 203.0.113.2/24\n");
-            let path = dir.path().join("node.yaml");
+            let dir = StateDir::new("kind: Node\nname: node-a\ncidr: 203.0.113.2/24\n");
+            let path = dir.file("node.yaml");
             let expected = format!(
                 "kudonet: {}:3:7: subnet 203.0.113.0/24 of Node \"node-a\" overlaps 203.0.113.1/24 \
                  of its uplink eth0: the node would lose its own network; choose a subnet the uplink \
@@ -307,7 +301,7 @@ fn a_node_subnet_the_uplink_uses_is_refused_at_its_cidr_before_any_change() {
             );
             let links_before = common::link_names(None);
             for command in ["plan", "apply"] {
-                let output = kudonet(&[command, dir.path().to_str().unwrap()]);
+                let output = kudonet(&[command, dir.path()]);
                 assert_eq!(output.status.code(), Some(1), "{command}");
                 assert_eq!(text(&output.stderr), expected, "{command}");
             }
