@@ -1,5 +1,6 @@
 //! How kudonet names and marks what it creates, so that ownership can be read back from the
-//! kernel. These are part of the external contract: changing one orphans existing nodes.
+//! kernel (docs/names-and-marks.md). Nodes in the field carry them: changing one orphans
+//! what existing nodes have.
 
 /// Prefix of every instance namespace in the netns directory: `kudo-<instance>`.
 pub const NAMESPACE_PREFIX: &str = "kudo-";
@@ -193,7 +194,7 @@ mod tests {
     }
 
     #[test]
-    fn namespace_names_follow_the_contract() {
+    fn namespace_names_are_kudo_and_the_instance_name() {
         assert_eq!(namespace_name("web"), "kudo-web");
     }
 }
