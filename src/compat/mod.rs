@@ -7,8 +7,11 @@
 
 pub(crate) mod error;
 pub(crate) mod inet;
+pub mod instance;
+pub mod node;
 pub(crate) mod port;
 pub(crate) mod store;
+pub mod utils;
 
 use std::collections::BTreeSet;
 use std::path::Path;
