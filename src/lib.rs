@@ -29,6 +29,8 @@
 //! documentation and may change in any release. To change a real node from Rust, use the
 //! original API above, or run the binary.
 
+#![deny(missing_docs)]
+
 mod compat;
 pub mod dataplane;
 /// The library's error, at the original library's path (`error::KudoNetworkError`).
