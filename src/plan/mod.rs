@@ -21,7 +21,7 @@
 //! removal of what belonged to instances no longer desired).
 
 mod action;
-pub mod firewall;
+pub(crate) mod firewall;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
