@@ -196,11 +196,6 @@ pub(crate) fn teardown(config: &Config, node: &str) -> Result<(), NetworkError> 
     })
 }
 
-/// The namespace of an instance, as the library reports it.
-pub(crate) fn namespace_name(instance_id: &str) -> String {
-    names::namespace_name(instance_id)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
