@@ -19,6 +19,7 @@ pub const VXLAN_DEVICE: &str = "kudo-vxlan";
 
 /// The VXLAN network identifier of kudonet's overlay, and its UDP port (IANA's).
 pub const VXLAN_ID: u32 = 75;
+/// The UDP port of kudonet's overlay (IANA's VXLAN port).
 pub const VXLAN_PORT: u16 = 4789;
 
 /// VXLAN's encapsulation overhead over IPv4: outer IP, UDP and VXLAN headers and the inner
@@ -40,6 +41,7 @@ pub const JUMP_MARK: &str = "-m comment --comment kudonet";
 
 /// The iptables tables kudonet writes.
 pub const NAT: &str = "nat";
+/// The iptables table of kudonet's forwarding rules.
 pub const FILTER: &str = "filter";
 
 /// The sysctl that lets the node route between the bridge and the uplink.

@@ -43,12 +43,17 @@ pub struct Observed {
     pub forward_blockers: Vec<String>,
 }
 
+/// What kind of link an interface is, as far as kudonet cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum LinkKind {
+    /// A Linux bridge (a node's bridge).
     Bridge,
+    /// One end of a veth pair (an instance's link).
     Veth,
+    /// A VXLAN device (a cluster's overlay).
     Vxlan,
+    /// The loopback (`lo`).
     Loopback,
     /// Anything kudonet never creates (a physical NIC, a tun, a dummy...).
     Other,
@@ -58,17 +63,21 @@ pub enum LinkKind {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Link {
+    /// What kind of link it is.
     pub kind: LinkKind,
     /// The interface alias (IFLA_IFALIAS): kudonet's ownership mark.
     #[serde(default)]
     pub alias: Option<String>,
+    /// Whether it is administratively up.
     #[serde(default)]
     pub up: bool,
+    /// Its MTU.
     #[serde(default = "default_mtu")]
     pub mtu: u32,
     /// The bridge this link is a port of.
     #[serde(default)]
     pub master: Option<String>,
+    /// Its IPv4 addresses, with prefix lengths.
     #[serde(default)]
     pub addresses: BTreeSet<Ipv4Inet>,
     /// Bridge port hairpin mode.
@@ -90,9 +99,12 @@ pub struct Link {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Vxlan {
+    /// The VXLAN network identifier.
     pub id: u32,
+    /// The source address of encapsulated traffic, if set.
     #[serde(default)]
     pub local: Option<Ipv4Addr>,
+    /// The UDP destination port.
     pub port: u16,
     /// The underlay interface it sends through.
     #[serde(default)]
@@ -138,12 +150,15 @@ impl Link {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LinkRef {
+    /// The named namespace it is in; `None` for the node's own.
     #[serde(default)]
     pub netns: Option<String>,
+    /// The interface name.
     pub name: String,
 }
 
 impl LinkRef {
+    /// Link `name` of the node's own namespace.
     pub fn host(name: &str) -> LinkRef {
         LinkRef {
             netns: None,
@@ -151,6 +166,7 @@ impl LinkRef {
         }
     }
 
+    /// Link `name` of the named namespace `netns`.
     pub fn in_namespace(netns: &str, name: &str) -> LinkRef {
         LinkRef {
             netns: Some(netns.to_string()),
@@ -175,6 +191,7 @@ pub struct Namespace {
     /// Whether kudonet created it: its loopback carries kudonet's alias, set before the
     /// namespace is mounted, so a half-created namespace is never mistaken for a foreign one.
     pub owned: bool,
+    /// Its links, by name.
     pub links: BTreeMap<String, Link>,
     /// The gateway of the namespace's default route, if it has one.
     pub default_gateway: Option<Ipv4Addr>,
@@ -184,7 +201,9 @@ pub struct Namespace {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Route {
+    /// The next hop, if the route has one.
     pub gateway: Option<Ipv4Addr>,
+    /// The output device, if the route names one.
     #[serde(default)]
     pub device: Option<String>,
     /// Whether it carries kudonet's route protocol number.
@@ -197,6 +216,7 @@ pub struct Route {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Table {
+    /// Every chain, built-in and user-defined, with its rules in order.
     pub chains: BTreeMap<String, Vec<String>>,
 }
 

@@ -15,11 +15,13 @@ use crate::spec::{self, Desired, Diagnostics, Spec};
 /// Why the desired state could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum DesiredError {
+    /// The directory has errors: every one, with its file and position.
     #[error("{0}")]
     Invalid(Diagnostics),
     /// Files or folders others can write: one line each.
     #[error("{}", .0.iter().map(|d| format!("{d} (refusing to use it)")).collect::<Vec<_>>().join("\n"))]
     Unsafe(Vec<spec::Diagnostic>),
+    /// No node of the directory can be managed here (none named, or no match for the host).
     #[error("{0}")]
     Node(spec::Invalid),
 }
@@ -46,7 +48,9 @@ pub fn load_desired(dir: &Path, node: Option<&str>) -> Result<(Spec, Desired), D
 pub struct Failure {
     /// The instance the action was for, or the node as a whole.
     pub scope: Scope,
+    /// The action that failed.
     pub action: Action,
+    /// Why it failed.
     pub error: DataplaneError,
 }
 
@@ -70,6 +74,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Whether the node matches its desired state: nothing left to do and no conflict.
     pub fn converged(&self) -> bool {
         self.remaining.is_empty() && self.remaining.conflicts.is_empty()
     }
@@ -160,7 +165,9 @@ pub fn teardown(
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusDocument {
+    /// The name of the node this is about.
     pub node: String,
+    /// Whether the desired state is valid.
     pub valid: bool,
     /// Why the desired state is invalid, one line each.
     pub errors: Vec<String>,
@@ -168,6 +175,7 @@ pub struct StatusDocument {
     pub observed_at: String,
     /// What stands in the way of the node as a whole (see [`node_conditions`]).
     pub conditions: Vec<Condition>,
+    /// One entry per instance of the node, by name.
     pub instances: Vec<InstanceStatus>,
 }
 
@@ -191,6 +199,7 @@ pub struct Condition {
     /// One of [`CONDITION_TYPES`].
     #[serde(rename = "type")]
     pub kind: &'static str,
+    /// The condition, in one line.
     pub message: String,
 }
 
@@ -318,11 +327,17 @@ impl std::fmt::Display for Phase {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceStatus {
+    /// The Instance name.
     pub name: String,
+    /// Where the instance is ([`Phase`]).
     pub phase: Phase,
+    /// Its address with prefix, as desired (`10.0.0.2/24`).
     pub address: String,
+    /// The path of its namespace in the netns directory.
     pub netns: String,
+    /// The host end of its veth pair.
     pub host_interface: String,
+    /// Why it is not `Ready`; empty when it is.
     pub message: String,
 }
 

@@ -7,8 +7,11 @@
 
 pub(crate) mod error;
 pub(crate) mod inet;
+pub mod instance;
+pub mod node;
 pub(crate) mod port;
 pub(crate) mod store;
+pub mod utils;
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -190,11 +193,6 @@ pub(crate) fn teardown(config: &Config, node: &str) -> Result<(), NetworkError> 
         node: node.to_string(),
         problems,
     })
-}
-
-/// The namespace of an instance, as the library reports it.
-pub(crate) fn namespace_name(instance_id: &str) -> String {
-    names::namespace_name(instance_id)
 }
 
 #[cfg(test)]

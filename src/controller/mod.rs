@@ -14,9 +14,9 @@
 //! Ready (`/readyz`) means: the last pass converged the node as a whole, and no change of
 //! the directory is waiting or being applied.
 
-pub mod backoff;
+pub(crate) mod backoff;
 mod error;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod triggers;
 
 use std::collections::BTreeSet;

@@ -23,7 +23,9 @@ pub enum DataplaneError {
     /// diff of a table sync), so that the error is one line.
     #[error("{action}: {cause}")]
     Action {
+        /// The failed action, as [`DataplaneError::action`] names it.
         action: String,
+        /// Why it failed.
         #[source]
         cause: Cause,
     },
@@ -134,7 +136,9 @@ pub struct Refusal(pub String);
 #[derive(Debug, thiserror::Error)]
 #[error("{context}: {source}")]
 pub struct IoError {
+    /// What was being done (`reading /proc/sys/net/ipv4/ip_forward`).
     pub context: String,
+    /// The error the system returned.
     pub source: std::io::Error,
 }
 

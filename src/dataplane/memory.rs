@@ -11,6 +11,8 @@ use crate::plan::Action;
 /// The loopback MTU the kernel gives a new namespace's `lo`.
 const LOOPBACK_MTU: u32 = 65536;
 
+/// A dataplane in memory: applies each action to an [`Observed`] as the kernel would, so the
+/// planner can be tested (golden, property and fuzz tests) without a kernel.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryDataplane {
     /// The node as it is now.
@@ -20,6 +22,7 @@ pub struct MemoryDataplane {
 }
 
 impl MemoryDataplane {
+    /// A dataplane whose node is `state`, with no write counted yet.
     pub fn new(state: Observed) -> MemoryDataplane {
         MemoryDataplane { state, writes: 0 }
     }

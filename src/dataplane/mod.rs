@@ -14,9 +14,9 @@ use crate::observed::Observed;
 use crate::plan::Action;
 
 /// What may have changed in the kernel since the last observation: what the next one
-/// reads again. The rest comes from the [`Snapshot`]. Addresses and routes of the node,
-/// sysctls and the list of namespaces are cheap and read every time; iptables is read
-/// again whenever the nf_tables generation moved.
+/// reads again. The rest comes from the kernel dataplane's `Snapshot`. Addresses and routes
+/// of the node, sysctls and the list of namespaces are cheap and read every time; iptables
+/// is read again whenever the nf_tables generation moved.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Changes {
     /// Trust no link or namespace read before: at start, on a resync, after dropped
@@ -34,6 +34,7 @@ pub struct Changes {
 }
 
 impl Changes {
+    /// Changes that make the next observation read the whole node again.
     pub fn everything() -> Changes {
         Changes {
             everything: true,
@@ -41,6 +42,7 @@ impl Changes {
         }
     }
 
+    /// Adds what `other` names to what this names.
     pub fn merge(&mut self, other: Changes) {
         self.everything |= other.everything;
         self.host_indexes.extend(other.host_indexes);

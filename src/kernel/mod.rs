@@ -1,17 +1,17 @@
 //! The kernel: all of kudonet's kernel I/O lives here. [`KernelDataplane`] is the
 //! [`Dataplane`] of a real node: rtnetlink for links, addresses and routes
-//! ([`netlink::route`]), the netns directory for namespaces ([`netns`]), `/proc/sys` for
-//! sysctls ([`sysctl`]), a [`firewall::FirewallDriver`] for the firewall, and nf_tables
-//! ([`netlink::netfilter`]) for its generation and the forward hook. [`observe`] reads the
+//! (`netlink::route`), the netns directory for namespaces (`netns`), `/proc/sys` for
+//! sysctls (`sysctl`), a [`firewall::FirewallDriver`] for the firewall, and nf_tables
+//! (`netlink::netfilter`) for its generation and the forward hook. `observe` reads the
 //! node incrementally; [`events`] subscribes to the kernel's events and reports what they
 //! name.
 
 pub mod events;
 pub mod firewall;
 pub mod netlink;
-pub mod netns;
-pub mod observe;
-pub mod sysctl;
+pub(crate) mod netns;
+pub(crate) mod observe;
+pub(crate) mod sysctl;
 
 use std::fs;
 use std::path::{Path, PathBuf};

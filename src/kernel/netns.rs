@@ -157,11 +157,6 @@ pub fn is_namespace(path: &Path) -> bool {
     statfs(path).is_ok_and(|stat| stat.filesystem_type() == NSFS_MAGIC)
 }
 
-/// The path of namespace `name` in `dir`.
-pub fn path(dir: &Path, name: &str) -> PathBuf {
-    dir.join(name)
-}
-
 /// Runs `work` on each item, the items split among short-lived threads, one per core.
 /// `work` may enter other namespaces: its threads end with it. Fails if one panicked.
 pub fn on_every_core<T: Send, R: Send>(

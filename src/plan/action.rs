@@ -55,88 +55,135 @@ pub struct Step {
 pub enum Action {
     /// A named network namespace in the netns directory, marked as kudonet's, `lo` down.
     CreateNamespace {
+        /// The namespace's name (`kudo-<id>`).
         name: String,
     },
+    /// Deletes a named network namespace kudonet owns, and with it what is inside.
     DeleteNamespace {
+        /// The namespace's name.
         name: String,
     },
     /// A bridge in the node namespace, marked as kudonet's, down.
     CreateBridge {
+        /// The bridge's name.
         name: String,
+        /// The MTU to create it with; `None` leaves the kernel's default.
         mtu: Option<u32>,
     },
     /// A veth pair: `host` in the node namespace (marked as `instance`'s) and `eth0` created
     /// directly in `namespace`; both down.
     CreateVeth {
+        /// The name of the end in the node namespace.
         host: String,
+        /// The instance namespace the other end (`eth0`) is created in.
         namespace: String,
+        /// The Instance the pair is for, recorded in the host end's mark.
         instance: String,
+        /// The MTU of both ends; `None` leaves the kernel's default.
         mtu: Option<u32>,
     },
+    /// Deletes a link kudonet owns (a veth pair goes with either end).
     DeleteLink {
+        /// The link to delete.
         link: LinkRef,
     },
+    /// Changes a link's MTU.
     SetMtu {
+        /// The link to change.
         link: LinkRef,
+        /// The MTU it gets.
         mtu: u32,
     },
+    /// Brings a link up.
     SetUp {
+        /// The link to bring up.
         link: LinkRef,
     },
     /// Makes a node-namespace link a port of `bridge`.
     SetMaster {
+        /// The node-namespace link that becomes a port.
         link: String,
+        /// The bridge it joins.
         bridge: String,
     },
     /// Lets a bridge port send frames back where they came from (an instance reaching
     /// itself through a published port).
     SetHairpin {
+        /// The bridge port.
         link: String,
     },
+    /// Adds an IPv4 address (with its prefix length) to a link.
     AddAddress {
+        /// The link that gets the address.
         link: LinkRef,
+        /// The address and prefix length.
         address: Ipv4Inet,
     },
+    /// Removes an IPv4 address from a link.
     DeleteAddress {
+        /// The link that has the address.
         link: LinkRef,
+        /// The address and prefix length to remove.
         address: Ipv4Inet,
     },
     /// The default route of an instance namespace, via its node's bridge.
     ReplaceDefaultRoute {
+        /// The instance namespace.
         namespace: String,
+        /// The node's bridge address.
         gateway: Ipv4Addr,
     },
     /// A route of the node namespace, marked as kudonet's (a peer node's instance subnet):
     /// via `gateway`, or through `device` with the gateway on-link (over the overlay).
     ReplaceRoute {
+        /// The subnet routed.
         destination: Ipv4Cidr,
+        /// The next hop: the peer node.
         gateway: Ipv4Addr,
+        /// The overlay device, when the gateway is reached through it.
         device: Option<String>,
     },
     /// The overlay device of a vxlan cluster, marked as kudonet's, down: VNI `id` from
     /// `local` through `uplink` (when known).
     CreateVxlan {
+        /// The device's name.
         name: String,
+        /// The VXLAN network identifier.
         id: u32,
+        /// The source address of the encapsulated traffic, when known.
         local: Option<Ipv4Addr>,
+        /// The UDP destination port.
         port: u16,
+        /// The underlying interface, when known.
         uplink: Option<String>,
+        /// The device's MTU; `None` leaves the kernel's default.
         mtu: Option<u32>,
     },
     /// Floods broadcast and unknown traffic of the overlay `link` to a peer node too.
     AddFlood {
+        /// The overlay device.
         link: String,
+        /// The peer node's address.
         destination: Ipv4Addr,
     },
+    /// Stops flooding the overlay's broadcast and unknown traffic to a node that is no
+    /// longer a peer.
     DeleteFlood {
+        /// The overlay device.
         link: String,
+        /// The former peer's address.
         destination: Ipv4Addr,
     },
+    /// Deletes a route of the node namespace that kudonet marked as its own.
     DeleteRoute {
+        /// The subnet of the route.
         destination: Ipv4Cidr,
     },
+    /// Writes a kernel setting under `/proc/sys`.
     SetSysctl {
+        /// The setting, by dotted name (`net.ipv4.ip_forward`).
         key: String,
+        /// The value written.
         value: String,
     },
     /// Rewrites kudonet's chains of one table in one transaction: each `KUDO-*` chain to
@@ -144,14 +191,19 @@ pub enum Action {
     /// head of the built-in chains to exactly `jumps`. Other rules are left as they are.
     /// `diff` describes the change for people (`+ -A KUDO-PORTS ...`), one line per rule.
     SyncTable {
+        /// The iptables table (`nat`, `filter`).
         table: String,
+        /// Each `KUDO-*` chain and its rules, in order.
         chains: BTreeMap<String, Vec<String>>,
+        /// Each built-in chain and kudonet's jump rules at its head, in order.
         jumps: BTreeMap<String, Vec<String>>,
+        /// The change for people, one line per rule.
         diff: Vec<String>,
     },
     /// Removes kudonet's chains and jump rules from `table` of the other iptables backend
     /// (see `Observed::other_backend`), leaving everything else in it as it is.
     PurgeOtherBackend {
+        /// The iptables table.
         table: String,
     },
 }
@@ -159,8 +211,11 @@ pub enum Action {
 /// How an action counts in the plan summary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Effect {
+    /// Creates something that was not there.
     Add,
+    /// Changes something in place.
     Change,
+    /// Removes something.
     Destroy,
 }
 
@@ -209,6 +264,7 @@ impl Action {
         }
     }
 
+    /// Whether the action adds, changes or destroys, for the plan summary.
     pub fn effect(&self) -> Effect {
         match self {
             Action::CreateNamespace { .. }

@@ -12,7 +12,9 @@ use crate::spec::Desired;
 /// The `KUDO-*` chains of a table, and kudonet's jump rules per built-in chain.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TableRules {
+    /// Each `KUDO-*` chain and its rules, in order.
     pub chains: BTreeMap<String, Vec<String>>,
+    /// Each built-in chain and kudonet's jump rules at its head, in order.
     pub jumps: BTreeMap<String, Vec<String>>,
 }
 

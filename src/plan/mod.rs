@@ -21,7 +21,7 @@
 //! removal of what belonged to instances no longer desired).
 
 mod action;
-pub mod firewall;
+pub(crate) mod firewall;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -59,6 +59,8 @@ impl fmt::Display for Conflict {
 pub struct Plan {
     /// The actions in the order they must be applied, each with what it is for.
     pub steps: Vec<Step>,
+    /// What stands in the way of some actions (a foreign object, a node subnet the uplink
+    /// uses), each with the scope it holds back.
     pub conflicts: Vec<Conflict>,
     /// Whether a conflict stops the whole node (a foreign link holds the bridge's name):
     /// then nothing about instances was planned.
@@ -66,6 +68,7 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Whether no action is left (conflicts may remain).
     pub fn is_empty(&self) -> bool {
         self.steps.is_empty()
     }

@@ -6,11 +6,14 @@ use std::path::{Path, PathBuf};
 /// A 1-based line and column, as editors count them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Position {
+    /// The line, from 1.
     pub line: u64,
+    /// The column, from 1.
     pub column: u64,
 }
 
 impl Position {
+    /// The first line and column of a file.
     pub const START: Position = Position { line: 1, column: 1 };
 }
 
@@ -23,11 +26,14 @@ impl fmt::Display for Position {
 /// A place in the desired state: a file and, for problems with its content, a position.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Origin {
+    /// The file (or folder).
     pub file: PathBuf,
+    /// The position in it; `None` for a problem with the file itself.
     pub position: Option<Position>,
 }
 
 impl Origin {
+    /// A position in `file`.
     pub fn at(file: &Path, position: Position) -> Origin {
         Origin {
             file: file.to_path_buf(),
@@ -35,6 +41,7 @@ impl Origin {
         }
     }
 
+    /// `file` itself, with no position.
     pub fn path(file: &Path) -> Origin {
         Origin {
             file: file.to_path_buf(),
@@ -57,11 +64,14 @@ impl fmt::Display for Origin {
 /// One problem found in the desired state, printed as `FILE:LINE:COLUMN: message`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Diagnostic {
+    /// Where the problem is.
     pub origin: Origin,
+    /// What the problem is, in one line.
     pub message: String,
 }
 
 impl Diagnostic {
+    /// A problem at `origin`; the message is made one line.
     pub fn new(origin: Origin, message: impl Into<String>) -> Diagnostic {
         Diagnostic {
             origin,
@@ -81,14 +91,17 @@ impl fmt::Display for Diagnostic {
 pub struct Diagnostics(pub Vec<Diagnostic>);
 
 impl Diagnostics {
+    /// Whether no problem was found.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
+    /// How many problems were found.
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
+    /// The problems, in file and position order.
     pub fn iter(&self) -> impl Iterator<Item = &Diagnostic> {
         self.0.iter()
     }

@@ -15,7 +15,7 @@ pub use diagnostic::{Diagnostic, Diagnostics, Invalid, Origin, Position};
 pub use load::{MAX_FILE_BYTES, is_state_file_name, state_files};
 pub use model::*;
 pub use permissions::unsafe_permissions;
-pub use validate::{check_instance_id, check_node_name, is_dns_label};
+pub use validate::{check_instance_id, check_node_name, is_dns_label, port_number};
 
 /// Loads and validates the desired-state directory (or single file) at `root`.
 ///

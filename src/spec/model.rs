@@ -17,6 +17,7 @@ pub const DEFAULT_BRIDGE: &str = "kudo0";
 /// Everything one desired-state directory describes: possibly a whole cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Spec {
+    /// The Cluster document, if the directory has one.
     pub cluster: Option<Cluster>,
     /// Sorted by name.
     pub nodes: Vec<Node>,
@@ -47,14 +48,18 @@ impl Spec {
     }
 }
 
+/// A `kind: Cluster` document: how the directory's nodes reach each other's instances.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cluster {
+    /// The cluster's name, if given.
     pub name: Option<String>,
     /// Every node subnet lies inside; traffic inside it is never masqueraded.
     pub cidr: Option<Ipv4Cidr>,
+    /// How nodes reach each other's instances.
     pub mode: ClusterMode,
 }
 
+/// How the nodes of a cluster reach each other's instances (`mode:`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ClusterMode {
     /// A route per peer node subnet via the peer's external address.
@@ -64,15 +69,20 @@ pub enum ClusterMode {
     Vxlan,
 }
 
+/// A `kind: Node` document: one machine, its bridge and its instance subnet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
+    /// The Node name: the machine's hostname, or what `--node` names.
     pub name: String,
     /// The bridge address and prefix: the gateway of this node's instances.
     pub cidr: Ipv4Inet,
+    /// This node on the underlay, as peers reach it; required when there are several Nodes.
     pub external_ip: Option<Ipv4Addr>,
+    /// The bridge's name (`kudo0` unless set).
     pub bridge: String,
     /// `None`: the interface of the default route, found when the node is observed.
     pub uplink: Option<String>,
+    /// Whether instance traffic leaving the cluster is masqueraded (SNAT).
     pub masquerade: bool,
     /// `None`: the kernel's default (1500), or over a vxlan overlay the uplink's less the
     /// encapsulation; kudonet keeps it either way.
@@ -135,15 +145,19 @@ impl Node {
     }
 }
 
+/// A `kind: Instance` document: one instance's network on one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instance {
+    /// The Instance name, a DNS label.
     pub name: String,
     /// The id an orchestrator knows the instance by, when its namespace is named after that
     /// rather than after `name` (ids of the original library need not be DNS labels).
     pub id: Option<String>,
+    /// The Node the instance runs on.
     pub node: String,
     /// Always carries the node's prefix length.
     pub address: Ipv4Inet,
+    /// The node ports forwarded to the instance.
     pub ports: Vec<PublishedPort>,
 }
 
@@ -157,21 +171,28 @@ impl Instance {
 /// A port of the node forwarded (DNAT) to a port of an instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PublishedPort {
+    /// The port of the node.
     pub host_port: u16,
+    /// The port of the instance it is forwarded to.
     pub instance_port: u16,
+    /// TCP or UDP.
     pub protocol: Protocol,
     /// `None` (or 0.0.0.0 in the file): every address of the node.
     pub host_ip: Option<Ipv4Addr>,
 }
 
+/// The transport protocol of a published port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub enum Protocol {
+    /// TCP (the default).
     #[default]
     Tcp,
+    /// UDP.
     Udp,
 }
 
 impl Protocol {
+    /// The name used in the files and in iptables rules (`tcp`, `udp`).
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Tcp => "tcp",
@@ -190,7 +211,9 @@ impl std::fmt::Display for Protocol {
 /// This is the planner's input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Desired {
+    /// The Cluster document, if the directory has one.
     pub cluster: Option<Cluster>,
+    /// The node to converge.
     pub node: Node,
     /// Every other node of the directory, sorted by name.
     pub peers: Vec<Node>,

@@ -408,9 +408,9 @@ impl Checker {
                 );
                 return None;
             };
-            match u16::try_from(field.value) {
-                Ok(port) if port != 0 => Some(port),
-                _ => {
+            match port_number(field.value) {
+                Some(port) => Some(port),
+                None => {
                     self.error(
                         context.origin(field.referenced),
                         format!("{name} {} is outside 1..65535", field.value),
@@ -916,6 +916,12 @@ fn check_text(what: &str, name: &str, max: usize) -> Result<(), Invalid> {
         )));
     }
     Ok(())
+}
+
+/// A port number (a published port's `hostPort` or `instancePort`, a port of the library's
+/// `Port`) is in 1..=65535: `None` for anything else.
+pub fn port_number(value: i64) -> Option<u16> {
+    u16::try_from(value).ok().filter(|&port| port != 0)
 }
 
 /// The rules of a Node name.

@@ -241,7 +241,9 @@ pub(super) fn read_firewall(
 }
 
 /// What the firewall holds: kudonet's backend's tables, and what others' rules do to the
-/// instances' traffic (see [`Observed::other_backend`], [`Observed::forward_blockers`]).
+/// instances' traffic (see
+/// [`Observed::other_backend`](crate::observed::Observed::other_backend),
+/// [`Observed::forward_blockers`](crate::observed::Observed::forward_blockers)).
 #[derive(Debug, Clone, Default)]
 pub struct FirewallView {
     pub(crate) tables: BTreeMap<String, Table>,

@@ -1,6 +1,6 @@
 //! rtnetlink (netlink-packet-route): links, addresses, routes and forwarding entries, one
 //! socket per network namespace, with helpers named after what they do; and the decoding of
-//! the route family's events ([`changed_links`]).
+//! the route family's events (`changed_links`).
 //!
 //! [`Netlink::open_in`] creates the socket on a short-lived thread that has entered the
 //! target namespace ([`in_namespace`]); the socket then works from any thread.

@@ -61,7 +61,7 @@ use std::path::PathBuf;
 /// # assert_eq!(namespace_name, "kudo-instance");
 /// ```
 pub fn get_namespace_name(instance_id: String) -> String {
-    crate::compat::namespace_name(&instance_id)
+    crate::names::namespace_name(&instance_id)
 }
 
 /// The name of the network namespace of instance `instance_id`: the original library's

@@ -41,6 +41,7 @@ use crate::compat::inet::IntoIpv4Inet;
 use crate::compat::store::{self, Change, Config};
 use crate::names;
 use crate::plan::Scope;
+use crate::spec;
 
 pub use crate::compat::error::NetworkError;
 pub use crate::compat::port::Port;
@@ -244,7 +245,7 @@ pub fn setup_instance(
 
 /// The ports as recorded, each refused unless both ends are in 1..=65535.
 fn port_pairs(ports: &[Port]) -> Result<Vec<store::PortPair>, NetworkError> {
-    let valid = |port: i32| u16::try_from(port).ok().filter(|&port| port != 0);
+    let valid = |port: i32| spec::port_number(port.into());
     ports
         .iter()
         .enumerate()
