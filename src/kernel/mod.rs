@@ -18,9 +18,10 @@ use std::path::{Path, PathBuf};
 
 use firewall::{FirewallDriver, Iptables};
 use netlink::netfilter::Generation;
+use netlink::route::parse_link;
 use netlink::{Netlink, NetlinkError};
 use netns::NamespaceSockets;
-use observe::{Snapshot, Sources, observe, parse_link};
+use observe::{Snapshot, Sources, observe};
 use sysctl::sysctl_path;
 
 use crate::dataplane::{Cause, Changes, Dataplane, DataplaneError};

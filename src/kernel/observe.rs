@@ -12,20 +12,15 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
-use netlink_packet_route::link::{
-    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoVxlan, LinkAttribute, LinkFlags,
-    LinkInfo, LinkLayerType, LinkMessage,
-};
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
-
 use super::firewall::{FirewallCache, FirewallDriver, FirewallError};
 use super::netlink::netfilter::Generation;
+use super::netlink::route::RawLink;
 use super::netlink::{Netlink, NetlinkError};
 use super::netns::{self, NamespaceSockets};
 use super::sysctl::read_sysctl;
 use crate::dataplane::{Cause, Changes};
 use crate::names::{self, IP_FORWARD, route_localnet};
-use crate::observed::{Link, LinkKind, LinkRef, Namespace, Observed, Route, Vxlan};
+use crate::observed::{Link, LinkKind, LinkRef, Namespace, Observed, Route};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ObserveError {
@@ -181,22 +176,23 @@ pub fn observe(
 
     let mut observed = Observed::default();
     for route in host.dump_routes()? {
-        let Some(destination) = destination(&route) else {
+        let Some(destination) = route.destination else {
             continue;
         };
-        let device = route_device(&route)
+        let device = route
+            .device
             .and_then(|index| names_by_index.get(&index))
             .map(|name| name.to_string());
         if destination.network_length() == 0 {
             observed.default_route_interface = observed.default_route_interface.or(device);
             continue;
         }
-        let gateway = gateway(&route);
+        let gateway = route.gateway;
         // Connected routes of interfaces are the kernel's business, not a collision.
-        if gateway.is_none() && route.header.protocol == RouteProtocol::Kernel {
+        if gateway.is_none() && route.kernel {
             continue;
         }
-        let owned = route.header.protocol == RouteProtocol::from(names::ROUTE_PROTOCOL);
+        let owned = route.protocol == names::ROUTE_PROTOCOL;
         // Several routes to one destination (other metrics): kudonet's is the one to see.
         let route = Route {
             gateway,
@@ -401,8 +397,8 @@ fn read_namespace(netlink: &mut Netlink) -> Result<InstanceNamespace, ObserveErr
     let default_gateway = netlink
         .dump_routes()?
         .iter()
-        .filter(|route| destination(route).is_some_and(|d| d.network_length() == 0))
-        .find_map(gateway);
+        .filter(|route| route.destination.is_some_and(|d| d.network_length() == 0))
+        .find_map(|route| route.gateway);
     let owned = links
         .get("lo")
         .is_some_and(|(lo, _, _)| lo.alias.as_deref() == Some(names::NAMESPACE_MARK));
@@ -421,176 +417,4 @@ fn addresses_by_index(
         addresses.entry(index).or_default().insert(address);
     }
     Ok(addresses)
-}
-
-/// A link as read, with the indexes needed to resolve its master, its vxlan underlay and
-/// its veth peer, which may be read later than it.
-struct RawLink {
-    name: String,
-    /// Without master, addresses, peer, flood, vxlan device: see [`RawLink::resolve`].
-    link: Link,
-    index: u32,
-    peer_index: Option<u32>,
-    master_index: Option<u32>,
-    vxlan_device_index: Option<u32>,
-}
-
-/// The link a netlink link message describes (without master, addresses or peer), or
-/// `None` for a message without a name.
-pub fn parse_link(message: &LinkMessage) -> Option<Link> {
-    RawLink::parse(message).map(|raw| raw.link)
-}
-
-impl RawLink {
-    fn parse(message: &LinkMessage) -> Option<RawLink> {
-        let mut raw = RawLink {
-            name: name(message)?,
-            link: Link::new(kind(message)),
-            index: message.header.index,
-            peer_index: None,
-            master_index: None,
-            vxlan_device_index: None,
-        };
-        raw.link.up = message.header.flags.contains(LinkFlags::Up);
-        for attribute in &message.attributes {
-            match attribute {
-                LinkAttribute::IfAlias(alias) if !alias.is_empty() => {
-                    raw.link.alias = Some(alias.clone())
-                }
-                LinkAttribute::Mtu(mtu) => raw.link.mtu = *mtu,
-                LinkAttribute::Controller(master) => raw.master_index = Some(*master),
-                LinkAttribute::Link(peer) if raw.link.kind == LinkKind::Veth => {
-                    raw.peer_index = Some(*peer)
-                }
-                LinkAttribute::LinkInfo(infos) => {
-                    raw.link.hairpin = hairpin(infos);
-                    if let Some((vxlan, device)) = vxlan(infos) {
-                        raw.link.vxlan = Some(vxlan);
-                        raw.vxlan_device_index = device;
-                    }
-                }
-                _ => {}
-            }
-        }
-        Some(raw)
-    }
-
-    /// The link with the names of its master and underlay, and its addresses (taken out
-    /// of `addresses`).
-    fn resolve(
-        &self,
-        names_by_index: &HashMap<u32, &str>,
-        addresses: &mut HashMap<u32, BTreeSet<cidr::Ipv4Inet>>,
-    ) -> Link {
-        let name_of = |index: Option<u32>| {
-            index
-                .and_then(|index| names_by_index.get(&index))
-                .map(|name| name.to_string())
-        };
-        let mut link = self.link.clone();
-        link.master = name_of(self.master_index);
-        if let Some(vxlan) = &mut link.vxlan {
-            vxlan.device = name_of(self.vxlan_device_index);
-        }
-        link.addresses = addresses.remove(&self.index).unwrap_or_default();
-        link
-    }
-}
-
-fn name(message: &LinkMessage) -> Option<String> {
-    message
-        .attributes
-        .iter()
-        .find_map(|attribute| match attribute {
-            LinkAttribute::IfName(name) => Some(name.clone()),
-            _ => None,
-        })
-}
-
-fn kind(message: &LinkMessage) -> LinkKind {
-    if message.header.link_layer_type == LinkLayerType::Loopback {
-        return LinkKind::Loopback;
-    }
-    let info_kind = message
-        .attributes
-        .iter()
-        .find_map(|attribute| match attribute {
-            LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|info| match info {
-                LinkInfo::Kind(kind) => Some(kind.clone()),
-                _ => None,
-            }),
-            _ => None,
-        });
-    match info_kind {
-        Some(InfoKind::Bridge) => LinkKind::Bridge,
-        Some(InfoKind::Veth) => LinkKind::Veth,
-        Some(InfoKind::Vxlan) => LinkKind::Vxlan,
-        _ => LinkKind::Other,
-    }
-}
-
-fn hairpin(infos: &[LinkInfo]) -> bool {
-    infos.iter().any(|info| match info {
-        LinkInfo::PortData(InfoPortData::BridgePort(port)) => port
-            .iter()
-            .any(|attribute| matches!(attribute, InfoBridgePort::HairpinMode(true))),
-        _ => false,
-    })
-}
-
-/// The tunnel settings of a vxlan, and the index of its underlay device.
-fn vxlan(infos: &[LinkInfo]) -> Option<(Vxlan, Option<u32>)> {
-    let data = infos.iter().find_map(|info| match info {
-        LinkInfo::Data(InfoData::Vxlan(data)) => Some(data),
-        _ => None,
-    })?;
-    let mut vxlan = Vxlan {
-        id: 0,
-        local: None,
-        port: 0,
-        device: None,
-    };
-    let mut device = None;
-    for attribute in data {
-        match attribute {
-            InfoVxlan::Id(id) => vxlan.id = *id,
-            InfoVxlan::Local(local) => vxlan.local = Some(*local),
-            InfoVxlan::Port(port) => vxlan.port = *port,
-            InfoVxlan::Link(index) => device = Some(*index),
-            _ => {}
-        }
-    }
-    Some((vxlan, device))
-}
-
-fn destination(route: &RouteMessage) -> Option<cidr::Ipv4Cidr> {
-    let address = route
-        .attributes
-        .iter()
-        .find_map(|attribute| match attribute {
-            RouteAttribute::Destination(RouteAddress::Inet(address)) => Some(*address),
-            _ => None,
-        })
-        .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
-    cidr::Ipv4Cidr::new(address, route.header.destination_prefix_length).ok()
-}
-
-fn gateway(route: &RouteMessage) -> Option<std::net::Ipv4Addr> {
-    route
-        .attributes
-        .iter()
-        .find_map(|attribute| match attribute {
-            RouteAttribute::Gateway(RouteAddress::Inet(gateway)) => Some(*gateway),
-            _ => None,
-        })
-}
-
-fn route_device(route: &RouteMessage) -> Option<u32> {
-    route
-        .attributes
-        .iter()
-        .find_map(|attribute| match attribute {
-            RouteAttribute::Oif(index) => Some(*index),
-            _ => None,
-        })
 }

@@ -5,6 +5,7 @@
 //! [`Netlink::open_in`] creates the socket on a short-lived thread that has entered the
 //! target namespace ([`in_namespace`]); the socket then works from any thread.
 
+use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
@@ -18,7 +19,7 @@ use netlink_packet_core::{
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
     InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, InfoVxlan,
-    LinkAttribute, LinkExtentMask, LinkFlags, LinkHeader, LinkInfo, LinkMessage,
+    LinkAttribute, LinkExtentMask, LinkFlags, LinkHeader, LinkInfo, LinkLayerType, LinkMessage,
 };
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -31,6 +32,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::protocols::NETLINK_ROUTE;
 
 use super::{Connection, NetlinkError, Result, in_namespace};
+use crate::observed::{Link, LinkKind, Vxlan};
 
 /// A dump interrupted by a concurrent change is retried this many times.
 const DUMP_ATTEMPTS: usize = 5;
@@ -147,7 +149,7 @@ impl Netlink {
     }
 
     /// The IPv4 routes of the main table.
-    pub fn dump_routes(&mut self) -> Result<Vec<RouteMessage>> {
+    pub(crate) fn dump_routes(&mut self) -> Result<Vec<RouteRecord>> {
         let mut request = RouteMessage::default();
         request.header.address_family = AddressFamily::Inet;
         let replies = self.dump("routes", RouteNetlinkMessage::GetRoute(request))?;
@@ -157,7 +159,7 @@ impl Netlink {
                 RouteNetlinkMessage::NewRoute(route)
                     if route.header.table == RouteHeader::RT_TABLE_MAIN =>
                 {
-                    Some(route)
+                    Some(RouteRecord::parse(&route))
                 }
                 _ => None,
             })
@@ -615,6 +617,183 @@ pub(crate) fn changed_links(buffer: &[u8]) -> Vec<u32> {
         offset += (message.length() as usize).div_ceil(4) * 4;
     }
     indexes
+}
+
+/// A link as read, with the indexes needed to resolve its master, its vxlan underlay and
+/// its veth peer, which may be read later than it.
+pub(crate) struct RawLink {
+    pub(crate) name: String,
+    /// Without master, addresses, peer, flood, vxlan device: see [`RawLink::resolve`].
+    pub(crate) link: Link,
+    pub(crate) index: u32,
+    pub(crate) peer_index: Option<u32>,
+    pub(crate) master_index: Option<u32>,
+    pub(crate) vxlan_device_index: Option<u32>,
+}
+
+/// The link a netlink link message describes (without master, addresses or peer), or
+/// `None` for a message without a name.
+pub(crate) fn parse_link(message: &LinkMessage) -> Option<Link> {
+    RawLink::parse(message).map(|raw| raw.link)
+}
+
+impl RawLink {
+    /// The link `message` describes, or `None` for a message without a name.
+    pub(crate) fn parse(message: &LinkMessage) -> Option<RawLink> {
+        let mut raw = RawLink {
+            name: name(message)?,
+            link: Link::new(kind(message)),
+            index: message.header.index,
+            peer_index: None,
+            master_index: None,
+            vxlan_device_index: None,
+        };
+        raw.link.up = message.header.flags.contains(LinkFlags::Up);
+        for attribute in &message.attributes {
+            match attribute {
+                LinkAttribute::IfAlias(alias) if !alias.is_empty() => {
+                    raw.link.alias = Some(alias.clone())
+                }
+                LinkAttribute::Mtu(mtu) => raw.link.mtu = *mtu,
+                LinkAttribute::Controller(master) => raw.master_index = Some(*master),
+                LinkAttribute::Link(peer) if raw.link.kind == LinkKind::Veth => {
+                    raw.peer_index = Some(*peer)
+                }
+                LinkAttribute::LinkInfo(infos) => {
+                    raw.link.hairpin = hairpin(infos);
+                    if let Some((vxlan, device)) = vxlan(infos) {
+                        raw.link.vxlan = Some(vxlan);
+                        raw.vxlan_device_index = device;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Some(raw)
+    }
+
+    /// The link with the names of its master and underlay, and its addresses (taken out
+    /// of `addresses`).
+    pub(crate) fn resolve(
+        &self,
+        names_by_index: &HashMap<u32, &str>,
+        addresses: &mut HashMap<u32, BTreeSet<cidr::Ipv4Inet>>,
+    ) -> Link {
+        let name_of = |index: Option<u32>| {
+            index
+                .and_then(|index| names_by_index.get(&index))
+                .map(|name| name.to_string())
+        };
+        let mut link = self.link.clone();
+        link.master = name_of(self.master_index);
+        if let Some(vxlan) = &mut link.vxlan {
+            vxlan.device = name_of(self.vxlan_device_index);
+        }
+        link.addresses = addresses.remove(&self.index).unwrap_or_default();
+        link
+    }
+}
+
+fn name(message: &LinkMessage) -> Option<String> {
+    message
+        .attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            LinkAttribute::IfName(name) => Some(name.clone()),
+            _ => None,
+        })
+}
+
+fn kind(message: &LinkMessage) -> LinkKind {
+    if message.header.link_layer_type == LinkLayerType::Loopback {
+        return LinkKind::Loopback;
+    }
+    let info_kind = message
+        .attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|info| match info {
+                LinkInfo::Kind(kind) => Some(kind.clone()),
+                _ => None,
+            }),
+            _ => None,
+        });
+    match info_kind {
+        Some(InfoKind::Bridge) => LinkKind::Bridge,
+        Some(InfoKind::Veth) => LinkKind::Veth,
+        Some(InfoKind::Vxlan) => LinkKind::Vxlan,
+        _ => LinkKind::Other,
+    }
+}
+
+fn hairpin(infos: &[LinkInfo]) -> bool {
+    infos.iter().any(|info| match info {
+        LinkInfo::PortData(InfoPortData::BridgePort(port)) => port
+            .iter()
+            .any(|attribute| matches!(attribute, InfoBridgePort::HairpinMode(true))),
+        _ => false,
+    })
+}
+
+/// The tunnel settings of a vxlan, and the index of its underlay device.
+fn vxlan(infos: &[LinkInfo]) -> Option<(Vxlan, Option<u32>)> {
+    let data = infos.iter().find_map(|info| match info {
+        LinkInfo::Data(InfoData::Vxlan(data)) => Some(data),
+        _ => None,
+    })?;
+    let mut vxlan = Vxlan {
+        id: 0,
+        local: None,
+        port: 0,
+        device: None,
+    };
+    let mut device = None;
+    for attribute in data {
+        match attribute {
+            InfoVxlan::Id(id) => vxlan.id = *id,
+            InfoVxlan::Local(local) => vxlan.local = Some(*local),
+            InfoVxlan::Port(port) => vxlan.port = *port,
+            InfoVxlan::Link(index) => device = Some(*index),
+            _ => {}
+        }
+    }
+    Some((vxlan, device))
+}
+
+/// A route of the main table, as kudonet reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RouteRecord {
+    /// `None` when it is not an IPv4 prefix.
+    pub(crate) destination: Option<Ipv4Cidr>,
+    pub(crate) gateway: Option<Ipv4Addr>,
+    /// The output interface's index.
+    pub(crate) device: Option<u32>,
+    /// Made by the kernel for an interface's own subnet.
+    pub(crate) kernel: bool,
+    /// The route protocol number (kudonet's marks its own).
+    pub(crate) protocol: u8,
+}
+
+impl RouteRecord {
+    fn parse(route: &RouteMessage) -> RouteRecord {
+        let mut destination = Ipv4Addr::UNSPECIFIED;
+        let (mut gateway, mut device) = (None, None);
+        for attribute in &route.attributes {
+            match attribute {
+                RouteAttribute::Destination(RouteAddress::Inet(address)) => destination = *address,
+                RouteAttribute::Gateway(RouteAddress::Inet(address)) => gateway = Some(*address),
+                RouteAttribute::Oif(index) => device = Some(*index),
+                _ => {}
+            }
+        }
+        RouteRecord {
+            destination: Ipv4Cidr::new(destination, route.header.destination_prefix_length).ok(),
+            gateway,
+            device,
+            kernel: route.header.protocol == RouteProtocol::Kernel,
+            protocol: u8::from(route.header.protocol),
+        }
+    }
 }
 
 #[cfg(test)]
