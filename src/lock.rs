@@ -6,11 +6,11 @@
 //! kudonet was given: it is the kernel state they would fight over.
 //!
 //! `flock` needs nothing but an open descriptor, so whoever can open a lock file can stop
-//! every kudonet of the machine. Hence the folder is root's alone (0700, refused when
-//! another user owns it or can write it), the files are root's alone (0600, opened without
-//! following links, refused unless they are regular files of root's), and a lock still held
-//! through a descriptor some other user opened before these rules (an older kudonet made
-//! the files 0644) is broken by replacing the file.
+//! every kudonet of the machine. Hence the folder is root's alone (or the running user's:
+//! 0700, refused when another user owns it or can write it), the files too (0600, opened
+//! without following links, refused unless they are regular files of such an owner), and a
+//! lock still held through a descriptor some other user opened before these rules (an older
+//! kudonet made the files 0644) is broken by replacing the file.
 
 use std::fs::{DirBuilder, File};
 use std::io::{self, Read, Seek, Write};

@@ -30,8 +30,6 @@
 //! The requests, the response and [`Port`] are also reachable where the original library
 //! published them: [`request`], [`response`] and [`crate::port`].
 
-#![deny(missing_docs)]
-
 use std::net::Ipv4Addr;
 
 use cidr::Ipv4Inet;

@@ -3,8 +3,6 @@
 //! ([`error::NetworkError`]), and carrying out a call through the same lock, planner and
 //! dataplane as `kudonet apply` and `kudonet teardown`.
 
-#![deny(missing_docs)]
-
 pub(crate) mod error;
 pub(crate) mod inet;
 pub mod instance;

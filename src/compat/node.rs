@@ -22,8 +22,6 @@
 //! The requests and responses are also reachable where the original library published them:
 //! [`request`] and [`response`].
 
-#![deny(missing_docs)]
-
 use cidr::Ipv4Inet;
 
 use crate::compat;

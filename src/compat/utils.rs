@@ -36,8 +36,6 @@
 //! [`setup_node`](crate::node::setup_node) with a new node id re-keys it while no instance is
 //! set up.
 
-#![deny(missing_docs)]
-
 pub use crate::compat::error::NetworkError;
 pub use crate::compat::inet::IntoIpv4Inet;
 pub use crate::compat::store::{

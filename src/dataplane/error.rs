@@ -84,7 +84,7 @@ impl Cause {
     /// An I/O error while doing `context` (`create namespace: File exists`); whether a retry
     /// can help follows its errno ([`errno_can_retry`]).
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Cause {
-        let can_retry = source.raw_os_error().is_none_or(errno_can_retry);
+        let can_retry = io_can_retry(&source);
         Cause::new(
             IoError {
                 context: context.into(),
@@ -140,6 +140,12 @@ pub struct IoError {
     pub context: String,
     /// The error the system returned.
     pub source: std::io::Error,
+}
+
+/// [`errno_can_retry`] for an I/O error; one without an errno (a short read, bad data from
+/// the kernel) is worth retrying.
+pub fn io_can_retry(error: &std::io::Error) -> bool {
+    error.raw_os_error().is_none_or(errno_can_retry)
 }
 
 /// Whether the kernel answering `errno` to a request can answer otherwise later, with the

@@ -6,7 +6,7 @@
 mod error;
 pub mod memory;
 
-pub use error::{Cause, DataplaneError, IoError, Refusal, errno_can_retry};
+pub use error::{Cause, DataplaneError, IoError, Refusal, errno_can_retry, io_can_retry};
 
 use std::collections::BTreeSet;
 

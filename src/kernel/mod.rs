@@ -377,9 +377,7 @@ impl Dataplane for KernelDataplane {
             .map(drop)
             .map_err(|error| {
                 let context = format!("cannot change sysctls: {}", path.display());
-                let can_retry = error
-                    .raw_os_error()
-                    .is_none_or(crate::dataplane::errno_can_retry);
+                let can_retry = crate::dataplane::io_can_retry(&error);
                 DataplaneError::Unavailable(Cause::new(
                     NeedsWritableSysctls(crate::dataplane::IoError {
                         context,

@@ -6,8 +6,9 @@
 //! may have changed since ([`Changes`]): a kernel event names a link or a namespace, an
 //! action of kudonet's names what it touched, and the nf_tables generation tells whether
 //! iptables moved. With nothing named, a pass over a node of a thousand instances reads
-//! the node's addresses, routes and sysctls, the netns directory and the nf_tables
-//! generation, and no link or namespace at all.
+//! the node's addresses, routes and sysctls, the netns directory, the overlay's forwarding
+//! entries (when there is an overlay) and the nf_tables generation (and iptables only when
+//! it moved), and no link or namespace at all.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -41,11 +42,7 @@ impl ObserveError {
     /// their `can_retry`); a netns directory or a sysctl that cannot be read follows its
     /// errno (a permission: no; a namespace or a link that vanished meanwhile: yes).
     pub fn can_retry(&self) -> bool {
-        let errno = |error: &std::io::Error| {
-            error
-                .raw_os_error()
-                .is_none_or(crate::dataplane::errno_can_retry)
-        };
+        let errno = crate::dataplane::io_can_retry;
         match self {
             ObserveError::Socket(error) => errno(error),
             ObserveError::Netlink(error) => error.can_retry(),
@@ -313,22 +310,18 @@ fn refresh_namespaces(
     cached: &mut HashMap<String, InstanceNamespace>,
     changes: &Changes,
 ) -> Result<BTreeSet<u32>, ObserveError> {
-    let listed = netns::list(netns_dir).map_err(|source| ObserveError::NetnsDir {
+    let dir_error = |source| ObserveError::NetnsDir {
         dir: netns_dir.display().to_string(),
         source,
-    })?;
+    };
+    let listed = netns::list(netns_dir).map_err(dir_error)?;
     // Only namespaces named like kudonet's matter (its own, or foreign ones in the way):
     // others are not entered, nor kept alive by a cached socket.
     let listed: Vec<String> = listed
         .into_iter()
         .filter(|name| name.starts_with(names::NAMESPACE_PREFIX))
         .collect();
-    let fresh = sockets
-        .refresh(&listed)
-        .map_err(|source| ObserveError::NetnsDir {
-            dir: netns_dir.display().to_string(),
-            source,
-        })?;
+    let fresh = sockets.refresh(&listed).map_err(dir_error)?;
     cached.retain(|name, _| sockets.contains(name));
     let stale: Vec<(&String, &mut Netlink)> = sockets
         .iter_mut()
@@ -344,10 +337,7 @@ fn refresh_namespaces(
     let read = netns::on_every_core(stale, |(name, netlink)| {
         (name.clone(), read_namespace(netlink))
     })
-    .map_err(|source| ObserveError::NetnsDir {
-        dir: netns_dir.display().to_string(),
-        source,
-    })?;
+    .map_err(dir_error)?;
     let mut peers = BTreeSet::new();
     let mut note_peers = |namespace: Option<&InstanceNamespace>| {
         let links = namespace

@@ -241,15 +241,16 @@ impl Iptables {
     /// this parser cannot read does not hide them), and whether the FORWARD chain of
     /// `filter` drops by policy.
     pub fn read_all(&self) -> Result<(BTreeMap<String, Table>, bool), FirewallError> {
+        let kept = only_tables(&self.save_all()?, &[NAT, FILTER]);
+        // Only `filter` has a FORWARD chain among the two.
+        let forward_drops = kept.lines().any(|line| line.starts_with(":FORWARD DROP "));
+        Ok((parse_save(&kept)?, forward_drops))
+    }
+
+    /// What a plain `iptables-save` prints: every table.
+    fn save_all(&self) -> Result<String, FirewallError> {
         let output = run(&self.save, &[], None)?;
-        let text = String::from_utf8_lossy(&output.stdout);
-        let forward_drops = only_tables(&text, &[FILTER])
-            .lines()
-            .any(|line| line.starts_with(":FORWARD DROP "));
-        Ok((
-            parse_save(&only_tables(&text, &[NAT, FILTER]))?,
-            forward_drops,
-        ))
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     /// Checks that both programs can be found, before anything is changed: a node must not
@@ -284,8 +285,7 @@ impl Iptables {
         &self,
         tables: &[&str],
     ) -> Result<(BTreeMap<String, Table>, bool), FirewallError> {
-        let output = run(&self.save, &[], None)?;
-        let text = String::from_utf8_lossy(&output.stdout);
+        let text = self.save_all()?;
         let mut saved = parse_save(&only_tables(&text, tables))?;
         let mut read = BTreeMap::new();
         for &table in tables {

@@ -181,8 +181,8 @@ pub struct FirewallCache {
 }
 
 /// iptables: the tables read at the last observation while the nf_tables generation has
-/// not moved since, else read afresh (one `iptables-save`); the legacy backend beside it
-/// only when `reread_legacy`.
+/// not moved since, else read afresh (one `iptables-save`, and one more when the other
+/// backend is the nf_tables one); the legacy backend beside it only when `reread_legacy`.
 pub(super) fn read_firewall(
     iptables: &Iptables,
     mut generation: Option<&mut Generation>,
