@@ -97,6 +97,14 @@ impl Snapshot {
 
     /// The node's links whose veth peer is in namespace `netns`.
     pub fn host_peers_of_namespace(&self, netns: &str) -> Vec<String> {
+        self.host_peer_links_of_namespace(netns)
+            .into_iter()
+            .map(|(_, name)| name)
+            .collect()
+    }
+
+    /// The node's links whose veth peer is in namespace `netns`, by index and name.
+    pub fn host_peer_links_of_namespace(&self, netns: &str) -> Vec<(u32, String)> {
         let Some(namespace) = self.namespaces.get(netns) else {
             return Vec::new();
         };
@@ -109,7 +117,7 @@ impl Snapshot {
             .iter()
             .flatten()
             .filter(|(index, _)| peers.contains(index))
-            .map(|(_, raw)| raw.name.clone())
+            .map(|(index, raw)| (*index, raw.name.clone()))
             .collect()
     }
 }
