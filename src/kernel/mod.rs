@@ -374,10 +374,23 @@ impl KernelDataplane {
                 chains,
                 jumps,
                 ..
-            } => self
-                .firewall
-                .sync_table(table, chains, jumps)
-                .map_err(Cause::from),
+            } => {
+                // The table as observed, while the generation says nothing changed since:
+                // no `iptables-save` before the restore.
+                let before = self.generation.as_mut().and_then(|g| g.current().ok());
+                let current = before.and_then(|now| self.snapshot.firewall().table_at(now, table));
+                let written = self
+                    .firewall
+                    .sync_table(table, current, chains, jumps)
+                    .map_err(Cause::from)?;
+                let after = self.generation.as_mut().and_then(|g| g.current().ok());
+                if let (Some(before), Some(after), Some(written)) = (before, after, written) {
+                    self.snapshot
+                        .firewall_mut()
+                        .wrote(before, after, table, written);
+                }
+                Ok(())
+            }
             Action::PurgeOtherBackend { table } => self
                 .firewall
                 .purge_other_backend(table)
@@ -480,7 +493,7 @@ fn wait_for_dying_links(host: &mut Netlink, dying: Vec<(u32, String)>) -> Result
         // the front, and now and then all of them.
         rounds += 1;
         let before = pending.len();
-        if rounds % 64 == 0 {
+        if rounds.is_multiple_of(64) {
             let mut still = std::collections::VecDeque::new();
             for link in pending {
                 if alive(host, &link)? {

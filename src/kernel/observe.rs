@@ -72,6 +72,16 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// What the firewall held when last read.
+    pub fn firewall(&self) -> &FirewallCache {
+        &self.firewall
+    }
+
+    /// What the firewall held when last read, for kudonet's own writes to update.
+    pub fn firewall_mut(&mut self) -> &mut FirewallCache {
+        &mut self.firewall
+    }
+
     /// The namespaces holding the other end of the node's veth `name`.
     pub fn peers_of_host_link(&self, name: &str) -> Vec<String> {
         let Some(host) = self
