@@ -121,6 +121,7 @@ pub fn converge(
                 }),
             }
         }
+        dataplane.settle()?;
         outcome.observed = dataplane.observe()?;
         outcome.remaining = plan(desired, &outcome.observed);
         if !outcome.remaining.steps.iter().any(|step| wanted(&step)) {
@@ -155,6 +156,7 @@ pub fn teardown(
             }),
         }
     }
+    dataplane.settle()?;
     outcome.observed = dataplane.observe()?;
     outcome.remaining = plan_teardown(&outcome.observed);
     Ok(outcome)

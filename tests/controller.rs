@@ -813,6 +813,34 @@ fn metrics_health_and_readiness() {
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
 
+        // Removing an instance is no repair: its veth goes with its namespace, and the
+        // kernel's events about it are kudonet's own doing.
+        state.replace(
+            "node.yaml",
+            NODE.split("---\nkind: Instance\nname: db").next().unwrap(),
+        );
+        kudonet.wait_until("db is gone", || {
+            namespaces() == ["kudo-web"] && link(None, DB_VETH).is_none()
+        });
+        kudonet.wait_ready(&["web"]);
+        let passes = || {
+            kudonet
+                .metric("kudonet_reconciles_total{result=\"converged\"}")
+                .unwrap_or(0.0)
+        };
+        let before = passes();
+        kudonet.signal(Signal::SIGHUP);
+        kudonet.wait_until("a pass after the removal", || passes() > before);
+        assert_eq!(kudonet.metric("kudonet_drift_repairs_total"), Some(0.0));
+        assert_eq!(
+            kudonet.metric("kudonet_actions_total{kind=\"delete_namespace\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            kudonet.metric("kudonet_actions_total{kind=\"delete_link\"}"),
+            None
+        );
+
         // A repair counts.
         common::run_ok("ip", &["link", "set", "kudo0", "down"]);
         kudonet.wait_until("the repair is counted", || {
@@ -855,7 +883,7 @@ fn metrics_health_and_readiness() {
         });
 
         kudonet.stop();
-        network_left_in_place(&["db", "web"]);
+        network_left_in_place(&["web"]);
     });
 }
 

@@ -388,3 +388,41 @@ fn one_save_of_all_tables_reads_what_a_save_per_table_reads() {
         },
     );
 }
+
+/// What a sync reports having written is what the kernel then has, to the rule: the kernel
+/// dataplane keeps it as the table's state instead of reading the table again.
+#[test]
+fn a_sync_reports_the_table_as_the_kernel_then_has_it() {
+    common::sandboxed("a_sync_reports_the_table_as_the_kernel_then_has_it", || {
+        common::sh(FOREIGN);
+        common::sh(STALE);
+        let iptables = Iptables::new();
+        let (filter_chains, filter_jumps) = filter_rules();
+        let (nat_chains, nat_jumps) = nat_rules();
+        // An empty chain of kudonet's (no published port) is created all the same.
+        let no_ports: Chains = nat_chains
+            .iter()
+            .map(|(chain, rules)| match chain.as_str() {
+                "KUDO-PORTS" => (chain.clone(), Vec::new()),
+                _ => (chain.clone(), rules.clone()),
+            })
+            .collect();
+        let none = BTreeMap::new();
+        let requests = [
+            ("filter", &filter_chains, &filter_jumps),
+            ("nat", &nat_chains, &nat_jumps),
+            ("nat", &none, &none),
+            ("nat", &no_ports, &nat_jumps),
+            ("filter", &none, &none),
+            ("nat", &none, &none),
+        ];
+        for (table, chains, jumps) in requests {
+            let current = iptables.read_table(table).unwrap();
+            let written = iptables
+                .sync_table_from(table, Some(current), chains, jumps)
+                .unwrap()
+                .expect("a change was written");
+            assert_eq!(written, iptables.read_table(table).unwrap(), "{table}");
+        }
+    });
+}

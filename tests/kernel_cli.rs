@@ -847,7 +847,7 @@ fn teardown_then_apply_rebuilds() {
         assert!(
             teardown
                 .stdout
-                .ends_with("Teardown complete: 0 added, 2 changed, 5 destroyed.\n"),
+                .ends_with("Teardown complete: 0 added, 2 changed, 3 destroyed.\n"),
             "{}",
             teardown.stdout
         );
@@ -873,4 +873,38 @@ fn teardown_then_apply_rebuilds() {
         assert_eq!(seen(&netns("outside"), "203.0.113.1:8080"), "203.0.113.254");
         assert_eq!(seen(&netns("kudo-db"), "10.0.0.2:80"), "10.0.0.3");
     });
+}
+
+/// A removed instance's namespace goes with its veth; one a process still uses stays alive
+/// (and its veth with it) after kudonet lets it go: kudonet then deletes the veth itself.
+#[test]
+fn removed_instance_leaves_nothing_even_while_its_namespace_is_in_use() {
+    common::sandboxed(
+        "removed_instance_leaves_nothing_even_while_its_namespace_is_in_use",
+        || {
+            let state = StateDir::new(NODE);
+            assert_eq!(kudonet(&["apply", state.path()]).code, 0);
+            // As a process inside it would: an open descriptor keeps the namespace alive.
+            let db = std::fs::File::open("/run/netns/kudo-db").unwrap();
+            state.replace(
+                "node.yaml",
+                NODE.split("---\nkind: Instance\nname: db").next().unwrap(),
+            );
+            kudonet(&["apply", state.path()]).expect(
+                0,
+                "- namespace kudo-db\nApply complete: 0 added, 0 changed, 1 destroyed.\n",
+                "",
+            );
+            assert_eq!(link_names(None), ["lo", "kudo0", WEB_VETH]);
+            assert_eq!(namespaces(), ["kudo-web"]);
+            assert!(!firewall().contains("10.0.0.3"));
+            kudonet(&["plan", state.path()]).expect(0, "No changes.\n", "");
+            // The namespace lives on, without kudonet's eth0.
+            use std::os::fd::AsRawFd;
+            let held = format!("/proc/{}/fd/{}", std::process::id(), db.as_raw_fd());
+            let inside = common::run_ok("nsenter", &[&format!("--net={held}"), "ip", "-o", "link"]);
+            assert_eq!(inside.lines().count(), 1, "{inside}");
+            assert!(inside.starts_with("1: lo:"), "{inside}");
+        },
+    );
 }

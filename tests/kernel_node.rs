@@ -148,9 +148,14 @@ fn one_node_end_to_end() {
         );
         assert_eq!(
             stdout(&remove),
-            "- link kv14e07b53ba1e3\n- namespace kudo-db\nApply complete: 0 added, 0 changed, 2 destroyed.\n"
+            "- namespace kudo-db\nApply complete: 0 added, 0 changed, 1 destroyed.\n"
         );
         assert_eq!(seen(&outside, Tcp, "203.0.113.1:8080"), "203.0.113.254");
+        // The namespace took its veth with it: nothing of db is left on the node.
+        assert!(common::link(None, "kv14e07b53ba1e3").is_none());
+        assert!(!common::sh("cat /proc/self/mountinfo").contains("kudo-db"));
+        assert!(!firewall().contains("10.0.0.3"));
+        assert_eq!(stdout(&kudonet(&["plan", dir])), "No changes.\n");
 
         // Teardown leaves no kudonet object and every foreign one.
         let teardown = kudonet(&["teardown"]);

@@ -75,8 +75,17 @@ pub trait Dataplane {
         Ok(())
     }
 
-    /// Carries out `actions` in order, stopping at the first failure.
+    /// Waits until what the actions applied since the last call set going finishes: the
+    /// kernel destroys the veths of deleted namespaces asynchronously. Called after a
+    /// plan's actions, before the node is observed again, so that an observation never
+    /// sees half-removed instances (and neither recreates nor deletes again what is going).
+    fn settle(&mut self) -> Result<(), DataplaneError> {
+        Ok(())
+    }
+
+    /// Carries out `actions` in order, stopping at the first failure, then settles.
     fn apply_all(&mut self, actions: &[Action]) -> Result<(), DataplaneError> {
-        actions.iter().try_for_each(|action| self.apply(action))
+        actions.iter().try_for_each(|action| self.apply(action))?;
+        self.settle()
     }
 }

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use firewall::{FirewallDriver, Iptables};
 use netlink::netfilter::Generation;
-use netlink::route::parse_link;
+use netlink::route::{RawLink, parse_link};
 use netlink::{Netlink, NetlinkError};
 use netns::NamespaceSockets;
 use observe::{Snapshot, Sources, observe};
@@ -44,6 +44,9 @@ pub struct KernelDataplane {
     snapshot: Snapshot,
     /// What may have changed since: reported by the owner, and touched by actions.
     changes: Changes,
+    /// Host ends of veths whose namespace was deleted, by index and name: the kernel
+    /// destroys them on its own, asynchronously; [`Dataplane::settle`] waits for it.
+    dying: Vec<(u32, String)>,
     /// Whether the owner reports every change of the kernel through [`changed`]: if not,
     /// every observation reads everything again (but iptables while its generation stands).
     ///
@@ -78,6 +81,7 @@ impl KernelDataplane {
             generation: Generation::open().ok(),
             snapshot: Snapshot::default(),
             changes: Changes::everything(),
+            dying: Vec::new(),
             incremental: false,
         })
     }
@@ -211,9 +215,13 @@ impl KernelDataplane {
             Action::CreateNamespace { name } => netns::create(&self.netns_dir, name)
                 .map_err(|error| Cause::io("create namespace", error)),
             Action::DeleteNamespace { name } => {
+                // Our socket inside holds the namespace alive: let it go first.
                 self.namespaces.forget(name);
+                let host_ends = self.snapshot.host_peer_links_of_namespace(name);
                 netns::delete(&self.netns_dir, name)
-                    .map_err(|error| Cause::io("delete namespace", error))
+                    .map_err(|error| Cause::io("delete namespace", error))?;
+                self.dying.extend(host_ends);
+                Ok(())
             }
             Action::CreateBridge { name, mtu } => {
                 // A fixed address, so that ports coming and going never change it; random,
@@ -247,8 +255,19 @@ impl KernelDataplane {
                 })
             }
             Action::DeleteLink { link } => {
-                let (socket, index) = self.link(link)?;
-                socket.delete_link(index, &link.name).map_err(Cause::from)
+                let socket = self.socket(link.netns.as_deref())?;
+                // Gone already (with its namespace, or its other end): nothing to do.
+                let Some(index) = socket
+                    .get_link(&link.name)
+                    .map_err(Cause::from)?
+                    .map(|message| message.header.index)
+                else {
+                    return Ok(());
+                };
+                match socket.delete_link(index, &link.name) {
+                    Err(error) if error.errno() == Some(nix::libc::ENODEV) => Ok(()),
+                    result => result.map_err(Cause::from),
+                }
             }
             Action::SetMtu { link, mtu } => {
                 let (socket, index) = self.link(link)?;
@@ -355,10 +374,23 @@ impl KernelDataplane {
                 chains,
                 jumps,
                 ..
-            } => self
-                .firewall
-                .sync_table(table, chains, jumps)
-                .map_err(Cause::from),
+            } => {
+                // The table as observed, while the generation says nothing changed since:
+                // no `iptables-save` before the restore.
+                let before = self.generation.as_mut().and_then(|g| g.current().ok());
+                let current = before.and_then(|now| self.snapshot.firewall().table_at(now, table));
+                let written = self
+                    .firewall
+                    .sync_table(table, current, chains, jumps)
+                    .map_err(Cause::from)?;
+                let after = self.generation.as_mut().and_then(|g| g.current().ok());
+                if let (Some(before), Some(after), Some(written)) = (before, after, written) {
+                    self.snapshot
+                        .firewall_mut()
+                        .wrote(before, after, table, written);
+                }
+                Ok(())
+            }
             Action::PurgeOtherBackend { table } => self
                 .firewall
                 .purge_other_backend(table)
@@ -413,6 +445,14 @@ impl Dataplane for KernelDataplane {
     fn changed(&mut self, changes: Changes) {
         self.changes.merge(changes);
     }
+    fn settle(&mut self) -> Result<(), DataplaneError> {
+        let dying = std::mem::take(&mut self.dying);
+        self.changes
+            .host_names
+            .extend(dying.iter().map(|(_, name)| name.clone()));
+        wait_for_dying_links(&mut self.host, dying)
+            .map_err(|error| DataplaneError::Observe(observe::ObserveError::Netlink(error).into()))
+    }
     fn apply(&mut self, action: &Action) -> Result<(), DataplaneError> {
         self.touches(action);
         crash_point();
@@ -422,6 +462,69 @@ impl Dataplane for KernelDataplane {
         crash_point();
         result
     }
+}
+
+/// How long the kernel may go without destroying one more of the dying links before
+/// [`wait_for_dying_links`] takes it that the rest are held: a process still in their
+/// namespace keeps it, and the veth, alive.
+const DYING_STALL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Waits until the kernel has destroyed the host ends of veths whose namespace was
+/// deleted (`(index, name)` each), so that what follows sees the node without them. The
+/// kernel destroys the devices of every dying namespace together, in one batch; a link
+/// still there after [`DYING_STALL`] without progress belongs to a namespace some process
+/// still uses, and is deleted here, if it is still kudonet's (its other end goes with it).
+fn wait_for_dying_links(host: &mut Netlink, dying: Vec<(u32, String)>) -> Result<(), NetlinkError> {
+    use std::time::{Duration, Instant};
+    // Gone, or its index now names something else: not ours to wait for.
+    let alive = |host: &mut Netlink, (index, name): &(u32, String)| {
+        Ok::<_, NetlinkError>(
+            host.get_link_by_index(*index)?
+                .as_ref()
+                .and_then(RawLink::parse)
+                .is_some_and(|raw| raw.name == *name && raw.link.is_owned()),
+        )
+    };
+    let mut pending: std::collections::VecDeque<(u32, String)> = dying.into();
+    let mut progress = Instant::now();
+    let mut rounds = 0u32;
+    while !pending.is_empty() && progress.elapsed() < DYING_STALL {
+        // The kernel destroys them in the order their namespaces died, mostly: check from
+        // the front, and now and then all of them.
+        rounds += 1;
+        let before = pending.len();
+        if rounds.is_multiple_of(64) {
+            let mut still = std::collections::VecDeque::new();
+            for link in pending {
+                if alive(host, &link)? {
+                    still.push_back(link);
+                }
+            }
+            pending = still;
+        } else {
+            while let Some(link) = pending.front() {
+                if alive(host, link)? {
+                    break;
+                }
+                pending.pop_front();
+            }
+        }
+        if pending.len() < before {
+            progress = Instant::now();
+        }
+        if !pending.is_empty() {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    for link in pending {
+        if alive(host, &link)? {
+            match host.delete_link(link.0, &link.1) {
+                Err(error) if error.errno() != Some(nix::libc::ENODEV) => return Err(error),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A random unicast, locally administered MAC address.

@@ -72,6 +72,16 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// What the firewall held when last read.
+    pub fn firewall(&self) -> &FirewallCache {
+        &self.firewall
+    }
+
+    /// What the firewall held when last read, for kudonet's own writes to update.
+    pub fn firewall_mut(&mut self) -> &mut FirewallCache {
+        &mut self.firewall
+    }
+
     /// The namespaces holding the other end of the node's veth `name`.
     pub fn peers_of_host_link(&self, name: &str) -> Vec<String> {
         let Some(host) = self
@@ -97,6 +107,14 @@ impl Snapshot {
 
     /// The node's links whose veth peer is in namespace `netns`.
     pub fn host_peers_of_namespace(&self, netns: &str) -> Vec<String> {
+        self.host_peer_links_of_namespace(netns)
+            .into_iter()
+            .map(|(_, name)| name)
+            .collect()
+    }
+
+    /// The node's links whose veth peer is in namespace `netns`, by index and name.
+    pub fn host_peer_links_of_namespace(&self, netns: &str) -> Vec<(u32, String)> {
         let Some(namespace) = self.namespaces.get(netns) else {
             return Vec::new();
         };
@@ -109,7 +127,7 @@ impl Snapshot {
             .iter()
             .flatten()
             .filter(|(index, _)| peers.contains(index))
-            .map(|(_, raw)| raw.name.clone())
+            .map(|(index, raw)| (*index, raw.name.clone()))
             .collect()
     }
 }

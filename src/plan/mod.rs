@@ -355,8 +355,28 @@ impl<'a> Planner<'a> {
 
     /// Deletes what kudonet owns and `wanted` does not name: host veths first (that takes
     /// their peers out of the namespaces), then namespaces, bridges and routes.
+    ///
+    /// A veth whose other end is in a namespace that goes too is not deleted on its own:
+    /// deleting one link costs an RCU grace period, one after another, while the kernel
+    /// destroys the devices of every dying namespace together, in one batch. The dataplane
+    /// waits for that (see `Dataplane::settle`).
     fn delete_unwanted(&mut self, wanted: &Wanted) {
         let observed = self.observed;
+        let dying_namespaces: BTreeSet<&String> = observed
+            .namespaces
+            .iter()
+            .filter(|(name, namespace)| namespace.owned && !wanted.namespaces.contains(*name))
+            .map(|(name, _)| name)
+            .collect();
+        let goes_with_its_namespace = |name: &String, link: &Link| {
+            // A name some desired instance needs is freed at once instead.
+            !wanted.host_links.contains_key(name)
+                && link
+                    .peer
+                    .as_ref()
+                    .and_then(|peer| peer.netns.as_ref())
+                    .is_some_and(|netns| dying_namespaces.contains(netns))
+        };
         // Left by a crash between creating a link and marking it: a scratch name, a kind
         // kudonet creates, and no mark but kudonet's.
         for (name, link) in &observed.links {
@@ -372,6 +392,7 @@ impl<'a> Planner<'a> {
             if link.kind == LinkKind::Veth
                 && link.is_owned()
                 && wanted.host_links.get(name).map(|(alias, _)| alias) != link.alias.as_ref()
+                && !goes_with_its_namespace(name, link)
             {
                 self.delete_link(LinkRef::host(name));
             }

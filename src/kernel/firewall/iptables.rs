@@ -308,7 +308,21 @@ impl Iptables {
             };
             read.insert(table.to_string(), found);
         }
-        Ok((read, is_nf_tables(&text)))
+        // An empty ruleset prints no header: the binary tells then.
+        let nf_tables = match text.lines().any(|line| line.starts_with('*')) {
+            true => is_nf_tables(&text),
+            false => self.binary_is_nf_tables(),
+        };
+        Ok((read, nf_tables))
+    }
+
+    /// Whether the `iptables-save` in use is the nf_tables one, by the name of the binary
+    /// it resolves to (`xtables-nft-multi`); false when that cannot be told.
+    fn binary_is_nf_tables(&self) -> bool {
+        locate(&self.save)
+            .and_then(|path| std::fs::canonicalize(path).ok())
+            .and_then(|binary| Some(binary.file_name()?.to_str()?.contains("nft")))
+            .unwrap_or(false)
     }
 
     /// Rewrites kudonet's part of `table` to `chains` and `jumps` (see [`synced_table`]) in
@@ -320,19 +334,36 @@ impl Iptables {
         chains: &BTreeMap<String, Vec<String>>,
         jumps: &BTreeMap<String, Vec<String>>,
     ) -> Result<(), FirewallError> {
+        self.sync_table_from(table, None, chains, jumps).map(drop)
+    }
+
+    /// As [`Iptables::sync_table`], from `current` when the caller knows the table as it
+    /// is now (read at the nf_tables generation that still stands), else reading it.
+    /// Returns the table as written, or `None` when it was as wanted already.
+    pub fn sync_table_from(
+        &self,
+        table: &str,
+        current: Option<Table>,
+        chains: &BTreeMap<String, Vec<String>>,
+        jumps: &BTreeMap<String, Vec<String>>,
+    ) -> Result<Option<Table>, FirewallError> {
         check_request(table, chains, jumps)?;
-        let current = self.read_table(table)?;
+        let current = match current {
+            Some(current) => current,
+            None => self.read_table(table)?,
+        };
         let mut wanted = synced_table(&current, chains, jumps);
-        // An empty jump list for a chain the table lacks creates nothing in the kernel.
-        wanted
-            .chains
-            .retain(|chain, rules| !rules.is_empty() || current.chains.contains_key(chain));
+        // An empty jump list for a chain the table lacks creates nothing in the kernel
+        // (kudonet's own chains are created even when empty).
+        wanted.chains.retain(|chain, rules| {
+            !rules.is_empty() || current.chains.contains_key(chain) || Table::is_owned_chain(chain)
+        });
         if wanted == current {
-            return Ok(());
+            return Ok(None);
         }
         let script = restore_script(table, &current, chains, jumps);
         run(&self.restore, &["-w", "--noflush"], Some(&script))?;
-        Ok(())
+        Ok(Some(wanted))
     }
 }
 

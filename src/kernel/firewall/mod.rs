@@ -127,13 +127,16 @@ pub trait FirewallDriver {
     ) -> Result<FirewallView, FirewallError>;
 
     /// Syncs `table` to `chains` and `jumps` in one transaction (see
-    /// [`synced_table`](crate::observed::synced_table)).
+    /// [`synced_table`](crate::observed::synced_table)), from `current` when the caller
+    /// knows the table as it is now, else reading it first. Returns the table as written,
+    /// or `None` when it was as wanted already.
     fn sync_table(
         &self,
         table: &str,
+        current: Option<Table>,
         chains: &BTreeMap<String, Vec<String>>,
         jumps: &BTreeMap<String, Vec<String>>,
-    ) -> Result<(), FirewallError>;
+    ) -> Result<Option<Table>, FirewallError>;
 
     /// Removes kudonet's chains and jump rules from `table` of the other backend.
     fn purge_other_backend(&self, table: &str) -> Result<(), FirewallError>;
@@ -156,10 +159,11 @@ impl FirewallDriver for Iptables {
     fn sync_table(
         &self,
         table: &str,
+        current: Option<Table>,
         chains: &BTreeMap<String, Vec<String>>,
         jumps: &BTreeMap<String, Vec<String>>,
-    ) -> Result<(), FirewallError> {
-        Iptables::sync_table(self, table, chains, jumps)
+    ) -> Result<Option<Table>, FirewallError> {
+        Iptables::sync_table_from(self, table, current, chains, jumps)
     }
 
     fn purge_other_backend(&self, table: &str) -> Result<(), FirewallError> {
@@ -178,6 +182,32 @@ pub struct FirewallCache {
     versioned: Option<(u32, FirewallView)>,
     /// What the legacy backend beside kudonet's nf_tables iptables held, when last read.
     legacy: Option<OtherBackend>,
+}
+
+impl FirewallCache {
+    /// kudonet's `table` as read at generation `now`, if that is what is cached: the
+    /// table as the kernel has it while the generation stands.
+    pub(crate) fn table_at(&self, now: u32, table: &str) -> Option<Table> {
+        match &self.versioned {
+            Some((read_at, view)) if *read_at == now => view.tables.get(table).cloned(),
+            _ => None,
+        }
+    }
+
+    /// kudonet's own transaction wrote `table` as `written`, moving the generation from
+    /// `before` to `after`: when it moved by that one transaction only, the cache is the
+    /// kernel's state at `after`, so neither the next sync nor the next observation needs
+    /// to read the tables again. Anything else (someone else's change meanwhile) leaves
+    /// the cache behind the generation, to be read afresh.
+    pub(crate) fn wrote(&mut self, before: u32, after: u32, table: &str, written: Table) {
+        if let Some((read_at, view)) = &mut self.versioned
+            && *read_at == before
+            && after == before.wrapping_add(1)
+        {
+            view.tables.insert(table.to_string(), written);
+            *read_at = after;
+        }
+    }
 }
 
 /// iptables: the tables read at the last observation while the nf_tables generation has
