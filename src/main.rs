@@ -301,9 +301,12 @@ fn apply(cli: &Cli, dir: &Path, node: Option<&str>) -> CommandResult {
     let (spec, desired) = load_desired(dir, node).map_err(|error| error.to_string())?;
     let mut dataplane = dataplane(cli, "apply")?;
     let _lock = wait_for_change_lock(&desired.node.name)?;
-    let outcome = reconcile::converge(&mut dataplane, &desired, &Default::default(), |action| {
-        println!("{action}")
-    })
+    let outcome = reconcile::converge(
+        &mut dataplane,
+        &desired,
+        &Default::default(),
+        &mut |action: &kudonet::plan::Action| println!("{action}"),
+    )
     .map_err(|error| error.to_string())?;
     // A node the machine makes invalid was left untouched (its plan is blocked): say why
     // at the Node's cidr, as for any invalid file.
@@ -334,8 +337,10 @@ fn teardown(cli: &Cli, dir: Option<&Path>, node: Option<&str>) -> CommandResult 
         Some(node) => Some(wait_for_change_lock(node)?),
         None => None,
     };
-    let outcome = reconcile::teardown(&mut dataplane, |action| println!("{action}"))
-        .map_err(|error| error.to_string())?;
+    let outcome = reconcile::teardown(&mut dataplane, &mut |action: &kudonet::plan::Action| {
+        println!("{action}")
+    })
+    .map_err(|error| error.to_string())?;
     report_outcome(
         "Teardown",
         &outcome.applied,
