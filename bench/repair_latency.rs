@@ -53,8 +53,9 @@ fn main() {
     terminate(&mut controller);
 
     let by_apply = measure(&mut netlink, rounds, |_| {
+        // -q: no progress line drawn on the terminal the bench runs in, nor timed.
         let status = Command::new(KUDONET)
-            .arg("apply")
+            .args(["apply", "-q"])
             .arg(dir)
             .stdout(Stdio::null())
             .status()

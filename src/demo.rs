@@ -16,7 +16,7 @@ use crate::kernel::netlink::Netlink;
 use crate::kernel::netns;
 use crate::names;
 use crate::probe::{self, EchoServer, Place};
-use crate::reconcile::{self, load_desired};
+use crate::reconcile::{self, NoProgress, load_desired};
 use crate::spec::{Desired, Protocol};
 
 /// The bundled example, compiled in so that `kudonet demo` works from any directory.
@@ -105,8 +105,13 @@ pub fn run(
 
     let mut dataplane =
         KernelDataplane::new(netns_dir).map_err(|e| io::Error::other(e.to_string()))?;
-    let outcome = reconcile::converge(&mut dataplane, &desired, &Default::default(), |_| {})
-        .map_err(|e| io::Error::other(e.to_string()))?;
+    let outcome = reconcile::converge(
+        &mut dataplane,
+        &desired,
+        &Default::default(),
+        &mut NoProgress,
+    )
+    .map_err(|e| io::Error::other(e.to_string()))?;
     let (add, change, destroy) = crate::plan::count_effects(&outcome.applied);
     writeln!(
         out,

@@ -14,6 +14,13 @@ use kudonet::plan::{count_effects, plan};
 use kudonet::reconcile::{self, Failure, StatusDocument, load_desired};
 use kudonet::{privileges, spec};
 
+/// The command line's own modules.
+mod cli {
+    pub(crate) mod progress;
+}
+
+use cli::progress::{self, Report};
+
 /// kudonet: a declarative network controller for container-like instances.
 ///
 /// Reads YAML files describing nodes and instances from a directory and makes this node's
@@ -33,11 +40,11 @@ struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 
-    /// More log output (-v: info, -vv: debug).
+    /// More output (-v: each action apply and teardown take, and info logs; -vv: debug logs).
     #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
     verbose: u8,
 
-    /// Only errors.
+    /// Only errors: no log line below an error, no progress line.
     #[arg(short, long, global = true)]
     quiet: bool,
 }
@@ -79,6 +86,10 @@ enum Command {
         node: Option<String>,
     },
     /// Make this node match DIR, once; exit 0 when it does, 1 otherwise (each failure named).
+    ///
+    /// Ends with `Apply complete: N added, M changed, K destroyed.` or `No changes.`; -v
+    /// also prints each action as it is applied (as `plan` lists them). On a terminal, a
+    /// line on stderr shows the progress meanwhile and is cleared at the end.
     Apply {
         dir: PathBuf,
         #[arg(long)]
@@ -94,6 +105,9 @@ enum Command {
     },
     /// Remove everything kudonet owns on this node (bridge, veths, namespaces, routes,
     /// chains, jump rules), and nothing else.
+    ///
+    /// Ends with `Teardown complete: ...` or `No changes.`; -v also prints each removal as
+    /// it is done. On a terminal, a line on stderr shows the progress meanwhile.
     Teardown {
         /// Accepted for symmetry with the other commands; ownership is read from the kernel.
         dir: Option<PathBuf>,
@@ -200,7 +214,7 @@ fn init_logging(cli: &Cli) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(progress::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match cli.log_format {
         LogFormat::Text => builder.init(),
@@ -301,10 +315,11 @@ fn apply(cli: &Cli, dir: &Path, node: Option<&str>) -> CommandResult {
     let (spec, desired) = load_desired(dir, node).map_err(|error| error.to_string())?;
     let mut dataplane = dataplane(cli, "apply")?;
     let _lock = wait_for_change_lock(&desired.node.name)?;
-    let outcome = reconcile::converge(&mut dataplane, &desired, &Default::default(), |action| {
-        println!("{action}")
-    })
-    .map_err(|error| error.to_string())?;
+    let mut report = Report::new(cli.verbose > 0, cli.quiet);
+    let outcome = reconcile::converge(&mut dataplane, &desired, &Default::default(), &mut report);
+    // Cleared before anything else is printed.
+    drop(report);
+    let outcome = outcome.map_err(|error| error.to_string())?;
     // A node the machine makes invalid was left untouched (its plan is blocked): say why
     // at the Node's cidr, as for any invalid file.
     reconcile::check_against_node(&spec, &desired, &outcome.observed)
@@ -334,8 +349,10 @@ fn teardown(cli: &Cli, dir: Option<&Path>, node: Option<&str>) -> CommandResult 
         Some(node) => Some(wait_for_change_lock(node)?),
         None => None,
     };
-    let outcome = reconcile::teardown(&mut dataplane, |action| println!("{action}"))
-        .map_err(|error| error.to_string())?;
+    let mut report = Report::new(cli.verbose > 0, cli.quiet);
+    let outcome = reconcile::teardown(&mut dataplane, &mut report);
+    drop(report);
+    let outcome = outcome.map_err(|error| error.to_string())?;
     report_outcome(
         "Teardown",
         &outcome.applied,

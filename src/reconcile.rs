@@ -84,17 +84,67 @@ impl Outcome {
 /// kernel did meanwhile (a link coming up late), more would only repeat a real failure.
 const PASSES: usize = 2;
 
+/// What a converge or a teardown is busy with when it has nothing to count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stage {
+    /// Reading the node before planning.
+    Observing,
+    /// Reading the node again after applying, to see what still differs.
+    Verifying,
+    /// Waiting for the kernel to finish removals it carries out after acknowledging them
+    /// (interfaces of deleted namespaces).
+    Settling,
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stage::Observing => "observing the node",
+            Stage::Verifying => "verifying the node",
+            Stage::Settling => "waiting for the kernel to finish removing interfaces",
+        })
+    }
+}
+
+/// Told what a [`converge`] or [`teardown`] does while it works, to show its progress or
+/// log its actions. Every method does nothing unless implemented; a closure
+/// `FnMut(&Action)` is told about each applied action, and [`NoProgress`] about nothing.
+pub trait Progress {
+    /// A stage without a count starts.
+    fn stage(&mut self, _stage: Stage) {}
+    /// A pass is about to apply `actions` actions (a converge may make two passes).
+    fn planned(&mut self, _actions: usize) {}
+    /// An action succeeded.
+    fn applied(&mut self, _action: &Action) {}
+    /// An action failed (the outcome's `failures` hold it too).
+    fn failed(&mut self, _failure: &Failure) {}
+}
+
+/// Progress nobody follows.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {}
+
+impl<F: FnMut(&Action)> Progress for F {
+    fn applied(&mut self, action: &Action) {
+        self(action)
+    }
+}
+
 /// Converges the node to `desired`: observe, plan, apply every action (a failure does not
 /// stop the others), and observe again to verify; repeats once if something still differs.
 /// Actions for an instance in `held_back` (one waiting out its retry backoff) are left for
-/// later; actions for the node as a whole never are. `on_applied` is told about each action
-/// as it succeeds.
+/// later; actions for the node as a whole never are. `progress` is told what happens as it
+/// happens.
 pub fn converge(
     dataplane: &mut dyn Dataplane,
     desired: &Desired,
     held_back: &BTreeSet<Scope>,
-    mut on_applied: impl FnMut(&Action),
+    progress: &mut dyn Progress,
 ) -> Result<Outcome, DataplaneError> {
+    progress.stage(Stage::Observing);
     let mut outcome = Outcome {
         observed: dataplane.observe()?,
         ..Outcome::default()
@@ -108,20 +158,26 @@ pub fn converge(
         }
         dataplane.check_can_change()?;
         outcome.failures.clear();
+        progress.planned(planned.steps.iter().filter(wanted).count());
         for Step { scope, action } in planned.steps.iter().filter(wanted) {
             match dataplane.apply(action) {
                 Ok(()) => {
-                    on_applied(action);
+                    progress.applied(action);
                     outcome.applied.push(action.clone());
                 }
-                Err(error) => outcome.failures.push(Failure {
-                    scope: scope.clone(),
-                    action: action.clone(),
-                    error,
-                }),
+                Err(error) => {
+                    let failure = Failure {
+                        scope: scope.clone(),
+                        action: action.clone(),
+                        error,
+                    };
+                    progress.failed(&failure);
+                    outcome.failures.push(failure);
+                }
             }
         }
-        dataplane.settle()?;
+        settle(dataplane, progress)?;
+        progress.stage(Stage::Verifying);
         outcome.observed = dataplane.observe()?;
         outcome.remaining = plan(desired, &outcome.observed);
         if !outcome.remaining.steps.iter().any(|step| wanted(&step)) {
@@ -134,32 +190,50 @@ pub fn converge(
 /// Removes everything kudonet owns on the node and nothing else (`kudonet teardown`,
 /// `clean_node`): observe, check the node can be changed, apply every action (a failure
 /// does not stop the others), observe again. `remaining` is what is still kudonet's.
+/// `progress` is told what happens as it happens.
 pub fn teardown(
     dataplane: &mut dyn Dataplane,
-    mut on_applied: impl FnMut(&Action),
+    progress: &mut dyn Progress,
 ) -> Result<Outcome, DataplaneError> {
+    progress.stage(Stage::Observing);
     let planned = plan_teardown(&dataplane.observe()?);
     if !planned.is_empty() {
         dataplane.check_can_change()?;
+        progress.planned(planned.steps.len());
     }
     let mut outcome = Outcome::default();
     for Step { scope, action } in planned.steps {
         match dataplane.apply(&action) {
             Ok(()) => {
-                on_applied(&action);
+                progress.applied(&action);
                 outcome.applied.push(action);
             }
-            Err(error) => outcome.failures.push(Failure {
-                scope,
-                action,
-                error,
-            }),
+            Err(error) => {
+                let failure = Failure {
+                    scope,
+                    action,
+                    error,
+                };
+                progress.failed(&failure);
+                outcome.failures.push(failure);
+            }
         }
     }
-    dataplane.settle()?;
+    settle(dataplane, progress)?;
+    progress.stage(Stage::Verifying);
     outcome.observed = dataplane.observe()?;
     outcome.remaining = plan_teardown(&outcome.observed);
     Ok(outcome)
+}
+
+/// Waits for the kernel to finish what the applied actions set going (see
+/// [`Dataplane::settle`]), saying so.
+fn settle(
+    dataplane: &mut dyn Dataplane,
+    progress: &mut dyn Progress,
+) -> Result<(), DataplaneError> {
+    progress.stage(Stage::Settling);
+    dataplane.settle()
 }
 
 /// The status document, as `status --output json` prints it and `run --status-file`
@@ -475,7 +549,7 @@ mod tests {
         let mut dataplane = MemoryDataplane::new(Observed::default());
         // The node is never held back, even when asked to.
         let held_back = BTreeSet::from([Scope::instance("web"), Scope::Node]);
-        let outcome = converge(&mut dataplane, &desired, &held_back, |_| {}).unwrap();
+        let outcome = converge(&mut dataplane, &desired, &held_back, &mut NoProgress).unwrap();
         assert!(outcome.failures.is_empty());
         // Everything left is web's own work; the node's and db's is done.
         assert!(!outcome.remaining.is_empty());
@@ -510,5 +584,77 @@ mod tests {
         assert_eq!((db.phase, db.message.as_str()), (Phase::Failed, "boom"));
         let web = statuses.iter().find(|s| s.name == "web").unwrap();
         assert_eq!(web.phase, Phase::Pending);
+    }
+
+    /// What a converge or teardown told its progress, one line per call.
+    #[derive(Default)]
+    struct Recorded(Vec<String>);
+
+    impl Progress for Recorded {
+        fn stage(&mut self, stage: Stage) {
+            self.0.push(format!("stage: {stage}"));
+        }
+        fn planned(&mut self, actions: usize) {
+            self.0.push(format!("planned: {actions}"));
+        }
+        fn applied(&mut self, action: &Action) {
+            self.0.push(format!("applied: {}", action.summary()));
+        }
+        fn failed(&mut self, failure: &Failure) {
+            self.0.push(format!("failed: {failure}"));
+        }
+    }
+
+    #[test]
+    fn progress_hears_each_stage_the_count_and_every_action() {
+        let desired = desired();
+        let mut dataplane = MemoryDataplane::new(Observed::default());
+        let mut recorded = Recorded::default();
+        let outcome = converge(&mut dataplane, &desired, &BTreeSet::new(), &mut recorded).unwrap();
+        assert!(outcome.converged() && outcome.failures.is_empty());
+        let mut expected = vec![
+            "stage: observing the node".to_string(),
+            format!("planned: {}", outcome.applied.len()),
+        ];
+        expected.extend(
+            outcome
+                .applied
+                .iter()
+                .map(|action| format!("applied: {}", action.summary())),
+        );
+        expected.push("stage: verifying the node".to_string());
+        assert_eq!(recorded.0, expected);
+
+        // Nothing to do: the node is read, and no count is announced.
+        let mut recorded = Recorded::default();
+        converge(&mut dataplane, &desired, &BTreeSet::new(), &mut recorded).unwrap();
+        assert_eq!(recorded.0, ["stage: observing the node"]);
+
+        let mut recorded = Recorded::default();
+        let outcome = teardown(&mut dataplane, &mut recorded).unwrap();
+        assert!(outcome.remaining.is_empty() && !outcome.applied.is_empty());
+        let mut expected = vec![
+            "stage: observing the node".to_string(),
+            format!("planned: {}", outcome.applied.len()),
+        ];
+        expected.extend(
+            outcome
+                .applied
+                .iter()
+                .map(|action| format!("applied: {}", action.summary())),
+        );
+        expected.push("stage: verifying the node".to_string());
+        assert_eq!(recorded.0, expected);
+
+        // A closure hears about each applied action.
+        let mut applied = Vec::new();
+        let outcome = converge(
+            &mut dataplane,
+            &desired,
+            &BTreeSet::new(),
+            &mut |action: &Action| applied.push(action.clone()),
+        )
+        .unwrap();
+        assert_eq!(applied, outcome.applied);
     }
 }

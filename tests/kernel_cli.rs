@@ -204,7 +204,7 @@ fn foreign_namespace_holds_back_only_its_instance() {
             instance_added("db", DB_VETH, "10.0.0.3/24"),
             nat_added("-s 10.0.0.0/24 -o eth0 -j MASQUERADE").replace(WEB_DNAT, ""),
         );
-        kudonet(&["apply", state.path()]).expect(
+        kudonet(&["apply", "-v", state.path()]).expect(
             1,
             &expected,
             &format!(
@@ -321,7 +321,7 @@ fn missing_iptables_changes_nothing() {
         assert_eq!(namespaces(), Vec::<String>::new());
         assert!(!firewall().contains("KUDO"));
         // With iptables back, the node is built as on a fresh machine.
-        let apply = kudonet(&["apply", state.path()]);
+        let apply = kudonet(&["apply", "-v", state.path()]);
         assert_eq!(apply.code, 0, "{apply:?}");
         assert_eq!(
             apply.stdout,
@@ -422,7 +422,7 @@ fn apply_repairs_drift() {
             &format!("{repairs}Plan: 2 to add, 9 to change, 0 to destroy.\n"),
             "",
         );
-        kudonet(&["apply", state.path()]).expect(
+        kudonet(&["apply", "-v", state.path()]).expect(
             0,
             &format!("{repairs}Apply complete: 2 added, 9 changed, 0 destroyed.\n"),
             "",
@@ -612,7 +612,7 @@ fn mtu_reaches_bridge_veths_and_instances() {
     common::sandboxed("mtu_reaches_bridge_veths_and_instances", || {
         let state =
             StateDir::new(&NODE.replace("cidr: 10.0.0.1/24\n", "cidr: 10.0.0.1/24\nmtu: 1400\n"));
-        let apply = kudonet(&["apply", state.path()]);
+        let apply = kudonet(&["apply", "-v", state.path()]);
         assert_eq!(apply.code, 0, "{apply:?}");
         assert!(
             apply.stdout.starts_with("+ bridge kudo0 (mtu 1400)\n"),
@@ -642,7 +642,7 @@ fn mtu_reaches_bridge_veths_and_instances() {
                 &format!("cidr: 10.0.0.1/24\nmtu: {mtu}\n"),
             );
             state.write("node.yaml", &yaml);
-            kudonet(&["apply", state.path()]).expect(
+            kudonet(&["apply", "-v", state.path()]).expect(
                 0,
                 &format!(
                     "~ link kudo0: mtu {mtu}\n\
@@ -660,7 +660,7 @@ fn mtu_reaches_bridge_veths_and_instances() {
 
         // Without `mtu:` again, the kernel's default comes back.
         state.write("node.yaml", NODE);
-        kudonet(&["apply", state.path()]).expect(
+        kudonet(&["apply", "-v", state.path()]).expect(
             0,
             &format!(
                 "~ link kudo0: mtu 1500\n\
@@ -693,7 +693,7 @@ fn crash_leftovers_are_cleaned_up() {
             "{}",
             plan.stdout
         );
-        let apply = kudonet(&["apply", state.path()]);
+        let apply = kudonet(&["apply", "-v", state.path()]);
         assert_eq!(apply.code, 0, "{apply:?}");
         assert_eq!(
             apply.stdout,
@@ -713,7 +713,7 @@ fn crash_leftovers_are_cleaned_up() {
             "ip link del {WEB_VETH}
              ip link add kudonet-0f0f0f0 type veth peer name eth0 netns kudo-web"
         ));
-        kudonet(&["apply", state.path()]).expect(
+        kudonet(&["apply", "-v", state.path()]).expect(
             0,
             &format!(
                 "- link kudonet-0f0f0f0\n\
@@ -773,7 +773,7 @@ fn masquerade_names_the_uplink() {
                  + -A KUDO-POSTROUTING -s 10.0.0.0/24 {to} -j MASQUERADE\n"
             )
         };
-        kudonet(&["apply", state.path()]).expect(
+        kudonet(&["apply", "-v", state.path()]).expect(
             0,
             &format!(
                 "{}Apply complete: 0 added, 1 changed, 0 destroyed.\n",
@@ -794,7 +794,7 @@ fn masquerade_names_the_uplink() {
             "node.yaml",
             &NODE.replace("cidr: 10.0.0.1/24\n", "cidr: 10.0.0.1/24\nuplink: wan1\n"),
         );
-        kudonet(&["apply", state.path()]).expect(
+        kudonet(&["apply", "-v", state.path()]).expect(
             0,
             &format!(
                 "{}Apply complete: 0 added, 1 changed, 0 destroyed.\n",
@@ -829,7 +829,7 @@ fn teardown_then_apply_rebuilds() {
 
         setup_outside();
         let masquerade = "-s 10.0.0.0/24 -o eth0 -j MASQUERADE";
-        kudonet(&["apply", state.path()]).expect(
+        kudonet(&["apply", "-v", state.path()]).expect(
             0,
             &format!(
                 "{}Apply complete: 8 added, 17 changed, 0 destroyed.\n",
@@ -838,18 +838,10 @@ fn teardown_then_apply_rebuilds() {
             "",
         );
         let rules = firewall();
-        let teardown = kudonet(&["teardown", state.path()]);
-        assert_eq!(
-            (teardown.code, teardown.stderr.as_str()),
-            (0, ""),
-            "{teardown:?}"
-        );
-        assert!(
-            teardown
-                .stdout
-                .ends_with("Teardown complete: 0 added, 2 changed, 3 destroyed.\n"),
-            "{}",
-            teardown.stdout
+        kudonet(&["teardown", state.path()]).expect(
+            0,
+            "Teardown complete: 0 added, 2 changed, 3 destroyed.\n",
+            "",
         );
         assert_eq!(link_names(None), ["lo", "eth0"]);
         assert_eq!(namespaces(), ["outside"]);
@@ -858,7 +850,7 @@ fn teardown_then_apply_rebuilds() {
 
         // As after a reboot: ip_forward is back to 0 as well.
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "0").unwrap();
-        kudonet(&["apply", state.path()]).expect(
+        kudonet(&["apply", "-v", state.path()]).expect(
             0,
             &format!(
                 "{}Apply complete: 8 added, 17 changed, 0 destroyed.\n",
@@ -890,7 +882,7 @@ fn removed_instance_leaves_nothing_even_while_its_namespace_is_in_use() {
                 "node.yaml",
                 NODE.split("---\nkind: Instance\nname: db").next().unwrap(),
             );
-            kudonet(&["apply", state.path()]).expect(
+            kudonet(&["apply", "-v", state.path()]).expect(
                 0,
                 "- namespace kudo-db\nApply complete: 0 added, 0 changed, 1 destroyed.\n",
                 "",
@@ -907,4 +899,161 @@ fn removed_instance_leaves_nothing_even_while_its_namespace_is_in_use() {
             assert!(inside.starts_with("1: lo:"), "{inside}");
         },
     );
+
+/// `kudonet ARGS...` with its output piped, as in CI, a log or the controller's unit, and
+/// TERM naming a terminal that could draw.
+fn piped(args: &[&str]) -> common::cli::Run {
+    run_command(Command::new(KUDONET).args(args).env("TERM", "xterm"))
+}
+
+#[test]
+fn apply_and_teardown_print_each_action_only_with_v() {
+    common::sandboxed("apply_and_teardown_print_each_action_only_with_v", || {
+        let state = StateDir::new(NODE);
+        // Every output below is compared whole: no progress line, no control sequence, no
+        // carriage return reaches a pipe.
+        piped(&["apply", state.path()]).expect(
+            0,
+            "Apply complete: 8 added, 17 changed, 0 destroyed.\n",
+            "",
+        );
+        common::sh(&format!("ip link set kudo0 down && ip link del {DB_VETH}"));
+        let repairs = format!(
+            "~ link kudo0: up\n\
+             + veth {DB_VETH} <-> kudo-db/eth0 for instance db\n\
+             ~ link {DB_VETH}: attach to bridge kudo0\n\
+             ~ link {DB_VETH}: hairpin on\n\
+             ~ link {DB_VETH}: up\n\
+             + address 10.0.0.3/24 on kudo-db/eth0\n\
+             ~ link kudo-db/eth0: up\n\
+             ~ route default via 10.0.0.1 in kudo-db\n"
+        );
+        kudonet(&["plan", state.path()]).expect(
+            0,
+            &format!("{repairs}Plan: 2 to add, 6 to change, 0 to destroy.\n"),
+            "",
+        );
+        // -v: each action as it is applied, as `plan` listed it, then the summary.
+        piped(&["apply", "-v", state.path()]).expect(
+            0,
+            &format!("{repairs}Apply complete: 2 added, 6 changed, 0 destroyed.\n"),
+            "",
+        );
+        piped(&["apply", "-v", state.path()]).expect(0, "No changes.\n", "");
+
+        common::sh("ip link set kudo0 down");
+        piped(&["apply", "-q", state.path()]).expect(
+            0,
+            "Apply complete: 0 added, 1 changed, 0 destroyed.\n",
+            "",
+        );
+
+        // Teardown likewise: each removal with -v, the summary alone without.
+        let teardown = piped(&["teardown", "-v"]);
+        assert_eq!((teardown.code, teardown.stderr.as_str()), (0, ""));
+        let (actions, summary) = teardown
+            .stdout
+            .trim_end()
+            .rsplit_once('\n')
+            .expect("actions, then the summary");
+        assert_eq!(
+            summary,
+            "Teardown complete: 0 added, 2 changed, 3 destroyed."
+        );
+        // The veths go with their namespaces.
+        for removed in [
+            "- namespace kudo-web".to_string(),
+            "- namespace kudo-db".to_string(),
+            "- link kudo0".to_string(),
+            "~ iptables table filter".to_string(),
+            "~ iptables table nat".to_string(),
+        ] {
+            assert!(
+                actions.lines().any(|line| line == removed),
+                "{removed} missing:\n{actions}"
+            );
+        }
+        assert!(
+            actions.lines().all(|line| ["- ", "~ ", "    - "]
+                .iter()
+                .any(|mark| line.starts_with(mark))),
+            "{actions}"
+        );
+        // ip_forward stays 1 after a teardown: one change fewer than the first time.
+        piped(&["apply", state.path()]).expect(
+            0,
+            "Apply complete: 8 added, 16 changed, 0 destroyed.\n",
+            "",
+        );
+        piped(&["teardown"]).expect(
+            0,
+            "Teardown complete: 0 added, 2 changed, 3 destroyed.\n",
+            "",
+        );
+    });
+}
+
+/// Runs `kudonet ARGS` on a pseudo-terminal of its own (`script` makes it and copies what
+/// the terminal shows, stdout and stderr as one, to its own stdout); what was shown.
+fn on_a_terminal(args: &str) -> String {
+    let run = run_command(
+        Command::new("script")
+            .args(["--quiet", "--return", "--command"])
+            .arg(format!("{KUDONET} {args}"))
+            .arg("/dev/null")
+            .env("TERM", "xterm")
+            .stdin(std::process::Stdio::null()),
+    );
+    assert_eq!((run.code, run.stderr.as_str()), (0, ""), "{run:?}");
+    run.stdout
+}
+
+/// How a terminal line is cleared before what replaces it: carriage return, erase line.
+const CLEARED: &str = "\r\x1b[2K";
+
+#[test]
+fn a_terminal_shows_progress_then_only_the_summary() {
+    common::sandboxed("a_terminal_shows_progress_then_only_the_summary", || {
+        let state = StateDir::new(NODE);
+        let shown = on_a_terminal(&format!("apply {}", state.path()));
+        // The stage first, then the count of the pass (the terminal turns \n into \r\n).
+        let observing = shown.find("| observing the node (").expect(&shown);
+        let applying = shown.find("applying 0/25 actions [").expect(&shown);
+        assert!(observing < applying, "{shown:?}");
+        // Cleared at the end: what stays on the screen is the summary.
+        let (_, last) = shown.rsplit_once(CLEARED).expect(&shown);
+        assert_eq!(
+            last, "Apply complete: 8 added, 17 changed, 0 destroyed.\r\n",
+            "{shown:?}"
+        );
+
+        // -v: each action printed above the line, which is drawn again below it.
+        common::sh("ip link set kudo0 down");
+        let shown = on_a_terminal(&format!("apply -v {}", state.path()));
+        assert!(
+            shown.contains(&format!("{CLEARED}~ link kudo0: up\r\n")),
+            "{shown:?}"
+        );
+        let (_, last) = shown.rsplit_once(CLEARED).expect(&shown);
+        assert_eq!(
+            last, "Apply complete: 0 added, 1 changed, 0 destroyed.\r\n",
+            "{shown:?}"
+        );
+
+        // Teardown shows its progress the same way.
+        let shown = on_a_terminal("teardown");
+        assert!(shown.contains("applying 0/"), "{shown:?}");
+        let (_, last) = shown.rsplit_once(CLEARED).expect(&shown);
+        assert_eq!(
+            last, "Teardown complete: 0 added, 2 changed, 3 destroyed.\r\n",
+            "{shown:?}"
+        );
+
+        // -q draws nothing, even on a terminal (ip_forward stayed 1 after the teardown).
+        let shown = on_a_terminal(&format!("apply -q {}", state.path()));
+        assert_eq!(
+            shown,
+            "Apply complete: 8 added, 16 changed, 0 destroyed.\r\n"
+        );
+    });
 }

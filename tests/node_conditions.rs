@@ -14,7 +14,7 @@ use std::process::Output;
 use common::state::StateDir;
 use common::{run_ok, sandboxed, setup_outside, sh};
 use kudonet::kernel::KernelDataplane;
-use kudonet::reconcile;
+use kudonet::reconcile::{self, NoProgress};
 use serde_json::Value;
 
 const NODE: &str = "kind: Node
@@ -75,8 +75,13 @@ fn route_localnet_is_never_written_for_an_interface_that_is_not_kudonets_bridge(
             let all = "/proc/sys/net/ipv4/conf/all/route_localnet";
             assert_eq!(std::fs::read_to_string(all).unwrap().trim(), "0");
             let mut dataplane = KernelDataplane::new(Path::new("/run/netns")).unwrap();
-            let outcome =
-                reconcile::converge(&mut dataplane, &desired, &Default::default(), |_| {}).unwrap();
+            let outcome = reconcile::converge(
+                &mut dataplane,
+                &desired,
+                &Default::default(),
+                &mut NoProgress,
+            )
+            .unwrap();
             let errors: Vec<String> = outcome.failures.iter().map(|f| f.to_string()).collect();
             assert!(
                 errors.iter().any(|error| error.contains(
@@ -89,8 +94,13 @@ fn route_localnet_is_never_written_for_an_interface_that_is_not_kudonets_bridge(
             // A foreign bridge of that name is not kudonet's either.
             sh("ip link add br-x type bridge");
             desired.node.bridge = "br-x".to_string();
-            let outcome =
-                reconcile::converge(&mut dataplane, &desired, &Default::default(), |_| {}).unwrap();
+            let outcome = reconcile::converge(
+                &mut dataplane,
+                &desired,
+                &Default::default(),
+                &mut NoProgress,
+            )
+            .unwrap();
             assert!(outcome.remaining.blocked);
             assert_eq!(
                 std::fs::read_to_string("/proc/sys/net/ipv4/conf/br-x/route_localnet")

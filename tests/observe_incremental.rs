@@ -13,7 +13,7 @@ use kudonet::kernel::KernelDataplane;
 use kudonet::kernel::events::KernelEvents;
 use kudonet::names;
 use kudonet::observed::Observed;
-use kudonet::reconcile;
+use kudonet::reconcile::{self, NoProgress};
 
 const NETNS_DIR: &str = "/run/netns";
 
@@ -102,8 +102,13 @@ fn random_changes_are_all_seen(seed: u64) {
     let events = KernelEvents::start(&triggers).unwrap();
     let mut dataplane = KernelDataplane::new(Path::new(NETNS_DIR)).unwrap();
     dataplane.observe_incrementally();
-    let outcome = reconcile::converge(&mut dataplane, &desired, &Default::default(), |_| {})
-        .expect("the node is built");
+    let outcome = reconcile::converge(
+        &mut dataplane,
+        &desired,
+        &Default::default(),
+        &mut NoProgress,
+    )
+    .expect("the node is built");
     assert!(outcome.converged(), "{:?}", outcome.remaining);
     watch(&events, &outcome.observed);
 
@@ -115,8 +120,13 @@ fn random_changes_are_all_seen(seed: u64) {
         // a controller pass started by the events would.
         if steps.next(4) == 0 {
             dataplane.changed(events.take_changes());
-            let outcome =
-                reconcile::converge(&mut dataplane, &desired, &Default::default(), |_| {}).unwrap();
+            let outcome = reconcile::converge(
+                &mut dataplane,
+                &desired,
+                &Default::default(),
+                &mut NoProgress,
+            )
+            .unwrap();
             watch(&events, &outcome.observed);
             done.push("kudonet converges".to_string());
         } else {
@@ -164,7 +174,7 @@ fn an_incremental_observation_equals_a_full_read_after_any_changes() {
                 random_changes_are_all_seen(seed);
                 // The next sequence starts from a fresh node.
                 let mut dataplane = KernelDataplane::new(Path::new(NETNS_DIR)).unwrap();
-                reconcile::teardown(&mut dataplane, |_| {}).unwrap();
+                reconcile::teardown(&mut dataplane, &mut NoProgress).unwrap();
                 // Deleted namespaces take their veths with them a moment later: links may
                 // vanish while being listed, and are waited for.
                 let only_lo = || {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::kernel::KernelDataplane;
 use crate::lock::{self, NodeLock};
-use crate::plan::{Scope, Step};
+use crate::plan::{Action, Scope, Step};
 use crate::reconcile::{self, DesiredError, Failure, Outcome, load_desired};
 use crate::spec;
 use crate::{names, privileges};
@@ -117,9 +117,12 @@ pub(crate) fn converge(config: &Config, node: &str, scope: Scope) -> Result<(), 
         }
     })?;
     let mut dataplane = KernelDataplane::new(&config.netns_dir)?;
-    let outcome = reconcile::converge(&mut dataplane, &desired, &BTreeSet::new(), |action| {
-        tracing::info!(node, "{}", action.summary());
-    })?;
+    let outcome = reconcile::converge(
+        &mut dataplane,
+        &desired,
+        &BTreeSet::new(),
+        &mut |action: &Action| tracing::info!(node, "{}", action.summary()),
+    )?;
     let problems = problems(&outcome, &scope);
     if problems.is_empty() {
         Ok(())
@@ -174,7 +177,7 @@ fn problems(outcome: &Outcome, scope: &Scope) -> Vec<String> {
 /// Removes everything kudonet owns on this node, as `kudonet teardown` does.
 pub(crate) fn teardown(config: &Config, node: &str) -> Result<(), NetworkError> {
     let mut dataplane = KernelDataplane::new(&config.netns_dir)?;
-    let outcome = reconcile::teardown(&mut dataplane, |action| {
+    let outcome = reconcile::teardown(&mut dataplane, &mut |action: &Action| {
         tracing::info!(node, "{}", action.summary())
     })?;
     if outcome.remaining.is_empty() && outcome.failures.is_empty() {

@@ -36,7 +36,9 @@ use crate::kernel::KernelDataplane;
 use crate::kernel::events::KernelEvents;
 use crate::lock::{self, NodeLock};
 use crate::plan::Scope;
-use crate::reconcile::{self, InstanceStatus, Outcome, Phase, StatusDocument, load_desired};
+use crate::reconcile::{
+    self, InstanceStatus, NoProgress, Outcome, Phase, StatusDocument, load_desired,
+};
 use crate::spec::Desired;
 use backoff::Backoff;
 pub use error::ControllerError;
@@ -346,7 +348,7 @@ impl Controller {
                         &mut dataplane,
                         &job_desired,
                         &job_held_back,
-                        |_| {},
+                        &mut NoProgress,
                     ))
                 }
                 Err(error) => Err(error),
