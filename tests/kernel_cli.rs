@@ -899,6 +899,7 @@ fn removed_instance_leaves_nothing_even_while_its_namespace_is_in_use() {
             assert!(inside.starts_with("1: lo:"), "{inside}");
         },
     );
+}
 
 /// `kudonet ARGS...` with its output piped, as in CI, a log or the controller's unit, and
 /// TERM naming a terminal that could draw.
