@@ -622,6 +622,7 @@ mod tests {
                 .iter()
                 .map(|action| format!("applied: {}", action.summary())),
         );
+        expected.push(format!("stage: {}", Stage::Settling));
         expected.push("stage: verifying the node".to_string());
         assert_eq!(recorded.0, expected);
 
@@ -643,6 +644,7 @@ mod tests {
                 .iter()
                 .map(|action| format!("applied: {}", action.summary())),
         );
+        expected.push(format!("stage: {}", Stage::Settling));
         expected.push("stage: verifying the node".to_string());
         assert_eq!(recorded.0, expected);
 
