@@ -176,7 +176,7 @@ pub fn converge(
                 }
             }
         }
-        settle(dataplane, progress)?;
+        settle(dataplane, &outcome.applied, progress)?;
         progress.stage(Stage::Verifying);
         outcome.observed = dataplane.observe()?;
         outcome.remaining = plan(desired, &outcome.observed);
@@ -219,7 +219,7 @@ pub fn teardown(
             }
         }
     }
-    settle(dataplane, progress)?;
+    settle(dataplane, &outcome.applied, progress)?;
     progress.stage(Stage::Verifying);
     outcome.observed = dataplane.observe()?;
     outcome.remaining = plan_teardown(&outcome.observed);
@@ -227,12 +227,18 @@ pub fn teardown(
 }
 
 /// Waits for the kernel to finish what the applied actions set going (see
-/// [`Dataplane::settle`]), saying so.
+/// [`Dataplane::settle`]), saying so when namespaces were deleted (what it waits for).
 fn settle(
     dataplane: &mut dyn Dataplane,
+    applied: &[Action],
     progress: &mut dyn Progress,
 ) -> Result<(), DataplaneError> {
-    progress.stage(Stage::Settling);
+    if applied
+        .iter()
+        .any(|action| matches!(action, Action::DeleteNamespace { .. }))
+    {
+        progress.stage(Stage::Settling);
+    }
     dataplane.settle()
 }
 
@@ -622,7 +628,7 @@ mod tests {
                 .iter()
                 .map(|action| format!("applied: {}", action.summary())),
         );
-        expected.push(format!("stage: {}", Stage::Settling));
+        // Nothing was removed: no wait for the kernel.
         expected.push("stage: verifying the node".to_string());
         assert_eq!(recorded.0, expected);
 
@@ -644,6 +650,7 @@ mod tests {
                 .iter()
                 .map(|action| format!("applied: {}", action.summary())),
         );
+        // Namespaces were deleted: the wait for the kernel to destroy their veths shows.
         expected.push(format!("stage: {}", Stage::Settling));
         expected.push("stage: verifying the node".to_string());
         assert_eq!(recorded.0, expected);

@@ -840,6 +840,9 @@ fn metrics_health_and_readiness() {
             kudonet.metric("kudonet_actions_total{kind=\"delete_link\"}"),
             None
         );
+        // The kernel destroyed it: kudonet let go of its sockets inside the namespace and
+        // did not have to delete the veth itself.
+        assert!(!kudonet.log().contains("still in use"), "{}", kudonet.log());
 
         // A repair counts.
         common::run_ok("ip", &["link", "set", "kudo0", "down"]);

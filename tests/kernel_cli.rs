@@ -882,10 +882,24 @@ fn removed_instance_leaves_nothing_even_while_its_namespace_is_in_use() {
                 "node.yaml",
                 NODE.split("---\nkind: Instance\nname: db").next().unwrap(),
             );
-            kudonet(&["apply", "-v", state.path()]).expect(
-                0,
-                "- namespace kudo-db\nApply complete: 0 added, 0 changed, 1 destroyed.\n",
-                "",
+            let apply = kudonet(&["apply", "-v", state.path()]);
+            assert_eq!(
+                (apply.code, apply.stdout.as_str()),
+                (
+                    0,
+                    "- namespace kudo-db\nApply complete: 0 added, 0 changed, 1 destroyed.\n"
+                ),
+                "{apply:?}"
+            );
+            // Said once, as a warning log line.
+            assert_eq!(apply.stderr.lines().count(), 1, "{apply:?}");
+            assert!(
+                apply.stderr.contains(" WARN ")
+                    && apply.stderr.ends_with(
+                        "the namespace of a removed instance is still in use (a process in it?): \
+                         deleting its veth link=kv14e07b53ba1e3\n"
+                    ),
+                "{apply:?}"
             );
             assert_eq!(link_names(None), ["lo", "kudo0", WEB_VETH]);
             assert_eq!(namespaces(), ["kudo-web"]);

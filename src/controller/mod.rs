@@ -142,9 +142,12 @@ pub async fn run(options: Options) -> Result<(), ControllerError> {
     let kernel_events = KernelEvents::start(&triggers)
         .map_err(|error| warn!(%error, "cannot subscribe to kernel events; relying on the resync"))
         .ok();
-    if kernel_events.is_some() {
+    if let Some(events) = &kernel_events {
         // Events say what changed: a pass they start reads only that.
         dataplane.observe_incrementally();
+        // The event reader's socket inside a namespace being deleted would keep it alive.
+        let events = events.clone();
+        dataplane.on_namespace_release(move |path| events.forget_namespace(path));
     }
     let mut controller = Controller {
         lock: None,

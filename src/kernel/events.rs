@@ -177,6 +177,15 @@ impl KernelEvents {
         added
     }
 
+    /// Stops listening inside the namespace at `path`, which kudonet is deleting: the
+    /// socket would keep it, and its veths, alive.
+    pub fn forget_namespace(&self, path: &std::path::Path) {
+        let mut watched = lock(&self.watched);
+        if let Some((_, token)) = watched.namespaces.remove(path) {
+            watched.remove(&self.epoll, token);
+        }
+    }
+
     /// What the events received since the last call named, those still waiting in the
     /// sockets included: a change made before this call (by a library call that held the
     /// node's lock, say) has queued its event before it returned, so it is in.

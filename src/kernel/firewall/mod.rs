@@ -332,3 +332,61 @@ fn read_other_backend(other: &Iptables) -> Option<OtherBackend> {
         forward_drops,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(rule: &str) -> Table {
+        Table {
+            chains: BTreeMap::from([("KUDO-PORTS".to_string(), vec![rule.to_string()])]),
+        }
+    }
+
+    fn cache_at(generation: u32) -> FirewallCache {
+        FirewallCache {
+            versioned: Some((
+                generation,
+                FirewallView {
+                    tables: BTreeMap::from([("nat".to_string(), table("old"))]),
+                    ..FirewallView::default()
+                },
+            )),
+            legacy: None,
+        }
+    }
+
+    #[test]
+    fn the_cache_serves_a_table_only_at_its_own_generation() {
+        let cache = cache_at(7);
+        assert_eq!(cache.table_at(7, "nat"), Some(table("old")));
+        assert_eq!(cache.table_at(8, "nat"), None);
+        assert_eq!(cache.table_at(7, "filter"), None);
+        assert_eq!(FirewallCache::default().table_at(7, "nat"), None);
+    }
+
+    #[test]
+    fn kudonets_own_write_is_cached_only_when_it_alone_moved_the_generation() {
+        // One transaction, ours: the table as written is the kernel's, at the new generation.
+        let mut cache = cache_at(7);
+        cache.wrote(7, 8, "nat", table("new"));
+        assert_eq!(cache.table_at(8, "nat"), Some(table("new")));
+        // Someone else's change too (two transactions): the cache stays behind, unused.
+        let mut cache = cache_at(7);
+        cache.wrote(7, 9, "nat", table("new"));
+        assert_eq!(cache.table_at(9, "nat"), None);
+        assert_eq!(cache.table_at(7, "nat"), Some(table("old")));
+        // A change before ours (the cache was read at an older generation): likewise.
+        let mut cache = cache_at(6);
+        cache.wrote(7, 8, "nat", table("new"));
+        assert_eq!(cache.table_at(8, "nat"), None);
+        // Nothing cached (the legacy backend): nothing to update.
+        let mut cache = FirewallCache::default();
+        cache.wrote(7, 8, "nat", table("new"));
+        assert_eq!(cache.table_at(8, "nat"), None);
+        // The generation wraps around.
+        let mut cache = cache_at(u32::MAX);
+        cache.wrote(u32::MAX, 0, "nat", table("new"));
+        assert_eq!(cache.table_at(0, "nat"), Some(table("new")));
+    }
+}
