@@ -438,6 +438,24 @@ impl Netlink {
         self.replace_route_with(destination, gateway, device, protocol, false)
     }
 
+    /// Adds or replaces the route to `destination` through `device`, scope link (no
+    /// gateway: the destination is on the device's segment), marked with `protocol`.
+    pub fn replace_link_route(
+        &mut self,
+        destination: Ipv4Cidr,
+        device: u32,
+        protocol: u8,
+    ) -> Result<()> {
+        let mut message = Self::route_message(destination, protocol);
+        message.header.scope = RouteScope::Link;
+        message.attributes.push(RouteAttribute::Oif(device));
+        self.change(
+            || format!("replace route {destination} dev {device}"),
+            RouteNetlinkMessage::NewRoute(message),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+    }
+
     /// Like [`Netlink::replace_route`], with the gateway on-link on `device`: reachable
     /// there although no address of the node covers it (a peer's bridge over the overlay).
     pub fn replace_route_onlink(
