@@ -140,7 +140,7 @@ impl MemoryDataplane {
             Action::CreateBridge { name, mtu } => {
                 self.create_bridge(name, names::bridge_alias(), *mtu)?
             }
-            Action::CreateSegment { name, mtu } => {
+            Action::CreateSegment { name, mtu, .. } => {
                 self.create_bridge(name, names::segment_alias(), *mtu)?
             }
             Action::CreateVeth {
@@ -490,6 +490,7 @@ mod tests {
         // Its segments' too, neighbour settings included; never the defaults of all.
         let segment = Action::CreateSegment {
             name: "kudo-seg1".to_string(),
+            bridge: "kudo0".to_string(),
             mtu: None,
         };
         dataplane.apply(&segment).unwrap();

@@ -226,8 +226,13 @@ impl KernelDataplane {
                     host.create_bridge(scratch, Some(mac), *mtu)
                 })
             }
-            Action::CreateSegment { name, mtu } => {
-                let mac = random_mac().map_err(|error| Cause::io("bridge address", error))?;
+            Action::CreateSegment { name, bridge, mtu } => {
+                // The node's bridge's address: instances moved to a segment keep a valid
+                // gateway in their ARP cache, and the node has one gateway MAC.
+                let mac = match self.host.link_mac(bridge).map_err(Cause::from)? {
+                    Some(mac) => mac,
+                    None => random_mac().map_err(|error| Cause::io("bridge address", error))?,
+                };
                 self.create_marked(name, &names::segment_alias(), |host, scratch| {
                     host.create_bridge(scratch, Some(mac), *mtu)?;
                     // It holds only the gateway's IPv4 address: no IPv6, so no DAD or MLD.

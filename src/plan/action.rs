@@ -70,12 +70,15 @@ pub enum Action {
         /// The MTU to create it with; `None` leaves the kernel's default.
         mtu: Option<u32>,
     },
-    /// A segment: a bridge in the node namespace, marked as one of kudonet's segments, IPv6
-    /// off, down. It holds the instances the node's bridge has no room for, and the gateway
-    /// address as a /32; the node routes between its bridges.
+    /// A segment: a bridge in the node namespace, marked as one of kudonet's segments, with
+    /// the MAC address of the node's bridge `bridge` (one gateway, wherever an instance is),
+    /// IPv6 off, down. It holds the instances the node's bridge has no room for, and the
+    /// gateway address as a /32; the node routes between its bridges.
     CreateSegment {
         /// The segment's name (`kudo-seg<N>`).
         name: String,
+        /// The node's bridge, whose MAC address it takes (a random one without it).
+        bridge: String,
         /// The MTU to create it with; `None` leaves the kernel's default.
         mtu: Option<u32>,
     },
@@ -326,9 +329,11 @@ impl fmt::Display for Action {
             Action::CreateNamespace { name } => write!(f, "namespace {name}"),
             Action::DeleteNamespace { name } => write!(f, "namespace {name}"),
             Action::CreateBridge { name, mtu: m } => write!(f, "bridge {name}{}", mtu(m)),
-            Action::CreateSegment { name, mtu: m } => {
-                write!(f, "segment bridge {name}{}", mtu(m))
-            }
+            Action::CreateSegment {
+                name,
+                bridge,
+                mtu: m,
+            } => write!(f, "segment {name} of bridge {bridge}{}", mtu(m)),
             Action::CreateVeth {
                 host,
                 namespace,

@@ -759,6 +759,7 @@ impl<'a> Planner<'a> {
         if current.is_none() {
             self.push(Action::CreateSegment {
                 name: name.to_string(),
+                bridge: desired.node.bridge.clone(),
                 mtu: self.creation_mtu(),
             });
         }

@@ -186,6 +186,19 @@ impl Netlink {
         self.get_one_link(request, || format!("find link {name}"))
     }
 
+    /// The MAC address of link `name`, or `None` when there is no such link or it has none.
+    pub fn link_mac(&mut self, name: &str) -> Result<Option<[u8; 6]>> {
+        let link = self.get_link(name)?;
+        let address = link
+            .iter()
+            .flat_map(|link| &link.attributes)
+            .find_map(|attribute| match attribute {
+                LinkAttribute::Address(address) => <[u8; 6]>::try_from(address.as_slice()).ok(),
+                _ => None,
+            });
+        Ok(address)
+    }
+
     /// The link with interface index `index`, or `None` when there is none.
     pub fn get_link_by_index(&mut self, index: u32) -> Result<Option<LinkMessage>> {
         let mut request = link_request();
