@@ -96,16 +96,19 @@ pub fn place(desired: &Desired, observed: &Observed, bridge_instances: usize) ->
             None => unplaced.push(instance.name.as_str()),
         }
     }
+    // Ports of others, by bridge.
+    let mut others: BTreeMap<&str, usize> = BTreeMap::new();
+    for link in observed.links.values().filter(|link| !link.is_owned()) {
+        if let Some(master) = &link.master {
+            *others.entry(master.as_str()).or_default() += 1;
+        }
+    }
     let mut placed = BTreeMap::new();
     let mut free = Vec::with_capacity(bridges.len());
     for (bridge, instances) in bridges.iter().zip(&mut on) {
         // Over the room (a node built with a larger one): the last by name move.
         unplaced.extend(instances.split_off(instances.len().min(bridge_instances)));
-        let others = observed
-            .links
-            .values()
-            .filter(|link| link.master.as_ref() == Some(bridge) && !link.is_owned())
-            .count();
+        let others = others.get(bridge.as_str()).copied().unwrap_or_default();
         free.push(bridge_instances.saturating_sub(others + instances.len()));
         placed.extend(
             instances
