@@ -17,6 +17,26 @@ pub const CHAIN_PREFIX: &str = "KUDO-";
 /// The overlay device of a node in a `mode: vxlan` cluster.
 pub const VXLAN_DEVICE: &str = "kudo-vxlan";
 
+/// Prefix of the node's extra bridges, its segments: `kudo-seg1`, `kudo-seg2`, ... A node
+/// puts a bounded number of instances on each bridge and routes between them
+/// (docs/file-format.md, "How many instances a node holds").
+pub const SEGMENT_PREFIX: &str = "kudo-seg";
+
+/// The name of the node's `number`th segment (from 1): `kudo-seg<number>`.
+pub fn segment_name(number: usize) -> String {
+    format!("{SEGMENT_PREFIX}{number}")
+}
+
+/// The number of the segment named `name`, if it is one of kudonet's pattern (`kudo-seg`
+/// and a number from 1, without leading zero).
+pub fn segment_number(name: &str) -> Option<usize> {
+    let digits = name.strip_prefix(SEGMENT_PREFIX)?;
+    let canonical = !digits.is_empty()
+        && !digits.starts_with('0')
+        && digits.bytes().all(|b| b.is_ascii_digit());
+    canonical.then(|| digits.parse().ok()).flatten()
+}
+
 /// The VXLAN network identifier of kudonet's overlay, and its UDP port (IANA's).
 pub const VXLAN_ID: u32 = 75;
 /// The UDP port of kudonet's overlay (IANA's VXLAN port).
@@ -52,14 +72,27 @@ pub fn route_localnet(bridge: &str) -> String {
     format!("net.ipv4.conf.{bridge}.route_localnet")
 }
 
-/// The interface a per-interface sysctl (`net.ipv4.conf.<device>.<setting>`) is about, or
-/// `None` for a node-wide one. `all` and `default` are returned too: they are pseudo-devices
-/// whose settings reach every interface, which is why a dataplane writes a per-interface
-/// sysctl only for kudonet's own existing bridge.
+/// The sysctl that makes the node answer ARP on `bridge` for addresses it routes through
+/// another interface: the instances of the node's other bridges.
+pub fn proxy_arp(bridge: &str) -> String {
+    format!("net.ipv4.conf.{bridge}.proxy_arp")
+}
+
+/// The sysctl that delays proxied ARP answers on `bridge` (0.8 s by default): kudonet
+/// answers at once.
+pub fn proxy_delay(bridge: &str) -> String {
+    format!("net.ipv4.neigh.{bridge}.proxy_delay")
+}
+
+/// The interface a per-interface sysctl (`net.ipv4.conf.<device>.<setting>`,
+/// `net.ipv4.neigh.<device>.<setting>`) is about, or `None` for a node-wide one. `all` and
+/// `default` are returned too: they are pseudo-devices whose settings reach every
+/// interface, which is why a dataplane writes a per-interface sysctl only for kudonet's own
+/// existing bridges.
 pub fn sysctl_interface(key: &str) -> Option<&str> {
-    let rest = key
-        .strip_prefix("net.ipv4.conf.")
-        .or_else(|| key.strip_prefix("net.ipv6.conf."))?;
+    let rest = ["net.ipv4.conf.", "net.ipv6.conf.", "net.ipv4.neigh."]
+        .into_iter()
+        .find_map(|prefix| key.strip_prefix(prefix))?;
     // Interface names may contain dots: the setting is the last part.
     rest.rsplit_once('.').map(|(device, _)| device)
 }
@@ -96,6 +129,11 @@ pub fn vxlan_alias() -> String {
 /// The alias that marks a bridge as kudonet's.
 pub fn bridge_alias() -> String {
     format!("{ALIAS_PREFIX}bridge")
+}
+
+/// The alias that marks a bridge as one of kudonet's segments ([`SEGMENT_PREFIX`]).
+pub fn segment_alias() -> String {
+    format!("{ALIAS_PREFIX}segment")
 }
 
 /// Prefix of the temporary name a host link has between its creation and its rename, while
@@ -141,6 +179,8 @@ pub fn reserved_link_name(name: &str) -> Option<&'static str> {
         Some("is in kudonet's pattern for host veths (`kv` and 13 hex digits)")
     } else if name == VXLAN_DEVICE {
         Some("is kudonet's overlay device")
+    } else if name.starts_with(SEGMENT_PREFIX) {
+        Some("is in kudonet's pattern for a node's extra bridges (`kudo-seg…`)")
     } else {
         None
     }
@@ -185,6 +225,9 @@ mod tests {
             "kudonet-web",
             "kudonet-",
             "kudo-vxlan",
+            "kudo-seg1",
+            "kudo-seg",
+            "kudo-segment",
         ] {
             assert!(reserved_link_name(name).is_some(), "{name}");
         }
@@ -193,6 +236,34 @@ mod tests {
         for name in ["kudo0", "br0", "kv0", "kvxxxxxxxxxxxxx", "alls", "lo0"] {
             assert_eq!(reserved_link_name(name), None, "{name}");
         }
+    }
+
+    #[test]
+    fn segment_names_are_numbered_from_one() {
+        assert_eq!(segment_name(1), "kudo-seg1");
+        assert_eq!(segment_number("kudo-seg1"), Some(1));
+        assert_eq!(segment_number("kudo-seg99"), Some(99));
+        for name in [
+            "kudo-seg",
+            "kudo-seg0",
+            "kudo-seg01",
+            "kudo-seg1a",
+            "kudo0",
+            "kudo-seg+1",
+        ] {
+            assert_eq!(segment_number(name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn neighbour_sysctls_are_per_interface() {
+        assert_eq!(sysctl_interface(&proxy_delay("kudo0")), Some("kudo0"));
+        assert_eq!(sysctl_interface(&proxy_arp("kudo-seg1")), Some("kudo-seg1"));
+        assert_eq!(
+            sysctl_interface("net.ipv4.neigh.default.gc_thresh3"),
+            Some("default")
+        );
+        assert_eq!(sysctl_interface(IP_FORWARD), None);
     }
 
     #[test]

@@ -144,6 +144,12 @@ impl Link {
         self.kind == LinkKind::Bridge
             && self.alias.as_deref() == Some(names::bridge_alias().as_str())
     }
+
+    /// Whether this link is a bridge carrying kudonet's segment mark (`kudo-seg<N>`).
+    pub fn is_kudonet_segment(&self) -> bool {
+        self.kind == LinkKind::Bridge
+            && self.alias.as_deref() == Some(names::segment_alias().as_str())
+    }
 }
 
 /// A link by namespace and name. `netns: None` is the node's own namespace.

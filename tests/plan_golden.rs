@@ -3,6 +3,8 @@
 //! - `desired/`: a desired-state directory (absent for a teardown case);
 //! - `observed.yaml`: the node as observed (an `Observed`; `{}` for an empty machine);
 //! - `node`: optional, the node to plan for (`--node`);
+//! - `bridge-instances`: optional, how many instances a bridge holds (500 but here), so that
+//!   a case has segments with few instances;
 //! - `expected.plan`: the plan, exactly as `kudonet plan` prints it.
 //!
 //! `UPDATE_GOLDEN=1 cargo test --test plan_golden` rewrites the expectations; review the diff.
@@ -11,7 +13,7 @@ use std::fs;
 use std::path::Path;
 
 use kudonet::observed::Observed;
-use kudonet::plan::{plan, plan_teardown};
+use kudonet::plan::{BRIDGE_INSTANCES, plan_teardown, plan_with_bridge_instances};
 use kudonet::spec;
 
 fn run_case(case: &Path) -> Result<(), String> {
@@ -25,7 +27,14 @@ fn run_case(case: &Path) -> Result<(), String> {
         let spec = spec::load(&desired_dir).map_err(|e| format!("desired/: {e}"))?;
         let node_name = fs::read_to_string(case.join("node")).ok();
         let node = spec.select_node(node_name.as_deref().map(str::trim), None)?;
-        plan(&spec.desired_for(node), &observed).to_string()
+        let bridge_instances = match fs::read_to_string(case.join("bridge-instances")) {
+            Ok(text) => text
+                .trim()
+                .parse()
+                .map_err(|e| format!("bridge-instances: {e}"))?,
+            Err(_) => BRIDGE_INSTANCES,
+        };
+        plan_with_bridge_instances(&spec.desired_for(node), &observed, bridge_instances).to_string()
     } else {
         plan_teardown(&observed).to_string()
     };

@@ -8,15 +8,21 @@ mod common;
 
 use proptest::prelude::*;
 
+use std::collections::BTreeMap;
+
 use common::generators::{foreign_view, node, owned_objects};
-use common::strategies::{arb_desired, arb_observed};
+use common::strategies::{arb_desired, arb_observed, arb_observed_with_bridges};
 use kudonet::dataplane::Dataplane;
 use kudonet::dataplane::memory::MemoryDataplane;
 use kudonet::names;
 use kudonet::observed::LinkRef;
-use kudonet::observed::Observed;
-use kudonet::plan::{Action, Scope, plan, plan_teardown};
+use kudonet::observed::{LinkKind, Observed};
+use kudonet::plan::{Action, Scope, plan, plan_teardown, plan_with_bridge_instances};
 use kudonet::spec::{Desired, Instance, Protocol, PublishedPort};
+
+/// Bridges of two instances: the up to six instances of a desired state spread over the
+/// node's bridge and segments.
+const SMALL_BRIDGES: usize = 2;
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
@@ -74,6 +80,106 @@ proptest! {
     fn planning_is_deterministic(desired in arb_desired(), (observed, _) in arb_observed()) {
         prop_assert_eq!(plan(&desired, &observed), plan(&desired, &observed));
     }
+
+    /// With small bridges, from nodes an earlier plan built with small bridges, or with
+    /// larger ones (bridges over the room now), one pass converges and keeps every bridge
+    /// within its room, the node reaching each instance of a segment through it.
+    #[test]
+    fn with_small_bridges_one_pass_converges_within_their_room(
+        desired in arb_desired(),
+        (observed, _) in arb_observed_with_bridges(&[1, SMALL_BRIDGES, 500]),
+    ) {
+        let first = plan_with_bridge_instances(&desired, &observed, SMALL_BRIDGES);
+        let mut dataplane = MemoryDataplane::new(observed.clone());
+        if let Err(error) = dataplane.apply_all(&first.to_actions()) {
+            panic!("plan failed: {error}\nplan:\n{first}");
+        }
+        let converged = dataplane.observe().unwrap();
+        let second = plan_with_bridge_instances(&desired, &converged, SMALL_BRIDGES);
+        prop_assert!(second.is_empty(), "second plan not empty:\n{}\nafter:\n{}", second, first);
+        prop_assert_eq!(&second.conflicts, &first.conflicts, "conflicts are stable");
+        prop_assert_eq!(foreign_view(&converged), foreign_view(&observed));
+        let ports = instance_ports(&converged);
+        for (bridge, instances) in bridges_and_instances(&ports) {
+            prop_assert!(instances.len() <= SMALL_BRIDGES, "{bridge} holds {instances:?}");
+        }
+        let held_back: Vec<&str> = first.conflicts.iter().filter_map(|c| c.scope.instance_name()).collect();
+        for (instance, bridge) in ports.iter().filter(|(i, _)| !first.blocked && !held_back.contains(&i.as_str())) {
+            let address = desired.instances.iter().find(|i| &i.name == instance).unwrap().address;
+            let route = converged.routes.get(&cidr::Ipv4Cidr::new_host(address.address()));
+            if names::segment_number(bridge).is_some() {
+                prop_assert!(
+                    route.is_some_and(|route| route.owned && route.device.as_ref() == Some(bridge)),
+                    "no route to {instance} on {bridge}: {route:?}"
+                );
+            }
+        }
+    }
+
+    /// An instance stays on its bridge while others come and go, and a segment no instance
+    /// is on goes.
+    #[test]
+    fn instances_stay_on_their_bridge_and_unneeded_segments_go(
+        first in arb_desired(),
+        second in arb_desired(),
+    ) {
+        let second = Desired {
+            node: kudonet::spec::Node { bridge: first.node.bridge.clone(), ..second.node.clone() },
+            ..second
+        };
+        let mut dataplane = MemoryDataplane::default();
+        converge_small(&mut dataplane, &first);
+        let before = instance_ports(&dataplane.state);
+        converge_small(&mut dataplane, &second);
+        let after = instance_ports(&dataplane.state);
+        for (instance, bridge) in &after {
+            if let Some(previous) = before.get(instance) {
+                prop_assert_eq!(bridge, previous, "{} moved", instance);
+            }
+        }
+        let in_use = bridges_and_instances(&after);
+        for (name, link) in &dataplane.state.links {
+            if link.is_kudonet_segment() {
+                prop_assert!(in_use.contains_key(name), "segment {name} holds no instance");
+            }
+        }
+    }
+}
+
+/// Converges `dataplane`'s node to `desired` with small bridges: one pass, and nothing left.
+fn converge_small(dataplane: &mut MemoryDataplane, desired: &Desired) {
+    let planned = plan_with_bridge_instances(desired, &dataplane.state, SMALL_BRIDGES);
+    if let Err(error) = dataplane.apply_all(&planned.to_actions()) {
+        panic!("plan failed: {error}\nplan:\n{planned}");
+    }
+    let again = plan_with_bridge_instances(desired, &dataplane.state, SMALL_BRIDGES);
+    assert!(again.is_empty(), "not converged:\n{again}");
+}
+
+/// Instance name -> the bridge its host veth is a port of.
+fn instance_ports(state: &Observed) -> BTreeMap<String, String> {
+    state
+        .links
+        .values()
+        .filter(|link| link.kind == LinkKind::Veth)
+        .filter_map(|link| {
+            let alias = link.alias.as_deref()?;
+            let instance = alias.strip_prefix("kudonet:instance:")?;
+            Some((instance.to_string(), link.master.clone()?))
+        })
+        .collect()
+}
+
+/// Bridge -> the instances on it.
+fn bridges_and_instances(ports: &BTreeMap<String, String>) -> BTreeMap<String, Vec<String>> {
+    let mut bridges: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (instance, bridge) in ports {
+        bridges
+            .entry(bridge.clone())
+            .or_default()
+            .push(instance.clone());
+    }
+    bridges
 }
 
 #[test]
@@ -131,6 +237,10 @@ fn scope_by_names(action: &Action, desired: &Desired) -> Scope {
         | Action::AddAddress { link, .. }
         | Action::DeleteAddress { link, .. } => by_link(link),
         Action::ReplaceDefaultRoute { namespace, .. } => by_namespace(namespace),
+        Action::ReplaceLinkRoute { destination, .. } => desired
+            .instances
+            .iter()
+            .find(|i| cidr::Ipv4Cidr::new_host(i.address.address()) == *destination),
         _ => None,
     };
     instance.map_or(Scope::Node, |instance| Scope::instance(&instance.name))

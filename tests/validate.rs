@@ -412,6 +412,14 @@ fn bridge_names_of_kernel_pseudo_devices_and_kudonets_own_links_are_refused() {
             "is in kudonet's pattern for host veths (`kv` and 13 hex digits)",
         ),
         ("kudo-vxlan", "is kudonet's overlay device"),
+        (
+            "kudo-seg1",
+            "is in kudonet's pattern for a node's extra bridges (`kudo-seg…`)",
+        ),
+        (
+            "kudo-segment",
+            "is in kudonet's pattern for a node's extra bridges (`kudo-seg…`)",
+        ),
     ] {
         case(
             &[("node.yaml", &node(bridge))],
@@ -420,9 +428,50 @@ fn bridge_names_of_kernel_pseudo_devices_and_kudonets_own_links_are_refused() {
             )],
         );
     }
-    for bridge in ["kudo0", "br-kudo", "kv0", "alls", "lo0"] {
+    for bridge in ["kudo0", "br-kudo", "kv0", "alls", "lo0", "kudo-se"] {
         case(&[("node.yaml", &node(bridge))], &[]);
     }
+}
+
+/// `count` Instances on node-a, one a line of YAML each, at consecutive addresses from
+/// 10.0.0.2.
+fn instances(count: u32) -> String {
+    (0..count)
+        .map(|i| {
+            let address =
+                std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 0, 0, 2)) + i);
+            format!("---\n{{kind: Instance, name: i{i}, address: {address}}}\n")
+        })
+        .collect()
+}
+
+#[test]
+fn a_node_with_more_instances_than_it_holds_is_refused_at_the_node() {
+    // 100 bridges of 500 instances; the /16 has addresses for more. (The boundary itself is
+    // the subnet case's below, on fewer instances.)
+    let node = "kind: Node\nname: node-a\ncidr: 10.0.0.1/16\n";
+    case(
+        &[("node.yaml", node), ("i.yaml", &instances(50_001))],
+        &[
+            "$DIR/node.yaml:2:7: Node \"node-a\" has 50001 instances, more than a node holds: \
+           50000 (100 bridges of 500)",
+        ],
+    );
+}
+
+#[test]
+fn a_node_with_more_instances_than_its_subnet_has_addresses_is_refused_at_its_cidr() {
+    // A /29 has addresses for 5 instances (8 less network, broadcast and gateway).
+    let node = "kind: Node\nname: node-a\ncidr: 10.0.0.1/29\n";
+    case(&[("node.yaml", node), ("i.yaml", &instances(5))], &[]);
+    case(
+        &[("node.yaml", node), ("i.yaml", &instances(6))],
+        &[
+            "$DIR/i.yaml:12:37: address 10.0.0.7 is the broadcast address of subnet 10.0.0.0/29",
+            "$DIR/node.yaml:3:7: Node \"node-a\" has 6 instances, more than its subnet \
+             10.0.0.0/29 has addresses for (5)",
+        ],
+    );
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! A dataplane over an in-memory [`Observed`], refusing what the kernel refuses (creating
-//! what exists, deleting what does not, routing through a link that is down) and cascading
-//! what the kernel cascades (deleting one end of a veth deletes the other). Property tests
-//! use it to prove that plans converge.
+//! what exists, deleting what does not, routing through a link that is down, a port more
+//! than a bridge takes) and cascading what the kernel cascades (deleting one end of a veth
+//! deletes the other, deleting a link its routes). Property tests use it to prove that
+//! plans converge.
 
 use super::{Cause, Dataplane, DataplaneError};
 use crate::names;
@@ -10,6 +11,10 @@ use crate::plan::Action;
 
 /// The loopback MTU the kernel gives a new namespace's `lo`.
 const LOOPBACK_MTU: u32 = 65536;
+
+/// How many ports a Linux bridge takes: the kernel numbers them in 10 bits
+/// (`BR_MAX_PORTS`, 1024) and keeps 0 for itself.
+pub const BRIDGE_PORTS: usize = 1023;
 
 /// A dataplane in memory: applies each action to an [`Observed`] as the kernel would, so the
 /// planner can be tested (golden, property and fuzz tests) without a kernel.
@@ -63,12 +68,41 @@ impl MemoryDataplane {
                     port.hairpin = false;
                 }
             }
-            let prefix = format!("net.ipv4.conf.{}.", link.name);
             self.state
                 .sysctls
-                .retain(|key, _| !key.starts_with(&prefix));
+                .retain(|key, _| crate::plan::sysctl_interface(key) != Some(&link.name));
+            self.state
+                .routes
+                .retain(|_, route| route.device.as_ref() != Some(&link.name));
         }
         Some(removed)
+    }
+
+    /// A bridge marked with `alias`, down, with the settings the kernel gives a new
+    /// interface.
+    fn create_bridge(
+        &mut self,
+        name: &str,
+        alias: String,
+        mtu: Option<u32>,
+    ) -> Result<(), Rejected> {
+        if self.state.links.contains_key(name) {
+            return Err(Rejected("link exists".into()));
+        }
+        let bridge = Link {
+            alias: Some(alias),
+            mtu: mtu.unwrap_or(Link::new(LinkKind::Bridge).mtu),
+            ..Link::new(LinkKind::Bridge)
+        };
+        self.state.links.insert(name.to_string(), bridge);
+        for (key, value) in [
+            (crate::plan::route_localnet(name), "0"),
+            (crate::plan::proxy_arp(name), "0"),
+            (crate::plan::proxy_delay(name), "80"),
+        ] {
+            self.state.sysctls.insert(key, value.into());
+        }
+        Ok(())
     }
 
     fn apply_action(&mut self, action: &Action) -> Result<(), Rejected> {
@@ -104,18 +138,10 @@ impl MemoryDataplane {
                 }
             }
             Action::CreateBridge { name, mtu } => {
-                if self.state.links.contains_key(name) {
-                    return Err(Rejected("link exists".into()));
-                }
-                let bridge = Link {
-                    alias: Some(names::bridge_alias()),
-                    mtu: mtu.unwrap_or(Link::new(LinkKind::Bridge).mtu),
-                    ..Link::new(LinkKind::Bridge)
-                };
-                self.state.links.insert(name.clone(), bridge);
-                self.state
-                    .sysctls
-                    .insert(crate::plan::route_localnet(name), "0".into());
+                self.create_bridge(name, names::bridge_alias(), *mtu)?
+            }
+            Action::CreateSegment { name, mtu, .. } => {
+                self.create_bridge(name, names::segment_alias(), *mtu)?
             }
             Action::CreateVeth {
                 host,
@@ -169,12 +195,22 @@ impl MemoryDataplane {
                 {
                     return Err(Rejected(format!("no bridge {bridge}")));
                 }
+                let ports = self
+                    .state
+                    .links
+                    .values()
+                    .filter(|port| port.master.as_ref() == Some(bridge))
+                    .count();
                 let port = self
                     .state
                     .links
                     .get_mut(link)
                     .ok_or_else(|| no_such_link(&LinkRef::host(link)))?;
                 if port.master.as_ref() != Some(bridge) {
+                    if ports >= BRIDGE_PORTS {
+                        // EXFULL, in the kernel's words.
+                        return Err(Rejected("Exchange full".into()));
+                    }
                     port.master = Some(bridge.clone());
                     port.hairpin = false;
                 }
@@ -230,6 +266,20 @@ impl MemoryDataplane {
                     return Err(Rejected("network is unreachable".into()));
                 }
                 inside.default_gateway = Some(*gateway);
+            }
+            Action::ReplaceLinkRoute {
+                destination,
+                device,
+            } => {
+                if !self.state.links.get(device).is_some_and(|link| link.up) {
+                    return Err(Rejected(format!("network is down: {device}")));
+                }
+                let route = Route {
+                    gateway: None,
+                    device: Some(device.clone()),
+                    owned: true,
+                };
+                self.state.routes.insert(*destination, route);
             }
             Action::ReplaceRoute {
                 destination,
@@ -302,13 +352,14 @@ impl MemoryDataplane {
             }
             Action::SetSysctl { key, value } => {
                 // As the kernel dataplane: a per-interface sysctl only for an existing bridge
-                // of kudonet's, never for `all`, `default` or anyone else's interface.
+                // of kudonet's (its segments included), never for `all`, `default` or anyone
+                // else's interface.
                 if let Some(device) = crate::plan::sysctl_interface(key)
                     && !self
                         .state
                         .links
                         .get(device)
-                        .is_some_and(Link::is_kudonet_bridge)
+                        .is_some_and(|link| link.is_kudonet_bridge() || link.is_kudonet_segment())
                 {
                     return Err(Rejected(format!(
                         "refusing to set {key}: {device} is not kudonet's bridge"
@@ -374,6 +425,37 @@ impl From<&str> for Rejected {
 mod tests {
     use super::*;
 
+    /// As Linux: a bridge takes 1023 ports; attaching one more fails with EXFULL, and
+    /// leaves the link as it was.
+    #[test]
+    fn a_bridge_refuses_a_port_more_than_the_kernel_takes() {
+        let mut dataplane = MemoryDataplane::default();
+        let create = Action::CreateBridge {
+            name: "kudo0".to_string(),
+            mtu: None,
+        };
+        dataplane.apply(&create).unwrap();
+        for port in 0..=BRIDGE_PORTS {
+            let link = Link::new(LinkKind::Veth);
+            dataplane.state.links.insert(format!("v{port}"), link);
+        }
+        let attach = |port: usize| Action::SetMaster {
+            link: format!("v{port}"),
+            bridge: "kudo0".to_string(),
+        };
+        for port in 0..BRIDGE_PORTS {
+            dataplane.apply(&attach(port)).unwrap();
+        }
+        let error = dataplane.apply(&attach(BRIDGE_PORTS)).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "~ link v1023: attach to bridge kudo0: Exchange full"
+        );
+        assert_eq!(dataplane.state.links["v1023"].master, None);
+        // Re-attaching a port is no new port.
+        dataplane.apply(&attach(0)).unwrap();
+    }
+
     /// As the kernel dataplane: a per-interface sysctl only for an existing bridge of
     /// kudonet's, never for `all`, `default` or a bridge of someone else's.
     #[test]
@@ -404,6 +486,25 @@ mod tests {
         assert_eq!(
             observed.sysctls.keys().collect::<Vec<_>>(),
             ["net.ipv4.conf.kudo0.route_localnet"]
+        );
+        // Its segments' too, neighbour settings included; never the defaults of all.
+        let segment = Action::CreateSegment {
+            name: "kudo-seg1".to_string(),
+            bridge: "kudo0".to_string(),
+            mtu: None,
+        };
+        dataplane.apply(&segment).unwrap();
+        let delay = |device: &str| Action::SetSysctl {
+            key: format!("net.ipv4.neigh.{device}.proxy_delay"),
+            value: "0".to_string(),
+        };
+        dataplane.apply(&delay("kudo-seg1")).unwrap();
+        let error = dataplane.apply(&delay("default")).unwrap_err().to_string();
+        assert!(
+            error.contains(
+                "refusing to set net.ipv4.neigh.default.proxy_delay: default is not kudonet's bridge"
+            ),
+            "{error}"
         );
     }
 }

@@ -132,6 +132,7 @@ impl KernelDataplane {
             | Action::AddAddress { link: target, .. }
             | Action::DeleteAddress { link: target, .. } => link(target, false),
             Action::CreateBridge { name, .. }
+            | Action::CreateSegment { name, .. }
             | Action::CreateVxlan { name, .. }
             | Action::SetMaster { link: name, .. }
             | Action::SetHairpin { link: name }
@@ -157,15 +158,17 @@ impl KernelDataplane {
             }
             Action::PurgeOtherBackend { .. } => changes.other_backend = true,
             Action::ReplaceRoute { .. }
+            | Action::ReplaceLinkRoute { .. }
             | Action::DeleteRoute { .. }
             | Action::SetSysctl { .. }
             | Action::SyncTable { .. } => {}
         }
     }
 
-    /// A per-interface sysctl is written only for an existing bridge marked as kudonet's:
-    /// `all` and `default` would change every interface of the node (route_localnet there
-    /// exposes services bound to 127.0.0.1), and anyone else's interface is not ours.
+    /// A per-interface sysctl is written only for an existing bridge marked as kudonet's (its
+    /// segments included): `all` and `default` would change every interface of the node
+    /// (route_localnet there exposes services bound to 127.0.0.1), and anyone else's
+    /// interface is not ours.
     fn check_own_bridge(&mut self, key: &str, device: &str) -> Result<(), Cause> {
         let link = self
             .host
@@ -173,7 +176,7 @@ impl KernelDataplane {
             .map_err(Cause::from)?
             .as_ref()
             .and_then(parse_link);
-        if link.is_some_and(|link| link.is_kudonet_bridge()) {
+        if link.is_some_and(|link| link.is_kudonet_bridge() || link.is_kudonet_segment()) {
             Ok(())
         } else {
             Err(Cause::refusal(format!(
@@ -247,6 +250,22 @@ impl KernelDataplane {
                 let mac = random_mac().map_err(|error| Cause::io("bridge address", error))?;
                 self.create_marked(name, &names::bridge_alias(), |host, scratch| {
                     host.create_bridge(scratch, Some(mac), *mtu)
+                })
+            }
+            Action::CreateSegment { name, bridge, mtu } => {
+                // The node's bridge's address: instances moved to a segment keep a valid
+                // gateway in their ARP cache, and the node has one gateway MAC.
+                let mac = match self.host.link_mac(bridge).map_err(Cause::from)? {
+                    Some(mac) => mac,
+                    None => random_mac().map_err(|error| Cause::io("bridge address", error))?,
+                };
+                self.create_marked(name, &names::segment_alias(), |host, scratch| {
+                    host.create_bridge(scratch, Some(mac), *mtu)?;
+                    // It holds only the gateway's IPv4 address: no IPv6, so no DAD or MLD.
+                    netns::disable_ipv6(&[scratch]).map_err(|error| NetlinkError {
+                        operation: format!("turn IPv6 off on {scratch}"),
+                        source: error,
+                    })
                 })
             }
             Action::CreateVeth {
@@ -365,6 +384,15 @@ impl KernelDataplane {
                 let (socket, index) = self.link(&LinkRef::host(link))?;
                 socket
                     .delete_flood(index, link, *destination)
+                    .map_err(Cause::from)
+            }
+            Action::ReplaceLinkRoute {
+                destination,
+                device,
+            } => {
+                let host = &mut self.host;
+                let index = host.link_index(device).map_err(Cause::from)?;
+                host.replace_link_route(*destination, index, names::ROUTE_PROTOCOL)
                     .map_err(Cause::from)
             }
             Action::ReplaceRoute {

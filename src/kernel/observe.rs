@@ -20,7 +20,7 @@ use super::netlink::{Netlink, NetlinkError};
 use super::netns::{self, NamespaceSockets};
 use super::sysctl::read_sysctl;
 use crate::dataplane::{Cause, Changes};
-use crate::names::{self, IP_FORWARD, route_localnet};
+use crate::names::{self, IP_FORWARD, proxy_arp, proxy_delay, route_localnet};
 use crate::observed::{Link, LinkKind, LinkRef, Namespace, Observed, Route};
 
 #[derive(Debug, thiserror::Error)]
@@ -253,13 +253,15 @@ pub fn observe(
     observed.namespaces = namespaces;
 
     let mut sysctls = vec![IP_FORWARD.to_string()];
-    sysctls.extend(
-        observed
-            .links
-            .iter()
-            .filter(|(_, link)| link.kind == LinkKind::Bridge)
-            .map(|(name, _)| route_localnet(name)),
-    );
+    for (name, link) in &observed.links {
+        if link.kind == LinkKind::Bridge {
+            sysctls.push(route_localnet(name));
+        }
+        // Proxy ARP is kudonet's business on its bridges only.
+        if link.is_kudonet_bridge() || link.is_kudonet_segment() {
+            sysctls.extend([proxy_arp(name), proxy_delay(name)]);
+        }
+    }
     for key in sysctls {
         let value = read_sysctl(&key).map_err(|source| ObserveError::Sysctl {
             key: key.clone(),

@@ -70,6 +70,18 @@ pub enum Action {
         /// The MTU to create it with; `None` leaves the kernel's default.
         mtu: Option<u32>,
     },
+    /// A segment: a bridge in the node namespace, marked as one of kudonet's segments, with
+    /// the MAC address of the node's bridge `bridge` (one gateway, wherever an instance is),
+    /// IPv6 off, down. It holds the instances the node's bridge has no room for, and the
+    /// gateway address as a /32; the node routes between its bridges.
+    CreateSegment {
+        /// The segment's name (`kudo-seg<N>`).
+        name: String,
+        /// The node's bridge, whose MAC address it takes (a random one without it).
+        bridge: String,
+        /// The MTU to create it with; `None` leaves the kernel's default.
+        mtu: Option<u32>,
+    },
     /// A veth pair: `host` in the node namespace (marked as `instance`'s) and `eth0` created
     /// directly in `namespace`; both down.
     CreateVeth {
@@ -132,6 +144,14 @@ pub enum Action {
         namespace: String,
         /// The node's bridge address.
         gateway: Ipv4Addr,
+    },
+    /// A route of the node namespace through `device`, scope link, marked as kudonet's: to
+    /// an instance on a segment, whose address the node's bridge route would send elsewhere.
+    ReplaceLinkRoute {
+        /// The instance's address, as a /32.
+        destination: Ipv4Cidr,
+        /// The segment the instance is on.
+        device: String,
     },
     /// A route of the node namespace, marked as kudonet's (a peer node's instance subnet):
     /// via `gateway`, or through `device` with the gateway on-link (over the overlay).
@@ -244,6 +264,7 @@ impl Action {
             Action::CreateNamespace { .. } => "create_namespace",
             Action::DeleteNamespace { .. } => "delete_namespace",
             Action::CreateBridge { .. } => "create_bridge",
+            Action::CreateSegment { .. } => "create_segment",
             Action::CreateVeth { .. } => "create_veth",
             Action::CreateVxlan { .. } => "create_vxlan",
             Action::AddFlood { .. } => "add_flood",
@@ -257,6 +278,7 @@ impl Action {
             Action::DeleteAddress { .. } => "delete_address",
             Action::ReplaceDefaultRoute { .. } => "replace_default_route",
             Action::ReplaceRoute { .. } => "replace_route",
+            Action::ReplaceLinkRoute { .. } => "replace_link_route",
             Action::DeleteRoute { .. } => "delete_route",
             Action::SetSysctl { .. } => "set_sysctl",
             Action::SyncTable { .. } => "sync_table",
@@ -269,6 +291,7 @@ impl Action {
         match self {
             Action::CreateNamespace { .. }
             | Action::CreateBridge { .. }
+            | Action::CreateSegment { .. }
             | Action::CreateVeth { .. }
             | Action::CreateVxlan { .. }
             | Action::AddFlood { .. }
@@ -285,6 +308,7 @@ impl Action {
             | Action::SetHairpin { .. }
             | Action::ReplaceDefaultRoute { .. }
             | Action::ReplaceRoute { .. }
+            | Action::ReplaceLinkRoute { .. }
             | Action::SetSysctl { .. }
             | Action::SyncTable { .. } => Effect::Change,
         }
@@ -305,6 +329,11 @@ impl fmt::Display for Action {
             Action::CreateNamespace { name } => write!(f, "namespace {name}"),
             Action::DeleteNamespace { name } => write!(f, "namespace {name}"),
             Action::CreateBridge { name, mtu: m } => write!(f, "bridge {name}{}", mtu(m)),
+            Action::CreateSegment {
+                name,
+                bridge,
+                mtu: m,
+            } => write!(f, "segment {name} of bridge {bridge}{}", mtu(m)),
             Action::CreateVeth {
                 host,
                 namespace,
@@ -324,11 +353,16 @@ impl fmt::Display for Action {
                 write!(f, "link {link}: attach to bridge {bridge}")
             }
             Action::SetHairpin { link } => write!(f, "link {link}: hairpin on"),
-            Action::AddAddress { link, address } => write!(f, "address {address} on {link}"),
-            Action::DeleteAddress { link, address } => write!(f, "address {address} on {link}"),
+            // `:#` keeps the prefix of a /32 (a segment's gateway address) in sight.
+            Action::AddAddress { link, address } => write!(f, "address {address:#} on {link}"),
+            Action::DeleteAddress { link, address } => write!(f, "address {address:#} on {link}"),
             Action::ReplaceDefaultRoute { namespace, gateway } => {
                 write!(f, "route default via {gateway} in {namespace}")
             }
+            Action::ReplaceLinkRoute {
+                destination,
+                device,
+            } => write!(f, "route {destination:#} dev {device}"),
             Action::ReplaceRoute {
                 destination,
                 gateway,
@@ -363,7 +397,7 @@ impl fmt::Display for Action {
             Action::AddFlood { link, destination } | Action::DeleteFlood { link, destination } => {
                 write!(f, "flood {link} to {destination}")
             }
-            Action::DeleteRoute { destination } => write!(f, "route {destination}"),
+            Action::DeleteRoute { destination } => write!(f, "route {destination:#}"),
             Action::SetSysctl { key, value } => write!(f, "sysctl {key} = {value}"),
             Action::SyncTable { table, diff, .. } => {
                 write!(f, "iptables table {table}")?;

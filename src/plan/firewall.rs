@@ -22,10 +22,19 @@ pub use crate::names::{FILTER, NAT};
 
 /// The rules of every table kudonet uses, for `desired`. `uplink` is the interface that
 /// leads out of the node (the Node's `uplink`, else the default route's), if known.
-pub fn desired_tables(desired: &Desired, uplink: Option<&str>) -> BTreeMap<String, TableRules> {
+/// `segments` are the node's segments: the node's bridge and each of them get the same
+/// rules.
+pub fn desired_tables(
+    desired: &Desired,
+    uplink: Option<&str>,
+    segments: &[&str],
+) -> BTreeMap<String, TableRules> {
+    let bridges: Vec<&str> = std::iter::once(desired.node.bridge.as_str())
+        .chain(segments.iter().copied())
+        .collect();
     BTreeMap::from([
-        (NAT.to_string(), nat(desired, uplink)),
-        (FILTER.to_string(), filter(desired)),
+        (NAT.to_string(), nat(desired, uplink, &bridges)),
+        (FILTER.to_string(), filter(desired, &bridges)),
     ])
 }
 
@@ -41,7 +50,7 @@ fn jump(chain: &str) -> String {
     format!("{JUMP_MARK} -j {chain}")
 }
 
-fn nat(desired: &Desired, uplink: Option<&str>) -> TableRules {
+fn nat(desired: &Desired, uplink: Option<&str>, bridges: &[&str]) -> TableRules {
     let node = &desired.node;
     let bridge = &node.bridge;
     let subnet = node.subnet();
@@ -67,15 +76,18 @@ fn nat(desired: &Desired, uplink: Option<&str>) -> TableRules {
         }
     }
 
-    let mut postrouting = vec![
+    let mut postrouting = Vec::new();
+    for bridge in bridges {
         // Hairpin: an instance reaching a published port of its own node gets answered by
         // the node, not directly by the target instance, which would drop the reply.
-        format!("-s {subnet} -o {bridge} -m conntrack --ctstate DNAT -j MASQUERADE"),
+        postrouting.push(format!(
+            "-s {subnet} -o {bridge} -m conntrack --ctstate DNAT -j MASQUERADE"
+        ));
         // The node reaching its own published ports (127.0.0.1 needs route_localnet).
-        format!(
+        postrouting.push(format!(
             "-o {bridge} -m addrtype --src-type LOCAL -m conntrack --ctstate DNAT -j MASQUERADE"
-        ),
-    ];
+        ));
+    }
     if node.masquerade {
         // Traffic inside the cluster keeps its source address.
         for exempt in cluster_destinations(desired) {
@@ -102,18 +114,20 @@ fn nat(desired: &Desired, uplink: Option<&str>) -> TableRules {
     }
 }
 
-fn filter(desired: &Desired) -> TableRules {
-    let bridge = &desired.node.bridge;
+fn filter(desired: &Desired, bridges: &[&str]) -> TableRules {
     // Accepted explicitly, so that hosts whose FORWARD policy is DROP still forward
     // kudonet's traffic, and nothing else.
-    let mut forward = vec![
-        format!("-i {bridge} -j ACCEPT"),
-        format!("-o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
-        format!("-o {bridge} -m conntrack --ctstate DNAT -j ACCEPT"),
-    ];
-    for source in cluster_destinations(desired) {
-        if source != desired.node.subnet() {
-            forward.push(format!("-s {source} -o {bridge} -j ACCEPT"));
+    let mut forward = Vec::new();
+    for bridge in bridges {
+        forward.extend([
+            format!("-i {bridge} -j ACCEPT"),
+            format!("-o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
+            format!("-o {bridge} -m conntrack --ctstate DNAT -j ACCEPT"),
+        ]);
+        for source in cluster_destinations(desired) {
+            if source != desired.node.subnet() {
+                forward.push(format!("-s {source} -o {bridge} -j ACCEPT"));
+            }
         }
     }
     TableRules {

@@ -7,9 +7,11 @@
 //! 1. deletions of what kudonet owns but no longer wants (dependants first: a veth before
 //!    its namespace, routes before nothing else needs them);
 //! 2. the bridge and node-wide settings, and in a vxlan cluster the overlay device;
-//! 3. each instance: namespace, veth pair, then their addresses, state and routes;
-//! 4. routes to peer nodes;
-//! 5. the firewall, one transaction per table.
+//! 3. the segments, the extra bridges of a node with more instances than a bridge holds
+//!    (see [`placement`]);
+//! 4. each instance: namespace, veth pair, then their addresses, state and routes;
+//! 5. routes to peer nodes;
+//! 6. the firewall, one transaction per table.
 //!
 //! Something foreign in the way (a link on the bridge's name, a namespace named like an
 //! instance's that kudonet did not create) is never touched: it becomes a [`Conflict`] and
@@ -22,18 +24,20 @@
 
 mod action;
 pub(crate) mod firewall;
+pub mod placement;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 pub use action::{Action, Effect, Scope, Step};
 use firewall::TableRules;
+pub use placement::{BRIDGE_INSTANCES, Placement};
 
 use crate::names;
 use crate::observed::{Link, LinkKind, LinkRef, Observed, Table};
-use crate::spec::{ClusterMode, Desired, Instance};
+use crate::spec::{ClusterMode, Desired, Instance, MAX_BRIDGES};
 
-pub use crate::names::{IP_FORWARD, route_localnet, sysctl_interface};
+pub use crate::names::{IP_FORWARD, proxy_arp, proxy_delay, route_localnet, sysctl_interface};
 
 /// Something foreign stands where kudonet needs to put one of its objects.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,8 +153,20 @@ pub fn uplink<'a>(desired: &'a Desired, observed: &'a Observed) -> Option<&'a st
 
 /// The plan that makes `observed` match `desired`.
 pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
-    let wanted = Wanted::from(desired);
+    plan_with_bridge_instances(desired, observed, BRIDGE_INSTANCES)
+}
+
+/// [`plan`] with `bridge_instances` instances a bridge rather than [`BRIDGE_INSTANCES`]:
+/// tests use a small number to have segments with few instances.
+pub fn plan_with_bridge_instances(
+    desired: &Desired,
+    observed: &Observed,
+    bridge_instances: usize,
+) -> Plan {
+    let placement = placement::place(desired, observed, bridge_instances);
+    let wanted = Wanted::new(desired, &placement);
     let mut planner = Planner::new(observed, &wanted);
+    planner.placement = placement;
     let uplink = uplink(desired, observed);
     // A node subnet that overlaps the uplink's would cut the node off its own network:
     // refused before anything changes (the command line reports it at the Node's cidr).
@@ -179,8 +195,14 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
     }
     planner.sysctl(IP_FORWARD, "1");
     planner.sysctl(&route_localnet(&desired.node.bridge), "1");
+    if !wanted.segments.is_empty() {
+        planner.proxy_arp(&desired.node.bridge, false);
+    }
     if wanted.overlay {
         planner.overlay(desired, uplink);
+    }
+    for segment in &wanted.segments {
+        planner.segment(desired, segment);
     }
     for instance in &desired.instances {
         planner.instance(desired, instance);
@@ -202,7 +224,8 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
             .collect(),
         ..desired.clone()
     };
-    planner.firewall(&firewall::desired_tables(&serving, uplink));
+    let segments: Vec<&str> = wanted.segments.iter().map(String::as_str).collect();
+    planner.firewall(&firewall::desired_tables(&serving, uplink, &segments));
     planner.plan
 }
 
@@ -220,6 +243,10 @@ pub fn plan_teardown(observed: &Observed) -> Plan {
 #[derive(Debug, Default)]
 struct Wanted {
     bridge: Option<String>,
+    /// The segments holding an instance.
+    segments: BTreeSet<String>,
+    /// The address (/32) of each instance on a segment -> that segment.
+    link_routes: BTreeMap<cidr::Ipv4Cidr, String>,
     /// Host veth name -> the alias it must carry and the instance it is for.
     host_links: BTreeMap<String, (String, String)>,
     namespaces: BTreeSet<String>,
@@ -227,6 +254,34 @@ struct Wanted {
     routes: BTreeMap<cidr::Ipv4Cidr, (std::net::Ipv4Addr, Option<String>)>,
     /// Whether the node needs the vxlan overlay device.
     overlay: bool,
+}
+
+impl Wanted {
+    fn new(desired: &Desired, placement: &Placement) -> Wanted {
+        let link_routes = desired
+            .instances
+            .iter()
+            .filter_map(|instance| {
+                let bridge = placement.bridge_of(&instance.name)?;
+                (bridge != desired.node.bridge)
+                    .then(|| (host_route(instance.address), bridge.to_string()))
+            })
+            .collect();
+        Wanted {
+            segments: placement
+                .segments()
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
+            link_routes,
+            ..Wanted::from(desired)
+        }
+    }
+}
+
+/// The route to one address: an instance's `10.0.0.7/24` as `10.0.0.7/32`.
+fn host_route(address: cidr::Ipv4Inet) -> cidr::Ipv4Cidr {
+    cidr::Ipv4Cidr::new_host(address.address())
 }
 
 impl From<&Desired> for Wanted {
@@ -238,6 +293,8 @@ impl From<&Desired> for Wanted {
         let overlay = !routed && !desired.peers.is_empty();
         Wanted {
             bridge: Some(desired.node.bridge.clone()),
+            segments: BTreeSet::new(),
+            link_routes: BTreeMap::new(),
             host_links: desired
                 .instances
                 .iter()
@@ -282,6 +339,8 @@ struct Planner<'a> {
     /// Links the plan deletes as a side effect of an earlier action: the other end of a
     /// deleted veth, the veths of a deleted namespace.
     gone: BTreeSet<LinkRef>,
+    /// The bridge of each desired instance.
+    placement: Placement,
 }
 
 impl<'a> Planner<'a> {
@@ -293,6 +352,7 @@ impl<'a> Planner<'a> {
             scope: Scope::Node,
             mtu: DEFAULT_MTU,
             gone: BTreeSet::new(),
+            placement: Placement::default(),
         }
     }
 
@@ -420,12 +480,22 @@ impl<'a> Planner<'a> {
             if link.kind == LinkKind::Bridge
                 && link.is_owned()
                 && wanted.bridge.as_ref() != Some(name)
+                && !wanted.segments.contains(name)
             {
                 self.delete_link(LinkRef::host(name));
             }
         }
         for (destination, route) in &observed.routes {
-            if route.owned && !wanted.routes.contains_key(destination) {
+            // The kernel takes a route with the link it goes through.
+            let device_gone = route
+                .device
+                .as_ref()
+                .is_some_and(|device| self.gone.contains(&LinkRef::host(device)));
+            if route.owned
+                && !wanted.routes.contains_key(destination)
+                && !wanted.link_routes.contains_key(destination)
+                && !device_gone
+            {
                 self.push(Action::DeleteRoute {
                     destination: *destination,
                 });
@@ -450,7 +520,13 @@ impl<'a> Planner<'a> {
     }
 
     fn sysctl(&mut self, key: &str, value: &str) {
-        if self.observed.sysctls.get(key).map(String::as_str) != Some(value) {
+        self.sysctl_of(key, value, false);
+    }
+
+    /// A sysctl of an interface the plan creates (`fresh`): what is observed under its
+    /// name is its predecessor's.
+    fn sysctl_of(&mut self, key: &str, value: &str, fresh: bool) {
+        if fresh || self.observed.sysctls.get(key).map(String::as_str) != Some(value) {
             self.push(Action::SetSysctl {
                 key: key.to_string(),
                 value: value.to_string(),
@@ -533,6 +609,25 @@ impl<'a> Planner<'a> {
     fn instance_parts(&mut self, desired: &Desired, instance: &Instance) {
         let node = &desired.node;
         let netns = instance.namespace();
+        let bridge = match self.placement.bridge_of(&instance.name) {
+            Some(bridge) => bridge.to_string(),
+            // A namespace of someone else's is reported below; else every bridge is full.
+            None if self
+                .observed
+                .namespaces
+                .get(&netns)
+                .is_none_or(|namespace| namespace.owned) =>
+            {
+                self.conflict(format!(
+                    "no bridge of the node has room for instance {:?}: a bridge holds {} instances \
+                     and a node at most {MAX_BRIDGES} bridges; links of others on its bridges, or \
+                     named like its segments (kudo-seg…), take room",
+                    instance.name, self.placement.bridge_instances
+                ));
+                return;
+            }
+            None => node.bridge.clone(),
+        };
         let host = names::host_interface_name(&instance.name);
         let alias = names::instance_alias(&instance.name);
         let eth0 = names::INSTANCE_INTERFACE;
@@ -600,13 +695,13 @@ impl<'a> Planner<'a> {
             (host_now, peer_now, gateway_now) = (&created, &created, None);
         }
 
-        // Host end: a port of the bridge, no address of its own.
+        // Host end: a port of its bridge, no address of its own.
         // Bridge-port settings such as hairpin only exist while attached, and reset on a move.
-        let attached = host_now.master.as_ref() == Some(&node.bridge);
+        let attached = host_now.master.as_ref() == Some(&bridge);
         if !attached {
             self.push(Action::SetMaster {
                 link: host.clone(),
-                bridge: node.bridge.clone(),
+                bridge: bridge.clone(),
             });
         }
         if !(attached && host_now.hairpin) {
@@ -633,6 +728,76 @@ impl<'a> Planner<'a> {
                 gateway: node.gateway(),
             });
         }
+        if bridge != node.bridge {
+            self.link_route(instance, &bridge);
+        }
+    }
+
+    /// The node's route to an instance on a segment: its bridge's subnet route would send
+    /// the instance's traffic to the node's own bridge.
+    fn link_route(&mut self, instance: &Instance, segment: &str) {
+        let destination = host_route(instance.address);
+        match self.observed.routes.get(&destination) {
+            Some(route) if !route.owned => self.conflict(format!(
+                "a route to {destination} exists and is not kudonet's: kudonet leaves it alone; \
+                 delete it to let the node reach instance {:?} on {segment}",
+                instance.name
+            )),
+            Some(route)
+                if route.gateway.is_none()
+                    && route.device.as_deref() == Some(segment)
+                    && !self.gone.contains(&LinkRef::host(segment)) => {}
+            _ => self.push(Action::ReplaceLinkRoute {
+                destination,
+                device: segment.to_string(),
+            }),
+        }
+    }
+
+    /// Proxy ARP on one of the node's bridges when it has segments: the node answers for
+    /// the instances of its other bridges, at once, so that instances reach each other at
+    /// their on-link addresses through the node.
+    fn proxy_arp(&mut self, bridge: &str, fresh: bool) {
+        self.sysctl_of(&proxy_arp(bridge), "1", fresh);
+        self.sysctl_of(&proxy_delay(bridge), "0", fresh);
+    }
+
+    /// A segment of the node: a bridge of kudonet's holding the gateway address as a /32
+    /// (the instances' gateway there too, and the source of what the node sends them), the
+    /// node's settings for its bridge, and proxy ARP.
+    fn segment(&mut self, desired: &Desired, name: &str) {
+        let link = LinkRef::host(name);
+        // Placement skips a segment's name held by a link of someone else's; one of
+        // kudonet's that is not a segment is in the way and goes.
+        let current = match self.link(&link) {
+            Some(existing) if existing.is_kudonet_segment() => Some(existing),
+            Some(_) => {
+                self.delete_link(link.clone());
+                None
+            }
+            None => None,
+        };
+        if current.is_none() {
+            self.push(Action::CreateSegment {
+                name: name.to_string(),
+                bridge: desired.node.bridge.clone(),
+                mtu: self.creation_mtu(),
+            });
+        }
+        let created = Link {
+            mtu: self.mtu,
+            ..Link::new(LinkKind::Bridge)
+        };
+        let gateway = cidr::Ipv4Inet::new_host(desired.node.gateway());
+        let fresh = current.is_none();
+        self.converge_link(
+            &link,
+            current.unwrap_or(&created),
+            self.mtu,
+            &BTreeSet::from([gateway]),
+        );
+        self.sysctl_of(&route_localnet(name), "1", fresh);
+        self.proxy_arp(name, fresh);
     }
 
     /// The overlay of a vxlan cluster: one vxlan device, a port of the bridge, flooding

@@ -14,6 +14,21 @@ use super::diagnostic::{Diagnostic, Invalid, Origin};
 /// Bridge name used when a Node does not set `bridge`.
 pub const DEFAULT_BRIDGE: &str = "kudo0";
 
+/// How many instances kudonet puts on one bridge. A bridge copies a broadcast (an ARP
+/// request) to every port at once, each copy through the receiving CPU's backlog
+/// (`net.core.netdev_max_backlog`, 1000 by default, for the whole machine): past about a
+/// thousand ports the copies overflow it and the answer is dropped. Half of it leaves room
+/// for the rest of the traffic. Beyond, a node adds bridges and routes between them
+/// (docs/file-format.md, "How many instances a node holds").
+pub const BRIDGE_INSTANCES: usize = 500;
+
+/// How many bridges a node has at most: its own and the segments `kudo-seg1` to
+/// `kudo-seg99`.
+pub const MAX_BRIDGES: usize = 100;
+
+/// How many instances a node holds at most, whatever its subnet.
+pub const NODE_INSTANCES: usize = BRIDGE_INSTANCES * MAX_BRIDGES;
+
 /// Everything one desired-state directory describes: possibly a whole cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Spec {

@@ -14,7 +14,8 @@ use serde_saphyr::{Location, Spanned};
 use super::diagnostic::{Diagnostic, Invalid, Origin, Position, quoted};
 use super::load::Loaded;
 use super::model::{
-    Cluster, ClusterMode, DEFAULT_BRIDGE, Instance, Node, Protocol, PublishedPort, Spec,
+    BRIDGE_INSTANCES, Cluster, ClusterMode, DEFAULT_BRIDGE, Instance, MAX_BRIDGES, NODE_INSTANCES,
+    Node, Protocol, PublishedPort, Spec,
 };
 use super::raw::{RawDocument, RawPort};
 use crate::names;
@@ -476,6 +477,7 @@ impl Checker {
         self.check_duplicate_names();
         let nodes = self.check_nodes(cluster.as_ref().and_then(|(cluster, _)| cluster.cidr));
         let instances = self.check_instances(&nodes);
+        self.check_capacity(&nodes);
         let mut nodes: Vec<Node> = nodes.into_values().collect();
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         let node_cidr_origins = self
@@ -586,6 +588,52 @@ impl Checker {
             })
             .map(|node| (node.name.clone(), node))
             .collect()
+    }
+
+    /// A node holds at most as many instances as its subnet has addresses for, and at most
+    /// [`NODE_INSTANCES`] (docs/file-format.md, "How many instances a node holds"): one
+    /// error at the Node, rather than a node built in part.
+    fn check_capacity(&mut self, nodes: &BTreeMap<String, Node>) {
+        let only_node = match self.nodes.as_slice() {
+            [node] if self.node_documents == 1 => Some(node.name.value.as_str()),
+            _ => None,
+        };
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for instance in &self.instances {
+            let node = instance.node.as_ref().map(|node| node.value.as_str());
+            if let Some(node) = node.or(only_node) {
+                *counts.entry(node).or_default() += 1;
+            }
+        }
+        let mut errors = Vec::new();
+        for decl in &self.nodes {
+            let (Some(node), Some(cidr)) = (nodes.get(&decl.name.value), &decl.cidr) else {
+                continue;
+            };
+            let count = counts.get(node.name.as_str()).copied().unwrap_or_default();
+            let subnet = node.subnet();
+            // Every address but the network, broadcast and gateway ones.
+            let addresses = (1usize << (32 - subnet.network_length())) - 3;
+            let name = quoted(&node.name);
+            if count > NODE_INSTANCES {
+                errors.push(Diagnostic::new(
+                    decl.name.origin.clone(),
+                    format!(
+                        "Node {name} has {count} instances, more than a node holds: \
+                         {NODE_INSTANCES} ({MAX_BRIDGES} bridges of {BRIDGE_INSTANCES})"
+                    ),
+                ));
+            } else if count > addresses {
+                errors.push(Diagnostic::new(
+                    cidr.origin.clone(),
+                    format!(
+                        "Node {name} has {count} instances, more than its subnet {subnet} has \
+                         addresses for ({addresses})"
+                    ),
+                ));
+            }
+        }
+        self.diagnostics.extend(errors);
     }
 
     fn check_instances(&mut self, nodes: &BTreeMap<String, Node>) -> Vec<Instance> {

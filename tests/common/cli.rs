@@ -24,6 +24,18 @@ impl Run {
     }
 }
 
+impl Run {
+    /// Asserts that the command succeeded, showing what it printed if not.
+    #[track_caller]
+    pub fn expect_success(&self) {
+        assert_eq!(
+            self.code, 0,
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+    }
+}
+
 /// Runs `command` to its end (it must exit, not be killed).
 pub fn run_command(command: &mut Command) -> Run {
     let output = command.output().expect("kudonet runs");

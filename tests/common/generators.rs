@@ -21,7 +21,7 @@ use kudonet::dataplane::memory::MemoryDataplane;
 use kudonet::names;
 use kudonet::names::JUMP_MARK;
 use kudonet::observed::{Link, LinkKind, LinkRef, Namespace, Observed, Route, Table};
-use kudonet::plan::{Action, plan};
+use kudonet::plan::{Action, BRIDGE_INSTANCES, plan_with_bridge_instances};
 use kudonet::spec::{Cluster, ClusterMode, Desired, Instance, Node, Protocol, PublishedPort};
 
 // Names and address pools.
@@ -158,10 +158,14 @@ impl DesiredChoice {
 
 // Foreign objects.
 
-/// Names a foreign link may have: common ones, and the names kudonet wants (its bridges,
-/// the host ends of its instances' veths).
+/// Names a foreign link may have: common ones, and the names kudonet wants (its bridges and
+/// first segment, the host ends of its instances' veths).
 pub fn foreign_link_names() -> Vec<String> {
-    let mut names = vec!["eth0".to_string(), "docker0".to_string()];
+    let mut names = vec![
+        "eth0".to_string(),
+        "docker0".to_string(),
+        names::segment_name(1),
+    ];
     names.extend(BRIDGES.iter().map(|bridge| bridge.to_string()));
     names.extend(
         INSTANCE_NAMES
@@ -465,10 +469,21 @@ pub fn observed(
     applied: impl FnOnce(usize) -> usize,
     drifts: &[Drift],
 ) -> Observed {
+    observed_with_bridges(foreign, earlier, applied, drifts, BRIDGE_INSTANCES)
+}
+
+/// [`observed`], the earlier plan putting `bridge_instances` instances on a bridge.
+pub fn observed_with_bridges(
+    foreign: &Foreign,
+    earlier: &Desired,
+    applied: impl FnOnce(usize) -> usize,
+    drifts: &[Drift],
+    bridge_instances: usize,
+) -> Observed {
     let mut state = Observed::default();
     add_foreign(&mut state, foreign);
     let mut dataplane = MemoryDataplane::new(state);
-    let earlier_plan = plan(earlier, &dataplane.state);
+    let earlier_plan = plan_with_bridge_instances(earlier, &dataplane.state, bridge_instances);
     let applied = applied(earlier_plan.steps.len()).min(earlier_plan.steps.len());
     if let Err(error) = dataplane.apply_all(&earlier_plan.to_actions()[..applied]) {
         panic!("an earlier plan fails on the in-memory dataplane: {error}\n{earlier_plan}");

@@ -10,7 +10,7 @@ use proptest::sample::{select, subsequence};
 use super::generators::{
     BRIDGES, CONTESTED_HOST_PORTS, DesiredChoice, Drift, FOREIGN_FORWARD_RULES, FOREIGN_LINK_KINDS,
     FOREIGN_ROUTE_OCTETS, Foreign, ForeignLink, HOSTS, INSTANCE_NAMES, MAX_DRIFTS, MAX_PEERS, MTUS,
-    PORTS, foreign_link_names, foreign_namespace_names, observed, port,
+    PORTS, foreign_link_names, foreign_namespace_names, observed, observed_with_bridges, port,
 };
 
 /// A published port, mostly on one of a few contested host ports.
@@ -127,6 +127,31 @@ pub fn arb_observed() -> impl Strategy<Value = (Observed, Foreign)> {
                 &earlier,
                 |length| (length as f64 * applied_fraction) as usize,
                 &drifts,
+            );
+            (observed, foreign)
+        })
+}
+
+/// [`arb_observed`], the earlier plan putting one of `bridge_instances` instances on a
+/// bridge: small ones give segments, a larger one than the plan under test's gives bridges
+/// over their room.
+pub fn arb_observed_with_bridges(
+    bridge_instances: &'static [usize],
+) -> impl Strategy<Value = (Observed, Foreign)> {
+    (
+        arb_foreign(),
+        arb_desired(),
+        0.0f64..=1.0,
+        proptest::collection::vec(arb_drift(), 0..=MAX_DRIFTS),
+        select(bridge_instances),
+    )
+        .prop_map(|(foreign, earlier, applied_fraction, drifts, bridges)| {
+            let observed = observed_with_bridges(
+                &foreign,
+                &earlier,
+                |length| (length as f64 * applied_fraction) as usize,
+                &drifts,
+                bridges,
             );
             (observed, foreign)
         })

@@ -186,6 +186,19 @@ impl Netlink {
         self.get_one_link(request, || format!("find link {name}"))
     }
 
+    /// The MAC address of link `name`, or `None` when there is no such link or it has none.
+    pub fn link_mac(&mut self, name: &str) -> Result<Option<[u8; 6]>> {
+        let link = self.get_link(name)?;
+        let address = link
+            .iter()
+            .flat_map(|link| &link.attributes)
+            .find_map(|attribute| match attribute {
+                LinkAttribute::Address(address) => <[u8; 6]>::try_from(address.as_slice()).ok(),
+                _ => None,
+            });
+        Ok(address)
+    }
+
     /// The link with interface index `index`, or `None` when there is none.
     pub fn get_link_by_index(&mut self, index: u32) -> Result<Option<LinkMessage>> {
         let mut request = link_request();
@@ -436,6 +449,24 @@ impl Netlink {
         protocol: u8,
     ) -> Result<()> {
         self.replace_route_with(destination, gateway, device, protocol, false)
+    }
+
+    /// Adds or replaces the route to `destination` through `device`, scope link (no
+    /// gateway: the destination is on the device's segment), marked with `protocol`.
+    pub fn replace_link_route(
+        &mut self,
+        destination: Ipv4Cidr,
+        device: u32,
+        protocol: u8,
+    ) -> Result<()> {
+        let mut message = Self::route_message(destination, protocol);
+        message.header.scope = RouteScope::Link;
+        message.attributes.push(RouteAttribute::Oif(device));
+        self.change(
+            || format!("replace route {destination} dev {device}"),
+            RouteNetlinkMessage::NewRoute(message),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
     }
 
     /// Like [`Netlink::replace_route`], with the gateway on-link on `device`: reachable

@@ -1,0 +1,172 @@
+//! A node with more instances than one bridge takes, on a real kernel, in a sandbox: 1,030
+//! instances on a /20 spread over the node's bridge (500), `kudo-seg1` (500) and
+//! `kudo-seg2` (30), and real packets prove every promise across them: instance <->
+//! instance with source addresses kept, the gateway, the node, egress masqueraded, a
+//! published port of an instance on a segment from outside, from the node through
+//! 127.0.0.1, and by hairpin from the instance itself, from its segment, from another
+//! segment and from the node's bridge. A second apply changes nothing; removing the
+//! instances of a segment removes it; teardown leaves nothing.
+//!
+//! The sandbox's own namespace is the node, with a FORWARD policy of DROP; "outside" is a
+//! namespace behind its uplink `eth0` (203.0.113.1/24; outside is 203.0.113.254).
+
+mod common;
+
+use std::net::Ipv4Addr;
+
+use common::cli::kudonet;
+use common::{StateDir, addr, firewall, netns, seen, setup_outside, sh};
+
+use kudonet::probe::{self, Place};
+use kudonet::spec::Protocol::Tcp;
+
+const INSTANCES: u32 = 1030;
+
+/// Instance `i`'s name, `i0001` to `i1030`: in name order, the first 500 go to the node's
+/// bridge, the next 500 to `kudo-seg1`, the last 30 to `kudo-seg2`.
+fn name(i: u32) -> String {
+    format!("i{i:04}")
+}
+
+/// Instance `i`'s address: 10.0.0.1 + i (i0001 is 10.0.0.2, i1030 10.0.4.7).
+fn address(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 1)) + i)
+}
+
+/// The node and instances 1 to `count`; instance `i` of `published` publishes port 8000 + i.
+fn node(count: u32, published: &[u32]) -> String {
+    let mut yaml = String::from("kind: Node\nname: node-a\ncidr: 10.0.0.1/20\n");
+    for i in 1..=count {
+        yaml.push_str(&format!(
+            "---\nkind: Instance\nname: {}\naddress: {}\n",
+            name(i),
+            address(i)
+        ));
+        if published.contains(&i) {
+            yaml.push_str(&format!(
+                "ports:\n  - hostPort: {}\n    instancePort: 80\n",
+                8000 + i
+            ));
+        }
+    }
+    yaml
+}
+
+/// How many ports `bridge` has.
+fn ports(bridge: &str) -> usize {
+    sh(&format!("ip -o link show master {bridge} | wc -l"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The instance's namespace, as a place to send from.
+fn from(i: u32) -> Place {
+    netns(&format!("kudo-{}", name(i)))
+}
+
+fn at(i: u32, port: u16) -> String {
+    format!("{}:{port}", address(i))
+}
+
+#[test]
+fn a_node_past_one_bridge() {
+    common::sandboxed("a_node_past_one_bridge", || {
+        setup_outside();
+        sh("iptables -w -P FORWARD DROP");
+        let published = [1, 600, 1030];
+        let state = StateDir::new(&node(INSTANCES, &published));
+        kudonet(&["apply", state.path()]).expect_success();
+
+        // The bridges, their ports, and a route per instance of a segment.
+        assert_eq!(
+            [ports("kudo0"), ports("kudo-seg1"), ports("kudo-seg2")],
+            [500, 500, 30]
+        );
+        let mac = |link: &str| common::link(None, link).unwrap()["address"].clone();
+        for segment in ["kudo-seg1", "kudo-seg2"] {
+            // One gateway: its address, and the node's bridge's MAC address.
+            assert_eq!(mac(segment), mac("kudo0"));
+            assert_eq!(
+                sh(&format!(
+                    "ip -o -4 addr show dev {segment} | awk '{{print $4}}'"
+                )),
+                "10.0.0.1/32\n"
+            );
+            assert!(
+                sh(&format!("ip -d link show {segment}")).contains("alias kudonet:segment"),
+                "{segment} is marked"
+            );
+        }
+        assert_eq!(sh("ip route show proto 75 | wc -l").trim(), "530");
+        assert_eq!(
+            sh("ip route show proto 75 | grep '^10.0.4.7 '"),
+            "10.0.4.7 dev kudo-seg2 scope link \n"
+        );
+
+        // 1 and 250 on the node's bridge, 600 on kudo-seg1, 1029 and 1030 on kudo-seg2.
+        let _servers: Vec<_> = published
+            .iter()
+            .map(|i| probe::serve(&from(*i), Tcp, addr("0.0.0.0:80")).unwrap())
+            .collect();
+        let _node = probe::serve(&Place::Here, Tcp, addr("0.0.0.0:7000")).unwrap();
+        let _outside = probe::serve(&netns("outside"), Tcp, addr("0.0.0.0:9000")).unwrap();
+        let (i1, i600, i1029, i1030) = (address(1), address(600), address(1029), address(1030));
+
+        // Instance <-> instance across bridges and within one, sources preserved.
+        assert_eq!(seen(&from(1030), Tcp, &at(1, 80)), i1030.to_string());
+        assert_eq!(seen(&from(1), Tcp, &at(1030, 80)), i1.to_string());
+        assert_eq!(seen(&from(600), Tcp, &at(1030, 80)), i600.to_string());
+        assert_eq!(seen(&from(1030), Tcp, &at(600, 80)), i1030.to_string());
+        assert_eq!(seen(&from(1029), Tcp, &at(1030, 80)), i1029.to_string());
+        // Instance -> its gateway, on each bridge; node -> instance.
+        for i in [250, 700, 1030] {
+            assert_eq!(seen(&from(i), Tcp, "10.0.0.1:7000"), address(i).to_string());
+        }
+        assert_eq!(seen(&Place::Here, Tcp, &at(1030, 80)), "10.0.0.1");
+        // Instance -> outside, masqueraded behind the node's uplink address.
+        assert_eq!(seen(&from(1030), Tcp, "203.0.113.254:9000"), "203.0.113.1");
+        // A published port of an instance of a segment: from outside, from the node itself.
+        assert_eq!(
+            seen(&netns("outside"), Tcp, "203.0.113.1:9030"),
+            "203.0.113.254"
+        );
+        assert_eq!(seen(&Place::Here, Tcp, "127.0.0.1:9030"), "10.0.0.1");
+        // Hairpin: the instance itself, its segment, another segment, the node's bridge.
+        for i in [1030, 1029, 600, 1] {
+            assert_eq!(
+                seen(&from(i), Tcp, "203.0.113.1:9030"),
+                "10.0.0.1",
+                "from {i}"
+            );
+        }
+        assert_eq!(seen(&from(1030), Tcp, "10.0.0.1:9030"), "10.0.0.1");
+        // And from a segment to published ports on the node's bridge and another segment.
+        assert_eq!(seen(&from(1030), Tcp, "203.0.113.1:8001"), "10.0.0.1");
+        assert_eq!(seen(&from(1030), Tcp, "203.0.113.1:8600"), "10.0.0.1");
+
+        // A second apply changes nothing.
+        kudonet(&["apply", state.path()]).expect(0, "No changes.\n", "");
+
+        // Without the instances of kudo-seg2, it goes, with its routes and rules; those of
+        // kudo-seg1 stay where they are.
+        state.write("node.yaml", &node(1000, &[1, 600]));
+        kudonet(&["apply", state.path()]).expect_success();
+        assert!(common::link(None, "kudo-seg2").is_none());
+        assert_eq!([ports("kudo0"), ports("kudo-seg1")], [500, 500]);
+        assert_eq!(sh("ip route show proto 75 | wc -l").trim(), "500");
+        assert!(!firewall().contains("kudo-seg2"), "{}", firewall());
+        assert_eq!(seen(&from(1), Tcp, &at(600, 80)), i1.to_string());
+        kudonet(&["plan", state.path()]).expect(0, "No changes.\n", "");
+
+        // Teardown leaves nothing of kudonet's.
+        kudonet(&["teardown"]).expect_success();
+        assert_eq!(sh("ls /run/netns"), "outside\n");
+        assert_eq!(
+            sh("ip -o link show | cut -d: -f2 | tr -d ' ' | sed 's/@.*//'"),
+            "lo\neth0\n"
+        );
+        assert_eq!(sh("ip route show proto 75"), "");
+        assert!(!firewall().contains("KUDO"), "{}", firewall());
+    });
+}
