@@ -27,8 +27,8 @@
 //! has removed the host veths. Once per N (the first round) each system's node is checked:
 //! real packets from one instance to another and to a published port, every host veth on a
 //! bridge, and for the baselines `kudonet plan` must say "No changes.". A system that fails
-//! at an N records its error for that N and is not run again there (kudonet fails today
-//! above the instances one bridge takes). Prints tables and writes JSON.
+//! at an N records its error for that N and is not run again there. Prints tables and
+//! writes JSON.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -12,8 +12,9 @@
 # A Linux bridge takes at most 1023 ports (the kernel's BR_MAX_PORTS): above that many
 # instances the floor puts them on bridges of 1000 (kudo1, kudo2, ...) joined to kudo0, which
 # holds the gateway address, by a veth pair each (ktKa on kudo0, ktKb on kudoK): one layer-2
-# segment, the same kernel work per instance. (kudonet's own layout there may differ; its
-# `plan` compares only where the layout is the single bridge.)
+# segment, less kernel work per instance than kudonet's layout above 500 instances (bridges
+# of 500 the node routes between: see docs/file-format.md); kudonet's `plan` checks the
+# floor's node only up to 500 instances, where both are the single bridge.
 # No observation, no diff, no error handling beyond `set -e`: a lower bound, not a controller.
 # Run it only in a throwaway network namespace (the harness gives each run a fresh one).
 #   bench/baselines/floor.sh N WORK

@@ -15,9 +15,11 @@ use serde_json::{Map, Value, json};
 use crate::kernel::{self, first_lines};
 use crate::{BASELINES, kudonet};
 
-/// A bridge's most ports (BR_MAX_PORTS is 1024 and port number 0 is not used): up to this
-/// many instances floor.sh builds kudonet's layout, one bridge.
-const ONE_BRIDGE_MAX: usize = 1023;
+/// The instances kudonet puts on one bridge: up to this many, floor.sh builds kudonet's
+/// layout exactly, one bridge. Above, kudonet routes between bridges of 500 (segments, with
+/// a route per instance and their rules), while floor.sh keeps up to 1023 instances a bridge
+/// and joins its bridges into one layer-2 segment: less kernel work, a lower bound still.
+const ONE_BRIDGE_MAX: usize = 500;
 
 /// One run of `script` ("floor" or "per-step") at N on WORK/full: the build, the checks
 /// (when `verify`: `kudonet plan` must say "No changes." and the node must pass the packet
