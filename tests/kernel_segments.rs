@@ -5,7 +5,8 @@
 //! published port of an instance on a segment from outside, from the node through
 //! 127.0.0.1, and by hairpin from the instance itself, from its segment, from another
 //! segment and from the node's bridge. A second apply changes nothing; removing the
-//! instances of a segment removes it; teardown leaves nothing.
+//! instances of a segment removes it, removing some of them their routes; teardown leaves
+//! nothing.
 //!
 //! The sandbox's own namespace is the node, with a FORWARD policy of DROP; "outside" is a
 //! namespace behind its uplink `eth0` (203.0.113.1/24; outside is 203.0.113.254).
@@ -156,6 +157,20 @@ fn a_node_past_one_bridge() {
         assert_eq!([ports("kudo0"), ports("kudo-seg1")], [500, 500]);
         assert_eq!(sh("ip route show proto 75 | wc -l").trim(), "500");
         assert!(!firewall().contains("kudo-seg2"), "{}", firewall());
+        assert_eq!(seen(&from(1), Tcp, &at(600, 80)), i1.to_string());
+        kudonet(&["plan", state.path()]).expect(0, "No changes.\n", "");
+
+        // Some instances of kudo-seg1 go: their routes (scope link) go with them, and
+        // the segment stays for the others.
+        state.write("node.yaml", &node(900, &[1, 600]));
+        kudonet(&["apply", state.path()]).expect(
+            0,
+            "Apply complete: 0 added, 0 changed, 200 destroyed.\n",
+            "",
+        );
+        assert_eq!([ports("kudo0"), ports("kudo-seg1")], [500, 400]);
+        assert_eq!(sh("ip route show proto 75 | wc -l").trim(), "400");
+        assert_eq!(sh(&format!("ip route show {}", address(901))), "");
         assert_eq!(seen(&from(1), Tcp, &at(600, 80)), i1.to_string());
         kudonet(&["plan", state.path()]).expect(0, "No changes.\n", "");
 

@@ -604,13 +604,20 @@ impl Netlink {
     }
 
     /// Deletes the route to `destination`, only if it carries `protocol`.
+    /// Deletes kudonet's route to `destination`, whatever its scope (a route through a
+    /// gateway is universe, one to an instance on a segment is link), as `ip route del`
+    /// asks. One already gone (with its link) counts as deleted.
     pub fn delete_route(&mut self, destination: Ipv4Cidr, protocol: u8) -> Result<()> {
-        let message = Self::route_message(destination, protocol);
-        self.change(
+        let mut message = Self::route_message(destination, protocol);
+        message.header.scope = RouteScope::NoWhere;
+        match self.change(
             || format!("delete route {destination}"),
             RouteNetlinkMessage::DelRoute(message),
             0,
-        )
+        ) {
+            Err(error) if error.errno() == Some(nix::libc::ESRCH) => Ok(()),
+            result => result,
+        }
     }
 }
 
