@@ -28,7 +28,7 @@ use sysctl::sysctl_path;
 use crate::dataplane::{Cause, Changes, Dataplane, DataplaneError};
 use crate::faults::crash_point;
 use crate::names;
-use crate::observed::{LinkRef, Observed};
+use crate::observed::{LinkKind, LinkRef, Observed};
 use crate::plan::Action;
 
 /// Told the path of a namespace kudonet is about to delete.
@@ -55,6 +55,9 @@ pub struct KernelDataplane {
     /// Host ends of veths whose namespace was deleted, by index and name: the kernel
     /// destroys them on its own, asynchronously; [`Dataplane::settle`] waits for it.
     dying: Vec<(u32, String)>,
+    /// Bridges being deleted on threads of their own, by name: [`Dataplane::settle`]
+    /// waits for them.
+    deleting: Vec<(String, std::thread::JoinHandle<Result<(), NetlinkError>>)>,
     /// Whether the owner reports every change of the kernel through [`changed`]: if not,
     /// every observation reads everything again (but iptables while its generation stands).
     ///
@@ -91,6 +94,7 @@ impl KernelDataplane {
             changes: Changes::everything(),
             releasing: None,
             dying: Vec::new(),
+            deleting: Vec::new(),
             incremental: false,
         })
     }
@@ -294,17 +298,28 @@ impl KernelDataplane {
             Action::DeleteLink { link } => {
                 let socket = self.socket(link.netns.as_deref())?;
                 // Gone already (with its namespace, or its other end): nothing to do.
-                let Some(index) = socket
-                    .get_link(&link.name)
-                    .map_err(Cause::from)?
-                    .map(|message| message.header.index)
-                else {
+                let Some(message) = socket.get_link(&link.name).map_err(Cause::from)? else {
                     return Ok(());
                 };
-                match socket.delete_link(index, &link.name) {
-                    Err(error) if error.errno() == Some(nix::libc::ENODEV) => Ok(()),
-                    result => result.map_err(Cause::from),
+                let index = message.header.index;
+                let bridge = parse_link(&message).is_some_and(|link| link.kind == LinkKind::Bridge);
+                if link.netns.is_none() && bridge {
+                    // Deleting a bridge takes the kernel some 50 ms of grace periods: it
+                    // runs beside the rest of the plan, and `settle` waits for it.
+                    let name = link.name.clone();
+                    let deletion = std::thread::Builder::new()
+                        .name("delete-bridge".into())
+                        .spawn(move || {
+                            let mut socket = Netlink::open().map_err(|error| {
+                                NetlinkError::new(format!("delete link {name}"), error)
+                            })?;
+                            delete_gone_or_not(&mut socket, index, &name)
+                        })
+                        .map_err(|error| Cause::io("start deleting a bridge", error))?;
+                    self.deleting.push((link.name.clone(), deletion));
+                    return Ok(());
                 }
+                delete_gone_or_not(socket, index, &link.name).map_err(Cause::from)
             }
             Action::SetMtu { link, mtu } => {
                 let (socket, index) = self.link(link)?;
@@ -492,6 +507,19 @@ impl Dataplane for KernelDataplane {
         self.changes.merge(changes);
     }
     fn settle(&mut self) -> Result<(), DataplaneError> {
+        // A bridge that could not be deleted is still there for the next observation to
+        // see (and the next plan to delete again): say why, and go on.
+        for (name, deletion) in self.deleting.drain(..) {
+            let result = deletion.join().unwrap_or_else(|_| {
+                Err(NetlinkError::new(
+                    format!("delete link {name}"),
+                    std::io::Error::other("the thread panicked"),
+                ))
+            });
+            if let Err(error) = result {
+                tracing::warn!(%error, "cannot delete bridge {name}");
+            }
+        }
         let dying = std::mem::take(&mut self.dying);
         self.changes
             .host_names
@@ -581,6 +609,14 @@ fn wait_for_dying_links(host: &mut Netlink, dying: Vec<(u32, String)>) -> Result
         }
     }
     Ok(())
+}
+
+/// Deletes link `index` (`name`); one already gone counts as deleted.
+fn delete_gone_or_not(socket: &mut Netlink, index: u32, name: &str) -> Result<(), NetlinkError> {
+    match socket.delete_link(index, name) {
+        Err(error) if error.errno() == Some(nix::libc::ENODEV) => Ok(()),
+        result => result,
+    }
 }
 
 /// A random unicast, locally administered MAC address.
