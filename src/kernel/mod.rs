@@ -313,13 +313,13 @@ impl KernelDataplane {
                             let mut socket = Netlink::open().map_err(|error| {
                                 NetlinkError::new(format!("delete link {name}"), error)
                             })?;
-                            delete_gone_or_not(&mut socket, index, &name)
+                            socket.delete_link(index, &name)
                         })
                         .map_err(|error| Cause::io("start deleting a bridge", error))?;
                     self.deleting.push((link.name.clone(), deletion));
                     return Ok(());
                 }
-                delete_gone_or_not(socket, index, &link.name).map_err(Cause::from)
+                socket.delete_link(index, &link.name).map_err(Cause::from)
             }
             Action::SetMtu { link, mtu } => {
                 let (socket, index) = self.link(link)?;
@@ -600,23 +600,12 @@ fn wait_for_dying_links(host: &mut Netlink, dying: Vec<(u32, String)>) -> Result
                 "the namespace of a removed instance is still in use (a process in it?): \
                  deleting its veth"
             );
-            match host.delete_link(link.0, &link.1) {
-                Err(error) if error.errno() != Some(nix::libc::ENODEV) => {
-                    tracing::warn!(%error, "the next pass deletes it")
-                }
-                _ => {}
+            if let Err(error) = host.delete_link(link.0, &link.1) {
+                tracing::warn!(%error, "the next pass deletes it");
             }
         }
     }
     Ok(())
-}
-
-/// Deletes link `index` (`name`); one already gone counts as deleted.
-fn delete_gone_or_not(socket: &mut Netlink, index: u32, name: &str) -> Result<(), NetlinkError> {
-    match socket.delete_link(index, name) {
-        Err(error) if error.errno() == Some(nix::libc::ENODEV) => Ok(()),
-        result => result,
-    }
 }
 
 /// A random unicast, locally administered MAC address.

@@ -285,14 +285,19 @@ impl Netlink {
         )
     }
 
+    /// Deletes link `index` (`name`); one already gone (with its namespace, or as the
+    /// other end of a deleted veth) counts as deleted.
     pub fn delete_link(&mut self, index: u32, name: &str) -> Result<()> {
         let mut message = LinkMessage::default();
         message.header.index = index;
-        self.change(
+        match self.change(
             || format!("delete link {name}"),
             RouteNetlinkMessage::DelLink(message),
             0,
-        )
+        ) {
+            Err(error) if error.errno() == Some(libc_enodev()) => Ok(()),
+            result => result,
+        }
     }
 
     /// Changes attributes of an existing link.
