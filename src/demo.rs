@@ -4,10 +4,10 @@
 //! connectivity promise with real packets.
 
 use std::io::{self, Write};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
-use cidr::Ipv4Inet;
+use cidr::{IpInet, Ipv4Inet};
 use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
 
@@ -17,7 +17,7 @@ use crate::kernel::netns;
 use crate::names;
 use crate::probe::{self, EchoServer, Place};
 use crate::reconcile::{self, NoProgress, load_desired};
-use crate::spec::{Desired, Protocol};
+use crate::spec::{Desired, Family, Instance, Protocol};
 
 /// The bundled example, compiled in so that `kudonet demo` works from any directory.
 const BUNDLED_EXAMPLE: &[(&str, &str)] = &[
@@ -214,10 +214,10 @@ struct Uplink {
 
 impl Uplink {
     fn for_node(desired: &Desired) -> Uplink {
-        let ip = desired
-            .node
-            .external_ip
-            .unwrap_or(Ipv4Addr::new(203, 0, 113, 1));
+        let ip = match desired.node.external_ip(Family::Ipv4) {
+            Some(IpAddr::V4(ip)) => ip,
+            _ => Ipv4Addr::new(203, 0, 113, 1),
+        };
         let address = Ipv4Inet::new(ip, 24).expect("/24 is valid");
         let last = address.network().last_address();
         let outside = if ip == Ipv4Addr::from(u32::from(last) - 1) {
@@ -248,17 +248,17 @@ impl Uplink {
         node.create_veth(&self.device, "up0", &outside_file, None, desired.node.mtu)
             .map_err(err)?;
         let index = node.link_index(&self.device).map_err(err)?;
-        node.add_address(index, &self.device, self.address)
+        node.add_address(index, &self.device, IpInet::V4(self.address))
             .map_err(err)?;
         node.set_up(index, &self.device).map_err(err)?;
-        let default = cidr::Ipv4Cidr::new(Ipv4Addr::UNSPECIFIED, 0).expect("0.0.0.0/0");
-        node.replace_route(default, self.outside, Some(index), 0)
+        let default = cidr::IpCidr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0).expect("0.0.0.0/0");
+        node.replace_route(default, IpAddr::V4(self.outside), Some(index), 0)
             .map_err(err)?;
         let mut outside = Netlink::open_in(&self.outside_netns)?;
         let up0 = outside.link_index("up0").map_err(err)?;
         let outside_address = Ipv4Inet::new(self.outside, 24).expect("/24 is valid");
         outside
-            .add_address(up0, "up0", outside_address)
+            .add_address(up0, "up0", IpInet::V4(outside_address))
             .map_err(err)?;
         outside.set_up(up0, "up0").map_err(err)?;
         outside.set_up(1, "lo").map_err(err)
@@ -317,28 +317,37 @@ fn start_servers(
 fn checks(desired: &Desired, uplink: &Uplink, netns_dir: &Path) -> Vec<Check> {
     let mut checks = Vec::new();
     let node = &desired.node;
-    let gateway = node.gateway();
+    let Some(gateway) = node.ipv4().map(|cidr| cidr.address()) else {
+        return checks;
+    };
     let outside = Place::netns(&uplink.outside_netns);
-    let instances = &desired.instances;
-    if let [first, second, ..] = instances.as_slice() {
-        for (from, to) in [(first, second), (second, first)] {
+    let instances: Vec<(&Instance, Ipv4Addr)> = desired
+        .instances
+        .iter()
+        .filter_map(|instance| Some((instance, instance.ipv4()?.address())))
+        .collect();
+    if let [(first, first_ip), (second, second_ip), ..] = instances.as_slice() {
+        for ((from, from_ip), (to, to_ip)) in [
+            ((first, first_ip), (second, second_ip)),
+            ((second, second_ip), (first, first_ip)),
+        ] {
             checks.push(Check {
                 what: format!("instance {} -> instance {}", from.name, to.name),
                 from: instance_place(netns_dir, &from.name),
                 protocol: Protocol::Tcp,
-                target: SocketAddrV4::new(to.address.address(), PROBE_PORT),
-                expect: from.address.address(),
+                target: SocketAddrV4::new(*to_ip, PROBE_PORT),
+                expect: *from_ip,
             });
         }
     }
-    if let Some(first) = instances.first() {
+    if let Some((first, first_ip)) = instances.first() {
         let from = instance_place(netns_dir, &first.name);
         checks.push(Check {
             what: format!("instance {} -> node (gateway)", first.name),
             from: from.clone(),
             protocol: Protocol::Tcp,
             target: SocketAddrV4::new(gateway, PROBE_PORT),
-            expect: first.address.address(),
+            expect: *first_ip,
         });
         checks.push(Check {
             what: format!(
@@ -352,12 +361,16 @@ fn checks(desired: &Desired, uplink: &Uplink, netns_dir: &Path) -> Vec<Check> {
             expect: if node.masquerade {
                 uplink.address.address()
             } else {
-                first.address.address()
+                *first_ip
             },
         });
     }
-    for instance in instances {
-        for port in &instance.ports {
+    for (instance, _) in &instances {
+        for port in instance
+            .ports
+            .iter()
+            .filter(|port| port.serves(Family::Ipv4))
+        {
             let label = |from: &str| {
                 format!(
                     "{from} -> :{} -> {}:{}",
@@ -366,9 +379,14 @@ fn checks(desired: &Desired, uplink: &Uplink, netns_dir: &Path) -> Vec<Check> {
             };
             let hairpin_from = instances
                 .iter()
+                .map(|(other, _)| *other)
                 .find(|other| other.name != instance.name)
                 .unwrap_or(instance);
-            match port.host_ip {
+            let host_ip = match port.host_address() {
+                Some(IpAddr::V4(ip)) => Some(ip),
+                _ => None,
+            };
+            match host_ip {
                 None => {
                     checks.push(Check {
                         what: label("outside"),

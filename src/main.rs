@@ -544,7 +544,7 @@ fn print_status_table(document: &StatusDocument) {
             [
                 i.name.clone(),
                 i.phase.to_string(),
-                i.address.clone(),
+                i.addresses.join(","),
                 i.netns.clone(),
                 i.message.clone(),
             ]

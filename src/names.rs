@@ -67,6 +67,9 @@ pub const FILTER: &str = "filter";
 /// The sysctl that lets the node route between the bridge and the uplink.
 pub const IP_FORWARD: &str = "net.ipv4.ip_forward";
 
+/// The sysctl that makes the node forward IPv6 (every interface).
+pub const IPV6_FORWARDING: &str = "net.ipv6.conf.all.forwarding";
+
 /// The sysctl that lets the node DNAT 127.0.0.1 to an instance behind `bridge`.
 pub fn route_localnet(bridge: &str) -> String {
     format!("net.ipv4.conf.{bridge}.route_localnet")

@@ -8,12 +8,14 @@
 //! second kudonet binary, sees the truth.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::fmt;
+use std::net::IpAddr;
 
-use cidr::{Ipv4Cidr, Ipv4Inet};
+use cidr::{IpCidr, IpInet};
 use serde::Deserialize;
 
 use crate::names;
+use crate::spec::Family;
 
 /// The node as observed. `Default` is an empty machine.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
@@ -25,17 +27,17 @@ pub struct Observed {
     pub namespaces: BTreeMap<String, Namespace>,
     /// Routes of the node namespace's main table that kudonet owns or that share a
     /// destination with one it wants, by destination.
-    pub routes: BTreeMap<Ipv4Cidr, Route>,
+    pub routes: BTreeMap<IpCidr, Route>,
     /// The interface of the node's default route: the uplink when a Node names none.
     pub default_route_interface: Option<String>,
     /// Sysctls kudonet sets, by dotted name (`net.ipv4.ip_forward`), with their values.
     pub sysctls: BTreeMap<String, String>,
-    /// iptables, by table name (`nat`, `filter`).
-    pub firewall: BTreeMap<String, Table>,
+    /// iptables and ip6tables, by table.
+    pub firewall: BTreeMap<TableId, Table>,
     /// The tables of the *other* iptables backend (legacy when kudonet's `iptables` is the
     /// nf_tables one, and the reverse) that hold chains or jump rules of kudonet's, left by
     /// a kudonet that used that backend: they would keep forwarding removed ports.
-    pub other_backend: BTreeMap<String, Table>,
+    pub other_backend: BTreeMap<TableId, Table>,
     /// Firewall rules of others that drop forwarded traffic whatever kudonet's chains
     /// accept (a FORWARD policy of DROP in the other iptables backend, an nftables forward
     /// chain that drops by policy or rejects), one description each. kudonet cannot own
@@ -77,9 +79,10 @@ pub struct Link {
     /// The bridge this link is a port of.
     #[serde(default)]
     pub master: Option<String>,
-    /// Its IPv4 addresses, with prefix lengths.
+    /// Its IPv4 and IPv6 addresses, with prefix lengths (not the IPv6 link-local ones,
+    /// which the kernel makes).
     #[serde(default)]
-    pub addresses: BTreeSet<Ipv4Inet>,
+    pub addresses: BTreeSet<IpInet>,
     /// Bridge port hairpin mode.
     #[serde(default)]
     pub hairpin: bool,
@@ -92,7 +95,7 @@ pub struct Link {
     /// For a vxlan: the remote endpoints broadcast and unknown traffic is flooded to (its
     /// all-zero forwarding entries): the peer nodes.
     #[serde(default)]
-    pub flood: BTreeSet<Ipv4Addr>,
+    pub flood: BTreeSet<IpAddr>,
 }
 
 /// The tunnel settings of a vxlan link.
@@ -101,9 +104,10 @@ pub struct Link {
 pub struct Vxlan {
     /// The VXLAN network identifier.
     pub id: u32,
-    /// The source address of encapsulated traffic, if set.
+    /// The source address of encapsulated traffic, if set (IPv4 or IPv6: the underlay's
+    /// family).
     #[serde(default)]
-    pub local: Option<Ipv4Addr>,
+    pub local: Option<IpAddr>,
     /// The UDP destination port.
     pub port: u16,
     /// The underlay interface it sends through.
@@ -199,8 +203,8 @@ pub struct Namespace {
     pub owned: bool,
     /// Its links, by name.
     pub links: BTreeMap<String, Link>,
-    /// The gateway of the namespace's default route, if it has one.
-    pub default_gateway: Option<Ipv4Addr>,
+    /// The gateways of the namespace's default routes (one per family at most).
+    pub default_gateways: BTreeSet<IpAddr>,
 }
 
 /// A route of the node namespace's main table.
@@ -208,13 +212,68 @@ pub struct Namespace {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Route {
     /// The next hop, if the route has one.
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
     /// The output device, if the route names one.
     #[serde(default)]
     pub device: Option<String>,
     /// Whether it carries kudonet's route protocol number.
     #[serde(default)]
     pub owned: bool,
+}
+
+/// An iptables table of one family: `nat` of iptables, `filter` of ip6tables...
+///
+/// Written `nat`, `filter` for IPv4 and `ip6 nat`, `ip6 filter` for IPv6 (in observed-state
+/// fixtures and logs).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct TableId {
+    /// IPv4 (iptables) or IPv6 (ip6tables).
+    pub family: Family,
+    /// The table's name (`nat`, `filter`).
+    pub name: String,
+}
+
+impl TableId {
+    /// Table `name` of `family`.
+    pub fn new(family: Family, name: &str) -> TableId {
+        TableId {
+            family,
+            name: name.to_string(),
+        }
+    }
+
+    /// The command that edits it: `iptables` or `ip6tables`.
+    pub fn command(&self) -> &'static str {
+        match self.family {
+            Family::Ipv4 => "iptables",
+            Family::Ipv6 => "ip6tables",
+        }
+    }
+}
+
+impl fmt::Display for TableId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.family {
+            Family::Ipv4 => f.write_str(&self.name),
+            Family::Ipv6 => write!(f, "ip6 {}", self.name),
+        }
+    }
+}
+
+impl TryFrom<String> for TableId {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<TableId, String> {
+        let (family, name) = match text.strip_prefix("ip6 ") {
+            Some(name) => (Family::Ipv6, name),
+            None => (Family::Ipv4, text.as_str()),
+        };
+        if name.is_empty() || name.contains(' ') {
+            return Err(format!("{text:?} is not a table (`nat`, `ip6 filter`...)"));
+        }
+        Ok(TableId::new(family, name))
+    }
 }
 
 /// One iptables table: every chain with its rules, as `iptables-save` prints them after

@@ -413,8 +413,12 @@ pub struct InstanceStatus {
     pub name: String,
     /// Where the instance is ([`Phase`]).
     pub phase: Phase,
-    /// Its address with prefix, as desired (`10.0.0.2/24`).
+    /// Its first address with prefix, as desired (`10.0.0.2/24`): the IPv4 one when it has
+    /// one.
     pub address: String,
+    /// Every address with prefix, as desired, IPv4 first (`["10.0.0.2/24",
+    /// "fd00:10::2/64"]`).
+    pub addresses: Vec<String>,
     /// The path of its namespace in the netns directory.
     pub netns: String,
     /// The host end of its veth pair.
@@ -493,7 +497,12 @@ pub fn instance_status(
             InstanceStatus {
                 name: instance.name.clone(),
                 phase,
-                address: instance.address.to_string(),
+                address: instance
+                    .addresses
+                    .first()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+                addresses: instance.addresses.iter().map(ToString::to_string).collect(),
                 netns: netns_dir.join(&netns).display().to_string(),
                 host_interface: names::host_interface_name(&instance.name),
                 message,
@@ -512,12 +521,12 @@ pub fn instances_in_force(observed: &Observed, netns_dir: &Path) -> Vec<Instance
         .filter_map(|(netns, namespace)| {
             let name = netns.strip_prefix(names::NAMESPACE_PREFIX)?;
             let eth0 = namespace.links.get(names::INSTANCE_INTERFACE);
-            let address = eth0
-                .and_then(|eth0| eth0.addresses.iter().next())
-                .map(ToString::to_string);
+            let addresses: Vec<String> = eth0
+                .map(|eth0| eth0.addresses.iter().map(ToString::to_string).collect())
+                .unwrap_or_default();
             let working = eth0.is_some_and(|eth0| eth0.up)
-                && address.is_some()
-                && namespace.default_gateway.is_some();
+                && !addresses.is_empty()
+                && !namespace.default_gateways.is_empty();
             Some(InstanceStatus {
                 name: name.to_string(),
                 phase: if working {
@@ -525,7 +534,8 @@ pub fn instances_in_force(observed: &Observed, netns_dir: &Path) -> Vec<Instance
                 } else {
                     Phase::Drifted
                 },
-                address: address.unwrap_or_default(),
+                address: addresses.first().cloned().unwrap_or_default(),
+                addresses,
                 netns: netns_dir.join(netns).display().to_string(),
                 host_interface: names::host_interface_name(name),
                 message: "desired state unreadable: showing what is in force".to_string(),

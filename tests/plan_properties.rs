@@ -105,8 +105,8 @@ proptest! {
         }
         let held_back: Vec<&str> = first.conflicts.iter().filter_map(|c| c.scope.instance_name()).collect();
         for (instance, bridge) in ports.iter().filter(|(i, _)| !first.blocked && !held_back.contains(&i.as_str())) {
-            let address = desired.instances.iter().find(|i| &i.name == instance).unwrap().address;
-            let route = converged.routes.get(&cidr::Ipv4Cidr::new_host(address.address()));
+            let address = desired.instances.iter().find(|i| &i.name == instance).unwrap().addresses[0];
+            let route = converged.routes.get(&cidr::IpCidr::new_host(address.address()));
             if names::segment_number(bridge).is_some() {
                 prop_assert!(
                     route.is_some_and(|route| route.owned && route.device.as_ref() == Some(bridge)),
@@ -192,7 +192,7 @@ fn a_converged_node_needs_no_write() {
             name: "web".to_string(),
             id: None,
             node: "a".to_string(),
-            address: "10.0.0.2/24".parse().unwrap(),
+            addresses: vec!["10.0.0.2/24".parse().unwrap()],
             ports: vec![PublishedPort {
                 host_port: 8080,
                 instance_port: 80,
@@ -237,10 +237,11 @@ fn scope_by_names(action: &Action, desired: &Desired) -> Scope {
         | Action::AddAddress { link, .. }
         | Action::DeleteAddress { link, .. } => by_link(link),
         Action::ReplaceDefaultRoute { namespace, .. } => by_namespace(namespace),
-        Action::ReplaceLinkRoute { destination, .. } => desired
-            .instances
-            .iter()
-            .find(|i| cidr::Ipv4Cidr::new_host(i.address.address()) == *destination),
+        Action::ReplaceLinkRoute { destination, .. } => desired.instances.iter().find(|i| {
+            i.addresses
+                .iter()
+                .any(|address| cidr::IpCidr::new_host(address.address()) == *destination)
+        }),
         _ => None,
     };
     instance.map_or(Scope::Node, |instance| Scope::instance(&instance.name))

@@ -30,7 +30,7 @@
 //! The requests, the response and [`Port`] are also reachable where the original library
 //! published them: [`request`], [`response`] and [`crate::port`].
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use cidr::Ipv4Inet;
 
@@ -39,7 +39,7 @@ use crate::compat::inet::IntoIpv4Inet;
 use crate::compat::store::{self, Change, Config};
 use crate::names;
 use crate::plan::Scope;
-use crate::spec;
+use crate::spec::{self, Family};
 
 pub use crate::compat::error::NetworkError;
 pub use crate::compat::port::Port;
@@ -208,13 +208,19 @@ pub fn setup_instance(
     let config = Config::from_env();
     let _lock = compat::lock_node(&request.node_id)?;
     let node = store::require_node(&config, &request.node_id)?;
-    if node.gateway() != request.node_ip_addr {
-        return Err(NetworkError::invalid(format!(
-            "node_ip_addr {} is not the gateway of node {:?}, which is {}",
-            request.node_ip_addr,
-            node.name,
-            node.gateway()
-        )));
+    // The original API is IPv4: on a dual-stack node it speaks for the IPv4 side.
+    let gateway = node.gateway(Family::Ipv4);
+    if gateway != Some(IpAddr::V4(request.node_ip_addr)) {
+        return Err(NetworkError::invalid(match gateway {
+            Some(gateway) => format!(
+                "node_ip_addr {} is not the gateway of node {:?}, which is {gateway}",
+                request.node_ip_addr, node.name,
+            ),
+            None => format!(
+                "node_ip_addr {}: node {:?} has no IPv4 subnet",
+                request.node_ip_addr, node.name,
+            ),
+        }));
     }
     // Two ids whose names meet (a DNS-label id spelled like another id's name, or a hash
     // collision) must not overwrite each other's record.

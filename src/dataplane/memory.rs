@@ -8,6 +8,7 @@ use super::{Cause, Dataplane, DataplaneError};
 use crate::names;
 use crate::observed::{Link, LinkKind, LinkRef, Namespace, Observed, Route, Vxlan};
 use crate::plan::Action;
+use crate::spec::Family;
 
 /// The loopback MTU the kernel gives a new namespace's `lo`.
 const LOOPBACK_MTU: u32 = 65536;
@@ -53,7 +54,7 @@ impl MemoryDataplane {
                 let removed = namespace.links.remove(&link.name)?;
                 // Its routes go with it; an instance namespace routes only through eth0.
                 if link.name == names::INSTANCE_INTERFACE {
-                    namespace.default_gateway = None;
+                    namespace.default_gateways.clear();
                 }
                 Some(removed)
             }
@@ -119,7 +120,7 @@ impl MemoryDataplane {
                 let namespace = Namespace {
                     owned: true,
                     links: [("lo".to_string(), lo)].into(),
-                    default_gateway: None,
+                    default_gateways: Default::default(),
                 };
                 self.state.namespaces.insert(name.clone(), namespace);
             }
@@ -265,7 +266,12 @@ impl MemoryDataplane {
                 if !reachable {
                     return Err(Rejected("network is unreachable".into()));
                 }
-                inside.default_gateway = Some(*gateway);
+                // One default route per family: it replaces that family's.
+                let family = Family::of(*gateway);
+                inside
+                    .default_gateways
+                    .retain(|other| Family::of(*other) != family);
+                inside.default_gateways.insert(*gateway);
             }
             Action::ReplaceLinkRoute {
                 destination,

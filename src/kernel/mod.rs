@@ -14,10 +14,11 @@ pub(crate) mod observe;
 pub(crate) mod sysctl;
 
 use std::fs;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use firewall::{FirewallDriver, Iptables};
+use firewall::{FirewallDriver, IptablesFirewall};
 use netlink::netfilter::Generation;
 use netlink::route::{RawLink, parse_link};
 use netlink::{Netlink, NetlinkError};
@@ -70,7 +71,7 @@ impl KernelDataplane {
     /// namespaces in `netns_dir`, and the machine's firewall backend (the `iptables` in
     /// `PATH` or the sbin folders).
     pub fn new(netns_dir: &Path) -> Result<KernelDataplane, DataplaneError> {
-        KernelDataplane::with_firewall(netns_dir, Box::new(Iptables::new()))
+        KernelDataplane::with_firewall(netns_dir, Box::new(IptablesFirewall::new()))
     }
 
     /// As [`KernelDataplane::new`], with the firewall backend `firewall`.
@@ -253,7 +254,16 @@ impl KernelDataplane {
                 // as the kernel's, so that bridges joined by the vxlan overlay differ.
                 let mac = random_mac().map_err(|error| Cause::io("bridge address", error))?;
                 self.create_marked(name, &names::bridge_alias(), |host, scratch| {
-                    host.create_bridge(scratch, Some(mac), *mtu)
+                    host.create_bridge(scratch, Some(mac), *mtu)?;
+                    // Its IPv6 link-local address (which the node solicits neighbours
+                    // from) is usable as soon as the bridge is up, not after a second of
+                    // duplicate address detection.
+                    netns::skip_ipv6_dad(scratch).map_err(|error| NetlinkError {
+                        operation: format!(
+                            "turn IPv6 duplicate address detection off on {scratch}"
+                        ),
+                        source: error,
+                    })
                 })
             }
             Action::CreateSegment { name, bridge, mtu } => {
@@ -344,9 +354,21 @@ impl KernelDataplane {
             }
             Action::AddAddress { link, address } => {
                 let (socket, index) = self.link(link)?;
-                socket
-                    .add_address(index, &link.name, *address)
-                    .map_err(Cause::from)
+                match socket.add_address(index, &link.name, *address) {
+                    // IPv6 is off on the link (a namespace or segment made for IPv4 only):
+                    // turn it on, without the link-local address and its duplicate
+                    // address detection, then add again.
+                    Err(error) if address.is_ipv6() && error.errno() == Some(nix::libc::EACCES) => {
+                        netns::enable_ipv6(&self.netns_dir, link).map_err(|error| {
+                            Cause::io(format!("turn IPv6 on for {link}"), error)
+                        })?;
+                        let (socket, index) = self.link(link)?;
+                        socket
+                            .add_address(index, &link.name, *address)
+                            .map_err(Cause::from)
+                    }
+                    result => result.map_err(Cause::from),
+                }
             }
             Action::DeleteAddress { link, address } => {
                 let (socket, index) = self.link(link)?;
@@ -357,8 +379,11 @@ impl KernelDataplane {
             Action::ReplaceDefaultRoute { namespace, gateway } => {
                 let eth0 = LinkRef::in_namespace(namespace, names::INSTANCE_INTERFACE);
                 let (socket, index) = self.link(&eth0)?;
-                let default =
-                    cidr::Ipv4Cidr::new(std::net::Ipv4Addr::UNSPECIFIED, 0).expect("0.0.0.0/0");
+                let unspecified = match gateway {
+                    IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                };
+                let default = cidr::IpCidr::new(unspecified, 0).expect("a /0 of any address");
                 socket
                     .replace_route(default, *gateway, Some(index), names::ROUTE_PROTOCOL)
                     .map_err(Cause::from)

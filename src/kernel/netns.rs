@@ -78,10 +78,11 @@ pub fn create(dir: &Path, name: &str) -> io::Result<()> {
                 netlink
                     .set_alias(1, "lo", NAMESPACE_MARK)
                     .map_err(|error| error.source)?;
-                // Instances are IPv4-only: without IPv6, a new eth0 sends no duplicate
-                // address detection or multicast reports for the bridge to copy to every
-                // port (a cost that grows with the square of the instances).
-                disable_ipv6(&["all", "default"])?;
+                // IPv6 stays on, quiet: eth0 makes no link-local address and runs no
+                // duplicate address detection or router solicitation, so a new instance
+                // sends nothing for the bridge to copy to every port (a cost that grows
+                // with the square of the instances); kudonet gives it its addresses.
+                ipv6_quiet_defaults()?;
                 crate::faults::crash_point();
                 mount(
                     Some("/proc/thread-self/ns/net"),
@@ -114,6 +115,62 @@ pub fn disable_ipv6(devices: &[&str]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The IPv6 settings of a new instance namespace, for the links made in it: no link-local
+/// address, no duplicate address detection, no router advertisements. Nothing to do on a
+/// kernel without IPv6.
+fn ipv6_quiet_defaults() -> io::Result<()> {
+    for (key, value) in [
+        ("addr_gen_mode", "1"),
+        ("accept_dad", "0"),
+        ("accept_ra", "0"),
+    ] {
+        match fs::write(format!("/proc/sys/net/ipv6/conf/default/{key}"), value) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Turns duplicate address detection off for `device` of the node's namespace; nothing to
+/// do on a kernel without IPv6.
+pub fn skip_ipv6_dad(device: &str) -> io::Result<()> {
+    match fs::write(format!("/proc/sys/net/ipv6/conf/{device}/accept_dad"), "0") {
+        Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
+        _ => Ok(()),
+    }
+}
+
+/// Turns IPv6 on for `link`, which had it off (a namespace or segment made by an older
+/// kudonet, for IPv4 only), without duplicate address detection. Inside an instance
+/// namespace, without a link-local address either (instances send from their own address);
+/// a bridge of the node keeps its link-local one, which the node needs to solicit its
+/// neighbours for traffic it forwards.
+pub fn enable_ipv6(dir: &Path, link: &crate::observed::LinkRef) -> io::Result<()> {
+    let conf = format!("/proc/sys/net/ipv6/conf/{}", link.name);
+    let Some(netns) = &link.netns else {
+        fs::write(format!("{conf}/accept_dad"), "0")?;
+        return fs::write(format!("{conf}/disable_ipv6"), "0");
+    };
+    let write = || -> io::Result<()> {
+        fs::write(format!("{conf}/addr_gen_mode"), "1")?;
+        fs::write(format!("{conf}/accept_dad"), "0")?;
+        fs::write(format!("{conf}/accept_ra"), "0")?;
+        fs::write(format!("{conf}/disable_ipv6"), "0")
+    };
+    let namespace = open(dir, netns)?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> io::Result<()> {
+                // /proc/sys/net shows the network namespace of the thread that opens it.
+                nix::sched::setns(&namespace, CloneFlags::CLONE_NEWNET)?;
+                write()
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("namespace worker thread panicked")))
+    })
 }
 
 /// Deletes the namespace `name`: unmounts and removes its file. The kernel frees the

@@ -20,7 +20,7 @@ use super::netlink::{Netlink, NetlinkError};
 use super::netns::{self, NamespaceSockets};
 use super::sysctl::read_sysctl;
 use crate::dataplane::{Cause, Changes};
-use crate::names::{self, IP_FORWARD, proxy_arp, proxy_delay, route_localnet};
+use crate::names::{self, IP_FORWARD, IPV6_FORWARDING, proxy_arp, proxy_delay, route_localnet};
 use crate::observed::{Link, LinkKind, LinkRef, Namespace, Observed, Route};
 
 #[derive(Debug, thiserror::Error)]
@@ -171,7 +171,7 @@ pub fn observe(
         .collect();
     let mut addresses = addresses_by_index(host)?;
     // Forwarding entries are only read when there is an overlay: a bridge may have many.
-    let mut flood: HashMap<u32, BTreeSet<std::net::Ipv4Addr>> = HashMap::new();
+    let mut flood: HashMap<u32, BTreeSet<std::net::IpAddr>> = HashMap::new();
     if raw_links
         .values()
         .any(|raw| raw.link.kind == LinkKind::Vxlan)
@@ -232,7 +232,7 @@ pub fn observe(
         let mut namespace = Namespace {
             owned: read.owned,
             links: BTreeMap::new(),
-            default_gateway: read.default_gateway,
+            default_gateways: read.default_gateways.clone(),
         };
         for (inner_name, (inner_link, inner_index, peer_index)) in &read.links {
             let mut inner_link = inner_link.clone();
@@ -268,6 +268,11 @@ pub fn observe(
             source,
         })?;
         observed.sysctls.insert(key, value);
+    }
+    // Absent from a kernel without IPv6: then no node of IPv6 can converge, and says why
+    // when kudonet sets it.
+    if let Ok(value) = read_sysctl(IPV6_FORWARDING) {
+        observed.sysctls.insert(IPV6_FORWARDING.to_string(), value);
     }
 
     // The legacy backend beside kudonet's moves no generation: it is read again on full
@@ -387,7 +392,7 @@ fn refresh_namespaces(
 struct InstanceNamespace {
     owned: bool,
     links: BTreeMap<String, (Link, u32, Option<u32>)>,
-    default_gateway: Option<std::net::Ipv4Addr>,
+    default_gateways: BTreeSet<std::net::IpAddr>,
 }
 
 fn read_namespace(netlink: &mut Netlink) -> Result<InstanceNamespace, ObserveError> {
@@ -404,25 +409,26 @@ fn read_namespace(netlink: &mut Netlink) -> Result<InstanceNamespace, ObserveErr
             (raw.name.clone(), (link, raw.index, raw.peer_index))
         })
         .collect();
-    let default_gateway = netlink
+    let default_gateways = netlink
         .dump_routes()?
         .iter()
         .filter(|route| route.destination.is_some_and(|d| d.network_length() == 0))
-        .find_map(|route| route.gateway);
+        .filter_map(|route| route.gateway)
+        .collect();
     let owned = links
         .get("lo")
         .is_some_and(|(lo, _, _)| lo.alias.as_deref() == Some(names::NAMESPACE_MARK));
     Ok(InstanceNamespace {
         owned,
         links,
-        default_gateway,
+        default_gateways,
     })
 }
 
 fn addresses_by_index(
     netlink: &mut Netlink,
-) -> Result<HashMap<u32, BTreeSet<cidr::Ipv4Inet>>, ObserveError> {
-    let mut addresses: HashMap<u32, BTreeSet<cidr::Ipv4Inet>> = HashMap::new();
+) -> Result<HashMap<u32, BTreeSet<cidr::IpInet>>, ObserveError> {
+    let mut addresses: HashMap<u32, BTreeSet<cidr::IpInet>> = HashMap::new();
     for (index, address) in netlink.dump_addresses()? {
         addresses.entry(index).or_default().insert(address);
     }

@@ -2,11 +2,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use cidr::{Ipv4Cidr, Ipv4Inet};
+use cidr::{IpCidr, IpInet};
 
-use crate::observed::LinkRef;
+use crate::observed::{LinkRef, TableId};
 
 /// What a piece of work is for: the node as a whole, or one instance of the desired state.
 /// The planner says it of every action and conflict; the status, the controller's backoff
@@ -124,32 +124,35 @@ pub enum Action {
         /// The bridge port.
         link: String,
     },
-    /// Adds an IPv4 address (with its prefix length) to a link.
+    /// Adds an address (with its prefix length) to a link. An IPv6 address is usable at
+    /// once: it skips duplicate address detection (kudonet hands out the addresses), and
+    /// the link gets IPv6 if it had it off.
     AddAddress {
         /// The link that gets the address.
         link: LinkRef,
         /// The address and prefix length.
-        address: Ipv4Inet,
+        address: IpInet,
     },
-    /// Removes an IPv4 address from a link.
+    /// Removes an address from a link.
     DeleteAddress {
         /// The link that has the address.
         link: LinkRef,
         /// The address and prefix length to remove.
-        address: Ipv4Inet,
+        address: IpInet,
     },
-    /// The default route of an instance namespace, via its node's bridge.
+    /// The default route of an instance namespace for the gateway's family, via its
+    /// node's bridge.
     ReplaceDefaultRoute {
         /// The instance namespace.
         namespace: String,
         /// The node's bridge address.
-        gateway: Ipv4Addr,
+        gateway: IpAddr,
     },
     /// A route of the node namespace through `device`, scope link, marked as kudonet's: to
     /// an instance on a segment, whose address the node's bridge route would send elsewhere.
     ReplaceLinkRoute {
-        /// The instance's address, as a /32.
-        destination: Ipv4Cidr,
+        /// The instance's address, as a /32 (or /128).
+        destination: IpCidr,
         /// The segment the instance is on.
         device: String,
     },
@@ -157,9 +160,9 @@ pub enum Action {
     /// via `gateway`, or through `device` with the gateway on-link (over the overlay).
     ReplaceRoute {
         /// The subnet routed.
-        destination: Ipv4Cidr,
-        /// The next hop: the peer node.
-        gateway: Ipv4Addr,
+        destination: IpCidr,
+        /// The next hop: the peer node (of the subnet's family).
+        gateway: IpAddr,
         /// The overlay device, when the gateway is reached through it.
         device: Option<String>,
     },
@@ -170,8 +173,9 @@ pub enum Action {
         name: String,
         /// The VXLAN network identifier.
         id: u32,
-        /// The source address of the encapsulated traffic, when known.
-        local: Option<Ipv4Addr>,
+        /// The source address of the encapsulated traffic (the underlay's family), when
+        /// known.
+        local: Option<IpAddr>,
         /// The UDP destination port.
         port: u16,
         /// The underlying interface, when known.
@@ -184,7 +188,7 @@ pub enum Action {
         /// The overlay device.
         link: String,
         /// The peer node's address.
-        destination: Ipv4Addr,
+        destination: IpAddr,
     },
     /// Stops flooding the overlay's broadcast and unknown traffic to a node that is no
     /// longer a peer.
@@ -192,12 +196,12 @@ pub enum Action {
         /// The overlay device.
         link: String,
         /// The former peer's address.
-        destination: Ipv4Addr,
+        destination: IpAddr,
     },
     /// Deletes a route of the node namespace that kudonet marked as its own.
     DeleteRoute {
         /// The subnet of the route.
-        destination: Ipv4Cidr,
+        destination: IpCidr,
     },
     /// Writes a kernel setting under `/proc/sys`.
     SetSysctl {
@@ -211,8 +215,8 @@ pub enum Action {
     /// head of the built-in chains to exactly `jumps`. Other rules are left as they are.
     /// `diff` describes the change for people (`+ -A KUDO-PORTS ...`), one line per rule.
     SyncTable {
-        /// The iptables table (`nat`, `filter`).
-        table: String,
+        /// The table (`nat`, `filter`) of iptables or ip6tables.
+        table: TableId,
         /// Each `KUDO-*` chain and its rules, in order.
         chains: BTreeMap<String, Vec<String>>,
         /// Each built-in chain and kudonet's jump rules at its head, in order.
@@ -223,8 +227,8 @@ pub enum Action {
     /// Removes kudonet's chains and jump rules from `table` of the other iptables backend
     /// (see `Observed::other_backend`), leaving everything else in it as it is.
     PurgeOtherBackend {
-        /// The iptables table.
-        table: String,
+        /// The table (of iptables or ip6tables).
+        table: TableId,
     },
 }
 
@@ -400,13 +404,15 @@ impl fmt::Display for Action {
             Action::DeleteRoute { destination } => write!(f, "route {destination:#}"),
             Action::SetSysctl { key, value } => write!(f, "sysctl {key} = {value}"),
             Action::SyncTable { table, diff, .. } => {
-                write!(f, "iptables table {table}")?;
+                write!(f, "{} table {}", table.command(), table.name)?;
                 diff.iter().try_for_each(|line| write!(f, "\n    {line}"))
             }
             Action::PurgeOtherBackend { table } => {
                 write!(
                     f,
-                    "kudonet's chains in table {table} of the other iptables backend"
+                    "kudonet's chains in table {} of the other {} backend",
+                    table.name,
+                    table.command()
                 )
             }
         }

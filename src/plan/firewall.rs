@@ -6,8 +6,11 @@
 
 use std::collections::BTreeMap;
 
+use cidr::IpCidr;
+
 use crate::names::JUMP_MARK;
-use crate::spec::Desired;
+use crate::observed::TableId;
+use crate::spec::{Desired, Family};
 
 /// The `KUDO-*` chains of a table, and kudonet's jump rules per built-in chain.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -20,29 +23,39 @@ pub struct TableRules {
 
 pub use crate::names::{FILTER, NAT};
 
-/// The rules of every table kudonet uses, for `desired`. `uplink` is the interface that
-/// leads out of the node (the Node's `uplink`, else the default route's), if known.
-/// `segments` are the node's segments: the node's bridge and each of them get the same
-/// rules.
+/// The rules of every table kudonet uses, for `desired`: iptables for IPv4, ip6tables for
+/// IPv6, each with the same chains. A family the node lacks gets no rule (what kudonet left
+/// there goes). `uplink` is the interface that leads out of the node (the Node's `uplink`,
+/// else the default route's), if known. `segments` are the node's segments: the node's
+/// bridge and each of them get the same rules.
 pub fn desired_tables(
     desired: &Desired,
     uplink: Option<&str>,
     segments: &[&str],
-) -> BTreeMap<String, TableRules> {
+) -> BTreeMap<TableId, TableRules> {
     let bridges: Vec<&str> = std::iter::once(desired.node.bridge.as_str())
         .chain(segments.iter().copied())
         .collect();
-    BTreeMap::from([
-        (NAT.to_string(), nat(desired, uplink, &bridges)),
-        (FILTER.to_string(), filter(desired, &bridges)),
-    ])
+    let mut tables = empty_tables();
+    for family in desired.node.families() {
+        tables.insert(
+            TableId::new(family, NAT),
+            nat(desired, family, uplink, &bridges),
+        );
+        tables.insert(
+            TableId::new(family, FILTER),
+            filter(desired, family, &bridges),
+        );
+    }
+    tables
 }
 
-/// The tables as they are once kudonet is gone: no chain, no jump.
-pub fn empty_tables() -> BTreeMap<String, TableRules> {
-    [NAT, FILTER]
+/// The tables as they are once kudonet is gone: no chain, no jump, in either family.
+pub fn empty_tables() -> BTreeMap<TableId, TableRules> {
+    Family::ALL
         .into_iter()
-        .map(|table| (table.to_string(), TableRules::default()))
+        .flat_map(|family| [NAT, FILTER].map(|table| TableId::new(family, table)))
+        .map(|table| (table, TableRules::default()))
         .collect()
 }
 
@@ -50,28 +63,45 @@ fn jump(chain: &str) -> String {
     format!("{JUMP_MARK} -j {chain}")
 }
 
-fn nat(desired: &Desired, uplink: Option<&str>, bridges: &[&str]) -> TableRules {
+/// A host address as `iptables-save` prints it in a match: `10.0.0.1/32`, `fd00::1/128`.
+fn host_match(ip: std::net::IpAddr) -> String {
+    format!("{:#}", IpCidr::new_host(ip))
+}
+
+/// A DNAT destination: `10.0.0.2:80`, `[fd00::2]:80`.
+fn dnat_target(ip: std::net::IpAddr, port: u16) -> String {
+    match ip {
+        std::net::IpAddr::V4(ip) => format!("{ip}:{port}"),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]:{port}"),
+    }
+}
+
+fn nat(desired: &Desired, family: Family, uplink: Option<&str>, bridges: &[&str]) -> TableRules {
     let node = &desired.node;
     let bridge = &node.bridge;
-    let subnet = node.subnet();
+    let Some(subnet) = node.subnet(family) else {
+        return TableRules::default();
+    };
 
     // Published ports: DNAT traffic for the node's addresses, whether it arrives from outside
     // (PREROUTING) or is sent by the node itself, 127.0.0.1 included (OUTPUT).
     let local = "-m addrtype --dst-type LOCAL -j KUDO-PORTS".to_string();
     let mut ports = Vec::new();
     for instance in &desired.instances {
-        for port in &instance.ports {
+        let Some(address) = instance.address(family) else {
+            continue;
+        };
+        for port in instance.ports.iter().filter(|port| port.serves(family)) {
             let destination = port
-                .host_ip
-                .map(|ip| format!("-d {ip}/32 "))
+                .host_address()
+                .map(|ip| format!("-d {} ", host_match(ip)))
                 .unwrap_or_default();
             let protocol = port.protocol;
             ports.push(format!(
-                "{destination}-p {protocol} -m {protocol} --dport {} -m comment --comment {} -j DNAT --to-destination {}:{}",
+                "{destination}-p {protocol} -m {protocol} --dport {} -m comment --comment {} -j DNAT --to-destination {}",
                 port.host_port,
                 instance.name,
-                instance.address.address(),
-                port.instance_port
+                dnat_target(address.address(), port.instance_port)
             ));
         }
     }
@@ -90,7 +120,7 @@ fn nat(desired: &Desired, uplink: Option<&str>, bridges: &[&str]) -> TableRules 
     }
     if node.masquerade {
         // Traffic inside the cluster keeps its source address.
-        for exempt in cluster_destinations(desired) {
+        for exempt in cluster_destinations(desired, family) {
             postrouting.push(format!("-s {subnet} -d {exempt} -j RETURN"));
         }
         postrouting.push(match uplink {
@@ -114,7 +144,7 @@ fn nat(desired: &Desired, uplink: Option<&str>, bridges: &[&str]) -> TableRules 
     }
 }
 
-fn filter(desired: &Desired, bridges: &[&str]) -> TableRules {
+fn filter(desired: &Desired, family: Family, bridges: &[&str]) -> TableRules {
     // Accepted explicitly, so that hosts whose FORWARD policy is DROP still forward
     // kudonet's traffic, and nothing else.
     let mut forward = Vec::new();
@@ -124,8 +154,8 @@ fn filter(desired: &Desired, bridges: &[&str]) -> TableRules {
             format!("-o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
             format!("-o {bridge} -m conntrack --ctstate DNAT -j ACCEPT"),
         ]);
-        for source in cluster_destinations(desired) {
-            if source != desired.node.subnet() {
+        for source in cluster_destinations(desired, family) {
+            if Some(source) != desired.node.subnet(family) {
                 forward.push(format!("-s {source} -o {bridge} -j ACCEPT"));
             }
         }
@@ -136,14 +166,18 @@ fn filter(desired: &Desired, bridges: &[&str]) -> TableRules {
     }
 }
 
-/// Where this node's instances reach other instances: the Cluster cidr, or else every
-/// node subnet (the node's own first).
-fn cluster_destinations(desired: &Desired) -> Vec<cidr::Ipv4Cidr> {
-    match desired.cluster.as_ref().and_then(|cluster| cluster.cidr) {
+/// Where this node's instances reach other instances over `family`: the Cluster cidr of
+/// that family, or else every node subnet of it (the node's own first).
+fn cluster_destinations(desired: &Desired, family: Family) -> Vec<IpCidr> {
+    match desired
+        .cluster
+        .as_ref()
+        .and_then(|cluster| cluster.cidr(family))
+    {
         Some(cidr) => vec![cidr],
         None => std::iter::once(&desired.node)
             .chain(&desired.peers)
-            .map(|node| node.subnet())
+            .filter_map(|node| node.subnet(family))
             .collect(),
     }
 }

@@ -35,9 +35,15 @@ pub use placement::{BRIDGE_INSTANCES, Placement};
 
 use crate::names;
 use crate::observed::{Link, LinkKind, LinkRef, Observed, Table};
-use crate::spec::{ClusterMode, Desired, Instance, MAX_BRIDGES};
+use std::net::IpAddr;
 
-pub use crate::names::{IP_FORWARD, proxy_arp, proxy_delay, route_localnet, sysctl_interface};
+use cidr::{IpCidr, IpInet};
+
+use crate::spec::{ClusterMode, Desired, Family, Instance, MAX_BRIDGES};
+
+pub use crate::names::{
+    IP_FORWARD, IPV6_FORWARDING, proxy_arp, proxy_delay, route_localnet, sysctl_interface,
+};
 
 /// Something foreign stands where kudonet needs to put one of its objects.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,9 +199,15 @@ pub fn plan_with_bridge_instances(
         planner.plan.blocked = true;
         return planner.plan;
     }
-    planner.sysctl(IP_FORWARD, "1");
-    planner.sysctl(&route_localnet(&desired.node.bridge), "1");
-    if !wanted.segments.is_empty() {
+    let node = &desired.node;
+    if node.has(Family::Ipv4) {
+        planner.sysctl(IP_FORWARD, "1");
+        planner.sysctl(&route_localnet(&node.bridge), "1");
+    }
+    if node.has(Family::Ipv6) {
+        planner.sysctl(IPV6_FORWARDING, "1");
+    }
+    if !wanted.segments.is_empty() && node.has(Family::Ipv4) {
         planner.proxy_arp(&desired.node.bridge, false);
     }
     if wanted.overlay {
@@ -245,13 +257,13 @@ struct Wanted {
     bridge: Option<String>,
     /// The segments holding an instance.
     segments: BTreeSet<String>,
-    /// The address (/32) of each instance on a segment -> that segment.
-    link_routes: BTreeMap<cidr::Ipv4Cidr, String>,
+    /// The address (/32, /128) of each instance on a segment -> that segment.
+    link_routes: BTreeMap<IpCidr, String>,
     /// Host veth name -> the alias it must carry and the instance it is for.
     host_links: BTreeMap<String, (String, String)>,
     namespaces: BTreeSet<String>,
     /// Peer subnet -> gateway and, over the overlay, the device the gateway is on-link on.
-    routes: BTreeMap<cidr::Ipv4Cidr, (std::net::Ipv4Addr, Option<String>)>,
+    routes: BTreeMap<IpCidr, (IpAddr, Option<String>)>,
     /// Whether the node needs the vxlan overlay device.
     overlay: bool,
 }
@@ -263,8 +275,13 @@ impl Wanted {
             .iter()
             .filter_map(|instance| {
                 let bridge = placement.bridge_of(&instance.name)?;
-                (bridge != desired.node.bridge)
-                    .then(|| (host_route(instance.address), bridge.to_string()))
+                (bridge != desired.node.bridge).then_some((instance, bridge))
+            })
+            .flat_map(|(instance, bridge)| {
+                instance
+                    .addresses
+                    .iter()
+                    .map(move |address| (host_route(*address), bridge.to_string()))
             })
             .collect();
         Wanted {
@@ -280,8 +297,17 @@ impl Wanted {
 }
 
 /// The route to one address: an instance's `10.0.0.7/24` as `10.0.0.7/32`.
-fn host_route(address: cidr::Ipv4Inet) -> cidr::Ipv4Cidr {
-    cidr::Ipv4Cidr::new_host(address.address())
+fn host_route(address: IpInet) -> IpCidr {
+    IpCidr::new_host(address.address())
+}
+
+/// The family of a vxlan cluster's underlay: IPv4 when this node and every peer have an
+/// IPv4 `externalIp`, else IPv6 (a vxlan device tunnels over one family; it carries both).
+pub fn underlay_family(desired: &Desired) -> Family {
+    let all_ipv4 = std::iter::once(&desired.node)
+        .chain(&desired.peers)
+        .all(|node| node.external_ip(Family::Ipv4).is_some());
+    if all_ipv4 { Family::Ipv4 } else { Family::Ipv6 }
 }
 
 impl From<&Desired> for Wanted {
@@ -310,14 +336,20 @@ impl From<&Desired> for Wanted {
                 .iter()
                 .map(|instance| instance.namespace())
                 .collect(),
+            // A subnet of each family both ends have.
             routes: desired
                 .peers
                 .iter()
-                .filter_map(|peer| match routed {
-                    true => Some((peer.subnet(), (peer.external_ip?, None))),
+                .flat_map(|peer| peer.cidrs.iter().map(move |cidr| (peer, *cidr)))
+                .filter(|(_, cidr)| desired.node.has(Family::of(cidr.address())))
+                .filter_map(|(peer, cidr)| match routed {
+                    true => Some((
+                        cidr.network(),
+                        (peer.external_ip(Family::of(cidr.address()))?, None),
+                    )),
                     false => Some((
-                        peer.subnet(),
-                        (peer.gateway(), Some(desired.node.bridge.clone())),
+                        cidr.network(),
+                        (cidr.address(), Some(desired.node.bridge.clone())),
                     )),
                 })
                 .collect(),
@@ -507,7 +539,7 @@ impl<'a> Planner<'a> {
     /// backends' hooks see every packet, so stale DNAT rules there would keep forwarding a
     /// removed instance's ports.
     fn purge_other_backend(&mut self) {
-        let stale: Vec<String> = self
+        let stale: Vec<crate::observed::TableId> = self
             .observed
             .other_backend
             .iter()
@@ -563,7 +595,8 @@ impl<'a> Planner<'a> {
             ..Link::new(LinkKind::Bridge)
         };
         let current = current.unwrap_or(&created);
-        self.converge_link(&link, current, self.mtu, &BTreeSet::from([node.cidr]));
+        let addresses = node.cidrs.iter().copied().collect();
+        self.converge_link(&link, current, self.mtu, &addresses);
         true
     }
 
@@ -573,7 +606,7 @@ impl<'a> Planner<'a> {
         link: &LinkRef,
         current: &Link,
         mtu: u32,
-        addresses: &BTreeSet<cidr::Ipv4Inet>,
+        addresses: &BTreeSet<IpInet>,
     ) {
         if current.mtu != mtu {
             self.push(Action::SetMtu {
@@ -673,14 +706,16 @@ impl<'a> Planner<'a> {
         let paired = matches!((host_link, peer), (Some(h), Some(p))
             if p.kind == LinkKind::Veth && h.peer.as_ref() == Some(&eth0_ref) && p.peer.as_ref() == Some(&host_ref));
 
-        let (host_now, peer_now, gateway_now);
+        let (host_now, peer_now, gateways_now);
         let created = Link {
             mtu: self.mtu,
             ..Link::new(LinkKind::Veth)
         };
         if paired {
             (host_now, peer_now) = (host_link.unwrap_or(&created), peer.unwrap_or(&created));
-            gateway_now = namespace.and_then(|namespace| namespace.default_gateway);
+            gateways_now = namespace
+                .map(|namespace| namespace.default_gateways.clone())
+                .unwrap_or_default();
         } else {
             // Half built or broken: rebuild the pair (deleting an end that is still there;
             // `delete_link` knows that deleting one end of a veth takes the other with it).
@@ -692,7 +727,7 @@ impl<'a> Planner<'a> {
                 instance: instance.name.clone(),
                 mtu: self.creation_mtu(),
             });
-            (host_now, peer_now, gateway_now) = (&created, &created, None);
+            (host_now, peer_now, gateways_now) = (&created, &created, BTreeSet::new());
         }
 
         // Host end: a port of its bridge, no address of its own.
@@ -718,15 +753,22 @@ impl<'a> Planner<'a> {
                 link: LinkRef::in_namespace(&netns, "lo"),
             });
         }
-        let addresses = BTreeSet::from([instance.address]);
-        let readdressed = peer_now.addresses != addresses;
+        let addresses: BTreeSet<IpInet> = instance.addresses.iter().copied().collect();
         self.converge_link(&eth0_ref, peer_now, self.mtu, &addresses);
-        // The kernel drops routes through an address that goes away: re-assert it then too.
-        if gateway_now != Some(node.gateway()) || readdressed {
-            self.push(Action::ReplaceDefaultRoute {
-                namespace: netns,
-                gateway: node.gateway(),
-            });
+        for address in &instance.addresses {
+            let family = Family::of(address.address());
+            let Some(gateway) = node.gateway(family) else {
+                continue;
+            };
+            // The kernel drops routes through an address that goes away: re-assert it then
+            // too.
+            let readdressed = !peer_now.addresses.contains(address);
+            if !gateways_now.contains(&gateway) || readdressed {
+                self.push(Action::ReplaceDefaultRoute {
+                    namespace: netns.clone(),
+                    gateway,
+                });
+            }
         }
         if bridge != node.bridge {
             self.link_route(instance, &bridge);
@@ -736,7 +778,12 @@ impl<'a> Planner<'a> {
     /// The node's route to an instance on a segment: its bridge's subnet route would send
     /// the instance's traffic to the node's own bridge.
     fn link_route(&mut self, instance: &Instance, segment: &str) {
-        let destination = host_route(instance.address);
+        for address in &instance.addresses {
+            self.link_route_to(instance, host_route(*address), segment);
+        }
+    }
+
+    fn link_route_to(&mut self, instance: &Instance, destination: IpCidr, segment: &str) {
         match self.observed.routes.get(&destination) {
             Some(route) if !route.owned => self.conflict(format!(
                 "a route to {destination} exists and is not kudonet's: kudonet leaves it alone; \
@@ -788,16 +835,18 @@ impl<'a> Planner<'a> {
             mtu: self.mtu,
             ..Link::new(LinkKind::Bridge)
         };
-        let gateway = cidr::Ipv4Inet::new_host(desired.node.gateway());
+        let gateways = desired
+            .node
+            .cidrs
+            .iter()
+            .map(|cidr| IpInet::new_host(cidr.address()))
+            .collect();
         let fresh = current.is_none();
-        self.converge_link(
-            &link,
-            current.unwrap_or(&created),
-            self.mtu,
-            &BTreeSet::from([gateway]),
-        );
-        self.sysctl_of(&route_localnet(name), "1", fresh);
-        self.proxy_arp(name, fresh);
+        self.converge_link(&link, current.unwrap_or(&created), self.mtu, &gateways);
+        if desired.node.has(Family::Ipv4) {
+            self.sysctl_of(&route_localnet(name), "1", fresh);
+            self.proxy_arp(name, fresh);
+        }
     }
 
     /// The overlay of a vxlan cluster: one vxlan device, a port of the bridge, flooding
@@ -807,9 +856,10 @@ impl<'a> Planner<'a> {
         let uplink = uplink
             .filter(|uplink| self.observed.links.contains_key(*uplink))
             .map(str::to_string);
+        let underlay = underlay_family(desired);
         let settings = crate::observed::Vxlan {
             id: names::VXLAN_ID,
-            local: desired.node.external_ip,
+            local: desired.node.external_ip(underlay),
             port: names::VXLAN_PORT,
             device: uplink.clone(),
         };
@@ -864,10 +914,10 @@ impl<'a> Planner<'a> {
                 bridge: desired.node.bridge.clone(),
             });
         }
-        let peers: BTreeSet<std::net::Ipv4Addr> = desired
+        let peers: BTreeSet<IpAddr> = desired
             .peers
             .iter()
-            .filter_map(|peer| peer.external_ip)
+            .filter_map(|peer| peer.external_ip(underlay))
             .collect();
         for destination in current.flood.difference(&peers) {
             self.push(Action::DeleteFlood {
@@ -904,7 +954,7 @@ impl<'a> Planner<'a> {
         }
     }
 
-    fn firewall(&mut self, tables: &BTreeMap<String, TableRules>) {
+    fn firewall(&mut self, tables: &BTreeMap<crate::observed::TableId, TableRules>) {
         let empty = Table::default();
         for (table, rules) in tables {
             let observed = self.observed.firewall.get(table).unwrap_or(&empty);

@@ -5,9 +5,10 @@
 //! the controller and the library API work with.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::fmt;
+use std::net::IpAddr;
 
-use cidr::{Ipv4Cidr, Ipv4Inet};
+use cidr::{IpCidr, IpInet, Ipv4Inet, Ipv6Inet};
 
 use super::diagnostic::{Diagnostic, Invalid, Origin};
 
@@ -51,7 +52,7 @@ impl Spec {
         &self,
         node: &Node,
         uplink: &str,
-        uplink_addresses: impl IntoIterator<Item = Ipv4Inet>,
+        uplink_addresses: impl IntoIterator<Item = IpInet>,
     ) -> Option<Diagnostic> {
         let problem = node.uplink_overlap(uplink, uplink_addresses)?;
         let origin = self
@@ -68,10 +69,67 @@ impl Spec {
 pub struct Cluster {
     /// The cluster's name, if given.
     pub name: Option<String>,
-    /// Every node subnet lies inside; traffic inside it is never masqueraded.
-    pub cidr: Option<Ipv4Cidr>,
+    /// Every node subnet lies inside one of these (at most one per family); traffic inside
+    /// them is never masqueraded.
+    pub cidrs: Vec<IpCidr>,
     /// How nodes reach each other's instances.
     pub mode: ClusterMode,
+}
+
+impl Cluster {
+    /// The Cluster `cidr` of `family`, if it has one.
+    pub fn cidr(&self, family: Family) -> Option<IpCidr> {
+        self.cidrs
+            .iter()
+            .copied()
+            .find(|cidr| Family::of(cidr.first_address()) == family)
+    }
+}
+
+/// An IP family: a node has one or both, and so do its instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    /// IPv4.
+    Ipv4,
+    /// IPv6.
+    Ipv6,
+}
+
+impl Family {
+    /// Both families, IPv4 first.
+    pub const ALL: [Family; 2] = [Family::Ipv4, Family::Ipv6];
+
+    /// How many bits an address of the family has.
+    pub fn bits(self) -> u8 {
+        match self {
+            Family::Ipv4 => 32,
+            Family::Ipv6 => 128,
+        }
+    }
+
+    /// The family of `address`.
+    pub fn of(address: IpAddr) -> Family {
+        match address {
+            IpAddr::V4(_) => Family::Ipv4,
+            IpAddr::V6(_) => Family::Ipv6,
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::Ipv4 => "IPv4",
+            Family::Ipv6 => "IPv6",
+        })
+    }
+}
+
+/// The entry of `family` in a list of at most one per family.
+fn of_family(list: &[IpInet], family: Family) -> Option<IpInet> {
+    list.iter()
+        .copied()
+        .find(|inet| Family::of(inet.address()) == family)
 }
 
 /// How the nodes of a cluster reach each other's instances (`mode:`).
@@ -89,10 +147,12 @@ pub enum ClusterMode {
 pub struct Node {
     /// The Node name: the machine's hostname, or what `--node` names.
     pub name: String,
-    /// The bridge address and prefix: the gateway of this node's instances.
-    pub cidr: Ipv4Inet,
-    /// This node on the underlay, as peers reach it; required when there are several Nodes.
-    pub external_ip: Option<Ipv4Addr>,
+    /// The bridge's addresses and prefixes, at most one per family and at least one, IPv4
+    /// first: the gateways of this node's instances.
+    pub cidrs: Vec<IpInet>,
+    /// This node on the underlay, as peers reach it, at most one per family; required when
+    /// there are several Nodes.
+    pub external_ips: Vec<IpAddr>,
     /// The bridge's name (`kudo0` unless set).
     pub bridge: String,
     /// `None`: the interface of the default route, found when the node is observed.
@@ -105,9 +165,59 @@ pub struct Node {
 }
 
 impl Node {
-    /// The node's instance subnet, e.g. 10.0.0.0/24 for a bridge at 10.0.0.1/24.
-    pub fn subnet(&self) -> Ipv4Cidr {
-        self.cidr.network()
+    /// The bridge address of `family`, if the node has that family.
+    pub fn cidr(&self, family: Family) -> Option<IpInet> {
+        of_family(&self.cidrs, family)
+    }
+
+    /// The bridge's IPv4 address, if the node has IPv4.
+    pub fn ipv4(&self) -> Option<Ipv4Inet> {
+        match self.cidr(Family::Ipv4)? {
+            IpInet::V4(inet) => Some(inet),
+            IpInet::V6(_) => None,
+        }
+    }
+
+    /// The bridge's IPv6 address, if the node has IPv6.
+    pub fn ipv6(&self) -> Option<Ipv6Inet> {
+        match self.cidr(Family::Ipv6)? {
+            IpInet::V6(inet) => Some(inet),
+            IpInet::V4(_) => None,
+        }
+    }
+
+    /// The node's families, IPv4 first.
+    pub fn families(&self) -> impl Iterator<Item = Family> + '_ {
+        self.cidrs.iter().map(|cidr| Family::of(cidr.address()))
+    }
+
+    /// Whether the node has `family`.
+    pub fn has(&self, family: Family) -> bool {
+        self.cidr(family).is_some()
+    }
+
+    /// The node's instance subnets, e.g. 10.0.0.0/24 for a bridge at 10.0.0.1/24, IPv4
+    /// first.
+    pub fn subnets(&self) -> impl Iterator<Item = IpCidr> + '_ {
+        self.cidrs.iter().map(|cidr| cidr.network())
+    }
+
+    /// The node's instance subnet of `family`.
+    pub fn subnet(&self, family: Family) -> Option<IpCidr> {
+        Some(self.cidr(family)?.network())
+    }
+
+    /// The instances' default gateway of `family`: the bridge address.
+    pub fn gateway(&self, family: Family) -> Option<IpAddr> {
+        Some(self.cidr(family)?.address())
+    }
+
+    /// This node's address of `family` on the underlay, if it has one.
+    pub fn external_ip(&self, family: Family) -> Option<IpAddr> {
+        self.external_ips
+            .iter()
+            .copied()
+            .find(|ip| Family::of(*ip) == family)
     }
 
     /// Why this node's subnet cannot be used beside `uplink`: it holds one of the uplink's
@@ -117,12 +227,13 @@ impl Node {
     pub fn uplink_overlap(
         &self,
         uplink: &str,
-        uplink_addresses: impl IntoIterator<Item = Ipv4Inet>,
+        uplink_addresses: impl IntoIterator<Item = IpInet>,
     ) -> Option<String> {
-        let subnet = self.subnet();
-        let clash = uplink_addresses.into_iter().find(|address| {
-            subnet.contains(&address.address())
-                || super::validate::contains(&subnet, &address.network())
+        let (subnet, clash) = uplink_addresses.into_iter().find_map(|address| {
+            let subnet = self.subnet(Family::of(address.address()))?;
+            (subnet.contains(&address.address())
+                || super::validate::contains(&subnet, &address.network()))
+            .then_some((subnet, address))
         })?;
         Some(format!(
             "subnet {subnet} of Node {:?} overlaps {clash} of its uplink {uplink}: the node would \
@@ -138,13 +249,14 @@ impl Node {
     pub fn uplink_shadowed(
         &self,
         uplink: &str,
-        uplink_addresses: impl IntoIterator<Item = Ipv4Inet>,
+        uplink_addresses: impl IntoIterator<Item = IpInet>,
     ) -> Option<String> {
-        let subnet = self.subnet();
-        let wider = uplink_addresses.into_iter().find(|address| {
-            address.network_length() < subnet.network_length()
+        let (subnet, wider) = uplink_addresses.into_iter().find_map(|address| {
+            let subnet = self.subnet(Family::of(address.address()))?;
+            (address.network_length() < subnet.network_length()
                 && address.network().contains(&subnet.first_address())
-                && !subnet.contains(&address.address())
+                && !subnet.contains(&address.address()))
+            .then_some((subnet, address))
         })?;
         Some(format!(
             "subnet {subnet} of Node {:?} lies inside {} of its uplink {uplink}: hosts of that \
@@ -152,11 +264,6 @@ impl Node {
             self.name,
             wider.network()
         ))
-    }
-
-    /// The instances' default gateway: the bridge address.
-    pub fn gateway(&self) -> Ipv4Addr {
-        self.cidr.address()
     }
 }
 
@@ -170,8 +277,9 @@ pub struct Instance {
     pub id: Option<String>,
     /// The Node the instance runs on.
     pub node: String,
-    /// Always carries the node's prefix length.
-    pub address: Ipv4Inet,
+    /// At most one per family, of families its node has, IPv4 first; each carries the
+    /// node's prefix length for its family.
+    pub addresses: Vec<IpInet>,
     /// The node ports forwarded to the instance.
     pub ports: Vec<PublishedPort>,
 }
@@ -180,6 +288,19 @@ impl Instance {
     /// The instance's namespace: `kudo-<id>` when it has an id, else `kudo-<name>`.
     pub fn namespace(&self) -> String {
         crate::names::namespace_name(self.id.as_deref().unwrap_or(&self.name))
+    }
+
+    /// The instance's address of `family`, if it has one.
+    pub fn address(&self, family: Family) -> Option<IpInet> {
+        of_family(&self.addresses, family)
+    }
+
+    /// The instance's IPv4 address, if it has one.
+    pub fn ipv4(&self) -> Option<Ipv4Inet> {
+        match self.address(Family::Ipv4)? {
+            IpInet::V4(inet) => Some(inet),
+            IpInet::V6(_) => None,
+        }
     }
 }
 
@@ -192,8 +313,21 @@ pub struct PublishedPort {
     pub instance_port: u16,
     /// TCP or UDP.
     pub protocol: Protocol,
-    /// `None` (or 0.0.0.0 in the file): every address of the node.
-    pub host_ip: Option<Ipv4Addr>,
+    /// `None`: every address of the node, in every family the instance has. An unspecified
+    /// address (`0.0.0.0`, `::`) means every address of its family only.
+    pub host_ip: Option<IpAddr>,
+}
+
+impl PublishedPort {
+    /// Whether the port is published on the node's addresses of `family`.
+    pub fn serves(&self, family: Family) -> bool {
+        self.host_ip.is_none_or(|ip| Family::of(ip) == family)
+    }
+
+    /// The node address it is published on, when it names one (not `0.0.0.0` or `::`).
+    pub fn host_address(&self) -> Option<IpAddr> {
+        self.host_ip.filter(|ip| !ip.is_unspecified())
+    }
 }
 
 /// The transport protocol of a published port.

@@ -12,17 +12,71 @@ pub(super) struct RawDocument {
     pub api_version: Option<Spanned<String>>,
     pub kind: Option<Spanned<String>>,
     pub name: Option<Spanned<String>>,
-    pub cidr: Option<Spanned<String>>,
+    pub cidr: Option<Spanned<OneOrMore>>,
     pub mode: Option<Spanned<String>>,
-    pub external_ip: Option<Spanned<String>>,
+    pub external_ip: Option<Spanned<OneOrMore>>,
     pub bridge: Option<Spanned<String>>,
     pub uplink: Option<Spanned<String>>,
     pub masquerade: Option<Spanned<bool>>,
     pub mtu: Option<Spanned<i64>>,
     pub node: Option<Spanned<String>>,
-    pub address: Option<Spanned<String>>,
+    pub address: Option<Spanned<OneOrMore>>,
     pub ports: Option<Spanned<Vec<Spanned<RawPort>>>>,
     pub id: Option<Spanned<String>>,
+}
+
+/// A field that takes a string or a list of strings (`cidr: 10.0.0.1/24` or `cidr:
+/// [10.0.0.1/24, "fd00::1/64"]`).
+#[derive(Debug)]
+pub(super) enum OneOrMore {
+    /// A string: where it is, is where the field's value is.
+    One(String),
+    /// A list, each entry where it is written.
+    More(Vec<Spanned<String>>),
+}
+
+impl OneOrMore {
+    /// The entries, each with where it is written; `at` is where the field's value is.
+    pub fn entries(&self, at: serde_saphyr::Location) -> Vec<(String, serde_saphyr::Location)> {
+        match self {
+            OneOrMore::One(one) => vec![(one.clone(), at)],
+            OneOrMore::More(more) => more
+                .iter()
+                .map(|entry| (entry.value.clone(), entry.referenced))
+                .collect(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for OneOrMore {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // By hand rather than `untagged`, which buffers the value and loses where each
+        // entry of a list is.
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = OneOrMore;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<OneOrMore, E> {
+                Ok(OneOrMore::One(value.to_string()))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<OneOrMore, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = seq.next_element::<Spanned<String>>()? {
+                    entries.push(entry);
+                }
+                Ok(OneOrMore::More(entries))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,19 +5,19 @@
 //! documents are checked against each other (names, subnets, addresses, ports).
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-use cidr::{Ipv4Cidr, Ipv4Inet};
+use cidr::{IpCidr, IpInet};
 use serde_saphyr::{Location, Spanned};
 
 use super::diagnostic::{Diagnostic, Invalid, Origin, Position, quoted};
 use super::load::Loaded;
 use super::model::{
-    BRIDGE_INSTANCES, Cluster, ClusterMode, DEFAULT_BRIDGE, Instance, MAX_BRIDGES, NODE_INSTANCES,
-    Node, Protocol, PublishedPort, Spec,
+    BRIDGE_INSTANCES, Cluster, ClusterMode, DEFAULT_BRIDGE, Family, Instance, MAX_BRIDGES,
+    NODE_INSTANCES, Node, Protocol, PublishedPort, Spec,
 };
-use super::raw::{RawDocument, RawPort};
+use super::raw::{OneOrMore, RawDocument, RawPort};
 use crate::names;
 
 const API_VERSION: &str = "kudonet/v1";
@@ -93,8 +93,12 @@ struct ClusterDecl {
 #[derive(Debug)]
 struct NodeDecl {
     name: At<String>,
-    cidr: Option<At<Ipv4Inet>>,
-    external_ip: Option<At<Ipv4Addr>>,
+    /// At most one per family.
+    cidrs: Vec<At<IpInet>>,
+    /// Where `cidr` is written.
+    cidr_origin: Option<Origin>,
+    /// At most one per family.
+    external_ips: Vec<At<IpAddr>>,
     doc: Origin,
     bridge: String,
     uplink: Option<String>,
@@ -107,8 +111,8 @@ struct InstanceDecl {
     name: At<String>,
     id: Option<At<String>>,
     node: Option<At<String>>,
-    /// The address and, when written, its prefix length.
-    address: Option<At<(Ipv4Addr, Option<u8>)>>,
+    /// Each address and, when written, its prefix length; at most one per family.
+    addresses: Vec<At<(IpAddr, Option<u8>)>>,
     ports: Vec<At<PublishedPort>>,
     doc: Origin,
 }
@@ -223,6 +227,55 @@ impl Checker {
         }
     }
 
+    /// Checks a field that takes a string or a list (at most one entry per family) with
+    /// `parse`, reporting each error at its entry.
+    fn parse_list<T>(
+        &mut self,
+        context: &DocumentContext,
+        field: &Option<Spanned<OneOrMore>>,
+        what: &str,
+        parse: impl Fn(&str) -> Result<T, Invalid>,
+        family: impl Fn(&T) -> Family,
+    ) -> Vec<At<T>> {
+        let Some(field) = field else {
+            return Vec::new();
+        };
+        let mut parsed: Vec<At<T>> = Vec::new();
+        let entries = field.value.entries(field.referenced);
+        if entries.is_empty() {
+            self.error(
+                context.origin(field.referenced),
+                format!("{what} must not be an empty list"),
+            );
+        }
+        for (text, location) in &entries {
+            let origin = context.origin(*location);
+            match parse(text) {
+                Ok(value) => {
+                    if let Some(first) = parsed
+                        .iter()
+                        .find(|other| family(&other.value) == family(&value))
+                    {
+                        self.error(
+                            origin,
+                            format!(
+                                "{what} has two {} entries ({} here, and at {}): at most one per family",
+                                family(&value),
+                                quoted(text),
+                                first.origin
+                            ),
+                        );
+                    } else {
+                        parsed.push(At { value, origin });
+                    }
+                }
+                Err(message) => self.error(origin, message),
+            }
+        }
+        parsed.sort_by_key(|entry| family(&entry.value));
+        parsed
+    }
+
     fn require<'a, T>(
         &mut self,
         doc: &Origin,
@@ -292,7 +345,9 @@ impl Checker {
         let name = self.parse(context, &raw.name, |name| {
             check_name("Cluster", name).map(|()| name.to_string())
         });
-        let cidr = self.parse(context, &raw.cidr, parse_network);
+        let cidrs = self.parse_list(context, &raw.cidr, "cidr", parse_network, |cidr| {
+            Family::of(cidr.first_address())
+        });
         let mode = self
             .parse(context, &raw.mode, |mode| match mode {
                 "routed" => Ok(ClusterMode::Routed),
@@ -308,10 +363,13 @@ impl Checker {
             doc,
             value: Cluster {
                 name: name.map(|name| name.value),
-                cidr: cidr.as_ref().map(|cidr| cidr.value),
+                cidrs: cidrs.iter().map(|cidr| cidr.value).collect(),
                 mode,
             },
-            cidr_origin: cidr.map(|cidr| cidr.origin),
+            cidr_origin: raw
+                .cidr
+                .as_ref()
+                .map(|cidr| context.origin(cidr.referenced)),
         });
     }
 
@@ -322,10 +380,16 @@ impl Checker {
         let name = self.parse(context, &raw.name, |name| {
             check_name("Node", name).map(|()| name.to_string())
         });
-        let cidr = self.parse(context, &raw.cidr, parse_gateway);
-        let external_ip = self.parse(context, &raw.external_ip, |ip| {
-            parse_address(ip, "externalIp")
+        let cidrs = self.parse_list(context, &raw.cidr, "cidr", parse_gateway, |cidr| {
+            Family::of(cidr.address())
         });
+        let external_ips = self.parse_list(
+            context,
+            &raw.external_ip,
+            "externalIp",
+            |ip| parse_address(ip, "externalIp"),
+            |ip| Family::of(*ip),
+        );
         let bridge = self.parse(context, &raw.bridge, |bridge| {
             check_bridge_name(bridge).map(|()| bridge.to_string())
         });
@@ -351,8 +415,12 @@ impl Checker {
         let Some(name) = name else { return };
         self.nodes.push(NodeDecl {
             name,
-            cidr,
-            external_ip,
+            cidrs,
+            cidr_origin: raw
+                .cidr
+                .as_ref()
+                .map(|cidr| context.origin(cidr.referenced)),
+            external_ips,
             doc,
             bridge: bridge.map_or_else(|| DEFAULT_BRIDGE.to_string(), |bridge| bridge.value),
             uplink: uplink.map(|uplink| uplink.value),
@@ -376,7 +444,13 @@ impl Checker {
         let id = self.parse(context, &raw.id, |id| {
             check_instance_id(id).map(|()| id.to_string())
         });
-        let address = self.parse(context, &raw.address, parse_instance_address);
+        let addresses = self.parse_list(
+            context,
+            &raw.address,
+            "address",
+            parse_instance_address,
+            |(ip, _)| Family::of(*ip),
+        );
         let ports = raw
             .ports
             .iter()
@@ -388,7 +462,7 @@ impl Checker {
             name,
             id,
             node,
-            address,
+            addresses,
             ports,
             doc,
         });
@@ -443,7 +517,7 @@ impl Checker {
                 host_port,
                 instance_port,
                 protocol: protocol.map(|protocol| protocol.value).unwrap_or_default(),
-                host_ip: host_ip.map(|ip| ip.value).filter(|ip| !ip.is_unspecified()),
+                host_ip: host_ip.map(|ip| ip.value),
             },
             origin,
         })
@@ -475,7 +549,14 @@ impl Checker {
             );
         }
         self.check_duplicate_names();
-        let nodes = self.check_nodes(cluster.as_ref().and_then(|(cluster, _)| cluster.cidr));
+        let cluster_cidrs = cluster
+            .as_ref()
+            .map(|(cluster, _)| cluster.cidrs.clone())
+            .unwrap_or_default();
+        let routed = cluster
+            .as_ref()
+            .is_none_or(|(cluster, _)| cluster.mode == ClusterMode::Routed);
+        let nodes = self.check_nodes(&cluster_cidrs, routed);
         let instances = self.check_instances(&nodes);
         self.check_capacity(&nodes);
         let mut nodes: Vec<Node> = nodes.into_values().collect();
@@ -483,7 +564,7 @@ impl Checker {
         let node_cidr_origins = self
             .nodes
             .iter()
-            .filter_map(|node| Some((node.name.value.clone(), node.cidr.as_ref()?.origin.clone())))
+            .filter_map(|node| Some((node.name.value.clone(), node.cidr_origin.clone()?)))
             .collect();
         Spec {
             cluster: cluster.map(|(cluster, _)| cluster),
@@ -519,16 +600,19 @@ impl Checker {
     }
 
     /// Checks nodes against each other and the cluster; returns the well-formed ones by name.
-    fn check_nodes(&mut self, cluster_cidr: Option<Ipv4Cidr>) -> BTreeMap<String, Node> {
+    fn check_nodes(&mut self, cluster_cidrs: &[IpCidr], routed: bool) -> BTreeMap<String, Node> {
         let mut errors = Vec::new();
         let several = self.node_documents > 1;
-        let mut subnets: Vec<(Ipv4Cidr, &NodeDecl, &Origin)> = Vec::new();
-        let mut external_ips: HashMap<Ipv4Addr, &Origin> = HashMap::new();
+        let mut subnets: Vec<(IpCidr, &NodeDecl, &Origin)> = Vec::new();
+        let mut external_ips: HashMap<IpAddr, &Origin> = HashMap::new();
         for node in &self.nodes {
-            if let Some(cidr) = &node.cidr {
+            for cidr in &node.cidrs {
                 let subnet = cidr.value.network();
-                if let Some(cluster) = cluster_cidr
-                    && !contains(&cluster, &subnet)
+                let family = Family::of(subnet.first_address());
+                if let Some(cluster) = cluster_cidrs
+                    .iter()
+                    .find(|cluster| Family::of(cluster.first_address()) == family)
+                    && !contains(cluster, &subnet)
                 {
                     errors.push(Diagnostic::new(
                         cidr.origin.clone(),
@@ -551,35 +635,55 @@ impl Checker {
                     }
                 }
                 subnets.push((subnet, node, &cidr.origin));
-            }
-            match &node.external_ip {
-                Some(ip) => {
-                    if let Some(previous) = external_ips.insert(ip.value, &ip.origin) {
-                        errors.push(Diagnostic::new(
-                            ip.origin.clone(),
-                            format!("externalIp {} is also used at {previous}", ip.value),
-                        ));
-                    }
+                // A routed cluster reaches a peer's subnet via the peer's address of the
+                // subnet's family.
+                if several
+                    && routed
+                    && !node.external_ips.is_empty()
+                    && !node
+                        .external_ips
+                        .iter()
+                        .any(|ip| Family::of(ip.value) == family)
+                {
+                    errors.push(Diagnostic::new(
+                        cidr.origin.clone(),
+                        format!(
+                            "Node {} has an {family} subnet and no {family} `externalIp`: a routed \
+                             cluster routes each subnet via the peer's address of its family",
+                            quoted(&node.name.value)
+                        ),
+                    ));
                 }
-                None if several => errors.push(Diagnostic::new(
+            }
+            for ip in &node.external_ips {
+                if let Some(previous) = external_ips.insert(ip.value, &ip.origin) {
+                    errors.push(Diagnostic::new(
+                        ip.origin.clone(),
+                        format!("externalIp {} is also used at {previous}", ip.value),
+                    ));
+                }
+            }
+            match node.external_ips.is_empty() {
+                true if several => errors.push(Diagnostic::new(
                     node.doc.clone(),
                     format!(
                         "Node {} is missing `externalIp`, required when the directory describes several nodes",
                         quoted(&node.name.value)
                     ),
                 )),
-                None => {}
+                _ => {}
             }
         }
         self.diagnostics.extend(errors);
         self.nodes
             .iter()
             .filter_map(|node| {
-                let cidr = node.cidr.as_ref()?.value;
+                // A node whose cidr is wrong (or missing) was reported.
+                (!node.cidrs.is_empty()).then_some(())?;
                 Some(Node {
                     name: node.name.value.clone(),
-                    cidr,
-                    external_ip: node.external_ip.as_ref().map(|ip| ip.value),
+                    cidrs: node.cidrs.iter().map(|cidr| cidr.value).collect(),
+                    external_ips: node.external_ips.iter().map(|ip| ip.value).collect(),
                     bridge: node.bridge.clone(),
                     uplink: node.uplink.clone(),
                     masquerade: node.masquerade,
@@ -607,13 +711,32 @@ impl Checker {
         }
         let mut errors = Vec::new();
         for decl in &self.nodes {
-            let (Some(node), Some(cidr)) = (nodes.get(&decl.name.value), &decl.cidr) else {
+            let Some(node) = nodes.get(&decl.name.value) else {
                 continue;
             };
             let count = counts.get(node.name.as_str()).copied().unwrap_or_default();
-            let subnet = node.subnet();
-            // Every address but the network, broadcast and gateway ones.
-            let addresses = (1usize << (32 - subnet.network_length())) - 3;
+            // The smallest of the node's subnets: every address but the network, broadcast
+            // (IPv4) and gateway ones.
+            let Some((cidr, subnet, addresses)) = decl
+                .cidrs
+                .iter()
+                .map(|cidr| {
+                    let subnet = cidr.value.network();
+                    let host_bits = u32::from(subnet.family().len() - subnet.network_length());
+                    let reserved = match subnet.is_ipv4() {
+                        true => 3,
+                        false => 2,
+                    };
+                    let addresses = 1usize
+                        .checked_shl(host_bits)
+                        .filter(|_| host_bits < usize::BITS)
+                        .map_or(usize::MAX, |all| all - reserved);
+                    (cidr, subnet, addresses)
+                })
+                .min_by_key(|(_, _, addresses)| *addresses)
+            else {
+                continue;
+            };
             let name = quoted(&node.name);
             if count > NODE_INSTANCES {
                 errors.push(Diagnostic::new(
@@ -643,9 +766,10 @@ impl Checker {
             [node] if self.node_documents == 1 => Some(node.name.value.as_str()),
             _ => None,
         };
-        let mut addresses: HashMap<Ipv4Addr, &Origin> = HashMap::new();
-        // Who publishes each (node, protocol, host port), on which host address.
-        type Publisher<'a> = (Option<Ipv4Addr>, &'a str, &'a Origin);
+        let mut addresses: HashMap<IpAddr, &Origin> = HashMap::new();
+        // Who publishes each (node, protocol, host port), on which families and host
+        // address (`None`: every address of those families).
+        type Publisher<'a> = (Vec<Family>, Option<IpAddr>, &'a str, &'a Origin);
         let mut published: HashMap<(&str, Protocol, u16), Vec<Publisher>> = HashMap::new();
         let mut interfaces: HashMap<String, &str> = HashMap::new();
         let mut namespaces: HashMap<String, (&str, &Origin)> = HashMap::new();
@@ -720,18 +844,53 @@ impl Checker {
                     ),
                 ));
             }
+            let families: Vec<Family> = instance
+                .addresses
+                .iter()
+                .map(|address| Family::of(address.value.0))
+                .collect();
             for port in &instance.ports {
+                let served: Vec<Family> = match port.value.host_ip {
+                    Some(ip) => vec![Family::of(ip)],
+                    None => families.clone(),
+                };
+                if let Some(ip) = port.value.host_ip
+                    && !families.contains(&Family::of(ip))
+                    && !families.is_empty()
+                {
+                    errors.push(Diagnostic::new(
+                        port.origin.clone(),
+                        format!(
+                            "hostIp {ip} is {} and Instance {} has no {} address",
+                            Family::of(ip),
+                            quoted(name),
+                            Family::of(ip)
+                        ),
+                    ));
+                }
                 let key = (node_name, port.value.protocol, port.value.host_port);
                 let users = published.entry(key).or_default();
-                let clash = users.iter().find(|(ip, _, _)| {
-                    ip.is_none() || port.value.host_ip.is_none() || *ip == port.value.host_ip
-                });
-                if let Some((other_ip, other, origin)) = clash {
-                    let at = |ip: &Option<Ipv4Addr>| {
-                        let ip = ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
-                        format!("{ip}:{}/{}", port.value.host_port, port.value.protocol)
+                let any = |ip: &Option<IpAddr>| ip.is_none_or(|ip| ip.is_unspecified());
+                let this_ip = port.value.host_ip;
+                let clash = users
+                    .iter()
+                    .find_map(|(other_families, other_ip, other, origin)| {
+                        let shared = served
+                            .iter()
+                            .find(|family| other_families.contains(family))?;
+                        (any(&this_ip) || any(other_ip) || this_ip == *other_ip)
+                            .then_some((*shared, other_ip, other, origin))
+                    });
+                if let Some((family, other_ip, other, origin)) = clash {
+                    let at = |ip: &Option<IpAddr>| {
+                        let ip = ip.unwrap_or(match family {
+                            Family::Ipv4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                            Family::Ipv6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                        });
+                        let socket = std::net::SocketAddr::new(ip, port.value.host_port);
+                        format!("{socket}/{}", port.value.protocol)
                     };
-                    let (this, other_port) = (at(&port.value.host_ip), at(other_ip));
+                    let (this, other_port) = (at(&this_ip), at(other_ip));
                     let on = if this == other_port {
                         String::new()
                     } else {
@@ -746,29 +905,35 @@ impl Checker {
                         ),
                     ));
                 }
-                users.push((port.value.host_ip, name, &port.origin));
+                users.push((served, this_ip, name, &port.origin));
             }
-            let (Some(node), Some(address)) = (nodes.get(node_name), &instance.address) else {
+            let Some(node) = nodes.get(node_name) else {
                 continue;
             };
-            let (ip, prefix) = address.value;
-            match check_instance_address(ip, prefix, node) {
-                Err(message) => errors.push(Diagnostic::new(address.origin.clone(), message)),
-                Ok(address_inet) => {
-                    if let Some(previous) = addresses.insert(ip, &address.origin) {
-                        errors.push(Diagnostic::new(
-                            address.origin.clone(),
-                            format!("address {ip} is already used at {previous}"),
-                        ));
+            let mut valid = Vec::new();
+            for address in &instance.addresses {
+                let (ip, prefix) = address.value;
+                match check_instance_address(ip, prefix, node) {
+                    Err(message) => errors.push(Diagnostic::new(address.origin.clone(), message)),
+                    Ok(address_inet) => {
+                        if let Some(previous) = addresses.insert(ip, &address.origin) {
+                            errors.push(Diagnostic::new(
+                                address.origin.clone(),
+                                format!("address {ip} is already used at {previous}"),
+                            ));
+                        }
+                        valid.push(address_inet);
                     }
-                    instances.push(Instance {
-                        name: name.to_string(),
-                        id: id.map(str::to_string),
-                        node: node_name.to_string(),
-                        address: address_inet,
-                        ports: instance.ports.iter().map(|port| port.value).collect(),
-                    });
                 }
+            }
+            if !valid.is_empty() && valid.len() == instance.addresses.len() {
+                instances.push(Instance {
+                    name: name.to_string(),
+                    id: id.map(str::to_string),
+                    node: node_name.to_string(),
+                    addresses: valid,
+                    ports: instance.ports.iter().map(|port| port.value).collect(),
+                });
             }
         }
         self.diagnostics.extend(errors);
@@ -777,21 +942,25 @@ impl Checker {
     }
 }
 
-pub(super) fn contains(outer: &Ipv4Cidr, inner: &Ipv4Cidr) -> bool {
-    outer.network_length() <= inner.network_length() && outer.contains(&inner.first_address())
+/// Whether `inner` lies inside `outer` (never for two families).
+pub(super) fn contains(outer: &IpCidr, inner: &IpCidr) -> bool {
+    outer.family() == inner.family()
+        && outer.network_length() <= inner.network_length()
+        && outer.contains(&inner.first_address())
 }
 
-pub(super) fn overlaps(a: &Ipv4Cidr, b: &Ipv4Cidr) -> bool {
+pub(super) fn overlaps(a: &IpCidr, b: &IpCidr) -> bool {
     contains(a, b) || contains(b, a)
 }
 
-fn check_instance_address(
-    ip: Ipv4Addr,
-    prefix: Option<u8>,
-    node: &Node,
-) -> Result<Ipv4Inet, Invalid> {
-    let subnet = node.subnet();
+fn check_instance_address(ip: IpAddr, prefix: Option<u8>, node: &Node) -> Result<IpInet, Invalid> {
+    let family = Family::of(ip);
     let node_name = quoted(&node.name);
+    let (Some(subnet), Some(gateway)) = (node.subnet(family), node.gateway(family)) else {
+        return Err(Invalid(format!(
+            "address {ip} is {family} and Node {node_name} has no {family} subnet"
+        )));
+    };
     if let Some(prefix) = prefix
         && prefix != subnet.network_length()
     {
@@ -810,71 +979,60 @@ fn check_instance_address(
             "address {ip} is the network address of subnet {subnet}"
         )));
     }
-    if ip == subnet.last_address() {
+    // IPv6 has no broadcast address.
+    if family == Family::Ipv4 && ip == subnet.last_address() {
         return Err(Invalid(format!(
             "address {ip} is the broadcast address of subnet {subnet}"
         )));
     }
-    if ip == node.gateway() {
+    if ip == gateway {
         return Err(Invalid(format!(
             "address {ip} is Node {node_name}'s gateway (its bridge address)"
         )));
     }
-    Ipv4Inet::new(ip, subnet.network_length()).map_err(|error| Invalid(error.to_string()))
+    IpInet::new(ip, subnet.network_length()).map_err(|error| Invalid(error.to_string()))
 }
 
-/// An IPv4 address, with a clear word for IPv6 and anything else.
-fn parse_address(text: &str, what: &str) -> Result<Ipv4Addr, Invalid> {
-    text.parse::<Ipv4Addr>()
-        .map_err(|_| {
-            if text.parse::<std::net::Ipv6Addr>().is_ok() {
-                format!("{what} {}: IPv6 is not supported", quoted(text))
-            } else {
-                format!("{what} {} is not an IPv4 address", quoted(text))
-            }
-        })
-        .map_err(Invalid)
+/// An IPv4 or IPv6 address, with a clear word for anything else.
+fn parse_address(text: &str, what: &str) -> Result<IpAddr, Invalid> {
+    text.parse::<IpAddr>()
+        .map_err(|_| Invalid(format!("{what} {} is not an IP address", quoted(text))))
 }
 
-/// `A.B.C.D/N`, with a clear message for each way it can be wrong.
-fn parse_prefixed(text: &str, what: &str) -> Result<(Ipv4Addr, u8), Invalid> {
+/// `A.B.C.D/N` or `X:Y::Z/N`, with a clear message for each way it can be wrong.
+fn parse_prefixed(text: &str, what: &str) -> Result<(IpAddr, u8), Invalid> {
     let Some((address, prefix)) = text.split_once('/') else {
         return Err(Invalid(format!(
-            "{what} {} needs a prefix length, as in 10.0.0.1/24",
+            "{what} {} needs a prefix length, as in 10.0.0.1/24 or fd00::1/64",
             quoted(text)
         )));
     };
-    let address = parse_address(address, what)
-        .map_err(|_| {
-            if address.parse::<std::net::Ipv6Addr>().is_ok() {
-                format!("{what} {}: IPv6 is not supported", quoted(text))
-            } else {
-                format!(
-                    "{what} {} is not an IPv4 CIDR such as 10.0.0.1/24",
-                    quoted(text)
-                )
-            }
-        })
-        .map_err(Invalid)?;
+    let address = address.parse::<IpAddr>().map_err(|_| {
+        Invalid(format!(
+            "{what} {} is not a CIDR such as 10.0.0.1/24 or fd00::1/64",
+            quoted(text)
+        ))
+    })?;
+    let max = Family::of(address).bits();
     // Digits only, no leading zero: `/024` or `/+24` are typos, not prefixes.
     let canonical = !prefix.is_empty()
         && prefix.bytes().all(|b| b.is_ascii_digit())
         && (prefix == "0" || !prefix.starts_with('0'));
     match prefix.parse::<u8>() {
-        Ok(prefix) if canonical && prefix <= 32 => Ok((address, prefix)),
+        Ok(prefix) if canonical && prefix <= max => Ok((address, prefix)),
         _ => Err(Invalid(format!(
-            "{what} {} has an invalid prefix length (0..32)",
+            "{what} {} has an invalid prefix length (0..{max})",
             quoted(text)
         ))),
     }
 }
 
-/// A Cluster `cidr`: a network such as 10.0.0.0/16.
-fn parse_network(text: &str) -> Result<Ipv4Cidr, Invalid> {
+/// A Cluster `cidr`: a network such as 10.0.0.0/16 or fd00:10::/48.
+fn parse_network(text: &str) -> Result<IpCidr, Invalid> {
     let (address, prefix) = parse_prefixed(text, "cidr")?;
-    Ipv4Cidr::new(address, prefix)
+    IpCidr::new(address, prefix)
         .map_err(|_| {
-            let network = Ipv4Inet::new(address, prefix).map(|inet| inet.network());
+            let network = IpInet::new(address, prefix).map(|inet| inet.network());
             format!(
                 "cidr {} has host bits set: did you mean {}?",
                 quoted(text),
@@ -887,39 +1045,54 @@ fn parse_network(text: &str) -> Result<Ipv4Cidr, Invalid> {
 }
 
 /// A Node `cidr`: the bridge's address and prefix, a usable host address of its subnet.
-fn parse_gateway(text: &str) -> Result<Ipv4Inet, Invalid> {
+fn parse_gateway(text: &str) -> Result<IpInet, Invalid> {
     let (address, prefix) = parse_prefixed(text, "cidr")?;
+    let family = Family::of(address);
     if address.is_loopback() {
         return Err(Invalid(format!(
             "cidr {}: a loopback address cannot be a node's bridge address, the gateway of its instances",
             quoted(text)
         )));
     }
-    if prefix > 30 {
+    if let IpAddr::V6(v6) = address
+        && (v6.is_unicast_link_local() || v6.is_multicast() || v6.is_unspecified())
+    {
         return Err(Invalid(format!(
-            "cidr {}: a node subnet needs a prefix of at most /30 to hold instances",
+            "cidr {}: a link-local, multicast or unspecified address cannot be a node's bridge address",
             quoted(text)
         )));
     }
-    let inet = Ipv4Inet::new(address, prefix).map_err(|error| Invalid(error.to_string()))?;
-    let subnet = inet.network();
-    if address == subnet.first_address() || address == subnet.last_address() {
+    let max = family.bits() - 2;
+    if prefix > max {
         return Err(Invalid(format!(
-            "cidr {} is the {} address of {subnet}, not a usable bridge address (e.g. {}/{prefix})",
+            "cidr {}: a node subnet needs a prefix of at most /{max} to hold instances",
+            quoted(text)
+        )));
+    }
+    let inet = IpInet::new(address, prefix).map_err(|error| Invalid(error.to_string()))?;
+    let subnet = inet.network();
+    let first_host = {
+        let mut first = IpInet::new(subnet.first_address(), prefix).expect("same prefix");
+        first.increment();
+        first.address()
+    };
+    if address == subnet.first_address() {
+        return Err(Invalid(format!(
+            "cidr {} is the network address of {subnet}, not a usable bridge address (e.g. {first_host}/{prefix})",
             quoted(text),
-            if address == subnet.first_address() {
-                "network"
-            } else {
-                "broadcast"
-            },
-            Ipv4Addr::from(u32::from(subnet.first_address()) + 1),
+        )));
+    }
+    if family == Family::Ipv4 && address == subnet.last_address() {
+        return Err(Invalid(format!(
+            "cidr {} is the broadcast address of {subnet}, not a usable bridge address (e.g. {first_host}/{prefix})",
+            quoted(text),
         )));
     }
     Ok(inet)
 }
 
-/// An Instance `address`: `10.0.0.2/24` or `10.0.0.2`.
-fn parse_instance_address(text: &str) -> Result<(Ipv4Addr, Option<u8>), Invalid> {
+/// An Instance `address`: `10.0.0.2/24`, `10.0.0.2`, `fd00::2/64` or `fd00::2`.
+fn parse_instance_address(text: &str) -> Result<(IpAddr, Option<u8>), Invalid> {
     if text.contains('/') {
         let (address, prefix) = parse_prefixed(text, "address")?;
         Ok((address, Some(prefix)))

@@ -11,18 +11,20 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::ops::RangeInclusive;
 
-use cidr::{Ipv4Cidr, Ipv4Inet};
+use cidr::{IpCidr, IpInet, Ipv4Cidr, Ipv4Inet};
 
 use kudonet::dataplane::Dataplane;
 use kudonet::dataplane::memory::MemoryDataplane;
 use kudonet::names;
 use kudonet::names::JUMP_MARK;
-use kudonet::observed::{Link, LinkKind, LinkRef, Namespace, Observed, Route, Table};
+use kudonet::observed::{Link, LinkKind, LinkRef, Namespace, Observed, Route, Table, TableId};
 use kudonet::plan::{Action, BRIDGE_INSTANCES, plan_with_bridge_instances};
-use kudonet::spec::{Cluster, ClusterMode, Desired, Instance, Node, Protocol, PublishedPort};
+use kudonet::spec::{
+    Cluster, ClusterMode, Desired, Family, Instance, Node, Protocol, PublishedPort,
+};
 
 // Names and address pools.
 
@@ -55,8 +57,10 @@ pub fn node(
 ) -> Node {
     Node {
         name: name.to_string(),
-        cidr: Ipv4Inet::new(Ipv4Addr::new(10, 0, third_octet, 1), 24).unwrap(),
-        external_ip: Some(Ipv4Addr::new(192, 0, 2, 10 + third_octet)),
+        cidrs: vec![IpInet::V4(
+            Ipv4Inet::new(Ipv4Addr::new(10, 0, third_octet, 1), 24).unwrap(),
+        )],
+        external_ips: vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10 + third_octet))],
         bridge: bridge.to_string(),
         uplink: uplink.then(|| "eth0".to_string()),
         masquerade,
@@ -70,7 +74,7 @@ pub fn port(host_port: u16, instance_port: u16, udp: bool, host_ip: bool) -> Pub
         host_port,
         instance_port,
         protocol: if udp { Protocol::Udp } else { Protocol::Tcp },
-        host_ip: host_ip.then_some(Ipv4Addr::new(192, 0, 2, 10)),
+        host_ip: host_ip.then_some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10))),
     }
 }
 
@@ -132,7 +136,9 @@ impl DesiredChoice {
                     name: choice.name.to_string(),
                     id: None,
                     node: "a".to_string(),
-                    address: Ipv4Inet::new(Ipv4Addr::new(10, 0, 0, host), 24).unwrap(),
+                    addresses: vec![IpInet::V4(
+                        Ipv4Inet::new(Ipv4Addr::new(10, 0, 0, host), 24).unwrap(),
+                    )],
                     ports,
                 }
             })
@@ -140,7 +146,9 @@ impl DesiredChoice {
         Desired {
             cluster: self.cluster.map(|vxlan| Cluster {
                 name: Some("c".to_string()),
-                cidr: Some(Ipv4Cidr::new(Ipv4Addr::new(10, 0, 0, 0), 16).unwrap()),
+                cidrs: vec![IpCidr::V4(
+                    Ipv4Cidr::new(Ipv4Addr::new(10, 0, 0, 0), 16).unwrap(),
+                )],
                 mode: if vxlan {
                     ClusterMode::Vxlan
                 } else {
@@ -250,15 +258,18 @@ pub fn add_foreign(state: &mut Observed, foreign: &Foreign) {
     for third_octet in &foreign.routes {
         let destination = Ipv4Cidr::new(Ipv4Addr::new(10, 0, *third_octet, 0), 24).unwrap();
         state.routes.insert(
-            destination,
+            IpCidr::V4(destination),
             Route {
-                gateway: Some(Ipv4Addr::new(192, 0, 2, 99)),
+                gateway: Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 99))),
                 device: None,
                 owned: false,
             },
         );
     }
-    let filter = state.firewall.entry("filter".to_string()).or_default();
+    let filter = state
+        .firewall
+        .entry(TableId::new(Family::Ipv4, "filter"))
+        .or_default();
     filter.chains.insert(
         "FORWARD".to_string(),
         foreign
@@ -273,14 +284,20 @@ pub fn add_foreign(state: &mut Observed, foreign: &Foreign) {
             .insert("DOCKER-USER".to_string(), vec!["-j RETURN".to_string()]);
     }
     if foreign.nat_rule {
-        let nat = state.firewall.entry("nat".to_string()).or_default();
+        let nat = state
+            .firewall
+            .entry(TableId::new(Family::Ipv4, "nat"))
+            .or_default();
         nat.chains.insert(
             "POSTROUTING".to_string(),
             vec!["-s 172.17.0.0/16 ! -o docker0 -j MASQUERADE".to_string()],
         );
     }
     if foreign.other_backend {
-        let nat = state.other_backend.entry("nat".to_string()).or_default();
+        let nat = state
+            .other_backend
+            .entry(TableId::new(Family::Ipv4, "nat"))
+            .or_default();
         nat.chains.insert(
             "KUDO-PORTS".to_string(),
             vec!["-p tcp -m tcp --dport 8081 -j DNAT --to-destination 10.0.0.9:80".to_string()],
@@ -420,7 +437,12 @@ pub fn drift(dataplane: &mut MemoryDataplane, drift: &Drift) {
         }
         Drift::DropDefaultRoute(i) => {
             if let Some(name) = pick(state.namespaces.keys().cloned(), i) {
-                state.namespaces.get_mut(&name).unwrap().default_gateway = None;
+                state
+                    .namespaces
+                    .get_mut(&name)
+                    .unwrap()
+                    .default_gateways
+                    .clear();
             }
         }
         Drift::FlushChain(i) | Drift::DeleteChain(i) => {
@@ -501,7 +523,7 @@ pub fn observed_with_bridges(
 pub struct ForeignView {
     pub links: BTreeMap<String, Link>,
     pub namespaces: BTreeMap<String, Namespace>,
-    pub routes: BTreeMap<Ipv4Cidr, Route>,
+    pub routes: BTreeMap<IpCidr, Route>,
     pub rules: BTreeMap<(String, String), Vec<String>>,
 }
 
@@ -529,7 +551,7 @@ pub fn foreign_view(state: &Observed) -> ForeignView {
         rules: state
             .firewall
             .iter()
-            .map(|(table, t)| (table.clone(), t))
+            .map(|(table, t)| (table.to_string(), t))
             .chain(
                 state
                     .other_backend

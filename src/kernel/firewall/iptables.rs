@@ -172,6 +172,8 @@ fn push_rule(script: &mut String, command: &str, rule: &str) {
 /// `iptables-restore` per change of a table.
 #[derive(Debug, Clone)]
 pub struct Iptables {
+    /// `iptables` or `ip6tables`: how the other backend's programs are named.
+    command: &'static str,
     save: PathBuf,
     restore: PathBuf,
     /// The other backend's programs, once looked up (see [`Iptables::other_backend`]).
@@ -190,9 +192,18 @@ impl Iptables {
         Iptables::with_programs("iptables-save", "iptables-restore")
     }
 
+    /// `ip6tables-save` and `ip6tables-restore`, for IPv6.
+    pub fn ipv6() -> Iptables {
+        Iptables {
+            command: "ip6tables",
+            ..Iptables::with_programs("ip6tables-save", "ip6tables-restore")
+        }
+    }
+
     /// Explicit programs. A bare name is looked up in `PATH`, a path is used as it is.
     pub fn with_programs(save: impl Into<PathBuf>, restore: impl Into<PathBuf>) -> Iptables {
         Iptables {
+            command: "iptables",
             save: save.into(),
             restore: restore.into(),
             other: std::sync::OnceLock::new(),
@@ -212,7 +223,8 @@ impl Iptables {
     }
 
     fn find_other_backend(&self) -> Option<Iptables> {
-        if self.save != Path::new("iptables-save") {
+        let command = self.command;
+        if self.save != Path::new(&format!("{command}-save")) {
             return None;
         }
         let binary = std::fs::canonicalize(locate(&self.save)?).ok()?;
@@ -224,12 +236,12 @@ impl Iptables {
         } else {
             return None;
         };
-        let save = PathBuf::from(format!("iptables-{other}-save"));
+        let save = PathBuf::from(format!("{command}-{other}-save"));
         locate(&save)?;
-        Some(Iptables::with_programs(
-            save,
-            format!("iptables-{other}-restore"),
-        ))
+        Some(Iptables {
+            command,
+            ..Iptables::with_programs(save, format!("{command}-{other}-restore"))
+        })
     }
 
     /// Whether these are the legacy (x_tables) programs.

@@ -1,7 +1,8 @@
 //! The firewall, behind [`FirewallDriver`]: the seam a backend implements (iptables-save and
-//! iptables-restore today, [`iptables`]; a native nftables backend would be a second one).
-//! kudonet's rules live in its own `KUDO-*` chains of the `nat` and `filter` tables, with
-//! one marked jump rule at the head of each built-in chain it uses.
+//! iptables-restore for IPv4, their ip6tables twins for IPv6, [`IptablesFirewall`]; a native
+//! nftables backend would be a second one). kudonet's rules live in its own `KUDO-*` chains
+//! of the `nat` and `filter` tables of each family, with one marked jump rule at the head
+//! of each built-in chain it uses.
 
 pub mod iptables;
 
@@ -12,7 +13,8 @@ pub use iptables::Iptables;
 
 use super::netlink::netfilter::Generation;
 use crate::names::{FILTER, NAT};
-use crate::observed::Table;
+use crate::observed::{Table, TableId};
+use crate::spec::Family;
 
 /// Why a firewall backend could not read or change the firewall.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -132,19 +134,54 @@ pub trait FirewallDriver {
     /// or `None` when it was as wanted already.
     fn sync_table(
         &self,
-        table: &str,
+        table: &TableId,
         current: Option<Table>,
         chains: &BTreeMap<String, Vec<String>>,
         jumps: &BTreeMap<String, Vec<String>>,
     ) -> Result<Option<Table>, FirewallError>;
 
     /// Removes kudonet's chains and jump rules from `table` of the other backend.
-    fn purge_other_backend(&self, table: &str) -> Result<(), FirewallError>;
+    fn purge_other_backend(&self, table: &TableId) -> Result<(), FirewallError>;
 }
 
-impl FirewallDriver for Iptables {
+/// iptables for IPv4 and ip6tables for IPv6: the same chains in each, written by the
+/// family's own `*-restore`.
+#[derive(Debug, Clone)]
+pub struct IptablesFirewall {
+    ipv4: Iptables,
+    ipv6: Iptables,
+}
+
+impl Default for IptablesFirewall {
+    fn default() -> Self {
+        IptablesFirewall::new()
+    }
+}
+
+impl IptablesFirewall {
+    /// `iptables-*` and `ip6tables-*` from `PATH`.
+    pub fn new() -> IptablesFirewall {
+        IptablesFirewall::with(Iptables::new(), Iptables::ipv6())
+    }
+
+    /// Explicit programs for each family.
+    pub fn with(ipv4: Iptables, ipv6: Iptables) -> IptablesFirewall {
+        IptablesFirewall { ipv4, ipv6 }
+    }
+
+    /// The programs of `family`.
+    pub fn family(&self, family: Family) -> &Iptables {
+        match family {
+            Family::Ipv4 => &self.ipv4,
+            Family::Ipv6 => &self.ipv6,
+        }
+    }
+}
+
+impl FirewallDriver for IptablesFirewall {
     fn check_available(&self) -> Result<(), FirewallError> {
-        Iptables::check_available(self)
+        self.ipv4.check_available()?;
+        self.ipv6.check_available()
     }
 
     fn read(
@@ -158,18 +195,20 @@ impl FirewallDriver for Iptables {
 
     fn sync_table(
         &self,
-        table: &str,
+        table: &TableId,
         current: Option<Table>,
         chains: &BTreeMap<String, Vec<String>>,
         jumps: &BTreeMap<String, Vec<String>>,
     ) -> Result<Option<Table>, FirewallError> {
-        Iptables::sync_table_from(self, table, current, chains, jumps)
+        self.family(table.family)
+            .sync_table_from(&table.name, current, chains, jumps)
     }
 
-    fn purge_other_backend(&self, table: &str) -> Result<(), FirewallError> {
-        self.other_backend()
+    fn purge_other_backend(&self, table: &TableId) -> Result<(), FirewallError> {
+        self.family(table.family)
+            .other_backend()
             .ok_or(FirewallError::NoOtherBackend)?
-            .sync_table(table, &Default::default(), &Default::default())
+            .sync_table(&table.name, &Default::default(), &Default::default())
     }
 }
 
@@ -180,14 +219,15 @@ pub struct FirewallCache {
     /// forward chains, the nf_tables iptables as the other backend), and the generation it
     /// was read at.
     versioned: Option<(u32, FirewallView)>,
-    /// What the legacy backend beside kudonet's nf_tables iptables held, when last read.
-    legacy: Option<OtherBackend>,
+    /// What the legacy backend beside kudonet's nf_tables iptables held, when last read
+    /// (IPv4, then IPv6).
+    legacy: Vec<OtherBackend>,
 }
 
 impl FirewallCache {
     /// kudonet's `table` as read at generation `now`, if that is what is cached: the
     /// table as the kernel has it while the generation stands.
-    pub(crate) fn table_at(&self, now: u32, table: &str) -> Option<Table> {
+    pub(crate) fn table_at(&self, now: u32, table: &TableId) -> Option<Table> {
         match &self.versioned {
             Some((read_at, view)) if *read_at == now => view.tables.get(table).cloned(),
             _ => None,
@@ -199,22 +239,23 @@ impl FirewallCache {
     /// kernel's state at `after`, so neither the next sync nor the next observation needs
     /// to read the tables again. Anything else (someone else's change meanwhile) leaves
     /// the cache behind the generation, to be read afresh.
-    pub(crate) fn wrote(&mut self, before: u32, after: u32, table: &str, written: Table) {
+    pub(crate) fn wrote(&mut self, before: u32, after: u32, table: &TableId, written: Table) {
         if let Some((read_at, view)) = &mut self.versioned
             && *read_at == before
             && after == before.wrapping_add(1)
         {
-            view.tables.insert(table.to_string(), written);
+            view.tables.insert(table.clone(), written);
             *read_at = after;
         }
     }
 }
 
-/// iptables: the tables read at the last observation while the nf_tables generation has
-/// not moved since, else read afresh (one `iptables-save`, and one more when the other
-/// backend is the nf_tables one); the legacy backend beside it only when `reread_legacy`.
+/// iptables and ip6tables: the tables read at the last observation while the nf_tables
+/// generation has not moved since, else read afresh (one `iptables-save` and one
+/// `ip6tables-save`, and one more each when the other backend is the nf_tables one); the
+/// legacy backend beside it only when `reread_legacy`.
 pub(super) fn read_firewall(
-    iptables: &Iptables,
+    firewall: &IptablesFirewall,
     mut generation: Option<&mut Generation>,
     cache: &mut FirewallCache,
     reread_legacy: bool,
@@ -223,19 +264,36 @@ pub(super) fn read_firewall(
     let now = generation
         .as_deref_mut()
         .and_then(|generation| generation.current().ok());
-    let other = iptables.other_backend();
+    let others: Vec<(Family, Option<Iptables>)> = Family::ALL
+        .into_iter()
+        .map(|family| (family, firewall.family(family).other_backend()))
+        .collect();
     let mut view = match (now, cache.versioned.as_ref()) {
         (Some(now), Some((read_at, view))) if now == *read_at => view.clone(),
         _ => {
-            let (tables, nf_tables) = iptables.read_tables(&[NAT, FILTER])?;
-            let other_nft = other.as_ref().filter(|other| !other.is_legacy());
+            let mut tables = BTreeMap::new();
+            let mut nf_tables = true;
+            for family in Family::ALL {
+                let (read, family_nf_tables) =
+                    firewall.family(family).read_tables(&[NAT, FILTER])?;
+                nf_tables &= family_nf_tables;
+                tables.extend(
+                    read.into_iter()
+                        .map(|(name, table)| (TableId::new(family, &name), table)),
+                );
+            }
+            let others_nft: Vec<(Family, &Iptables)> = others
+                .iter()
+                .filter_map(|(family, other)| Some((*family, other.as_ref()?)))
+                .filter(|(_, other)| !other.is_legacy())
+                .collect();
             // nftables chains on the forward hook. iptables-nft's own `ip filter` is left
             // out: kudonet's jump accepts first there when it is kudonet's backend, and the
             // other backend's read reports its FORWARD policy when it is not.
             let forward_blockers = generation
                 .and_then(|generation| {
                     generation
-                        .forward_blockers(nf_tables || other_nft.is_some())
+                        .forward_blockers(nf_tables || !others_nft.is_empty())
                         .ok()
                 })
                 .unwrap_or_default();
@@ -245,26 +303,31 @@ pub(super) fn read_firewall(
                 forward_blockers,
             };
             // The nf_tables iptables as the other backend moves the generation too.
-            if let Some(other) = other_nft
-                && let Some(read) = read_other_backend(other)
-            {
-                read.add_to(&mut view);
+            for (family, other) in others_nft {
+                if let Some(read) = read_other_backend(family, other) {
+                    read.add_to(&mut view);
+                }
             }
             // The legacy backend moves no generation: kudonet's own is read every time.
             cache.versioned = now.filter(|_| nf_tables).map(|now| (now, view.clone()));
             view
         }
     };
-    match other.as_ref().filter(|other| other.is_legacy()) {
-        Some(legacy) if reread_legacy => {
-            cache.legacy = legacy_tables_in_use()
-                .then(|| read_other_backend(legacy))
-                .flatten();
-        }
-        Some(_) => {}
-        None => cache.legacy = None,
+    let legacies: Vec<(Family, &Iptables)> = others
+        .iter()
+        .filter_map(|(family, other)| Some((*family, other.as_ref()?)))
+        .filter(|(_, other)| other.is_legacy())
+        .collect();
+    if legacies.is_empty() {
+        cache.legacy.clear();
+    } else if reread_legacy {
+        cache.legacy = legacies
+            .into_iter()
+            .filter(|(family, _)| legacy_tables_in_use(*family))
+            .filter_map(|(family, legacy)| read_other_backend(family, legacy))
+            .collect();
     }
-    if let Some(legacy) = &cache.legacy {
+    for legacy in &cache.legacy {
         legacy.add_to(&mut view);
     }
     Ok(view)
@@ -276,15 +339,19 @@ pub(super) fn read_firewall(
 /// [`Observed::forward_blockers`](crate::observed::Observed::forward_blockers)).
 #[derive(Debug, Clone, Default)]
 pub struct FirewallView {
-    pub(crate) tables: BTreeMap<String, Table>,
-    pub(crate) other_backend: BTreeMap<String, Table>,
+    pub(crate) tables: BTreeMap<TableId, Table>,
+    pub(crate) other_backend: BTreeMap<TableId, Table>,
     pub(crate) forward_blockers: Vec<String>,
 }
 
-/// Whether this namespace has legacy iptables tables at all: without, reading them would
-/// only cost a process (and could load x_tables modules).
-fn legacy_tables_in_use() -> bool {
-    fs::read_to_string("/proc/net/ip_tables_names").is_ok_and(|names| !names.trim().is_empty())
+/// Whether this namespace has legacy iptables tables of `family` at all: without, reading
+/// them would only cost a process (and could load x_tables modules).
+fn legacy_tables_in_use(family: Family) -> bool {
+    let names = match family {
+        Family::Ipv4 => "/proc/net/ip_tables_names",
+        Family::Ipv6 => "/proc/net/ip6_tables_names",
+    };
+    fs::read_to_string(names).is_ok_and(|names| !names.trim().is_empty())
 }
 
 /// What the other backend holds that matters to kudonet: its tables with kudonet's chains
@@ -292,7 +359,7 @@ fn legacy_tables_in_use() -> bool {
 #[derive(Debug, Clone)]
 struct OtherBackend {
     backend: &'static str,
-    stale: BTreeMap<String, Table>,
+    stale: BTreeMap<TableId, Table>,
     forward_drops: bool,
 }
 
@@ -311,7 +378,7 @@ impl OtherBackend {
 
 /// Reads the other backend. Best effort: one that cannot be read is not reported
 /// (kudonet's own backend is what it must read).
-fn read_other_backend(other: &Iptables) -> Option<OtherBackend> {
+fn read_other_backend(family: Family, other: &Iptables) -> Option<OtherBackend> {
     let (tables, forward_drops) = match other.read_all() {
         Ok(read) => read,
         Err(error) => {
@@ -320,14 +387,16 @@ fn read_other_backend(other: &Iptables) -> Option<OtherBackend> {
         }
     };
     Some(OtherBackend {
-        backend: if other.is_legacy() {
-            "iptables-legacy"
-        } else {
-            "iptables-nft"
+        backend: match (family, other.is_legacy()) {
+            (Family::Ipv4, true) => "iptables-legacy",
+            (Family::Ipv4, false) => "iptables-nft",
+            (Family::Ipv6, true) => "ip6tables-legacy",
+            (Family::Ipv6, false) => "ip6tables-nft",
         },
         stale: tables
             .into_iter()
             .filter(|(_, table)| table.has_kudonet_rules())
+            .map(|(name, table)| (TableId::new(family, &name), table))
             .collect(),
         forward_drops,
     })
@@ -343,50 +412,54 @@ mod tests {
         }
     }
 
+    fn nat() -> TableId {
+        TableId::new(Family::Ipv4, NAT)
+    }
+
     fn cache_at(generation: u32) -> FirewallCache {
         FirewallCache {
             versioned: Some((
                 generation,
                 FirewallView {
-                    tables: BTreeMap::from([("nat".to_string(), table("old"))]),
+                    tables: BTreeMap::from([(nat(), table("old"))]),
                     ..FirewallView::default()
                 },
             )),
-            legacy: None,
+            legacy: Vec::new(),
         }
     }
 
     #[test]
     fn the_cache_serves_a_table_only_at_its_own_generation() {
         let cache = cache_at(7);
-        assert_eq!(cache.table_at(7, "nat"), Some(table("old")));
-        assert_eq!(cache.table_at(8, "nat"), None);
-        assert_eq!(cache.table_at(7, "filter"), None);
-        assert_eq!(FirewallCache::default().table_at(7, "nat"), None);
+        assert_eq!(cache.table_at(7, &nat()), Some(table("old")));
+        assert_eq!(cache.table_at(8, &nat()), None);
+        assert_eq!(cache.table_at(7, &TableId::new(Family::Ipv4, FILTER)), None);
+        assert_eq!(FirewallCache::default().table_at(7, &nat()), None);
     }
 
     #[test]
     fn kudonets_own_write_is_cached_only_when_it_alone_moved_the_generation() {
         // One transaction, ours: the table as written is the kernel's, at the new generation.
         let mut cache = cache_at(7);
-        cache.wrote(7, 8, "nat", table("new"));
-        assert_eq!(cache.table_at(8, "nat"), Some(table("new")));
+        cache.wrote(7, 8, &nat(), table("new"));
+        assert_eq!(cache.table_at(8, &nat()), Some(table("new")));
         // Someone else's change too (two transactions): the cache stays behind, unused.
         let mut cache = cache_at(7);
-        cache.wrote(7, 9, "nat", table("new"));
-        assert_eq!(cache.table_at(9, "nat"), None);
-        assert_eq!(cache.table_at(7, "nat"), Some(table("old")));
+        cache.wrote(7, 9, &nat(), table("new"));
+        assert_eq!(cache.table_at(9, &nat()), None);
+        assert_eq!(cache.table_at(7, &nat()), Some(table("old")));
         // A change before ours (the cache was read at an older generation): likewise.
         let mut cache = cache_at(6);
-        cache.wrote(7, 8, "nat", table("new"));
-        assert_eq!(cache.table_at(8, "nat"), None);
+        cache.wrote(7, 8, &nat(), table("new"));
+        assert_eq!(cache.table_at(8, &nat()), None);
         // Nothing cached (the legacy backend): nothing to update.
         let mut cache = FirewallCache::default();
-        cache.wrote(7, 8, "nat", table("new"));
-        assert_eq!(cache.table_at(8, "nat"), None);
+        cache.wrote(7, 8, &nat(), table("new"));
+        assert_eq!(cache.table_at(8, &nat()), None);
         // The generation wraps around.
         let mut cache = cache_at(u32::MAX);
-        cache.wrote(u32::MAX, 0, "nat", table("new"));
-        assert_eq!(cache.table_at(0, "nat"), Some(table("new")));
+        cache.wrote(u32::MAX, 0, &nat(), table("new"));
+        assert_eq!(cache.table_at(0, &nat()), Some(table("new")));
     }
 }

@@ -8,15 +8,17 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-use cidr::{Ipv4Cidr, Ipv4Inet};
+use cidr::{IpCidr, IpInet};
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NetlinkBuffer,
 };
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
 use netlink_packet_route::link::{
     InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, InfoVxlan,
     LinkAttribute, LinkExtentMask, LinkFlags, LinkHeader, LinkInfo, LinkLayerType, LinkMessage,
@@ -124,23 +126,31 @@ impl Netlink {
         )
     }
 
-    /// Every IPv4 address, as (interface index, address with prefix).
-    pub fn dump_addresses(&mut self) -> Result<Vec<(u32, Ipv4Inet)>> {
+    /// Every IPv4 and IPv6 address but the IPv6 link-local ones (the kernel makes those),
+    /// as (interface index, address with prefix).
+    pub fn dump_addresses(&mut self) -> Result<Vec<(u32, IpInet)>> {
         let mut request = AddressMessage::default();
-        request.header.family = AddressFamily::Inet;
+        request.header.family = AddressFamily::Unspec;
         let replies = self.dump("addresses", RouteNetlinkMessage::GetAddress(request))?;
         Ok(replies
             .into_iter()
             .filter_map(|reply| match reply {
                 RouteNetlinkMessage::NewAddress(address) => {
+                    // IPv4 names the interface's own address IFA_LOCAL (IFA_ADDRESS is the
+                    // peer's on a point-to-point link); IPv6 gives IFA_ADDRESS alone.
                     let ip = address
                         .attributes
                         .iter()
                         .find_map(|attribute| match attribute {
-                            AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                            AddressAttribute::Local(ip @ IpAddr::V4(_)) => Some(*ip),
+                            AddressAttribute::Address(ip @ IpAddr::V6(v6))
+                                if !v6.is_unicast_link_local() =>
+                            {
+                                Some(*ip)
+                            }
                             _ => None,
                         })?;
-                    let inet = Ipv4Inet::new(ip, address.header.prefix_len).ok()?;
+                    let inet = IpInet::new(ip, address.header.prefix_len).ok()?;
                     Some((address.header.index, inet))
                 }
                 _ => None,
@@ -148,10 +158,10 @@ impl Netlink {
             .collect())
     }
 
-    /// The IPv4 routes of the main table.
+    /// The IPv4 and IPv6 routes of the main table.
     pub(crate) fn dump_routes(&mut self) -> Result<Vec<RouteRecord>> {
         let mut request = RouteMessage::default();
-        request.header.address_family = AddressFamily::Inet;
+        request.header.address_family = AddressFamily::Unspec;
         let replies = self.dump("routes", RouteNetlinkMessage::GetRoute(request))?;
         Ok(replies
             .into_iter()
@@ -391,26 +401,39 @@ impl Netlink {
         )
     }
 
-    fn address_message(index: u32, address: Ipv4Inet) -> AddressMessage {
+    fn address_message(index: u32, address: IpInet) -> AddressMessage {
         let mut message = AddressMessage::default();
-        message.header.family = AddressFamily::Inet;
         message.header.prefix_len = address.network_length();
         message.header.index = index;
         message
             .attributes
-            .push(AddressAttribute::Local(IpAddr::V4(address.address())));
+            .push(AddressAttribute::Local(address.address()));
         message
             .attributes
-            .push(AddressAttribute::Address(IpAddr::V4(address.address())));
-        if address.network_length() < 31 {
-            message.attributes.push(AddressAttribute::Broadcast(
-                address.network().last_address(),
-            ));
+            .push(AddressAttribute::Address(address.address()));
+        match address {
+            IpInet::V4(address) => {
+                message.header.family = AddressFamily::Inet;
+                if address.network_length() < 31 {
+                    message.attributes.push(AddressAttribute::Broadcast(
+                        address.network().last_address(),
+                    ));
+                }
+            }
+            IpInet::V6(_) => {
+                message.header.family = AddressFamily::Inet6;
+                // kudonet hands the addresses out: no duplicate address detection, so the
+                // address is usable at once instead of "tentative" for a second or more.
+                message.header.flags = AddressHeaderFlags::Nodad;
+                message
+                    .attributes
+                    .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            }
         }
         message
     }
 
-    pub fn add_address(&mut self, index: u32, name: &str, address: Ipv4Inet) -> Result<()> {
+    pub fn add_address(&mut self, index: u32, name: &str, address: IpInet) -> Result<()> {
         self.change(
             || format!("add address {address} to {name}"),
             RouteNetlinkMessage::NewAddress(Self::address_message(index, address)),
@@ -418,7 +441,7 @@ impl Netlink {
         )
     }
 
-    pub fn delete_address(&mut self, index: u32, name: &str, address: Ipv4Inet) -> Result<()> {
+    pub fn delete_address(&mut self, index: u32, name: &str, address: IpInet) -> Result<()> {
         self.change(
             || format!("delete address {address} from {name}"),
             RouteNetlinkMessage::DelAddress(Self::address_message(index, address)),
@@ -426,9 +449,12 @@ impl Netlink {
         )
     }
 
-    fn route_message(destination: Ipv4Cidr, protocol: u8) -> RouteMessage {
+    fn route_message(destination: IpCidr, protocol: u8) -> RouteMessage {
         let mut message = RouteMessage::default();
-        message.header.address_family = AddressFamily::Inet;
+        message.header.address_family = match destination {
+            IpCidr::V4(_) => AddressFamily::Inet,
+            IpCidr::V6(_) => AddressFamily::Inet6,
+        };
         message.header.destination_prefix_length = destination.network_length();
         message.header.table = RouteHeader::RT_TABLE_MAIN;
         message.header.protocol = RouteProtocol::from(protocol);
@@ -437,7 +463,7 @@ impl Netlink {
         if destination.network_length() > 0 {
             message
                 .attributes
-                .push(RouteAttribute::Destination(RouteAddress::Inet(
+                .push(RouteAttribute::Destination(RouteAddress::from(
                     destination.first_address(),
                 )));
         }
@@ -448,8 +474,8 @@ impl Netlink {
     /// marked with `protocol`.
     pub fn replace_route(
         &mut self,
-        destination: Ipv4Cidr,
-        gateway: Ipv4Addr,
+        destination: IpCidr,
+        gateway: IpAddr,
         device: Option<u32>,
         protocol: u8,
     ) -> Result<()> {
@@ -460,7 +486,7 @@ impl Netlink {
     /// gateway: the destination is on the device's segment), marked with `protocol`.
     pub fn replace_link_route(
         &mut self,
-        destination: Ipv4Cidr,
+        destination: IpCidr,
         device: u32,
         protocol: u8,
     ) -> Result<()> {
@@ -478,8 +504,8 @@ impl Netlink {
     /// there although no address of the node covers it (a peer's bridge over the overlay).
     pub fn replace_route_onlink(
         &mut self,
-        destination: Ipv4Cidr,
-        gateway: Ipv4Addr,
+        destination: IpCidr,
+        gateway: IpAddr,
         device: u32,
         protocol: u8,
     ) -> Result<()> {
@@ -488,8 +514,8 @@ impl Netlink {
 
     fn replace_route_with(
         &mut self,
-        destination: Ipv4Cidr,
-        gateway: Ipv4Addr,
+        destination: IpCidr,
+        gateway: IpAddr,
         device: Option<u32>,
         protocol: u8,
         onlink: bool,
@@ -500,7 +526,7 @@ impl Netlink {
         }
         message
             .attributes
-            .push(RouteAttribute::Gateway(RouteAddress::Inet(gateway)));
+            .push(RouteAttribute::Gateway(RouteAddress::from(gateway)));
         message.attributes.extend(device.map(RouteAttribute::Oif));
         self.change(
             || format!("replace route {destination} via {gateway}"),
@@ -514,7 +540,7 @@ impl Netlink {
         &mut self,
         name: &str,
         id: u32,
-        local: Option<Ipv4Addr>,
+        local: Option<IpAddr>,
         port: u16,
         uplink: Option<u32>,
         mtu: Option<u32>,
@@ -524,7 +550,10 @@ impl Netlink {
             InfoVxlan::Port(port),
             InfoVxlan::Learning(true),
         ];
-        data.extend(local.map(InfoVxlan::Local));
+        data.extend(local.map(|local| match local {
+            IpAddr::V4(local) => InfoVxlan::Local(local),
+            IpAddr::V6(local) => InfoVxlan::Local6(local),
+        }));
         data.extend(uplink.map(InfoVxlan::Link));
         let mut message = LinkMessage::default();
         message
@@ -545,7 +574,7 @@ impl Netlink {
 
     /// The all-zero forwarding entry of a vxlan device that floods to `destination`
     /// (`bridge fdb append 00:00:00:00:00:00 dev DEVICE dst DESTINATION`).
-    fn flood_message(index: u32, destination: Ipv4Addr) -> NeighbourMessage {
+    fn flood_message(index: u32, destination: IpAddr) -> NeighbourMessage {
         let mut message = NeighbourMessage::default();
         message.header.family = AddressFamily::Bridge;
         message.header.ifindex = index;
@@ -556,13 +585,13 @@ impl Netlink {
             .push(NeighbourAttribute::LinkLayerAddress(vec![0; 6]));
         message
             .attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+            .push(NeighbourAttribute::Destination(NeighbourAddress::from(
                 destination,
             )));
         message
     }
 
-    pub fn add_flood(&mut self, index: u32, name: &str, destination: Ipv4Addr) -> Result<()> {
+    pub fn add_flood(&mut self, index: u32, name: &str, destination: IpAddr) -> Result<()> {
         self.change(
             || format!("flood {name} to {destination}"),
             RouteNetlinkMessage::NewNeighbour(Self::flood_message(index, destination)),
@@ -570,7 +599,7 @@ impl Netlink {
         )
     }
 
-    pub fn delete_flood(&mut self, index: u32, name: &str, destination: Ipv4Addr) -> Result<()> {
+    pub fn delete_flood(&mut self, index: u32, name: &str, destination: IpAddr) -> Result<()> {
         self.change(
             || format!("stop flooding {name} to {destination}"),
             RouteNetlinkMessage::DelNeighbour(Self::flood_message(index, destination)),
@@ -579,7 +608,7 @@ impl Netlink {
     }
 
     /// The flood destinations of every vxlan device, as (interface index, destination).
-    pub fn dump_flood(&mut self) -> Result<Vec<(u32, Ipv4Addr)>> {
+    pub fn dump_flood(&mut self) -> Result<Vec<(u32, IpAddr)>> {
         let mut request = NeighbourMessage::default();
         request.header.family = AddressFamily::Bridge;
         let replies = self.dump(
@@ -595,9 +624,14 @@ impl Netlink {
                     });
                     // In a bridge-family message the destination is raw bytes to the parser.
                     let destination = entry.attributes.iter().find_map(|attribute| match attribute {
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
                         NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => {
-                            <[u8; 4]>::try_from(bytes.as_slice()).ok().map(Ipv4Addr::from)
+                            match bytes.len() {
+                                4 => <[u8; 4]>::try_from(bytes.as_slice()).ok().map(|b| IpAddr::V4(Ipv4Addr::from(b))),
+                                16 => <[u8; 16]>::try_from(bytes.as_slice()).ok().map(|b| IpAddr::V6(Ipv6Addr::from(b))),
+                                _ => None,
+                            }
                         }
                         _ => None,
                     })?;
@@ -612,7 +646,7 @@ impl Netlink {
     /// Deletes kudonet's route to `destination`, whatever its scope (a route through a
     /// gateway is universe, one to an instance on a segment is link), as `ip route del`
     /// asks. One already gone (with its link) counts as deleted.
-    pub fn delete_route(&mut self, destination: Ipv4Cidr, protocol: u8) -> Result<()> {
+    pub fn delete_route(&mut self, destination: IpCidr, protocol: u8) -> Result<()> {
         let mut message = Self::route_message(destination, protocol);
         message.header.scope = RouteScope::NoWhere;
         match self.change(
@@ -720,7 +754,7 @@ impl RawLink {
     pub(crate) fn resolve(
         &self,
         names_by_index: &HashMap<u32, &str>,
-        addresses: &mut HashMap<u32, BTreeSet<cidr::Ipv4Inet>>,
+        addresses: &mut HashMap<u32, BTreeSet<IpInet>>,
     ) -> Link {
         let name_of = |index: Option<u32>| {
             index
@@ -794,7 +828,8 @@ fn vxlan(infos: &[LinkInfo]) -> Option<(Vxlan, Option<u32>)> {
     for attribute in data {
         match attribute {
             InfoVxlan::Id(id) => vxlan.id = *id,
-            InfoVxlan::Local(local) => vxlan.local = Some(*local),
+            InfoVxlan::Local(local) => vxlan.local = Some(IpAddr::V4(*local)),
+            InfoVxlan::Local6(local) => vxlan.local = Some(IpAddr::V6(*local)),
             InfoVxlan::Port(port) => vxlan.port = *port,
             InfoVxlan::Link(index) => device = Some(*index),
             _ => {}
@@ -806,9 +841,9 @@ fn vxlan(infos: &[LinkInfo]) -> Option<(Vxlan, Option<u32>)> {
 /// A route of the main table, as kudonet reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RouteRecord {
-    /// `None` when it is not an IPv4 prefix.
-    pub(crate) destination: Option<Ipv4Cidr>,
-    pub(crate) gateway: Option<Ipv4Addr>,
+    /// `None` when it is neither an IPv4 nor an IPv6 prefix.
+    pub(crate) destination: Option<IpCidr>,
+    pub(crate) gateway: Option<IpAddr>,
     /// The output interface's index.
     pub(crate) device: Option<u32>,
     /// Made by the kernel for an interface's own subnet.
@@ -819,18 +854,29 @@ pub(crate) struct RouteRecord {
 
 impl RouteRecord {
     fn parse(route: &RouteMessage) -> RouteRecord {
-        let mut destination = Ipv4Addr::UNSPECIFIED;
+        let mut destination = match route.header.address_family {
+            AddressFamily::Inet => Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            AddressFamily::Inet6 => Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+            _ => None,
+        };
         let (mut gateway, mut device) = (None, None);
+        let ip = |address: &RouteAddress| match address {
+            RouteAddress::Inet(address) => Some(IpAddr::V4(*address)),
+            RouteAddress::Inet6(address) => Some(IpAddr::V6(*address)),
+            _ => None,
+        };
         for attribute in &route.attributes {
             match attribute {
-                RouteAttribute::Destination(RouteAddress::Inet(address)) => destination = *address,
-                RouteAttribute::Gateway(RouteAddress::Inet(address)) => gateway = Some(*address),
+                RouteAttribute::Destination(address) => destination = ip(address),
+                RouteAttribute::Gateway(address) => gateway = ip(address),
                 RouteAttribute::Oif(index) => device = Some(*index),
                 _ => {}
             }
         }
         RouteRecord {
-            destination: Ipv4Cidr::new(destination, route.header.destination_prefix_length).ok(),
+            destination: destination.and_then(|destination| {
+                IpCidr::new(destination, route.header.destination_prefix_length).ok()
+            }),
             gateway,
             device,
             kernel: route.header.protocol == RouteProtocol::Kernel,
