@@ -17,6 +17,8 @@
 //! The node is bench/baselines/desired.sh's: N instances, one published port each. Systems:
 //! - kudonet (bench/node/kudonet_run.rs: cold apply, no-op apply, controller resyncs and
 //!   repairs, removal of half the instances, teardown, RSS);
+//! - kudonet-dual, the same run on the same node in dual stack (every instance also has an
+//!   IPv6 address; up to N = 1000 by default, `--max-n kudonet-dual=N`): the cost of IPv6;
 //! - `floor.sh`, the same kernel state with `ip -batch` and one `iptables-restore`, and the
 //!   floor of removal: the namespaces unmounted in one `ip -batch` (bench/node/baselines.rs);
 //! - `per-step.sh`, one process per step as the original library did (build only);
@@ -58,10 +60,19 @@ const BASELINES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/baselines");
 const WORKER: &str = "KUDONET_BENCH_NODE_WORKER";
 const WORK: &str = "/run/kudonet-bench";
 
-const SYSTEMS: [&str; 5] = ["kudonet", "floor", "per-step", "netavark", "cni"];
+const SYSTEMS: [&str; 6] = [
+    "kudonet",
+    "kudonet-dual",
+    "floor",
+    "per-step",
+    "netavark",
+    "cni",
+];
 /// Systems that fork per container (minutes a run at N = 1000), and the largest N each is
 /// run at by default.
 const SLOW: [(&str, usize); 3] = [("per-step", 1000), ("netavark", 1000), ("cni", 100)];
+/// The largest N kudonet in dual stack is run at by default.
+const DUAL_MAX_N: usize = 1000;
 const PEERS: [&str; 2] = ["netavark", "cni"];
 
 struct Options {
@@ -71,6 +82,8 @@ struct Options {
     systems: Vec<&'static str>,
     /// The largest N of each slow system.
     max_n: BTreeMap<&'static str, usize>,
+    /// The largest N of kudonet-dual.
+    dual_max_n: usize,
     slow_large_rounds: usize,
     out: PathBuf,
 }
@@ -117,10 +130,15 @@ fn options() -> Options {
             .collect(),
     };
     let mut max_n: BTreeMap<&'static str, usize> = SLOW.into_iter().collect();
+    let mut dual_max_n = DUAL_MAX_N;
     for setting in value("--max-n").iter().flat_map(|list| list.split(',')) {
         let (name, n) = setting
             .split_once('=')
             .unwrap_or_else(|| panic!("--max-n takes system=N, not {setting:?}"));
+        if name.trim() == "kudonet-dual" {
+            dual_max_n = n.trim().parse().expect("--max-n takes system=N");
+            continue;
+        }
         let system = SLOW
             .iter()
             .map(|(system, _)| *system)
@@ -130,6 +148,7 @@ fn options() -> Options {
         max_n.insert(system, n);
     }
     Options {
+        dual_max_n,
         sizes,
         rounds: number("--rounds", if quick { 3 } else { 0 }),
         systems,
@@ -143,6 +162,12 @@ fn options() -> Options {
 
 /// How many rounds `system` gets at N, or why none.
 fn rounds(options: &Options, system: &str, n: usize) -> Result<usize, String> {
+    if system == "kudonet-dual" && n > options.dual_max_n {
+        return Err(format!(
+            "run up to N = {} (--max-n kudonet-dual=N)",
+            options.dual_max_n
+        ));
+    }
     let max_n = options.max_n.get(system);
     if let Some(max_n) = max_n.filter(|max_n| n > **max_n) {
         return Err(format!(
@@ -252,7 +277,7 @@ fn headline(system: &str, result: &Value) -> String {
         return format!("FAILED: {}", error.as_str().unwrap_or(""));
     }
     let mut line = match system {
-        "kudonet" => format!(
+        "kudonet" | "kudonet-dual" => format!(
             "cold {:.3}s, no-op apply {:.3}s, resync {:.3}s, repair {:.1}ms, half {:.3}s, teardown {:.3}s, rss {} kB",
             number("build_s"),
             number("noop_apply_s"),
@@ -342,10 +367,12 @@ fn worker(job: &str) -> Value {
     kudonet::demo::enter_sandbox().expect("a throwaway namespace");
     let work = Path::new(WORK);
     std::fs::create_dir_all(work.join("bin")).unwrap();
-    desired(n, &work.join("full"));
+    desired(n, &work.join("full"), system == "kudonet-dual");
     let mut result = Map::new();
     let outcome = match system.as_str() {
-        "kudonet" => kudonet_run::run(n, first_round, work, &mut result),
+        "kudonet" | "kudonet-dual" => {
+            kudonet_run::run(n, system == "kudonet-dual", first_round, work, &mut result)
+        }
         "netavark" | "cni" => {
             let instances = kernel::instances(&work.join("full"));
             peers::run(&system, &instances, first_round, work, &mut result)
@@ -358,12 +385,14 @@ fn worker(job: &str) -> Value {
     Value::Object(result)
 }
 
-/// Writes the desired state of N instances and its table (bench/baselines/desired.sh).
-fn desired(n: usize, dir: &Path) {
+/// Writes the desired state of N instances and its table (bench/baselines/desired.sh), in
+/// dual stack when `dual`.
+fn desired(n: usize, dir: &Path, dual: bool) {
     let status = Command::new("bash")
         .arg(Path::new(BASELINES).join("desired.sh"))
         .arg(n.to_string())
         .arg(dir)
+        .args(dual.then_some("dual"))
         .status()
         .unwrap();
     assert!(status.success(), "desired.sh {n}");

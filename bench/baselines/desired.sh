@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # The benchmark's desired state for N instances, and the same node spelled out for the
-# baselines: bench/baselines/desired.sh N WORK writes
+# baselines: bench/baselines/desired.sh N WORK [dual] writes
 #   WORK/state/node.yaml   Node "bench" (10.200.0.1/16, bridge kudo0) and instances i0..i(N-1),
 #                          each at 10.200.x.y/16 publishing hostPort 20000+i -> 80/tcp
 #   WORK/instances.tsv     per instance: name, namespace, host veth, eth0 MAC, address, host port
+# With `dual`, the node and every instance are dual stack: the node also has fd00:200::1/64
+# and instance i also fd00:200::<i+2 in hex> (instances.tsv stays IPv4).
 # Host veth names and MACs follow src/names.rs (FNV-1a of the instance name), so that the
 # baselines build exactly the node kudonet builds. Not timed.
 set -euo pipefail
-n=${1:?usage: desired.sh N WORK}
-work=${2:?usage: desired.sh N WORK}
+n=${1:?usage: desired.sh N WORK [dual]}
+work=${2:?usage: desired.sh N WORK [dual]}
+dual=${3:-}
 if (( n < 1 || n > 65000 )); then echo "desired.sh: N must be 1..65000" >&2; exit 2; fi
 
 mkdir -p "$work/state"
@@ -25,10 +28,19 @@ fnv1a64() {
 }
 
 {
-    printf 'kind: Node\nname: bench\ncidr: 10.200.0.1/16\n'
+    if [[ $dual == dual ]]; then
+        printf 'kind: Node\nname: bench\ncidr: [10.200.0.1/16, "fd00:200::1/64"]\n'
+    else
+        printf 'kind: Node\nname: bench\ncidr: 10.200.0.1/16\n'
+    fi
     for ((i = 0; i < n; i++)); do
-        printf -- '---\nkind: Instance\nname: i%d\naddress: 10.200.%d.%d/16\nports:\n  - hostPort: %d\n    instancePort: 80\n' \
-            "$i" $(((i + 2) / 256)) $(((i + 2) % 256)) $((20000 + i))
+        if [[ $dual == dual ]]; then
+            printf -v address '[10.200.%d.%d/16, "fd00:200::%x/64"]' $(((i + 2) / 256)) $(((i + 2) % 256)) $((i + 2))
+        else
+            printf -v address '10.200.%d.%d/16' $(((i + 2) / 256)) $(((i + 2) % 256))
+        fi
+        printf -- '---\nkind: Instance\nname: i%d\naddress: %s\nports:\n  - hostPort: %d\n    instancePort: 80\n' \
+            "$i" "$address" $((20000 + i))
     done
 } >"$work/state/node.yaml"
 chmod 644 "$work/state/node.yaml"

@@ -29,8 +29,10 @@ const METRICS: &str = "127.0.0.1:9101";
 /// Host veths deleted at once in the second repair measurement.
 pub const REPAIR_K: usize = 10;
 
+/// `dual`: the node and its instances are dual stack.
 pub fn run(
     n: usize,
+    dual: bool,
     first_round: bool,
     work: &Path,
     result: &mut Map<String, Value>,
@@ -137,7 +139,7 @@ pub fn run(
 
     // Half the instances removed: i(N/2) to i(N-1).
     let kept = n / 2;
-    desired(kept, &work.join("half"));
+    desired(kept, &work.join("half"), dual);
     let started = Instant::now();
     let output = kudonet(&["apply"], &work.join("half/state"), None)?;
     result.insert(

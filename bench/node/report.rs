@@ -87,7 +87,7 @@ fn system_summary(system: &str, runs: &Runs) -> Value {
     if !errors.is_empty() {
         summary.insert("errors".into(), json!(errors));
     }
-    if system == "kudonet" {
+    if system.starts_with("kudonet") {
         for key in [
             "noop_apply_actions",
             "noop_apply_restores",
@@ -152,6 +152,10 @@ pub fn summarise(
             "cni_removal_over_teardown": figure("cni", "teardown_s") / teardown,
             "noop_apply_over_cold": figure("kudonet", "noop_apply_s") / cold,
             "resync_over_cold": figure("kudonet", "resync_pass_s") / cold,
+            "dual_over_ipv4_cold": figure("kudonet-dual", "build_s") / cold,
+            "dual_over_ipv4_noop_apply": figure("kudonet-dual", "noop_apply_s") / figure("kudonet", "noop_apply_s"),
+            "dual_over_ipv4_remove_half": figure("kudonet-dual", "remove_half_s") / figure("kudonet", "remove_half_s"),
+            "dual_over_ipv4_teardown": figure("kudonet-dual", "teardown_s") / teardown,
         });
         entries.push(json!({ "n": n, "systems": systems, "ratios": ratios, "runs": all_runs }));
     }
@@ -271,6 +275,47 @@ pub fn print_tables(report: &Value) {
             cell(entry, "cni", "teardown_s", 3),
             ratio(entry, "netavark_removal_over_teardown"),
             ratio(entry, "cni_removal_over_teardown"),
+        );
+    }
+
+    println!(
+        "\nDual stack: kudonet with IPv4 and IPv6 on every instance, against IPv4 only (seconds)"
+    );
+    println!(
+        "{:>5} | {:>8} {:>8} {:>6} | {:>8} {:>8} {:>6} | {:>8} {:>8} {:>6} | {:>8} {:>8} {:>6}",
+        "N",
+        "cold v4",
+        "dual",
+        "d/v4",
+        "no-op v4",
+        "dual",
+        "d/v4",
+        "half v4",
+        "dual",
+        "d/v4",
+        "tdown v4",
+        "dual",
+        "d/v4"
+    );
+    for entry in entries {
+        if entry["systems"]["kudonet-dual"]["build_s"].is_null() {
+            continue;
+        }
+        println!(
+            "{:>5} | {:>8} {:>8} {:>6} | {:>8} {:>8} {:>6} | {:>8} {:>8} {:>6} | {:>8} {:>8} {:>6}",
+            n_of(entry),
+            cell(entry, "kudonet", "build_s", 3),
+            cell(entry, "kudonet-dual", "build_s", 3),
+            ratio(entry, "dual_over_ipv4_cold"),
+            cell(entry, "kudonet", "noop_apply_s", 3),
+            cell(entry, "kudonet-dual", "noop_apply_s", 3),
+            ratio(entry, "dual_over_ipv4_noop_apply"),
+            cell(entry, "kudonet", "remove_half_s", 3),
+            cell(entry, "kudonet-dual", "remove_half_s", 3),
+            ratio(entry, "dual_over_ipv4_remove_half"),
+            cell(entry, "kudonet", "teardown_s", 3),
+            cell(entry, "kudonet-dual", "teardown_s", 3),
+            ratio(entry, "dual_over_ipv4_teardown"),
         );
     }
 
