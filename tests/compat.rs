@@ -217,6 +217,57 @@ fn readme_flow_publishes_ports_and_cleans_up_completely() {
 }
 
 #[test]
+fn the_original_api_keeps_working_on_a_dual_stack_node() {
+    common::sandboxed(
+        "the_original_api_keeps_working_on_a_dual_stack_node",
+        || {
+            use_sandbox_state_dir();
+            setup_node(node_request()).unwrap();
+            // The operator gives the node IPv6 in its file; the agent restarts and sets the
+            // node up again with the IPv4 it knows.
+            let node_file = Path::new(STATE_DIR).join("node.yaml");
+            let recorded = std::fs::read_to_string(&node_file).unwrap();
+            let dual = recorded.replace(
+                "cidr: 10.0.0.1/24",
+                "cidr: [10.0.0.1/24, \"fd00:10::1/64\"]",
+            );
+            assert_ne!(dual, recorded, "{recorded}");
+            std::fs::write(&node_file, &dual).unwrap();
+            setup_node(node_request()).unwrap();
+            assert!(
+                std::fs::read_to_string(&node_file)
+                    .unwrap()
+                    .contains("cidr: [10.0.0.1/24, \"fd00:10::1/64\"]"),
+                "the node keeps its IPv6 subnet"
+            );
+            assert!(
+                common::run_ok("ip", &["-6", "-o", "addr", "show", "dev", "kudo0"])
+                    .contains("inet6 fd00:10::1/64 scope global"),
+            );
+
+            // Instances of the original API are IPv4, as they were.
+            setup_instance(instance_request(
+                "web",
+                "10.0.0.2/24",
+                vec![Port::new(80, 8080)],
+            ))
+            .unwrap();
+            let _web = serve("web", 8080);
+            assert!(answers("127.0.0.1:80"));
+            let (ok, status) = kudonet(&["status", STATE_DIR]);
+            assert!(ok, "{status}");
+            assert_eq!(
+                phase(&status, "web"),
+                Some("Ready 10.0.0.2/24 /run/netns/kudo-web".into())
+            );
+            clean_node(CleanNodeRequest::new("node".to_string())).unwrap();
+            assert_eq!(kudonet_leftovers(), "");
+            assert!(!common::sh("ip6tables-save").contains("KUDO"));
+        },
+    );
+}
+
+#[test]
 fn cleaning_one_instance_leaves_the_other_untouched() {
     common::sandboxed("cleaning_one_instance_leaves_the_other_untouched", || {
         use_sandbox_state_dir();

@@ -162,7 +162,13 @@ pub fn setup_node(request: SetupNodeRequest) -> Result<SetupNodeResponse, Networ
     compat::require_privileges("node::setup_node")?;
     let config = Config::from_env();
     let _lock = compat::lock_node(&request.node_id)?;
-    if let Some(recorded) = store::recorded_node(&config)?
+    let recorded = store::recorded_node(&config)?;
+    // An IPv6 subnet given to the node in its file stays: the original API knows IPv4 only.
+    let ipv6 = recorded
+        .as_ref()
+        .filter(|recorded| recorded.name == request.node_id)
+        .and_then(|recorded| recorded.ipv6());
+    if let Some(recorded) = recorded
         && recorded.name != request.node_id
     {
         let instances = store::recorded_instances(&config)?;
@@ -183,7 +189,7 @@ pub fn setup_node(request: SetupNodeRequest) -> Result<SetupNodeResponse, Networ
     }
     store::commit(
         &config,
-        &Change::node(&request.node_id, request.node_ip_cidr),
+        &Change::node(&request.node_id, request.node_ip_cidr, ipv6),
     )?;
     compat::converge(&config, &request.node_id, Scope::Node)?;
     let node = store::require_node(&config, &request.node_id)?;

@@ -159,17 +159,24 @@ impl Document {
 }
 
 /// The Node document recorded for `setup_node`.
-pub(crate) fn node_document(node_id: &str, cidr: Ipv4Inet) -> Document {
+/// The Node document recorded for `setup_node`; `ipv6` is an IPv6 cidr the node already
+/// had (the original API is IPv4: a node made dual stack in its file stays so).
+pub(crate) fn node_document(
+    node_id: &str,
+    cidr: Ipv4Inet,
+    ipv6: Option<cidr::Ipv6Inet>,
+) -> Document {
     let mut document =
         Document::new("# Recorded by the kudonet library (kudonet::node::setup_node).");
     document.line("kind: Node", None);
     let id = format!("node_id {}", quote(node_id));
     document.line(&format!("name: {}", quote(node_id)), Some(&id));
     let cidr = with_prefix(cidr);
-    document.line(
-        &format!("cidr: {cidr}"),
-        Some(&format!("node_ip_cidr {cidr}")),
-    );
+    let line = match ipv6 {
+        Some(ipv6) => format!("cidr: [{cidr}, \"{ipv6:#}\"]"),
+        None => format!("cidr: {cidr}"),
+    };
+    document.line(&line, Some(&format!("node_ip_cidr {cidr}")));
     document
 }
 
@@ -229,10 +236,10 @@ pub(crate) enum Change {
 }
 
 impl Change {
-    pub fn node(node_id: &str, cidr: Ipv4Inet) -> Change {
+    pub fn node(node_id: &str, cidr: Ipv4Inet, ipv6: Option<cidr::Ipv6Inet>) -> Change {
         Change::Write {
             relative: PathBuf::from(NODE_FILE),
-            document: node_document(node_id, cidr),
+            document: node_document(node_id, cidr, ipv6),
         }
     }
 
@@ -490,7 +497,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::write(
             dir.path().join(NODE_FILE),
-            node_document("123", "10.0.0.1/24".parse().unwrap()).content,
+            node_document("123", "10.0.0.1/24".parse().unwrap(), None).content,
         )
         .unwrap();
         fs::create_dir(dir.path().join(INSTANCES_DIR)).unwrap();
@@ -533,7 +540,7 @@ mod tests {
         assert!(
             commit(
                 &config,
-                &Change::node("node", "10.0.0.1/24".parse().unwrap())
+                &Change::node("node", "10.0.0.1/24".parse().unwrap(), None)
             )
             .unwrap()
         );
@@ -558,7 +565,7 @@ mod tests {
         assert!(
             !commit(
                 &config,
-                &Change::node("node", "10.0.0.1/24".parse().unwrap())
+                &Change::node("node", "10.0.0.1/24".parse().unwrap(), None)
             )
             .unwrap(),
             "same content: not rewritten"
