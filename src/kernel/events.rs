@@ -24,8 +24,10 @@ pub trait Listener: Send + Sync + 'static {
     fn kernel_changed(&self);
 }
 
-/// rtnetlink multicast groups: links, IPv4 addresses, IPv4 routes.
-const GROUPS: u32 = 0x1 | 0x10 | 0x40;
+/// rtnetlink multicast groups: links, IPv4 addresses, IPv4 routes, IPv6 addresses, IPv6
+/// routes (RTMGRP_LINK, RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_IFADDR,
+/// RTMGRP_IPV6_ROUTE).
+const GROUPS: u32 = 0x1 | 0x10 | 0x40 | 0x100 | 0x400;
 
 /// Kernel events from the node's namespace and from each instance namespace, read by one
 /// thread with epoll. Namespaces are added and removed as instances come and go: a socket
