@@ -480,6 +480,7 @@ fn instance(name: &str, phase: &str, address: &str, veth: &str, message: &str) -
         "name": name,
         "phase": phase,
         "address": address,
+        "addresses": if address.is_empty() { vec![] } else { vec![address] },
         "netns": format!("/run/netns/kudo-{name}"),
         "hostInterface": veth,
         "message": message,
