@@ -204,7 +204,9 @@ fn drops_by_other_firewalls_are_node_conditions_not_failed_instances() {
                 nft add table inet fw
                 nft add chain inet fw forward '{ type filter hook forward priority 0; policy drop; }'
                 nft add chain inet fw screen '{ type filter hook forward priority 10; }'
-                nft add rule inet fw screen ip saddr 10.0.0.0/8 reject");
+                nft add rule inet fw screen ip saddr 10.0.0.0/8 reject
+                nft add table ip6 fw6
+                nft add chain ip6 fw6 forward '{ type filter hook forward priority 0; policy drop; }'");
             let status = status_json(dir.path());
             assert_eq!(
                 conditions(&status),
@@ -213,6 +215,8 @@ fn drops_by_other_firewalls_are_node_conditions_not_failed_instances() {
                      instance traffic it does not accept is dropped",
                     "ForwardBlocked: nftables chain `inet fw screen` has 1 reject rule(s) on forwarded \
                      packets: instance traffic they match is refused",
+                    "ForwardBlocked: nftables chain `ip6 fw6 forward` drops forwarded packets by \
+                     policy: instance traffic it does not accept is dropped",
                     "ForwardBlocked: iptables-legacy FORWARD policy is DROP: forwarded instance traffic \
                      is dropped there, whatever kudonet's chains accept",
                 ]
@@ -226,7 +230,7 @@ fn drops_by_other_firewalls_are_node_conditions_not_failed_instances() {
                     .lines()
                     .filter(|line| line.starts_with("warning: ForwardBlocked: "))
                     .count(),
-                3,
+                4,
                 "{}",
                 text(&plan.stderr)
             );

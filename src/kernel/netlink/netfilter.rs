@@ -41,6 +41,7 @@ const NF_DROP: u32 = 0;
 const NFPROTO_INET: u8 = 1;
 const NFPROTO_IPV4: u8 = 2;
 const NFPROTO_BRIDGE: u8 = 7;
+const NFPROTO_IPV6: u8 = 10;
 /// `struct nlmsghdr`, then `struct nfgenmsg`.
 const HEADER: usize = 16;
 const NFGENMSG: usize = 4;
@@ -95,6 +96,7 @@ impl ForwardChain {
         let family = match self.family {
             NFPROTO_INET => "inet",
             NFPROTO_IPV4 => "ip",
+            NFPROTO_IPV6 => "ip6",
             NFPROTO_BRIDGE => "bridge",
             _ => "?",
         };
@@ -104,14 +106,18 @@ impl ForwardChain {
 
 impl Generation {
     /// What in nftables drops forwarded traffic whatever kudonet accepts: every forward base
-    /// chain (inet, ip, bridge) with a drop policy or a `reject` rule, described for people.
-    /// With `skip_iptables_filter`, the `ip filter` table is left out: it is iptables-nft's
-    /// own, where kudonet's jump at the head of FORWARD accepts its traffic first.
+    /// chain (inet, ip, ip6, bridge) with a drop policy or a `reject` rule, described for
+    /// people. With `skip_iptables_filter`, the `ip filter` and `ip6 filter` tables are left
+    /// out: they are iptables-nft's and ip6tables-nft's own, where kudonet's jump at the
+    /// head of FORWARD accepts its traffic first.
     pub fn forward_blockers(&mut self, skip_iptables_filter: bool) -> io::Result<Vec<String>> {
         let chains = self.dump(NFT_MSG_GETCHAIN, NFT_MSG_NEWCHAIN, Vec::new(), parse_chain)?;
         let mut blockers = Vec::new();
         for chain in chains.into_iter().flatten() {
-            if skip_iptables_filter && chain.family == NFPROTO_IPV4 && chain.table == "filter" {
+            if skip_iptables_filter
+                && [NFPROTO_IPV4, NFPROTO_IPV6].contains(&chain.family)
+                && chain.table == "filter"
+            {
                 continue;
             }
             if chain.drops_by_policy {
@@ -255,7 +261,7 @@ fn be_u32(value: &[u8]) -> Option<u32> {
 /// forward hook of a family that sees the instances' traffic.
 fn parse_chain(body: &[u8]) -> Option<ForwardChain> {
     let family = *body.first()?;
-    if ![NFPROTO_INET, NFPROTO_IPV4, NFPROTO_BRIDGE].contains(&family) {
+    if ![NFPROTO_INET, NFPROTO_IPV4, NFPROTO_IPV6, NFPROTO_BRIDGE].contains(&family) {
         return None;
     }
     let (mut table, mut name, mut hook, mut policy) = (None, None, None, None);
