@@ -178,10 +178,22 @@ impl IptablesFirewall {
     }
 }
 
+/// Whether the kernel has IPv6 (not booted with `ipv6.disable=1`): without, ip6tables has
+/// nothing to read or write, and an IPv4 node must not fail for it.
+fn kernel_has_ipv6() -> bool {
+    std::path::Path::new("/proc/sys/net/ipv6").exists()
+}
+
+/// The families whose firewall exists on this kernel.
+fn families() -> impl Iterator<Item = Family> {
+    Family::ALL
+        .into_iter()
+        .filter(|family| *family == Family::Ipv4 || kernel_has_ipv6())
+}
+
 impl FirewallDriver for IptablesFirewall {
     fn check_available(&self) -> Result<(), FirewallError> {
-        self.ipv4.check_available()?;
-        self.ipv6.check_available()
+        families().try_for_each(|family| self.family(family).check_available())
     }
 
     fn read(
@@ -264,8 +276,7 @@ pub(super) fn read_firewall(
     let now = generation
         .as_deref_mut()
         .and_then(|generation| generation.current().ok());
-    let others: Vec<(Family, Option<Iptables>)> = Family::ALL
-        .into_iter()
+    let others: Vec<(Family, Option<Iptables>)> = families()
         .map(|family| (family, firewall.family(family).other_backend()))
         .collect();
     let mut view = match (now, cache.versioned.as_ref()) {
@@ -273,7 +284,7 @@ pub(super) fn read_firewall(
         _ => {
             let mut tables = BTreeMap::new();
             let mut nf_tables = true;
-            for family in Family::ALL {
+            for family in families() {
                 let (read, family_nf_tables) =
                     firewall.family(family).read_tables(&[NAT, FILTER])?;
                 nf_tables &= family_nf_tables;
