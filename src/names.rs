@@ -42,9 +42,15 @@ pub const VXLAN_ID: u32 = 75;
 /// The UDP port of kudonet's overlay (IANA's VXLAN port).
 pub const VXLAN_PORT: u16 = 4789;
 
-/// VXLAN's encapsulation overhead over IPv4: outer IP, UDP and VXLAN headers and the inner
-/// Ethernet header.
-pub const VXLAN_OVERHEAD: u32 = 50;
+/// VXLAN's encapsulation overhead over an `underlay` of that family: the outer IP header
+/// (20 bytes over IPv4, 40 over IPv6), UDP (8) and VXLAN (8) headers and the inner Ethernet
+/// header (14). The kernel gives a vxlan device on an uplink that uplink's MTU less as much.
+pub const fn vxlan_overhead(underlay: crate::spec::Family) -> u32 {
+    match underlay {
+        crate::spec::Family::Ipv4 => 50,
+        crate::spec::Family::Ipv6 => 70,
+    }
+}
 
 /// The route protocol number (`rtm_protocol`, `ip route ... proto 75`) that marks routes
 /// kudonet owns. 75 is unassigned in iproute2's rt_protos.

@@ -1,6 +1,7 @@
 //! A dataplane over an in-memory [`Observed`], refusing what the kernel refuses (creating
 //! what exists, deleting what does not, routing through a link that is down, a port more
-//! than a bridge takes) and cascading what the kernel cascades (deleting one end of a veth
+//! than a bridge takes, a vxlan flood entry of another family than the device's) and
+//! cascading what the kernel cascades (deleting one end of a veth
 //! deletes the other, deleting a link its routes). Property tests use it to prove that
 //! plans converge.
 
@@ -335,6 +336,12 @@ impl MemoryDataplane {
                     .get_mut(link)
                     .filter(|l| l.kind == LinkKind::Vxlan)
                     .ok_or("no such vxlan")?;
+                // As the kernel: a device tunnels over its local address's family (IPv4
+                // without one), EAFNOSUPPORT for a destination of the other.
+                let local = vxlan.vxlan.as_ref().and_then(|settings| settings.local);
+                if local.is_some_and(|local| local.is_ipv6()) != destination.is_ipv6() {
+                    return Err(Rejected("Address family not supported by protocol".into()));
+                }
                 if !vxlan.flood.insert(*destination) {
                     return Err(Rejected("entry exists".into()));
                 }

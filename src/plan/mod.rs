@@ -190,7 +190,8 @@ pub fn plan_with_bridge_instances(
         planner.plan.blocked = true;
         return planner.plan;
     }
-    planner.mtu = instance_mtu(desired, observed, uplink, wanted.overlay);
+    let underlay = wanted.overlay.then(|| underlay_family(desired));
+    planner.mtu = instance_mtu(desired, observed, uplink, underlay);
     planner.delete_unwanted(&wanted);
     planner.purge_other_backend();
     // Without its bridge the node cannot work, and rules naming the bridge would apply to
@@ -881,7 +882,9 @@ impl<'a> Planner<'a> {
                 Some(existing)
             }
             Some(_) => {
-                // Other tunnel settings (a new uplink or address): rebuild it.
+                // Other tunnel settings (a new uplink or address): rebuild it. The kernel
+                // could change some in place, but never the family of the local address,
+                // which follows the underlay.
                 self.delete_link(LinkRef::host(name));
                 None
             }
@@ -914,6 +917,8 @@ impl<'a> Planner<'a> {
                 bridge: desired.node.bridge.clone(),
             });
         }
+        // A device floods over its local address's family only: a peer without an
+        // externalIp of the underlay's family cannot be reached (validation refuses it).
         let peers: BTreeSet<IpAddr> = desired
             .peers
             .iter()
@@ -1046,24 +1051,26 @@ fn chain_diff(diff: &mut Vec<String>, chain: &str, current: &[String], wanted: &
 const DEFAULT_MTU: u32 = 1500;
 
 /// The MTU kudonet keeps on the bridge, veths and instances: the Node's `mtu`; without
-/// one, over a vxlan overlay, the uplink's less the encapsulation overhead, so that
-/// instances never send frames the underlay cannot carry, else the kernel's default (so
-/// removing `mtu:` puts it back).
+/// one, over a vxlan overlay (`underlay`: the family it tunnels over), the uplink's less
+/// the encapsulation overhead of that family, so that instances never send frames the
+/// underlay cannot carry, else the kernel's default (so removing `mtu:` puts it back).
 fn instance_mtu(
     desired: &Desired,
     observed: &Observed,
     uplink: Option<&str>,
-    overlay: bool,
+    underlay: Option<Family>,
 ) -> u32 {
-    match desired.node.mtu {
-        Some(mtu) => mtu,
-        None if overlay => {
+    match (desired.node.mtu, underlay) {
+        (Some(mtu), _) => mtu,
+        (None, Some(underlay)) => {
             let uplink_mtu = uplink
                 .and_then(|uplink| observed.links.get(uplink))
                 .map_or(DEFAULT_MTU, |link| link.mtu);
-            uplink_mtu.saturating_sub(names::VXLAN_OVERHEAD).max(68)
+            uplink_mtu
+                .saturating_sub(names::vxlan_overhead(underlay))
+                .max(68)
         }
-        None => DEFAULT_MTU,
+        (None, None) => DEFAULT_MTU,
     }
 }
 
@@ -1079,5 +1086,256 @@ fn describe(link: &Link) -> String {
     match &link.alias {
         Some(alias) => format!("{kind} with alias {alias:?}"),
         None => format!("{kind} without kudonet's mark"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::{Dataplane, memory::MemoryDataplane};
+    use crate::spec::{Cluster, Node};
+
+    fn node(name: &str, cidrs: &[&str], external_ips: &[&str]) -> Node {
+        Node {
+            name: name.to_string(),
+            cidrs: cidrs.iter().map(|cidr| cidr.parse().unwrap()).collect(),
+            external_ips: external_ips.iter().map(|ip| ip.parse().unwrap()).collect(),
+            bridge: "kudo0".to_string(),
+            uplink: None,
+            masquerade: true,
+            mtu: None,
+        }
+    }
+
+    /// Node a (dual stack) with external addresses `a`, and peers b and c with theirs.
+    fn cluster(mode: ClusterMode, a: &[&str], b: &[&str], c: &[&str]) -> Desired {
+        Desired {
+            cluster: Some(Cluster {
+                name: None,
+                cidrs: vec![
+                    "10.0.0.0/16".parse().unwrap(),
+                    "fd00:10::/48".parse().unwrap(),
+                ],
+                mode,
+            }),
+            node: node("a", &["10.0.0.1/24", "fd00:10::1/64"], a),
+            peers: vec![
+                node("b", &["10.0.1.1/24", "fd00:10:0:1::1/64"], b),
+                node("c", &["10.0.2.1/24", "fd00:10:0:2::1/64"], c),
+            ],
+            instances: Vec::new(),
+        }
+    }
+
+    /// A node with an uplink eth0 (MTU 1500) carrying its default route.
+    fn fresh_node() -> Observed {
+        let mut observed = Observed::default();
+        let eth0 = Link {
+            up: true,
+            ..Link::new(LinkKind::Other)
+        };
+        observed.links.insert("eth0".to_string(), eth0);
+        observed.default_route_interface = Some("eth0".to_string());
+        observed
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    /// Applies plans to `dataplane` until one is empty; returns the plans applied.
+    fn converge(dataplane: &mut MemoryDataplane, desired: &Desired) -> Vec<Plan> {
+        let mut plans = Vec::new();
+        loop {
+            let plan = plan(desired, &dataplane.observe().unwrap());
+            if plan.is_empty() {
+                return plans;
+            }
+            assert!(plans.len() < 2, "no convergence:\n{plan}");
+            for action in plan.actions() {
+                dataplane.apply(action).unwrap();
+            }
+            plans.push(plan);
+        }
+    }
+
+    const DUAL_A: &[&str] = &["192.0.2.11", "2001:db8::11"];
+    const DUAL_B: &[&str] = &["192.0.2.12", "2001:db8::12"];
+    const DUAL_C: &[&str] = &["192.0.2.13", "2001:db8::13"];
+
+    #[test]
+    fn the_underlay_is_ipv4_only_when_every_node_has_an_ipv4_external_ip() {
+        let family = |b: &[&str]| underlay_family(&cluster(ClusterMode::Vxlan, DUAL_A, b, DUAL_C));
+        assert_eq!(family(DUAL_B), Family::Ipv4);
+        assert_eq!(family(&["192.0.2.12"]), Family::Ipv4);
+        assert_eq!(family(&["2001:db8::12"]), Family::Ipv6);
+    }
+
+    #[test]
+    fn routed_peers_are_reached_per_family_via_their_external_ip_of_that_family() {
+        let desired = cluster(ClusterMode::Routed, DUAL_A, DUAL_B, &["2001:db8::13"]);
+        let routes: Vec<(String, IpAddr)> = plan(&desired, &fresh_node())
+            .actions()
+            .filter_map(|action| match action {
+                Action::ReplaceRoute {
+                    destination,
+                    gateway,
+                    device: None,
+                } => Some((destination.to_string(), *gateway)),
+                _ => None,
+            })
+            .collect();
+        // c has no IPv4 externalIp (validation refuses that in a routed cluster): its IPv4
+        // subnet gets no route rather than one via an address of the other family.
+        assert_eq!(
+            routes,
+            [
+                ("10.0.1.0/24".to_string(), ip("192.0.2.12")),
+                ("fd00:10:0:1::/64".to_string(), ip("2001:db8::12")),
+                ("fd00:10:0:2::/64".to_string(), ip("2001:db8::13")),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_vxlan_over_ipv6_has_an_ipv6_local_address_floods_and_70_bytes_less_mtu() {
+        let desired = cluster(
+            ClusterMode::Vxlan,
+            &["2001:db8::11"],
+            &["2001:db8::12"],
+            DUAL_C,
+        );
+        let plan = plan(&desired, &fresh_node());
+        let create = plan
+            .actions()
+            .find(|action| matches!(action, Action::CreateVxlan { .. }))
+            .unwrap();
+        assert_eq!(
+            create,
+            &Action::CreateVxlan {
+                name: names::VXLAN_DEVICE.to_string(),
+                id: names::VXLAN_ID,
+                local: Some(ip("2001:db8::11")),
+                port: names::VXLAN_PORT,
+                uplink: Some("eth0".to_string()),
+                mtu: Some(1430),
+            }
+        );
+        let floods: Vec<IpAddr> = plan
+            .actions()
+            .filter_map(|action| match action {
+                Action::AddFlood { destination, .. } => Some(*destination),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(floods, [ip("2001:db8::12"), ip("2001:db8::13")]);
+        assert!(plan.actions().any(|action| action
+            == &Action::CreateBridge {
+                name: "kudo0".to_string(),
+                mtu: Some(1430),
+            }));
+        // Both families of each peer over the one device, via the peer's gateways.
+        let routes: Vec<String> = plan
+            .actions()
+            .filter_map(|action| match action {
+                Action::ReplaceRoute {
+                    destination,
+                    gateway,
+                    device: Some(device),
+                } => Some(format!("{destination} via {gateway} dev {device}")),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            routes,
+            [
+                "10.0.1.0/24 via 10.0.1.1 dev kudo0",
+                "10.0.2.0/24 via 10.0.2.1 dev kudo0",
+                "fd00:10:0:1::/64 via fd00:10:0:1::1 dev kudo0",
+                "fd00:10:0:2::/64 via fd00:10:0:2::1 dev kudo0",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_peer_without_an_external_ip_of_the_underlay_family_gets_no_flood_entry() {
+        // b has IPv4 only, c IPv6 only: the underlay is IPv6 and b cannot be reached.
+        let desired = cluster(
+            ClusterMode::Vxlan,
+            DUAL_A,
+            &["192.0.2.12"],
+            &["2001:db8::13"],
+        );
+        let floods: Vec<IpAddr> = plan(&desired, &fresh_node())
+            .actions()
+            .filter_map(|action| match action {
+                Action::AddFlood { destination, .. } => Some(*destination),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(floods, [ip("2001:db8::13")]);
+    }
+
+    #[test]
+    fn switching_the_underlay_family_recreates_the_vxlan_device() {
+        let mut dataplane = MemoryDataplane::new(fresh_node());
+        let ipv4 = cluster(ClusterMode::Vxlan, DUAL_A, DUAL_B, DUAL_C);
+        assert_eq!(converge(&mut dataplane, &ipv4).len(), 1);
+        let vxlan = &dataplane.state.links[names::VXLAN_DEVICE];
+        assert_eq!(vxlan.mtu, 1450);
+        assert_eq!(
+            vxlan.flood,
+            BTreeSet::from([ip("192.0.2.12"), ip("192.0.2.13")])
+        );
+
+        // c loses its IPv4 externalIp: every node tunnels over IPv6 now.
+        let ipv6 = cluster(ClusterMode::Vxlan, DUAL_A, DUAL_B, &["2001:db8::13"]);
+        let plans = converge(&mut dataplane, &ipv6);
+        assert_eq!(plans.len(), 1, "converges in one pass");
+        assert_eq!(
+            plans[0].to_string(),
+            "~ link kudo0: mtu 1430\n\
+             - link kudo-vxlan\n\
+             + vxlan kudo-vxlan id 75 local 2001:db8::11 dev eth0 (mtu 1430)\n\
+             ~ link kudo-vxlan: attach to bridge kudo0\n\
+             + flood kudo-vxlan to 2001:db8::12\n\
+             + flood kudo-vxlan to 2001:db8::13\n\
+             ~ link kudo-vxlan: up\n\
+             Plan: 3 to add, 3 to change, 1 to destroy.\n"
+        );
+        let vxlan = &dataplane.state.links[names::VXLAN_DEVICE];
+        assert_eq!(
+            vxlan.vxlan.as_ref().unwrap().local,
+            Some(ip("2001:db8::11"))
+        );
+        assert_eq!(vxlan.mtu, 1430);
+        assert_eq!(dataplane.state.links["kudo0"].mtu, 1430);
+        assert_eq!(
+            vxlan.flood,
+            BTreeSet::from([ip("2001:db8::12"), ip("2001:db8::13")])
+        );
+
+        // And back.
+        assert_eq!(converge(&mut dataplane, &ipv4).len(), 1);
+        assert_eq!(dataplane.state.links[names::VXLAN_DEVICE].mtu, 1450);
+    }
+
+    #[test]
+    fn a_node_mtu_wins_over_either_underlay() {
+        let mut desired = cluster(ClusterMode::Vxlan, &["2001:db8::11"], DUAL_B, DUAL_C);
+        desired.node.mtu = Some(1400);
+        assert_eq!(
+            instance_mtu(&desired, &fresh_node(), Some("eth0"), Some(Family::Ipv6)),
+            1400
+        );
+        desired.node.mtu = None;
+        assert_eq!(
+            instance_mtu(&desired, &fresh_node(), Some("eth0"), Some(Family::Ipv6)),
+            1430
+        );
+        assert_eq!(
+            instance_mtu(&desired, &fresh_node(), Some("eth0"), Some(Family::Ipv4)),
+            1450
+        );
     }
 }
