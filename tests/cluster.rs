@@ -11,18 +11,32 @@
 //!   (node-a 198.51.100.11, node-b 203.0.113.12, node-c 192.0.2.13; the router is .1 in
 //!   each): only IP reachability between the nodes, as vxlan mode needs.
 //!
+//! Either underlay may also be dual stack: each node's `eth0` then has an IPv6 address too
+//! (segment: 2001:db8::11-13/64, "outside" 2001:db8::1; router: node-a 2001:db8:a::11,
+//! node-b 2001:db8:b::12, node-c 2001:db8:c::13, the router ::1 in each), and the directory
+//! becomes dual stack: Cluster cidr [10.0.0.0/16, fd00:10::/48], node-X's subnet
+//! fd00:10:0:N::/64 beside 10.0.N.0/24, each instance fd00:10:0:N::H beside 10.0.N.H.
+//!
 //! The example's instances: web (node-a, 10.0.0.2, publishes 8080 -> 80), worker (node-a,
 //! 10.0.0.3), api (node-b, 10.0.1.2, publishes <node-b>:8443 -> 443), db (node-c, 10.0.2.2),
 //! dns (node-c, 10.0.2.53, publishes udp 5353 -> 53). Every instance also runs a TCP echo
-//! server on port 7000, which answers with the source address it saw.
+//! server on port 7000, which answers with the source address it saw; in a dual-stack
+//! cluster the representative instances and "outside" also answer over IPv6 (port 7006,
+//! 9006).
 
 mod common;
 
 use common::{KUDONET, addr, seen};
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::net::SocketAddrV4;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 
 use kudonet::probe::{self, EchoServer, Place};
 use kudonet::spec::Protocol::{self, Tcp, Udp};
@@ -59,12 +73,47 @@ fn representative(node: &str) -> (&'static str, &'static str) {
     }
 }
 
+/// The IPv6 address of the representative instance of `node` (see `representative`).
+fn representative6(node: &str) -> &'static str {
+    match node {
+        "node-a" => "fd00:10::2",
+        "node-b" => "fd00:10:0:1::2",
+        "node-c" => "fd00:10:0:2::2",
+        other => panic!("no node {other}"),
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Underlay {
     /// One layer-2 segment: a bridge, "outside" at 192.0.2.1.
     Segment,
     /// A router ("outside") between three subnets.
     Router,
+    /// `Segment` with IPv6 too ("outside" at 2001:db8::1), and a dual-stack directory.
+    DualSegment,
+    /// `Router` with IPv6 too, and a dual-stack directory.
+    DualRouter,
+}
+
+impl Underlay {
+    fn routed_by(self) -> bool {
+        matches!(self, Underlay::Router | Underlay::DualRouter)
+    }
+
+    fn dual_stack(self) -> bool {
+        matches!(self, Underlay::DualSegment | Underlay::DualRouter)
+    }
+}
+
+/// Which externalIps the Nodes of a dual-stack directory give.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Externals {
+    /// IPv4 only (the example's).
+    Ipv4,
+    /// Both families: `externalIp: [192.0.2.11, "2001:db8::11"]`.
+    Both,
+    /// IPv6 only: `externalIp: "2001:db8::11"`.
+    Ipv6,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -104,7 +153,16 @@ fn on(node: &str, script: &str) -> String {
 
 /// kudonet's routes on `node`, one per line as `ip route` prints them.
 fn routes(node: &str) -> Vec<String> {
-    on(node, "ip route")
+    kudonet_routes(node, "ip route")
+}
+
+/// kudonet's IPv6 routes on `node`, one per line as `ip -6 route` prints them.
+fn routes6(node: &str) -> Vec<String> {
+    kudonet_routes(node, "ip -6 route")
+}
+
+fn kudonet_routes(node: &str, command: &str) -> Vec<String> {
+    on(node, command)
         .lines()
         .filter(|line| line.contains("proto 75"))
         .map(|line| line.trim().to_string())
@@ -140,15 +198,22 @@ fn state(node: &str) -> String {
 struct Cluster {
     dir: tempfile::TempDir,
     underlay: Underlay,
+    /// The externalIps the Nodes give (IPv4 only unless the underlay is dual stack).
+    externals: Cell<Externals>,
 }
 
 impl Cluster {
     /// Builds the underlay for `nodes` and a directory describing exactly them.
     fn new(underlay: Underlay, nodes: &[&str]) -> Cluster {
         build_underlay(underlay, nodes);
+        let externals = match underlay.dual_stack() {
+            true => Externals::Both,
+            false => Externals::Ipv4,
+        };
         let cluster = Cluster {
             dir: tempfile::tempdir().unwrap(),
             underlay,
+            externals: Cell::new(externals),
         };
         cluster.install("cluster.yaml");
         for node in nodes {
@@ -166,22 +231,83 @@ impl Cluster {
         external_ip(self.underlay, node)
     }
 
+    /// `node`'s IPv6 address on a dual-stack underlay.
+    fn ip6(&self, node: &str) -> &'static str {
+        external_ip6(self.underlay, node)
+    }
+
     /// `node`'s default gateway, which is "outside".
     fn gateway(&self, node: &str) -> String {
         gateway(self.underlay, node)
     }
 
-    /// Copies a file of the example into the directory, with this underlay's addresses.
+    /// `node`'s IPv6 default gateway, "outside" too.
+    fn gateway6(&self, node: &str) -> String {
+        gateway6(self.underlay, node)
+    }
+
+    /// Copies a file of the example into the directory, with this underlay's addresses
+    /// (and families).
     fn install(&self, file: &str) {
         let mut text = std::fs::read_to_string(Path::new(EXAMPLE).join(file)).unwrap();
-        if self.underlay == Underlay::Router {
+        if self.underlay.routed_by() {
             text = text
                 .replace("192.0.2.11", "198.51.100.11")
                 .replace("192.0.2.12", "203.0.113.12");
         }
+        if self.underlay.dual_stack() {
+            text = text
+                .lines()
+                .map(|line| self.dual_stack_line(line) + "\n")
+                .collect();
+        }
         let target = self.dir.path().join(file);
         std::fs::create_dir_all(target.parent().unwrap()).unwrap();
         std::fs::write(target, text).unwrap();
+    }
+
+    /// A line of the example, dual stack: every subnet and address gets its IPv6 twin
+    /// (10.0.N.H -> fd00:10:0:N::H), externalIps follow `externals`.
+    fn dual_stack_line(&self, line: &str) -> String {
+        let twin = |v4: &str| -> String {
+            let (address, prefix) = v4.split_once('/').unwrap_or((v4, ""));
+            let octets: Vec<u16> = address.split('.').map(|o| o.parse().unwrap()).collect();
+            assert_eq!(octets[..2], [10, 0], "{line}");
+            let v6 = Ipv6Addr::new(0xfd00, 0x10, 0, octets[2], 0, 0, 0, octets[3]);
+            match prefix {
+                "" => format!("\"{v6}\""),
+                _ => format!("\"{v6}/64\""),
+            }
+        };
+        if line == "cidr: 10.0.0.0/16" {
+            return "cidr: [10.0.0.0/16, \"fd00:10::/48\"]".to_string();
+        }
+        for key in ["cidr: ", "address: "] {
+            if let Some(v4) = line.strip_prefix(key) {
+                return format!("{key}[{v4}, {}]", twin(v4));
+            }
+        }
+        if let Some(v4) = line.strip_prefix("externalIp: ") {
+            let node = ALL
+                .into_iter()
+                .find(|node| self.ip(node) == v4)
+                .unwrap_or_else(|| panic!("{line}"));
+            let v6 = self.ip6(node);
+            return match self.externals.get() {
+                Externals::Ipv4 => line.to_string(),
+                Externals::Both => format!("externalIp: [{v4}, \"{v6}\"]"),
+                Externals::Ipv6 => format!("externalIp: \"{v6}\""),
+            };
+        }
+        line.to_string()
+    }
+
+    /// Rewrites the Node files of `nodes` with `externals`.
+    fn set_externals(&self, externals: Externals, nodes: &[&str]) {
+        self.externals.set(externals);
+        for node in nodes {
+            self.install(&format!("nodes/{node}.yaml"));
+        }
     }
 
     /// Adds `node` and its instances to the directory.
@@ -292,6 +418,48 @@ impl Cluster {
         }
     }
 
+    /// IPv6 echo servers: TCP 7006 in the representative instance of each of `nodes`,
+    /// TCP 9006 outside.
+    fn serve6(&self, nodes: &[&str]) -> Vec<Echo6> {
+        let mut servers = vec![Echo6::start("/run/netns/outside".to_string(), 9006)];
+        for node in nodes {
+            let (name, _) = representative(node);
+            servers.push(Echo6::start(instance_path(node, name), 7006));
+        }
+        servers
+    }
+
+    /// Instance <-> instance over IPv6 across every pair of `nodes`, sources preserved.
+    fn check_instances6(&self, nodes: &[&str]) {
+        for from in nodes {
+            for to in nodes {
+                if from == to {
+                    continue;
+                }
+                let (name, _) = representative(from);
+                let target = SocketAddrV6::new(representative6(to).parse().unwrap(), 7006, 0, 0);
+                assert_eq!(
+                    seen6(&instance_path(from, name), target),
+                    representative6(from),
+                    "{name} on {from} -> {target} on {to}"
+                );
+            }
+        }
+    }
+
+    /// Instance -> outside over IPv6, masqueraded behind the node's IPv6 address.
+    fn check_outside6(&self, nodes: &[&str]) {
+        for node in nodes {
+            let (name, _) = representative(node);
+            let target = SocketAddrV6::new(self.gateway6(node).parse().unwrap(), 9006, 0, 0);
+            assert_eq!(
+                seen6(&instance_path(node, name), target),
+                self.ip6(node),
+                "{name} on {node} -> outside over IPv6"
+            );
+        }
+    }
+
     /// Instance -> outside, masqueraded behind the node's externalIp.
     fn check_outside(&self, nodes: &[&str]) {
         for node in nodes {
@@ -306,16 +474,35 @@ impl Cluster {
     }
 }
 
-/// `node`'s externalIp on `underlay`.
+/// `node`'s (IPv4) externalIp on `underlay`.
 fn external_ip(underlay: Underlay, node: &str) -> &'static str {
-    match (underlay, node) {
-        (Underlay::Segment, "node-a") => "192.0.2.11",
-        (Underlay::Segment, "node-b") => "192.0.2.12",
-        (Underlay::Router, "node-a") => "198.51.100.11",
-        (Underlay::Router, "node-b") => "203.0.113.12",
+    match (underlay.routed_by(), node) {
+        (false, "node-a") => "192.0.2.11",
+        (false, "node-b") => "192.0.2.12",
+        (true, "node-a") => "198.51.100.11",
+        (true, "node-b") => "203.0.113.12",
         (_, "node-c") => "192.0.2.13",
         (_, other) => panic!("no node {other}"),
     }
+}
+
+/// `node`'s IPv6 address on a dual-stack `underlay`.
+fn external_ip6(underlay: Underlay, node: &str) -> &'static str {
+    match (underlay, node) {
+        (Underlay::DualSegment, "node-a") => "2001:db8::11",
+        (Underlay::DualSegment, "node-b") => "2001:db8::12",
+        (Underlay::DualSegment, "node-c") => "2001:db8::13",
+        (Underlay::DualRouter, "node-a") => "2001:db8:a::11",
+        (Underlay::DualRouter, "node-b") => "2001:db8:b::12",
+        (Underlay::DualRouter, "node-c") => "2001:db8:c::13",
+        (_, other) => panic!("no IPv6 address for {other} on {underlay:?}"),
+    }
+}
+
+/// `node`'s IPv6 default gateway on a dual-stack `underlay`: "outside", ::1 of its /64.
+fn gateway6(underlay: Underlay, node: &str) -> String {
+    let ip = external_ip6(underlay, node);
+    format!("{}1", &ip[..ip.rfind(':').unwrap() + 1])
 }
 
 /// `node`'s default gateway on `underlay`: "outside", .1 of the node's /24.
@@ -327,40 +514,135 @@ fn gateway(underlay: Underlay, node: &str) -> String {
 /// Creates node namespaces `nodes` (eth0 up with their address, lo up, default route via
 /// "outside") joined by `underlay`.
 fn build_underlay(underlay: Underlay, nodes: &[&str]) {
+    // Addresses without duplicate address detection, and links whose link-local address
+    // is usable at once (the node solicits neighbours from it when it forwards): no wait.
     common::sh(
         "ip netns add outside
-         ip -n outside link set lo up",
+         ip -n outside link set lo up
+         ip netns exec outside sysctl -qw net.ipv6.conf.default.accept_dad=0",
     );
     match underlay {
-        Underlay::Segment => common::sh(
+        Underlay::Segment | Underlay::DualSegment => common::sh(
             "ip link add under type bridge && ip link set under up
              ip link add u-out type veth peer name eth0 netns outside
              ip link set u-out master under up
+             ip netns exec outside sysctl -qw net.ipv6.conf.eth0.accept_dad=0
              ip -n outside addr add 192.0.2.1/24 dev eth0 && ip -n outside link set eth0 up",
         ),
-        Underlay::Router => common::sh("ip netns exec outside sysctl -qw net.ipv4.ip_forward=1"),
+        Underlay::Router | Underlay::DualRouter => common::sh(
+            "ip netns exec outside sysctl -qw net.ipv4.ip_forward=1
+             ip netns exec outside sysctl -qw net.ipv6.conf.all.forwarding=1",
+        ),
     };
+    if underlay == Underlay::DualSegment {
+        common::sh("ip -n outside addr add 2001:db8::1/64 dev eth0 nodad");
+    }
     for node in nodes {
         let ip = external_ip(underlay, node);
         let gateway = gateway(underlay, node);
         let l = letter(node);
         common::sh(&format!("ip netns add {node}"));
         match underlay {
-            Underlay::Segment => common::sh(&format!(
+            Underlay::Segment | Underlay::DualSegment => common::sh(&format!(
                 "ip link add u-{l} type veth peer name eth0 netns {node}
                  ip link set u-{l} master under up"
             )),
-            Underlay::Router => common::sh(&format!(
+            Underlay::Router | Underlay::DualRouter => common::sh(&format!(
                 "ip link add r-{l} netns outside type veth peer name eth0 netns {node}
                  ip -n outside addr add {gateway}/24 dev r-{l}
                  ip -n outside link set r-{l} up"
             )),
         };
         common::sh(&format!(
-            "ip -n {node} addr add {ip}/24 dev eth0
+            "ip netns exec {node} sysctl -qw net.ipv6.conf.eth0.accept_dad=0
+             ip -n {node} addr add {ip}/24 dev eth0
              ip -n {node} link set eth0 up && ip -n {node} link set lo up
              ip -n {node} route add default via {gateway}"
         ));
+        if underlay.dual_stack() {
+            let ip6 = external_ip6(underlay, node);
+            let gateway6 = gateway6(underlay, node);
+            if underlay == Underlay::DualRouter {
+                common::sh(&format!(
+                    "ip -n outside addr add {gateway6}/64 dev r-{l} nodad"
+                ));
+            }
+            common::sh(&format!(
+                "ip -n {node} addr add {ip6}/64 dev eth0 nodad
+                 ip -n {node} -6 route add default via {gateway6}"
+            ));
+        }
+    }
+}
+
+/// An instance's namespace path, in its node's netns directory.
+fn instance_path(node: &str, name: &str) -> String {
+    format!("/run/netns-{}/kudo-{name}", letter(node))
+}
+
+/// A TCP echo server on `[::]:port` in a namespace, answering each client with the address
+/// it saw (`kudonet::probe` speaks IPv4 only); stops when dropped.
+struct Echo6 {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Echo6 {
+    fn start(netns: String, port: u16) -> Echo6 {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let (ready, listening) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let namespace = File::open(&netns).expect(&netns);
+            nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let listener = TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)).unwrap();
+            listener.set_nonblocking(true).unwrap();
+            ready.send(()).unwrap();
+            while !stopped.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut stream, peer)) => {
+                        let _ = stream.set_nonblocking(false);
+                        let _ = stream.write_all(format!("{peer}\n").as_bytes());
+                    }
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                }
+            }
+        });
+        listening.recv().expect("IPv6 echo server failed to start");
+        Echo6 {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Echo6 {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The source address the IPv6 echo server at `target` saw, asked from namespace `from`.
+#[track_caller]
+fn seen6(from: &str, target: SocketAddrV6) -> String {
+    let namespace = File::open(from).expect(from);
+    let answer = kudonet::kernel::netlink::in_namespace(&namespace, || {
+        let mut stream = TcpStream::connect_timeout(&SocketAddr::V6(target), probe::TIMEOUT)?;
+        stream.set_read_timeout(Some(probe::TIMEOUT))?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        std::io::Result::Ok(answer)
+    })
+    .and_then(|answer| answer);
+    match answer {
+        Ok(answer) => {
+            let peer: SocketAddr = answer.trim().parse().expect(&answer);
+            peer.ip().to_string()
+        }
+        Err(error) => panic!("TCP {target} from {from}: {error}"),
     }
 }
 
@@ -648,6 +930,178 @@ fn switching_mode_converges_both_ways() {
         cluster.converge(&nodes);
         assert_eq!(bridge_macs(), macs);
         check_routed();
+        check_packets();
+    });
+}
+
+/// IPv6 beside IPv4, routed: each peer subnet via the peer's externalIp of its family.
+#[test]
+fn routed_dual_stack_cluster() {
+    common::sandboxed("routed_dual_stack_cluster", || {
+        let cluster = Cluster::new(Underlay::DualSegment, &ALL);
+        cluster.converge(&ALL);
+
+        assert_eq!(
+            routes("node-a"),
+            [
+                "10.0.1.0/24 via 192.0.2.12 dev eth0 proto 75",
+                "10.0.2.0/24 via 192.0.2.13 dev eth0 proto 75",
+            ]
+        );
+        assert_eq!(
+            routes6("node-a"),
+            [
+                "fd00:10:0:1::/64 via 2001:db8::12 dev eth0 proto 75 metric 1024 pref medium",
+                "fd00:10:0:2::/64 via 2001:db8::13 dev eth0 proto 75 metric 1024 pref medium",
+            ]
+        );
+        assert_eq!(
+            routes6("node-c"),
+            [
+                "fd00:10::/64 via 2001:db8::11 dev eth0 proto 75 metric 1024 pref medium",
+                "fd00:10:0:1::/64 via 2001:db8::12 dev eth0 proto 75 metric 1024 pref medium",
+            ]
+        );
+        assert!(ALL.iter().all(|node| !has_vxlan(node)));
+
+        {
+            let _servers = cluster.serve(&ALL);
+            let _servers6 = cluster.serve6(&ALL);
+            cluster.check_instances(&ALL);
+            cluster.check_instances6(&ALL);
+            cluster.check_outside(&ALL);
+            cluster.check_outside6(&ALL);
+            check_published(&cluster);
+        }
+
+        // node-c leaves the directory: a and b drop its route of each family.
+        cluster.leave("node-c");
+        for node in ["node-a", "node-b"] {
+            assert_eq!(
+                cluster.plan(node),
+                "- route 10.0.2.0/24\n- route fd00:10:0:2::/64\n\
+                 Plan: 0 to add, 0 to change, 2 to destroy.\n",
+                "plan on {node}"
+            );
+        }
+        cluster.converge(&["node-a", "node-b"]);
+        assert_eq!(
+            routes6("node-a"),
+            ["fd00:10:0:1::/64 via 2001:db8::12 dev eth0 proto 75 metric 1024 pref medium"]
+        );
+        assert_eq!(
+            routes6("node-b"),
+            ["fd00:10::/64 via 2001:db8::11 dev eth0 proto 75 metric 1024 pref medium"]
+        );
+        let _servers6 = cluster.serve6(&["node-a", "node-b"]);
+        cluster.check_instances6(&["node-a", "node-b"]);
+    });
+}
+
+/// The vxlan overlay over either family: IPv4 while every Node has an IPv4 externalIp, IPv6
+/// once they give IPv6 only; the device carries both inner families either way.
+#[test]
+fn vxlan_cluster_over_an_ipv6_underlay() {
+    common::sandboxed("vxlan_cluster_over_an_ipv6_underlay", || {
+        let cluster = Cluster::new(Underlay::DualRouter, &ALL);
+        cluster.set_mode(Mode::Vxlan);
+        let check_packets = || {
+            let _servers = cluster.serve(&ALL);
+            let _servers6 = cluster.serve6(&ALL);
+            cluster.check_instances(&ALL);
+            cluster.check_instances6(&ALL);
+            cluster.check_outside(&ALL);
+            cluster.check_outside6(&ALL);
+        };
+        // Every link of the overlay's layer 2 has `mtu`: the bridge, its ports (the vxlan
+        // and two veths) and the instances' eth0; the uplink keeps 1500.
+        let check_mtu = |mtu: u32| {
+            assert!(on("node-a", "ip -o link show eth0").contains(" mtu 1500 "));
+            let mtus = on(
+                "node-a",
+                "ip -o link show kudo0; ip -o link show master kudo0; \
+                 nsenter --net=/run/netns-a/kudo-web ip -o link show eth0",
+            );
+            assert_eq!(mtus.lines().count(), 5, "{mtus}");
+            let expected = format!(" mtu {mtu} ");
+            assert!(mtus.lines().all(|line| line.contains(&expected)), "{mtus}");
+            // A packet of that size, not fragmented, crosses to node-b in either family.
+            let (ipv4_payload, ipv6_payload) = (mtu - 28, mtu - 48);
+            on(
+                "node-a",
+                &format!(
+                    "nsenter --net=/run/netns-a/kudo-web ping -q -c 1 -W 2 -M do -s {ipv4_payload} 10.0.1.2
+                     nsenter --net=/run/netns-a/kudo-web ping -q -c 1 -W 2 -M do -s {ipv6_payload} fd00:10:0:1::2"
+                ),
+            );
+        };
+
+        // Every Node has an IPv4 externalIp (and an IPv6 one): the underlay is IPv4.
+        cluster.converge(&ALL);
+        let vxlan = on("node-a", "ip -d link show kudo-vxlan");
+        assert!(
+            vxlan.contains("vxlan id 75 local 198.51.100.11 dev eth0 "),
+            "{vxlan}"
+        );
+        assert_eq!(
+            floods("node-a"),
+            [
+                "00:00:00:00:00:00 dst 192.0.2.13 self permanent",
+                "00:00:00:00:00:00 dst 203.0.113.12 self permanent",
+            ]
+        );
+        check_mtu(1450);
+        check_packets();
+
+        // IPv6 externalIps only: every node rebuilds its device over IPv6.
+        cluster.set_externals(Externals::Ipv6, &ALL);
+        let plan = cluster.plan("node-a");
+        for expected in [
+            "~ link kudo0: mtu 1430\n- link kudo-vxlan\n\
+             + vxlan kudo-vxlan id 75 local 2001:db8:a::11 dev eth0 (mtu 1430)\n",
+            "+ flood kudo-vxlan to 2001:db8:b::12\n+ flood kudo-vxlan to 2001:db8:c::13\n",
+        ] {
+            assert!(plan.contains(expected), "{expected:?} in\n{plan}");
+        }
+        cluster.converge(&ALL);
+        let vxlan = on("node-a", "ip -d link show kudo-vxlan");
+        for expected in [
+            "mtu 1430 ",
+            "master kudo0 ",
+            "vxlan id 75 local 2001:db8:a::11 dev eth0 ",
+            "dstport 4789 ",
+        ] {
+            assert!(vxlan.contains(expected), "{expected:?} in\n{vxlan}");
+        }
+        assert_eq!(
+            floods("node-a"),
+            [
+                "00:00:00:00:00:00 dst 2001:db8:b::12 self permanent",
+                "00:00:00:00:00:00 dst 2001:db8:c::13 self permanent",
+            ]
+        );
+        assert_eq!(
+            floods("node-c"),
+            [
+                "00:00:00:00:00:00 dst 2001:db8:a::11 self permanent",
+                "00:00:00:00:00:00 dst 2001:db8:b::12 self permanent",
+            ]
+        );
+        assert_eq!(
+            routes("node-a"),
+            [
+                "10.0.1.0/24 via 10.0.1.1 dev kudo0 proto 75 onlink",
+                "10.0.2.0/24 via 10.0.2.1 dev kudo0 proto 75 onlink",
+            ]
+        );
+        assert_eq!(
+            routes6("node-a"),
+            [
+                "fd00:10:0:1::/64 via fd00:10:0:1::1 dev kudo0 proto 75 metric 1024 onlink pref medium",
+                "fd00:10:0:2::/64 via fd00:10:0:2::1 dev kudo0 proto 75 metric 1024 onlink pref medium",
+            ]
+        );
+        check_mtu(1430);
         check_packets();
     });
 }
