@@ -376,6 +376,18 @@ impl Cluster {
         }
     }
 
+    /// `converge` for a change that may leave some of `nodes` as they are: applies on each,
+    /// then checks that a second apply and a plan change nothing.
+    fn settle(&self, nodes: &[&str]) {
+        for node in nodes {
+            self.apply(node);
+        }
+        for node in nodes {
+            assert_eq!(self.apply(node), "No changes.\n", "second apply on {node}");
+            assert_eq!(self.plan(node), "No changes.\n", "plan on {node}");
+        }
+    }
+
     /// Echo servers: TCP 7000 in every instance of `nodes`, the published services (web
     /// 80, api 443, dns udp 53) and TCP 9000 outside.
     fn serve(&self, nodes: &[&str]) -> Vec<EchoServer> {
@@ -1102,6 +1114,42 @@ fn vxlan_cluster_over_an_ipv6_underlay() {
             ]
         );
         check_mtu(1430);
+        check_packets();
+
+        // Mixed: node-a and node-b give both families again, node-c IPv6 only. The
+        // underlay stays IPv6 (not every Node has an IPv4 externalIp): no device changes.
+        cluster.set_externals(Externals::Both, &["node-a", "node-b"]);
+        for node in ALL {
+            let plan = cluster.plan(node);
+            assert!(
+                !plan.contains("kudo-vxlan") && !plan.contains("mtu"),
+                "{node}:\n{plan}"
+            );
+        }
+        cluster.settle(&ALL);
+        assert!(on("node-b", "ip -d link show kudo-vxlan").contains("local 2001:db8:b::12 "));
+        assert_eq!(
+            floods("node-b"),
+            [
+                "00:00:00:00:00:00 dst 2001:db8:a::11 self permanent",
+                "00:00:00:00:00:00 dst 2001:db8:c::13 self permanent",
+            ]
+        );
+        check_mtu(1430);
+        check_packets();
+
+        // node-c gives both too: back to IPv4, each device rebuilt again.
+        cluster.set_externals(Externals::Both, &["node-c"]);
+        cluster.converge(&ALL);
+        assert!(on("node-a", "ip -d link show kudo-vxlan").contains("local 198.51.100.11 "));
+        assert_eq!(
+            floods("node-a"),
+            [
+                "00:00:00:00:00:00 dst 192.0.2.13 self permanent",
+                "00:00:00:00:00:00 dst 203.0.113.12 self permanent",
+            ]
+        );
+        check_mtu(1450);
         check_packets();
     });
 }
