@@ -242,6 +242,10 @@ fn scope_by_names(action: &Action, desired: &Desired) -> Scope {
                 .iter()
                 .any(|address| cidr::IpCidr::new_host(address.address()) == *destination)
         }),
+        Action::AddProxyNeighbour { address, .. } => desired
+            .instances
+            .iter()
+            .find(|i| i.addresses.iter().any(|a| a.address() == *address)),
         _ => None,
     };
     instance.map_or(Scope::Node, |instance| Scope::instance(&instance.name))
