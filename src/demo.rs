@@ -140,7 +140,9 @@ pub fn run(
     for check in &checks {
         let seen = probe::ask(&check.from, check.protocol, check.target);
         let (mark, result) = match &seen {
-            Ok(source) if source.ip() == &check.expect => ("ok  ", format!("saw {}", source.ip())),
+            Ok(source) if source.ip() == std::net::IpAddr::from(check.expect) => {
+                ("ok  ", format!("saw {}", source.ip()))
+            }
             Ok(source) => (
                 "FAIL",
                 format!("saw {}, expected {}", source.ip(), check.expect),
