@@ -101,10 +101,18 @@ impl MemoryDataplane {
             (crate::plan::route_localnet(name), "0"),
             (crate::plan::proxy_arp(name), "0"),
             (crate::plan::proxy_delay(name), "80"),
-            (crate::plan::proxy_ndp(name), "0"),
-            (crate::plan::proxy_ndp_delay(name), "80"),
         ] {
             self.state.sysctls.insert(key, value.into());
+        }
+        // Proxy neighbour discovery is kudonet's business on the node's bridge alone (as
+        // the kernel dataplane reads it).
+        if self.state.links[name].is_kudonet_bridge() {
+            for (key, value) in [
+                (crate::plan::proxy_ndp(name), "0"),
+                (crate::plan::proxy_ndp_delay(name), "80"),
+            ] {
+                self.state.sysctls.insert(key, value.into());
+            }
         }
         Ok(())
     }

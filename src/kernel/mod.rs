@@ -277,7 +277,9 @@ impl KernelDataplane {
                 };
                 self.create_marked(name, &names::segment_alias(), |host, scratch| {
                     host.create_bridge(scratch, Some(mac), *mtu)?;
-                    // It holds only the gateway's IPv4 address: no IPv6, so no DAD or MLD.
+                    // No IPv6 (so no DAD or MLD) until it gets the IPv6 gateway address:
+                    // `AddAddress` turns it on then, with a link-local address usable at
+                    // once, which the node solicits the segment's instances from.
                     netns::disable_ipv6(&[scratch]).map_err(|error| NetlinkError {
                         operation: format!("turn IPv6 off on {scratch}"),
                         source: error,

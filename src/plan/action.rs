@@ -72,8 +72,9 @@ pub enum Action {
     },
     /// A segment: a bridge in the node namespace, marked as one of kudonet's segments, with
     /// the MAC address of the node's bridge `bridge` (one gateway, wherever an instance is),
-    /// IPv6 off, down. It holds the instances the node's bridge has no room for, and the
-    /// gateway address as a /32; the node routes between its bridges.
+    /// IPv6 off (on when it gets the IPv6 gateway address), down. It holds the instances
+    /// the node's bridge has no room for, and the gateway addresses as a /32 and a /128;
+    /// the node routes between its bridges.
     CreateSegment {
         /// The segment's name (`kudo-seg<N>`).
         name: String,
