@@ -140,7 +140,9 @@ pub fn run(
     for check in &checks {
         let seen = probe::ask(&check.from, check.protocol, check.target);
         let (mark, result) = match &seen {
-            Ok(source) if source.ip() == &check.expect => ("ok  ", format!("saw {}", source.ip())),
+            Ok(source) if source.ip() == std::net::IpAddr::from(check.expect) => {
+                ("ok  ", format!("saw {}", source.ip()))
+            }
             Ok(source) => (
                 "FAIL",
                 format!("saw {}, expected {}", source.ip(), check.expect),
@@ -248,7 +250,7 @@ impl Uplink {
         node.create_veth(&self.device, "up0", &outside_file, None, desired.node.mtu)
             .map_err(err)?;
         let index = node.link_index(&self.device).map_err(err)?;
-        node.add_address(index, &self.device, IpInet::V4(self.address))
+        node.add_address(index, &self.device, IpInet::V4(self.address), false)
             .map_err(err)?;
         node.set_up(index, &self.device).map_err(err)?;
         let default = cidr::IpCidr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0).expect("0.0.0.0/0");
@@ -258,7 +260,7 @@ impl Uplink {
         let up0 = outside.link_index("up0").map_err(err)?;
         let outside_address = Ipv4Inet::new(self.outside, 24).expect("/24 is valid");
         outside
-            .add_address(up0, "up0", IpInet::V4(outside_address))
+            .add_address(up0, "up0", IpInet::V4(outside_address), false)
             .map_err(err)?;
         outside.set_up(up0, "up0").map_err(err)?;
         outside.set_up(1, "lo").map_err(err)

@@ -93,9 +93,21 @@ pub fn proxy_delay(bridge: &str) -> String {
     format!("net.ipv4.neigh.{bridge}.proxy_delay")
 }
 
+/// The sysctl that makes the node answer IPv6 neighbour solicitations on `bridge` for the
+/// addresses of its proxy neighbour entries there: the IPv6 instances of its segments.
+pub fn proxy_ndp(bridge: &str) -> String {
+    format!("net.ipv6.conf.{bridge}.proxy_ndp")
+}
+
+/// The sysctl that delays proxied neighbour advertisements on `bridge` (0.8 s by
+/// default): kudonet answers at once.
+pub fn proxy_ndp_delay(bridge: &str) -> String {
+    format!("net.ipv6.neigh.{bridge}.proxy_delay")
+}
+
 /// The interface a per-interface sysctl (`net.ipv4.conf.<device>.<setting>`,
-/// `net.ipv4.neigh.<device>.<setting>`) is about, or `None` for a node-wide one. `all` and
-/// `default` are returned too: they are pseudo-devices whose settings reach every
+/// `net.ipv4.neigh.<device>.<setting>`, and their IPv6 twins) is about, or `None` for a
+/// node-wide one. `all` and `default` are returned too: they are pseudo-devices whose settings reach every
 /// interface, which is why a dataplane writes a per-interface sysctl only for kudonet's own
 /// existing bridges. The one exception is [`IPV6_FORWARDING`]: IPv6 has no node-wide
 /// forwarding switch but `all`'s, which kudonet sets like `net.ipv4.ip_forward`.
@@ -103,9 +115,14 @@ pub fn sysctl_interface(key: &str) -> Option<&str> {
     if key == IPV6_FORWARDING {
         return None;
     }
-    let rest = ["net.ipv4.conf.", "net.ipv6.conf.", "net.ipv4.neigh."]
-        .into_iter()
-        .find_map(|prefix| key.strip_prefix(prefix))?;
+    let rest = [
+        "net.ipv4.conf.",
+        "net.ipv6.conf.",
+        "net.ipv4.neigh.",
+        "net.ipv6.neigh.",
+    ]
+    .into_iter()
+    .find_map(|prefix| key.strip_prefix(prefix))?;
     // Interface names may contain dots: the setting is the last part.
     rest.rsplit_once('.').map(|(device, _)| device)
 }
@@ -272,6 +289,8 @@ mod tests {
     fn neighbour_sysctls_are_per_interface() {
         assert_eq!(sysctl_interface(&proxy_delay("kudo0")), Some("kudo0"));
         assert_eq!(sysctl_interface(&proxy_arp("kudo-seg1")), Some("kudo-seg1"));
+        assert_eq!(sysctl_interface(&proxy_ndp("kudo0")), Some("kudo0"));
+        assert_eq!(sysctl_interface(&proxy_ndp_delay("kudo0")), Some("kudo0"));
         assert_eq!(
             sysctl_interface("net.ipv4.neigh.default.gc_thresh3"),
             Some("default")

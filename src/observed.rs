@@ -83,6 +83,17 @@ pub struct Link {
     /// which the kernel makes).
     #[serde(default)]
     pub addresses: BTreeSet<IpInet>,
+    /// Those of `addresses` without a route to their subnet (`IFA_F_NOPREFIXROUTE`).
+    #[serde(default)]
+    pub no_prefix_route: BTreeSet<IpInet>,
+    /// The IPv6 addresses of kudonet's proxy neighbour entries on this link (marked with
+    /// its route protocol number): the node answers neighbour solicitations for them.
+    #[serde(default)]
+    pub proxy_neighbours: BTreeSet<IpAddr>,
+    /// The IPv6 addresses of proxy neighbour entries of others on this link: kudonet
+    /// leaves them alone.
+    #[serde(default)]
+    pub foreign_proxy_neighbours: BTreeSet<IpAddr>,
     /// Bridge port hairpin mode.
     #[serde(default)]
     pub hairpin: bool,
@@ -129,6 +140,9 @@ impl Link {
             mtu: default_mtu(),
             master: None,
             addresses: BTreeSet::new(),
+            no_prefix_route: BTreeSet::new(),
+            proxy_neighbours: BTreeSet::new(),
+            foreign_proxy_neighbours: BTreeSet::new(),
             hairpin: false,
             peer: None,
             vxlan: None,
@@ -141,6 +155,13 @@ impl Link {
         self.alias
             .as_deref()
             .is_some_and(|alias| alias.starts_with(names::ALIAS_PREFIX))
+    }
+
+    /// Whether the link has `address` with (or, for `no_prefix_route`, without) the route
+    /// to its subnet.
+    pub fn has_address(&self, address: &IpInet, no_prefix_route: bool) -> bool {
+        self.addresses.contains(address)
+            && self.no_prefix_route.contains(address) == no_prefix_route
     }
 
     /// Whether this link is a bridge carrying kudonet's bridge mark.
@@ -205,6 +226,8 @@ pub struct Namespace {
     pub links: BTreeMap<String, Link>,
     /// The gateways of the namespace's default routes (one per family at most).
     pub default_gateways: BTreeSet<IpAddr>,
+    /// Those of `default_gateways` whose route declares them on-link (`onlink`).
+    pub onlink_gateways: BTreeSet<IpAddr>,
 }
 
 /// A route of the node namespace's main table.

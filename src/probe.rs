@@ -7,7 +7,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,8 +62,13 @@ impl Drop for EchoServer {
 }
 
 /// Starts an echo server in `place`, listening on `address` for `protocol`. It answers every
-/// client with the client's address as it saw it (`10.0.0.2:41234`).
-pub fn serve(place: &Place, protocol: Protocol, address: SocketAddrV4) -> io::Result<EchoServer> {
+/// client with the client's address as it saw it (`10.0.0.2:41234`, `[fd00::2]:41234`).
+pub fn serve(
+    place: &Place,
+    protocol: Protocol,
+    address: impl Into<SocketAddr>,
+) -> io::Result<EchoServer> {
+    let address = address.into();
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let place = place.clone();
@@ -98,7 +103,7 @@ pub fn serve(place: &Place, protocol: Protocol, address: SocketAddrV4) -> io::Re
 const POLL: Duration = Duration::from_millis(20);
 
 fn serve_tcp(
-    address: SocketAddrV4,
+    address: SocketAddr,
     stop: &AtomicBool,
     ready: &std::sync::mpsc::Sender<io::Result<()>>,
 ) {
@@ -121,7 +126,7 @@ fn serve_tcp(
 }
 
 fn serve_udp(
-    address: SocketAddrV4,
+    address: SocketAddr,
     stop: &AtomicBool,
     ready: &std::sync::mpsc::Sender<io::Result<()>>,
 ) {
@@ -141,17 +146,25 @@ fn serve_udp(
 
 /// Asks the echo server at `target` from `place`; returns the address the server saw this
 /// client at.
-pub fn ask(place: &Place, protocol: Protocol, target: SocketAddrV4) -> io::Result<SocketAddrV4> {
+pub fn ask(
+    place: &Place,
+    protocol: Protocol,
+    target: impl Into<SocketAddr>,
+) -> io::Result<SocketAddr> {
+    let target = target.into();
     let answer = place.run(move || match protocol {
         Protocol::Tcp => {
-            let mut stream = TcpStream::connect_timeout(&SocketAddr::V4(target), TIMEOUT)?;
+            let mut stream = TcpStream::connect_timeout(&target, TIMEOUT)?;
             stream.set_read_timeout(Some(TIMEOUT))?;
             let mut answer = String::new();
             stream.read_to_string(&mut answer)?;
             Ok(answer)
         }
         Protocol::Udp => {
-            let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+            let socket = match target {
+                SocketAddr::V4(_) => UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?,
+                SocketAddr::V6(_) => UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))?,
+            };
             socket.set_read_timeout(Some(TIMEOUT))?;
             socket.send_to(b"?", target)?;
             let mut buffer = [0; 512];

@@ -10,10 +10,14 @@
 //!
 //! The sandbox's own namespace is the node, with a FORWARD policy of DROP; "outside" is a
 //! namespace behind its uplink `eth0` (203.0.113.1/24; outside is 203.0.113.254).
+//!
+//! A dual-stack node of 1,010 instances over the same bridges proves the same over IPv6,
+//! where a segment's instances have no route to their subnet and the node answers for them
+//! on its bridge by proxy neighbour discovery (one entry each, marked as kudonet's).
 
 mod common;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use common::cli::kudonet;
 use common::{StateDir, addr, firewall, netns, seen, setup_outside, sh};
@@ -183,5 +187,200 @@ fn a_node_past_one_bridge() {
         );
         assert_eq!(sh("ip route show proto 75"), "");
         assert!(!firewall().contains("KUDO"), "{}", firewall());
+    });
+}
+
+/// Instances of the dual-stack node: i0001 to i0500 on the node's bridge, i0501 to i1000 on
+/// `kudo-seg1`, i1001 to i1010 on `kudo-seg2`.
+const DUAL_INSTANCES: u32 = 1010;
+
+/// Instance `i`'s IPv6 address: fd00:10::1 + i (i0001 is fd00:10::2, i1010 fd00:10::3f3).
+fn address6(i: u32) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 1)) + u128::from(i))
+}
+
+/// The dual-stack node and instances 1 to `count`, each with an address of each family;
+/// instance `i` of `published` publishes port 8000 + i.
+fn dual_node(count: u32, published: &[u32]) -> String {
+    let mut yaml =
+        String::from("kind: Node\nname: node-a\ncidr: [10.0.0.1/20, \"fd00:10::1/64\"]\n");
+    for i in 1..=count {
+        yaml.push_str(&format!(
+            "---\nkind: Instance\nname: {}\naddress: [{}, \"{}\"]\n",
+            name(i),
+            address(i),
+            address6(i)
+        ));
+        if published.contains(&i) {
+            yaml.push_str(&format!(
+                "ports:\n  - hostPort: {}\n    instancePort: 80\n",
+                8000 + i
+            ));
+        }
+    }
+    yaml
+}
+
+fn at6(i: u32, port: u16) -> String {
+    format!("[{}]:{port}", address6(i))
+}
+
+/// The source address the echo server at `target` (IPv4 or IPv6) saw, asked from `from`.
+#[track_caller]
+fn seen6(from: &Place, target: &str) -> String {
+    let target: SocketAddr = target.parse().unwrap();
+    match probe::ask(from, Tcp, target) {
+        Ok(source) => source.ip().to_string(),
+        Err(error) => panic!("tcp {target} from {from:?}: {error}"),
+    }
+}
+
+/// How many IPv6 proxy neighbour entries the node has on `link` with kudonet's mark, and
+/// without.
+fn proxies(link: &str) -> (usize, usize) {
+    let all = sh(&format!("ip -6 neigh show proxy dev {link}"));
+    let ours = all.lines().filter(|l| l.ends_with("proto 75 ")).count();
+    (ours, all.lines().count() - ours)
+}
+
+#[test]
+fn a_dual_stack_node_past_one_bridge() {
+    common::sandboxed("a_dual_stack_node_past_one_bridge", || {
+        setup_outside();
+        // The uplink over IPv6 too: the node 2001:db8::1, outside 2001:db8::fe.
+        sh("ip addr add 2001:db8::1/64 dev eth0 nodad
+            ip -n outside addr add 2001:db8::fe/64 dev up0 nodad
+            ip -6 route add default via 2001:db8::fe");
+        sh("iptables -w -P FORWARD DROP; ip6tables -w -P FORWARD DROP");
+        // Someone else's proxy entry on what becomes kudonet's bridge stays.
+        let published = [1, 600, 1010];
+        let state = StateDir::new(&dual_node(DUAL_INSTANCES, &published));
+        kudonet(&["apply", state.path()]).expect_success();
+        sh("ip -6 neigh add proxy fd00:10::ffff dev kudo0");
+
+        assert_eq!(
+            [ports("kudo0"), ports("kudo-seg1"), ports("kudo-seg2")],
+            [500, 500, 10]
+        );
+        for segment in ["kudo-seg1", "kudo-seg2"] {
+            // The gateway's IPv6 address as a /128, and a link-local address in use (the
+            // node solicits the segment's instances from it).
+            assert_eq!(
+                sh(&format!(
+                    "ip -o -6 addr show dev {segment} scope global | awk '{{print $4}}'"
+                )),
+                "fd00:10::1/128\n"
+            );
+            let link_local = sh(&format!("ip -6 addr show dev {segment} scope link"));
+            assert!(
+                link_local.contains("fe80::") && !link_local.contains("tentative"),
+                "{link_local}"
+            );
+        }
+        // A route and a proxy entry on the node's bridge per IPv6 instance of a segment.
+        assert_eq!(sh("ip -6 route show proto 75 | wc -l").trim(), "510");
+        assert_eq!(
+            sh("ip -6 route show proto 75 fd00:10::3f3"),
+            "fd00:10::3f3 dev kudo-seg2 metric 1024 pref medium\n"
+        );
+        assert_eq!(proxies("kudo0"), (510, 1));
+        assert_eq!(
+            sh("sysctl -n net.ipv6.conf.kudo0.proxy_ndp net.ipv6.neigh.kudo0.proxy_delay"),
+            "1\n0\n"
+        );
+        // On a segment, the instance keeps its prefix without its route, and its gateway
+        // is on-link; on the node's bridge, as usual.
+        assert_eq!(
+            sh("ip -n kudo-i1010 -o -6 addr show dev eth0 | awk '{print $4, $7, $8}'"),
+            "fd00:10::3f3/64 nodad noprefixroute\n"
+        );
+        assert_eq!(
+            sh("ip -n kudo-i1010 -6 route show"),
+            "default via fd00:10::1 dev eth0 proto 75 metric 1024 onlink pref medium\n"
+        );
+        assert_eq!(
+            sh("ip -n kudo-i0001 -6 route show"),
+            "fd00:10::/64 dev eth0 proto kernel metric 256 pref medium\n\
+             default via fd00:10::1 dev eth0 proto 75 metric 1024 pref medium\n"
+        );
+
+        let servers: Vec<_> = published
+            .iter()
+            .chain(&[1009])
+            .map(|i| {
+                let address = SocketAddr::new(address6(*i).into(), 80);
+                probe::serve(&from(*i), Tcp, address).unwrap()
+            })
+            .collect();
+        let _node = probe::serve(
+            &Place::Here,
+            Tcp,
+            "[::]:7000".parse::<SocketAddr>().unwrap(),
+        )
+        .unwrap();
+        let outside: SocketAddr = "[2001:db8::fe]:9000".parse().unwrap();
+        let _outside = probe::serve(&netns("outside"), Tcp, outside).unwrap();
+        let v6 = |i: u32| address6(i).to_string();
+
+        // Segment <-> node's bridge, segment <-> segment, within a segment, sources kept.
+        assert_eq!(seen6(&from(1010), &at6(1, 80)), v6(1010));
+        assert_eq!(seen6(&from(1), &at6(1010, 80)), v6(1));
+        assert_eq!(seen6(&from(1), &at6(600, 80)), v6(1));
+        assert_eq!(seen6(&from(600), &at6(1010, 80)), v6(600));
+        assert_eq!(seen6(&from(1010), &at6(600, 80)), v6(1010));
+        assert_eq!(seen6(&from(1009), &at6(1010, 80)), v6(1009));
+        assert_eq!(seen6(&from(1010), &at6(1009, 80)), v6(1010));
+        // Instance -> its gateway, on each bridge; node -> instance on a segment.
+        for i in [250, 700, 1010] {
+            assert_eq!(seen6(&from(i), "[fd00:10::1]:7000"), v6(i));
+        }
+        assert_eq!(seen6(&Place::Here, &at6(1010, 80)), "fd00:10::1");
+        // Instance on a segment -> outside, masqueraded behind the uplink's address.
+        assert_eq!(seen6(&from(1010), "[2001:db8::fe]:9000"), "2001:db8::1");
+        // A published port of an instance of a segment, from outside and by hairpin.
+        assert_eq!(
+            seen6(&netns("outside"), "[2001:db8::1]:9010"),
+            "2001:db8::fe"
+        );
+        for i in [1010, 600, 1] {
+            assert_eq!(
+                seen6(&from(i), "[2001:db8::1]:9010"),
+                "fd00:10::1",
+                "from {i}"
+            );
+        }
+        drop(servers);
+
+        // A second apply changes nothing.
+        kudonet(&["apply", state.path()]).expect(0, "No changes.\n", "");
+
+        // Without the instances of kudo-seg2, it goes with their routes and proxy entries.
+        state.write("node.yaml", &dual_node(1000, &[1, 600]));
+        kudonet(&["apply", state.path()]).expect_success();
+        assert!(common::link(None, "kudo-seg2").is_none());
+        assert_eq!(sh("ip -6 route show proto 75 | wc -l").trim(), "500");
+        assert_eq!(proxies("kudo0"), (500, 1));
+        kudonet(&["plan", state.path()]).expect(0, "No changes.\n", "");
+
+        // Some instances of kudo-seg1 go: their routes and proxy entries too.
+        state.write("node.yaml", &dual_node(900, &[1, 600]));
+        kudonet(&["apply", state.path()]).expect_success();
+        assert_eq!([ports("kudo0"), ports("kudo-seg1")], [500, 400]);
+        assert_eq!(sh("ip -6 route show proto 75 | wc -l").trim(), "400");
+        assert_eq!(sh(&format!("ip -6 route show {}", address6(901))), "");
+        assert_eq!(proxies("kudo0"), (400, 1));
+        assert_eq!(sh(&format!("ip -6 neigh show proxy {}", address6(901))), "");
+        assert_eq!(
+            sh("ip -6 neigh show proxy fd00:10::ffff"),
+            "fd00:10::ffff dev kudo0 proxy \n"
+        );
+        let _server = probe::serve(&from(600), Tcp, SocketAddr::new(address6(600).into(), 80));
+        assert_eq!(seen6(&from(1), &at6(600, 80)), v6(1));
+        kudonet(&["plan", state.path()]).expect(0, "No changes.\n", "");
+
+        // Teardown leaves nothing of kudonet's.
+        kudonet(&["teardown"]).expect_success();
+        assert_eq!(sh("ip -6 route show proto 75"), "");
+        assert_eq!(sh("ip -6 neigh show proxy"), "");
     });
 }

@@ -146,6 +146,70 @@ proptest! {
     }
 }
 
+/// `desired` with an IPv6 subnet beside its IPv4 one, fd00:10::/64, and each instance the
+/// IPv6 address of its IPv4 address's last byte (10.0.0.7: fd00:10::7).
+fn dual_stack(desired: Desired) -> Desired {
+    let ipv6 = |last: u8| std::net::Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, last.into());
+    let mut node = desired.node.clone();
+    node.cidrs
+        .push(cidr::IpInet::new(ipv6(1).into(), 64).unwrap());
+    let instances = desired
+        .instances
+        .iter()
+        .map(|instance| {
+            let mut instance = instance.clone();
+            let std::net::IpAddr::V4(v4) = instance.addresses[0].address() else {
+                unreachable!("the generators give IPv4 addresses")
+            };
+            let address = cidr::IpInet::new(ipv6(v4.octets()[3]).into(), 64).unwrap();
+            instance.addresses.push(address);
+            instance
+        })
+        .collect();
+    Desired {
+        node,
+        instances,
+        ..desired
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// A dual-stack node built with bridges of one size, planned with small ones: one pass
+    /// converges (instances moved to a segment get their IPv6 address again), and each IPv6
+    /// instance of a segment has its address without the subnet's route, its gateway
+    /// on-link, a route from the node and the node's proxy entry on its bridge; the
+    /// instances of the node's bridge have neither.
+    #[test]
+    fn dual_stack_segments_converge_in_one_pass(
+        desired in arb_desired(),
+        built_with in proptest::sample::select(&[1usize, SMALL_BRIDGES, 500][..]),
+    ) {
+        let desired = dual_stack(desired);
+        let mut dataplane = MemoryDataplane::default();
+        let built = plan_with_bridge_instances(&desired, &dataplane.state, built_with);
+        dataplane.apply_all(&built.to_actions()).unwrap();
+        converge_small(&mut dataplane, &desired);
+        let state = &dataplane.state;
+        let bridge = &desired.node.bridge;
+        for (name, on) in instance_ports(state) {
+            let instance = desired.instances.iter().find(|i| i.name == name).unwrap();
+            let address = instance.addresses[1];
+            let namespace = &state.namespaces[&instance.namespace()];
+            let eth0 = &namespace.links["eth0"];
+            let gateway = desired.node.cidrs[1].address();
+            let on_segment = on != *bridge;
+            prop_assert!(eth0.has_address(&address, on_segment), "{name} on {on}: {eth0:?}");
+            prop_assert_eq!(namespace.onlink_gateways.contains(&gateway), on_segment, "{} on {}", name, on);
+            let route = state.routes.get(&cidr::IpCidr::new_host(address.address()));
+            prop_assert_eq!(route.is_some_and(|r| r.device.as_ref() == Some(&on)), on_segment);
+            let proxied = state.links[bridge].proxy_neighbours.contains(&address.address());
+            prop_assert_eq!(proxied, on_segment, "{} on {}", name, on);
+        }
+    }
+}
+
 /// Converges `dataplane`'s node to `desired` with small bridges: one pass, and nothing left.
 fn converge_small(dataplane: &mut MemoryDataplane, desired: &Desired) {
     let planned = plan_with_bridge_instances(desired, &dataplane.state, SMALL_BRIDGES);
@@ -242,6 +306,10 @@ fn scope_by_names(action: &Action, desired: &Desired) -> Scope {
                 .iter()
                 .any(|address| cidr::IpCidr::new_host(address.address()) == *destination)
         }),
+        Action::AddProxyNeighbour { address, .. } => desired
+            .instances
+            .iter()
+            .find(|i| i.addresses.iter().any(|a| a.address() == *address)),
         _ => None,
     };
     instance.map_or(Scope::Node, |instance| Scope::instance(&instance.name))

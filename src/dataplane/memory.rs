@@ -56,6 +56,7 @@ impl MemoryDataplane {
                 // Its routes go with it; an instance namespace routes only through eth0.
                 if link.name == names::INSTANCE_INTERFACE {
                     namespace.default_gateways.clear();
+                    namespace.onlink_gateways.clear();
                 }
                 Some(removed)
             }
@@ -104,6 +105,16 @@ impl MemoryDataplane {
         ] {
             self.state.sysctls.insert(key, value.into());
         }
+        // Proxy neighbour discovery is kudonet's business on the node's bridge alone (as
+        // the kernel dataplane reads it).
+        if self.state.links[name].is_kudonet_bridge() {
+            for (key, value) in [
+                (crate::plan::proxy_ndp(name), "0"),
+                (crate::plan::proxy_ndp_delay(name), "80"),
+            ] {
+                self.state.sysctls.insert(key, value.into());
+            }
+        }
         Ok(())
     }
 
@@ -122,6 +133,7 @@ impl MemoryDataplane {
                     owned: true,
                     links: [("lo".to_string(), lo)].into(),
                     default_gateways: Default::default(),
+                    onlink_gateways: Default::default(),
                 };
                 self.state.namespaces.insert(name.clone(), namespace);
             }
@@ -228,41 +240,48 @@ impl MemoryDataplane {
                 }
                 port.hairpin = true;
             }
-            Action::AddAddress { link, address } => {
-                if !self
-                    .link_mut(link)
-                    .ok_or_else(|| no_such_link(link))?
-                    .addresses
-                    .insert(*address)
-                {
+            Action::AddAddress {
+                link,
+                address,
+                no_prefix_route,
+            } => {
+                let target = self.link_mut(link).ok_or_else(|| no_such_link(link))?;
+                if !target.addresses.insert(*address) {
                     return Err(Rejected("address exists".into()));
                 }
+                match no_prefix_route {
+                    true => target.no_prefix_route.insert(*address),
+                    false => target.no_prefix_route.remove(address),
+                };
             }
             Action::DeleteAddress { link, address } => {
-                if !self
-                    .link_mut(link)
-                    .ok_or_else(|| no_such_link(link))?
-                    .addresses
-                    .remove(address)
-                {
+                let target = self.link_mut(link).ok_or_else(|| no_such_link(link))?;
+                if !target.addresses.remove(address) {
                     return Err(Rejected("no such address".into()));
                 }
+                target.no_prefix_route.remove(address);
             }
-            Action::ReplaceDefaultRoute { namespace, gateway } => {
+            Action::ReplaceDefaultRoute {
+                namespace,
+                gateway,
+                onlink,
+            } => {
                 let inside = self
                     .state
                     .namespaces
                     .get_mut(namespace)
                     .ok_or("no such namespace")?;
+                // Through a route to an address's subnet, or declared on-link.
                 let reachable = inside
                     .links
                     .get(names::INSTANCE_INTERFACE)
                     .is_some_and(|eth0| {
                         eth0.up
-                            && eth0
-                                .addresses
-                                .iter()
-                                .any(|address| address.network().contains(gateway))
+                            && (*onlink
+                                || eth0.addresses.iter().any(|address| {
+                                    address.network().contains(gateway)
+                                        && !eth0.no_prefix_route.contains(address)
+                                }))
                     });
                 if !reachable {
                     return Err(Rejected("network is unreachable".into()));
@@ -272,7 +291,33 @@ impl MemoryDataplane {
                 inside
                     .default_gateways
                     .retain(|other| Family::of(*other) != family);
+                inside
+                    .onlink_gateways
+                    .retain(|other| Family::of(*other) != family);
                 inside.default_gateways.insert(*gateway);
+                if *onlink {
+                    inside.onlink_gateways.insert(*gateway);
+                }
+            }
+            Action::AddProxyNeighbour { link, address } => {
+                // The kernel adds or updates an entry, whatever was there.
+                let target = self
+                    .state
+                    .links
+                    .get_mut(link)
+                    .ok_or_else(|| no_such_link(&LinkRef::host(link)))?;
+                target.foreign_proxy_neighbours.remove(address);
+                target.proxy_neighbours.insert(*address);
+            }
+            Action::DeleteProxyNeighbour { link, address } => {
+                let target = self
+                    .state
+                    .links
+                    .get_mut(link)
+                    .ok_or_else(|| no_such_link(&LinkRef::host(link)))?;
+                if !target.proxy_neighbours.remove(address) {
+                    return Err(Rejected("no such entry".into()));
+                }
             }
             Action::ReplaceLinkRoute {
                 destination,

@@ -142,6 +142,8 @@ impl KernelDataplane {
             | Action::SetMaster { link: name, .. }
             | Action::SetHairpin { link: name }
             | Action::AddFlood { link: name, .. }
+            | Action::AddProxyNeighbour { link: name, .. }
+            | Action::DeleteProxyNeighbour { link: name, .. }
             | Action::DeleteFlood { link: name, .. } => link(&LinkRef::host(name), false),
             Action::CreateVeth {
                 host, namespace, ..
@@ -275,7 +277,9 @@ impl KernelDataplane {
                 };
                 self.create_marked(name, &names::segment_alias(), |host, scratch| {
                     host.create_bridge(scratch, Some(mac), *mtu)?;
-                    // It holds only the gateway's IPv4 address: no IPv6, so no DAD or MLD.
+                    // No IPv6 (so no DAD or MLD) until it gets the IPv6 gateway address:
+                    // `AddAddress` turns it on then, with a link-local address usable at
+                    // once, which the node solicits the segment's instances from.
                     netns::disable_ipv6(&[scratch]).map_err(|error| NetlinkError {
                         operation: format!("turn IPv6 off on {scratch}"),
                         source: error,
@@ -352,9 +356,13 @@ impl KernelDataplane {
                 let (socket, index) = self.link(&LinkRef::host(link))?;
                 socket.set_hairpin(index, link).map_err(Cause::from)
             }
-            Action::AddAddress { link, address } => {
+            Action::AddAddress {
+                link,
+                address,
+                no_prefix_route,
+            } => {
                 let (socket, index) = self.link(link)?;
-                match socket.add_address(index, &link.name, *address) {
+                match socket.add_address(index, &link.name, *address, *no_prefix_route) {
                     // IPv6 is off on the link (a namespace or segment made for IPv4 only):
                     // turn it on, without the link-local address and its duplicate
                     // address detection, then add again.
@@ -364,7 +372,7 @@ impl KernelDataplane {
                         })?;
                         let (socket, index) = self.link(link)?;
                         socket
-                            .add_address(index, &link.name, *address)
+                            .add_address(index, &link.name, *address, *no_prefix_route)
                             .map_err(Cause::from)
                     }
                     result => result.map_err(Cause::from),
@@ -376,7 +384,11 @@ impl KernelDataplane {
                     .delete_address(index, &link.name, *address)
                     .map_err(Cause::from)
             }
-            Action::ReplaceDefaultRoute { namespace, gateway } => {
+            Action::ReplaceDefaultRoute {
+                namespace,
+                gateway,
+                onlink,
+            } => {
                 let eth0 = LinkRef::in_namespace(namespace, names::INSTANCE_INTERFACE);
                 let (socket, index) = self.link(&eth0)?;
                 let unspecified = match gateway {
@@ -384,9 +396,12 @@ impl KernelDataplane {
                     IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
                 };
                 let default = cidr::IpCidr::new(unspecified, 0).expect("a /0 of any address");
-                socket
-                    .replace_route(default, *gateway, Some(index), names::ROUTE_PROTOCOL)
-                    .map_err(Cause::from)
+                if *onlink {
+                    socket.replace_route_onlink(default, *gateway, index, names::ROUTE_PROTOCOL)
+                } else {
+                    socket.replace_route(default, *gateway, Some(index), names::ROUTE_PROTOCOL)
+                }
+                .map_err(Cause::from)
             }
             Action::ReplaceRoute {
                 destination,
@@ -443,6 +458,18 @@ impl KernelDataplane {
                 .host
                 .replace_route(*destination, *gateway, None, names::ROUTE_PROTOCOL)
                 .map_err(Cause::from),
+            Action::AddProxyNeighbour { link, address } => {
+                let (socket, index) = self.link(&LinkRef::host(link))?;
+                socket
+                    .add_proxy(index, link, *address, names::ROUTE_PROTOCOL)
+                    .map_err(Cause::from)
+            }
+            Action::DeleteProxyNeighbour { link, address } => {
+                let (socket, index) = self.link(&LinkRef::host(link))?;
+                socket
+                    .delete_proxy(index, link, *address)
+                    .map_err(Cause::from)
+            }
             Action::DeleteRoute { destination } => self
                 .host
                 .delete_route(*destination, names::ROUTE_PROTOCOL)

@@ -11,16 +11,20 @@
 //! it moved), and no link or namespace at all.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::path::Path;
 
 use super::firewall::{FirewallCache, FirewallDriver, FirewallError};
 use super::netlink::netfilter::Generation;
-use super::netlink::route::RawLink;
+use super::netlink::route::{LinkAddresses, RawLink};
 use super::netlink::{Netlink, NetlinkError};
 use super::netns::{self, NamespaceSockets};
 use super::sysctl::read_sysctl;
 use crate::dataplane::{Cause, Changes};
-use crate::names::{self, IP_FORWARD, IPV6_FORWARDING, proxy_arp, proxy_delay, route_localnet};
+use crate::names::{
+    self, IP_FORWARD, IPV6_FORWARDING, proxy_arp, proxy_delay, proxy_ndp, proxy_ndp_delay,
+    route_localnet,
+};
 use crate::observed::{Link, LinkKind, LinkRef, Namespace, Observed, Route};
 
 #[derive(Debug, thiserror::Error)]
@@ -180,11 +184,23 @@ pub fn observe(
             flood.entry(index).or_default().insert(destination);
         }
     }
+    // Proxy neighbour entries are few (one an instance on a segment) and read every time,
+    // as addresses are: kudonet's carry its route protocol number.
+    let mut proxies: HashMap<u32, (BTreeSet<IpAddr>, BTreeSet<IpAddr>)> = HashMap::new();
+    for (index, address, protocol) in host.dump_ipv6_proxies()? {
+        let (ours, others) = proxies.entry(index).or_default();
+        match protocol == names::ROUTE_PROTOCOL {
+            true => ours.insert(address),
+            false => others.insert(address),
+        };
+    }
     let mut links: BTreeMap<String, Link> = raw_links
         .values()
         .map(|raw| {
             let mut link = raw.resolve(&names_by_index, &mut addresses);
             link.flood = flood.remove(&raw.index).unwrap_or_default();
+            (link.proxy_neighbours, link.foreign_proxy_neighbours) =
+                proxies.remove(&raw.index).unwrap_or_default();
             (raw.name.clone(), link)
         })
         .collect();
@@ -233,6 +249,7 @@ pub fn observe(
             owned: read.owned,
             links: BTreeMap::new(),
             default_gateways: read.default_gateways.clone(),
+            onlink_gateways: read.onlink_gateways.clone(),
         };
         for (inner_name, (inner_link, inner_index, peer_index)) in &read.links {
             let mut inner_link = inner_link.clone();
@@ -271,8 +288,16 @@ pub fn observe(
     }
     // Absent from a kernel without IPv6: then no node of IPv6 can converge, and says why
     // when kudonet sets it.
-    if let Ok(value) = read_sysctl(IPV6_FORWARDING) {
-        observed.sysctls.insert(IPV6_FORWARDING.to_string(), value);
+    let mut ipv6_sysctls = vec![IPV6_FORWARDING.to_string()];
+    for (name, link) in &observed.links {
+        if link.is_kudonet_bridge() {
+            ipv6_sysctls.extend([proxy_ndp(name), proxy_ndp_delay(name)]);
+        }
+    }
+    for key in ipv6_sysctls {
+        if let Ok(value) = read_sysctl(&key) {
+            observed.sysctls.insert(key, value);
+        }
     }
 
     // The legacy backend beside kudonet's moves no generation: it is read again on full
@@ -392,7 +417,8 @@ fn refresh_namespaces(
 struct InstanceNamespace {
     owned: bool,
     links: BTreeMap<String, (Link, u32, Option<u32>)>,
-    default_gateways: BTreeSet<std::net::IpAddr>,
+    default_gateways: BTreeSet<IpAddr>,
+    onlink_gateways: BTreeSet<IpAddr>,
 }
 
 fn read_namespace(netlink: &mut Netlink) -> Result<InstanceNamespace, ObserveError> {
@@ -409,10 +435,15 @@ fn read_namespace(netlink: &mut Netlink) -> Result<InstanceNamespace, ObserveErr
             (raw.name.clone(), (link, raw.index, raw.peer_index))
         })
         .collect();
-    let default_gateways = netlink
+    let defaults: Vec<_> = netlink
         .dump_routes()?
-        .iter()
+        .into_iter()
         .filter(|route| route.destination.is_some_and(|d| d.network_length() == 0))
+        .collect();
+    let default_gateways = defaults.iter().filter_map(|route| route.gateway).collect();
+    let onlink_gateways = defaults
+        .iter()
+        .filter(|route| route.onlink)
         .filter_map(|route| route.gateway)
         .collect();
     let owned = links
@@ -422,15 +453,18 @@ fn read_namespace(netlink: &mut Netlink) -> Result<InstanceNamespace, ObserveErr
         owned,
         links,
         default_gateways,
+        onlink_gateways,
     })
 }
 
-fn addresses_by_index(
-    netlink: &mut Netlink,
-) -> Result<HashMap<u32, BTreeSet<cidr::IpInet>>, ObserveError> {
-    let mut addresses: HashMap<u32, BTreeSet<cidr::IpInet>> = HashMap::new();
-    for (index, address) in netlink.dump_addresses()? {
-        addresses.entry(index).or_default().insert(address);
+fn addresses_by_index(netlink: &mut Netlink) -> Result<HashMap<u32, LinkAddresses>, ObserveError> {
+    let mut addresses: HashMap<u32, LinkAddresses> = HashMap::new();
+    for (index, address, no_prefix_route) in netlink.dump_addresses()? {
+        let (all, without_prefix_route) = addresses.entry(index).or_default();
+        all.insert(address);
+        if no_prefix_route {
+            without_prefix_route.insert(address);
+        }
     }
     Ok(addresses)
 }

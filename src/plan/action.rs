@@ -72,8 +72,9 @@ pub enum Action {
     },
     /// A segment: a bridge in the node namespace, marked as one of kudonet's segments, with
     /// the MAC address of the node's bridge `bridge` (one gateway, wherever an instance is),
-    /// IPv6 off, down. It holds the instances the node's bridge has no room for, and the
-    /// gateway address as a /32; the node routes between its bridges.
+    /// IPv6 off (on when it gets the IPv6 gateway address), down. It holds the instances
+    /// the node's bridge has no room for, and the gateway addresses as a /32 and a /128;
+    /// the node routes between its bridges.
     CreateSegment {
         /// The segment's name (`kudo-seg<N>`).
         name: String,
@@ -132,6 +133,10 @@ pub enum Action {
         link: LinkRef,
         /// The address and prefix length.
         address: IpInet,
+        /// Whether the kernel leaves out the route to the address's subnet
+        /// (`IFA_F_NOPREFIXROUTE`): an instance on a segment keeps its IPv6 prefix but
+        /// reaches everything, its subnet included, through the gateway.
+        no_prefix_route: bool,
     },
     /// Removes an address from a link.
     DeleteAddress {
@@ -147,6 +152,9 @@ pub enum Action {
         namespace: String,
         /// The node's bridge address.
         gateway: IpAddr,
+        /// Whether the gateway is declared on-link on eth0: an instance on a segment has no
+        /// route to its IPv6 subnet (see `AddAddress::no_prefix_route`).
+        onlink: bool,
     },
     /// A route of the node namespace through `device`, scope link, marked as kudonet's: to
     /// an instance on a segment, whose address the node's bridge route would send elsewhere.
@@ -197,6 +205,22 @@ pub enum Action {
         link: String,
         /// The former peer's address.
         destination: IpAddr,
+    },
+    /// A proxy neighbour entry of the node namespace, marked as kudonet's: the node answers
+    /// IPv6 neighbour solicitations for `address` on `link` (the node's bridge, for an
+    /// instance on a segment).
+    AddProxyNeighbour {
+        /// The link the node answers on.
+        link: String,
+        /// The IPv6 address it answers for.
+        address: IpAddr,
+    },
+    /// Deletes a proxy neighbour entry that kudonet marked as its own.
+    DeleteProxyNeighbour {
+        /// The link of the entry.
+        link: String,
+        /// The address of the entry.
+        address: IpAddr,
     },
     /// Deletes a route of the node namespace that kudonet marked as its own.
     DeleteRoute {
@@ -284,6 +308,8 @@ impl Action {
             Action::ReplaceRoute { .. } => "replace_route",
             Action::ReplaceLinkRoute { .. } => "replace_link_route",
             Action::DeleteRoute { .. } => "delete_route",
+            Action::AddProxyNeighbour { .. } => "add_proxy_neighbour",
+            Action::DeleteProxyNeighbour { .. } => "delete_proxy_neighbour",
             Action::SetSysctl { .. } => "set_sysctl",
             Action::SyncTable { .. } => "sync_table",
             Action::PurgeOtherBackend { .. } => "purge_other_backend",
@@ -299,12 +325,14 @@ impl Action {
             | Action::CreateVeth { .. }
             | Action::CreateVxlan { .. }
             | Action::AddFlood { .. }
-            | Action::AddAddress { .. } => Effect::Add,
+            | Action::AddAddress { .. }
+            | Action::AddProxyNeighbour { .. } => Effect::Add,
             Action::DeleteNamespace { .. }
             | Action::DeleteLink { .. }
             | Action::DeleteAddress { .. }
             | Action::DeleteFlood { .. }
             | Action::DeleteRoute { .. }
+            | Action::DeleteProxyNeighbour { .. }
             | Action::PurgeOtherBackend { .. } => Effect::Destroy,
             Action::SetMtu { .. }
             | Action::SetUp { .. }
@@ -358,11 +386,31 @@ impl fmt::Display for Action {
             }
             Action::SetHairpin { link } => write!(f, "link {link}: hairpin on"),
             // `:#` keeps the prefix of a /32 (a segment's gateway address) in sight.
-            Action::AddAddress { link, address } => write!(f, "address {address:#} on {link}"),
-            Action::DeleteAddress { link, address } => write!(f, "address {address:#} on {link}"),
-            Action::ReplaceDefaultRoute { namespace, gateway } => {
-                write!(f, "route default via {gateway} in {namespace}")
+            Action::AddAddress {
+                link,
+                address,
+                no_prefix_route,
+            } => {
+                write!(f, "address {address:#} on {link}")?;
+                if *no_prefix_route {
+                    write!(f, " (noprefixroute)")?;
+                }
+                Ok(())
             }
+            Action::DeleteAddress { link, address } => write!(f, "address {address:#} on {link}"),
+            Action::ReplaceDefaultRoute {
+                namespace,
+                gateway,
+                onlink: false,
+            } => write!(f, "route default via {gateway} in {namespace}"),
+            Action::ReplaceDefaultRoute {
+                namespace,
+                gateway,
+                onlink: true,
+            } => write!(
+                f,
+                "route default via {gateway} dev eth0 onlink in {namespace}"
+            ),
             Action::ReplaceLinkRoute {
                 destination,
                 device,
@@ -402,6 +450,10 @@ impl fmt::Display for Action {
                 write!(f, "flood {link} to {destination}")
             }
             Action::DeleteRoute { destination } => write!(f, "route {destination:#}"),
+            Action::AddProxyNeighbour { link, address }
+            | Action::DeleteProxyNeighbour { link, address } => {
+                write!(f, "proxy neighbour {address} on {link}")
+            }
             Action::SetSysctl { key, value } => write!(f, "sysctl {key} = {value}"),
             Action::SyncTable { table, diff, .. } => {
                 write!(f, "{} table {}", table.command(), table.name)?;

@@ -42,7 +42,8 @@ use cidr::{IpCidr, IpInet};
 use crate::spec::{ClusterMode, Desired, Family, Instance, MAX_BRIDGES};
 
 pub use crate::names::{
-    IP_FORWARD, IPV6_FORWARDING, proxy_arp, proxy_delay, route_localnet, sysctl_interface,
+    IP_FORWARD, IPV6_FORWARDING, proxy_arp, proxy_delay, proxy_ndp, proxy_ndp_delay,
+    route_localnet, sysctl_interface,
 };
 
 /// Something foreign stands where kudonet needs to put one of its objects.
@@ -211,6 +212,12 @@ pub fn plan_with_bridge_instances(
     if !wanted.segments.is_empty() && node.has(Family::Ipv4) {
         planner.proxy_arp(&desired.node.bridge, false);
     }
+    // The instances of the bridge find those of the segments in their IPv6 subnet by
+    // neighbour discovery: the node answers for them there (one proxy entry each).
+    if !wanted.segments.is_empty() && node.has(Family::Ipv6) {
+        planner.sysctl(&proxy_ndp(&node.bridge), "1");
+        planner.sysctl(&proxy_ndp_delay(&node.bridge), "0");
+    }
     if wanted.overlay {
         planner.overlay(desired, uplink);
     }
@@ -260,6 +267,9 @@ struct Wanted {
     segments: BTreeSet<String>,
     /// The address (/32, /128) of each instance on a segment -> that segment.
     link_routes: BTreeMap<IpCidr, String>,
+    /// The IPv6 address of each instance on a segment, which the node answers for on its
+    /// bridge, and that bridge.
+    proxy_neighbours: BTreeSet<(String, IpAddr)>,
     /// Host veth name -> the alias it must carry and the instance it is for.
     host_links: BTreeMap<String, (String, String)>,
     namespaces: BTreeSet<String>,
@@ -271,7 +281,7 @@ struct Wanted {
 
 impl Wanted {
     fn new(desired: &Desired, placement: &Placement) -> Wanted {
-        let link_routes = desired
+        let link_routes: BTreeMap<IpCidr, String> = desired
             .instances
             .iter()
             .filter_map(|instance| {
@@ -285,6 +295,12 @@ impl Wanted {
                     .map(move |address| (host_route(*address), bridge.to_string()))
             })
             .collect();
+        let proxy_neighbours = link_routes
+            .keys()
+            .map(IpCidr::first_address)
+            .filter(IpAddr::is_ipv6)
+            .map(|address| (desired.node.bridge.clone(), address))
+            .collect();
         Wanted {
             segments: placement
                 .segments()
@@ -292,6 +308,7 @@ impl Wanted {
                 .map(str::to_string)
                 .collect(),
             link_routes,
+            proxy_neighbours,
             ..Wanted::from(desired)
         }
     }
@@ -322,6 +339,7 @@ impl From<&Desired> for Wanted {
             bridge: Some(desired.node.bridge.clone()),
             segments: BTreeSet::new(),
             link_routes: BTreeMap::new(),
+            proxy_neighbours: BTreeSet::new(),
             host_links: desired
                 .instances
                 .iter()
@@ -534,6 +552,20 @@ impl<'a> Planner<'a> {
                 });
             }
         }
+        // Proxy entries carrying kudonet's mark, on whatever link (they go with it).
+        for (name, link) in &observed.links {
+            if self.gone.contains(&LinkRef::host(name)) {
+                continue;
+            }
+            for address in &link.proxy_neighbours {
+                if !wanted.proxy_neighbours.contains(&(name.clone(), *address)) {
+                    self.push(Action::DeleteProxyNeighbour {
+                        link: name.clone(),
+                        address: *address,
+                    });
+                }
+            }
+        }
     }
 
     /// kudonet's rules left in the other iptables backend go, whatever the node wants: both
@@ -597,17 +629,20 @@ impl<'a> Planner<'a> {
         };
         let current = current.unwrap_or(&created);
         let addresses = node.cidrs.iter().copied().collect();
-        self.converge_link(&link, current, self.mtu, &addresses);
+        self.converge_link(&link, current, self.mtu, &addresses, &BTreeSet::new());
         true
     }
 
-    /// MTU, addresses (exactly `addresses`) and up, in the order the kernel needs them.
+    /// MTU, addresses (exactly `addresses`, those of `no_prefix_route` without the route
+    /// to their subnet, the others with it) and up, in the order the kernel needs them. An
+    /// address with the other kind of prefix route is added again.
     fn converge_link(
         &mut self,
         link: &LinkRef,
         current: &Link,
         mtu: u32,
         addresses: &BTreeSet<IpInet>,
+        no_prefix_route: &BTreeSet<IpInet>,
     ) {
         if current.mtu != mtu {
             self.push(Action::SetMtu {
@@ -615,17 +650,25 @@ impl<'a> Planner<'a> {
                 mtu,
             });
         }
-        for address in current.addresses.difference(addresses) {
+        let wrong = |address: &&IpInet| {
+            !addresses.contains(address)
+                || !current.has_address(address, no_prefix_route.contains(address))
+        };
+        for address in current.addresses.iter().filter(wrong) {
             self.push(Action::DeleteAddress {
                 link: link.clone(),
                 address: *address,
             });
         }
-        for address in addresses.difference(&current.addresses) {
-            self.push(Action::AddAddress {
-                link: link.clone(),
-                address: *address,
-            });
+        for address in addresses {
+            let no_prefix_route = no_prefix_route.contains(address);
+            if !current.has_address(address, no_prefix_route) {
+                self.push(Action::AddAddress {
+                    link: link.clone(),
+                    address: *address,
+                    no_prefix_route,
+                });
+            }
         }
         if !current.up {
             self.push(Action::SetUp { link: link.clone() });
@@ -707,7 +750,7 @@ impl<'a> Planner<'a> {
         let paired = matches!((host_link, peer), (Some(h), Some(p))
             if p.kind == LinkKind::Veth && h.peer.as_ref() == Some(&eth0_ref) && p.peer.as_ref() == Some(&host_ref));
 
-        let (host_now, peer_now, gateways_now);
+        let (host_now, peer_now, gateways_now, onlink_now);
         let created = Link {
             mtu: self.mtu,
             ..Link::new(LinkKind::Veth)
@@ -716,6 +759,9 @@ impl<'a> Planner<'a> {
             (host_now, peer_now) = (host_link.unwrap_or(&created), peer.unwrap_or(&created));
             gateways_now = namespace
                 .map(|namespace| namespace.default_gateways.clone())
+                .unwrap_or_default();
+            onlink_now = namespace
+                .map(|namespace| namespace.onlink_gateways.clone())
                 .unwrap_or_default();
         } else {
             // Half built or broken: rebuild the pair (deleting an end that is still there;
@@ -728,7 +774,8 @@ impl<'a> Planner<'a> {
                 instance: instance.name.clone(),
                 mtu: self.creation_mtu(),
             });
-            (host_now, peer_now, gateways_now) = (&created, &created, BTreeSet::new());
+            (host_now, peer_now) = (&created, &created);
+            (gateways_now, onlink_now) = (BTreeSet::new(), BTreeSet::new());
         }
 
         // Host end: a port of its bridge, no address of its own.
@@ -743,7 +790,13 @@ impl<'a> Planner<'a> {
         if !(attached && host_now.hairpin) {
             self.push(Action::SetHairpin { link: host.clone() });
         }
-        self.converge_link(&host_ref, host_now, self.mtu, &BTreeSet::new());
+        self.converge_link(
+            &host_ref,
+            host_now,
+            self.mtu,
+            &BTreeSet::new(),
+            &BTreeSet::new(),
+        );
 
         // Inside: lo up, eth0 with the instance address, default route via the bridge.
         if !self
@@ -755,24 +808,64 @@ impl<'a> Planner<'a> {
             });
         }
         let addresses: BTreeSet<IpInet> = instance.addresses.iter().copied().collect();
-        self.converge_link(&eth0_ref, peer_now, self.mtu, &addresses);
+        // On a segment, the IPv6 subnet is not on-link (the node answers for the gateway
+        // alone there, and proxy neighbour discovery needs one entry an address): the
+        // instance keeps its prefix but sends everything through the gateway.
+        let on_segment = bridge != node.bridge;
+        let no_prefix_route: BTreeSet<IpInet> = addresses
+            .iter()
+            .filter(|address| on_segment && address.is_ipv6())
+            .copied()
+            .collect();
+        self.converge_link(&eth0_ref, peer_now, self.mtu, &addresses, &no_prefix_route);
         for address in &instance.addresses {
             let family = Family::of(address.address());
             let Some(gateway) = node.gateway(family) else {
                 continue;
             };
+            let onlink = no_prefix_route.contains(address);
             // The kernel drops routes through an address that goes away: re-assert it then
             // too.
-            let readdressed = !peer_now.addresses.contains(address);
-            if !gateways_now.contains(&gateway) || readdressed {
+            let readdressed = !peer_now.has_address(address, onlink);
+            if !gateways_now.contains(&gateway)
+                || onlink_now.contains(&gateway) != onlink
+                || readdressed
+            {
                 self.push(Action::ReplaceDefaultRoute {
                     namespace: netns.clone(),
                     gateway,
+                    onlink,
                 });
             }
         }
-        if bridge != node.bridge {
+        if on_segment {
             self.link_route(instance, &bridge);
+            self.proxy_neighbours(instance, &node.bridge);
+        }
+    }
+
+    /// The node's proxy neighbour entries on its bridge for the IPv6 address of an
+    /// instance on a segment. An entry of someone else's for it answers as well: kudonet
+    /// leaves it alone.
+    fn proxy_neighbours(&mut self, instance: &Instance, bridge: &str) {
+        let current = self.link(&LinkRef::host(bridge));
+        let missing: Vec<IpAddr> = instance
+            .addresses
+            .iter()
+            .map(|address| address.address())
+            .filter(IpAddr::is_ipv6)
+            .filter(|address| {
+                current.is_none_or(|link| {
+                    !link.proxy_neighbours.contains(address)
+                        && !link.foreign_proxy_neighbours.contains(address)
+                })
+            })
+            .collect();
+        for address in missing {
+            self.push(Action::AddProxyNeighbour {
+                link: bridge.to_string(),
+                address,
+            });
         }
     }
 
@@ -843,7 +936,13 @@ impl<'a> Planner<'a> {
             .map(|cidr| IpInet::new_host(cidr.address()))
             .collect();
         let fresh = current.is_none();
-        self.converge_link(&link, current.unwrap_or(&created), self.mtu, &gateways);
+        self.converge_link(
+            &link,
+            current.unwrap_or(&created),
+            self.mtu,
+            &gateways,
+            &BTreeSet::new(),
+        );
         if desired.node.has(Family::Ipv4) {
             self.sysctl_of(&route_localnet(name), "1", fresh);
             self.proxy_arp(name, fresh);
@@ -936,7 +1035,13 @@ impl<'a> Planner<'a> {
                 destination: *destination,
             });
         }
-        self.converge_link(&LinkRef::host(name), current, self.mtu, &BTreeSet::new());
+        self.converge_link(
+            &LinkRef::host(name),
+            current,
+            self.mtu,
+            &BTreeSet::new(),
+            &BTreeSet::new(),
+        );
     }
 
     fn peer_routes(&mut self, wanted: &Wanted) {

@@ -428,7 +428,10 @@ pub fn drift(dataplane: &mut MemoryDataplane, drift: &Drift) {
                 Drift::AddStrayAddress(_) => {
                     target.addresses.insert("198.51.100.7/24".parse().unwrap());
                 }
-                Drift::DropAddresses(_) => target.addresses.clear(),
+                Drift::DropAddresses(_) => {
+                    target.addresses.clear();
+                    target.no_prefix_route.clear();
+                }
                 _ => {
                     target.master = None;
                     target.hairpin = false;
@@ -437,12 +440,9 @@ pub fn drift(dataplane: &mut MemoryDataplane, drift: &Drift) {
         }
         Drift::DropDefaultRoute(i) => {
             if let Some(name) = pick(state.namespaces.keys().cloned(), i) {
-                state
-                    .namespaces
-                    .get_mut(&name)
-                    .unwrap()
-                    .default_gateways
-                    .clear();
+                let namespace = state.namespaces.get_mut(&name).unwrap();
+                namespace.default_gateways.clear();
+                namespace.onlink_gateways.clear();
             }
         }
         Drift::FlushChain(i) | Drift::DeleteChain(i) => {

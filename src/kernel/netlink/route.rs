@@ -127,8 +127,8 @@ impl Netlink {
     }
 
     /// Every IPv4 and IPv6 address but the IPv6 link-local ones (the kernel makes those),
-    /// as (interface index, address with prefix).
-    pub fn dump_addresses(&mut self) -> Result<Vec<(u32, IpInet)>> {
+    /// as (interface index, address with prefix, whether it has no prefix route).
+    pub fn dump_addresses(&mut self) -> Result<Vec<(u32, IpInet, bool)>> {
         let mut request = AddressMessage::default();
         request.header.family = AddressFamily::Unspec;
         let replies = self.dump("addresses", RouteNetlinkMessage::GetAddress(request))?;
@@ -151,7 +151,11 @@ impl Netlink {
                             _ => None,
                         })?;
                     let inet = IpInet::new(ip, address.header.prefix_len).ok()?;
-                    Some((address.header.index, inet))
+                    let no_prefix_route = address.attributes.iter().any(|attribute| {
+                        matches!(attribute, AddressAttribute::Flags(flags)
+                            if flags.contains(AddressFlags::Noprefixroute))
+                    });
+                    Some((address.header.index, inet, no_prefix_route))
                 }
                 _ => None,
             })
@@ -401,7 +405,7 @@ impl Netlink {
         )
     }
 
-    fn address_message(index: u32, address: IpInet) -> AddressMessage {
+    fn address_message(index: u32, address: IpInet, no_prefix_route: bool) -> AddressMessage {
         let mut message = AddressMessage::default();
         message.header.prefix_len = address.network_length();
         message.header.index = index;
@@ -425,18 +429,29 @@ impl Netlink {
                 // kudonet hands the addresses out: no duplicate address detection, so the
                 // address is usable at once instead of "tentative" for a second or more.
                 message.header.flags = AddressHeaderFlags::Nodad;
-                message
-                    .attributes
-                    .push(AddressAttribute::Flags(AddressFlags::Nodad));
+                let mut flags = AddressFlags::Nodad;
+                if no_prefix_route {
+                    flags |= AddressFlags::Noprefixroute;
+                }
+                message.attributes.push(AddressAttribute::Flags(flags));
             }
         }
         message
     }
 
-    pub fn add_address(&mut self, index: u32, name: &str, address: IpInet) -> Result<()> {
+    /// Adds `address` to the link, without the route to its subnet if `no_prefix_route`
+    /// (IPv6 only).
+    pub fn add_address(
+        &mut self,
+        index: u32,
+        name: &str,
+        address: IpInet,
+        no_prefix_route: bool,
+    ) -> Result<()> {
+        let message = Self::address_message(index, address, no_prefix_route);
         self.change(
             || format!("add address {address} to {name}"),
-            RouteNetlinkMessage::NewAddress(Self::address_message(index, address)),
+            RouteNetlinkMessage::NewAddress(message),
             NLM_F_CREATE | NLM_F_EXCL,
         )
     }
@@ -444,7 +459,7 @@ impl Netlink {
     pub fn delete_address(&mut self, index: u32, name: &str, address: IpInet) -> Result<()> {
         self.change(
             || format!("delete address {address} from {name}"),
-            RouteNetlinkMessage::DelAddress(Self::address_message(index, address)),
+            RouteNetlinkMessage::DelAddress(Self::address_message(index, address, false)),
             0,
         )
     }
@@ -642,6 +657,86 @@ impl Netlink {
             .collect())
     }
 
+    /// A proxy neighbour entry (`ip -6 neigh add proxy ADDRESS dev DEVICE protocol N`).
+    fn proxy_message(index: u32, address: IpAddr, protocol: Option<u8>) -> NeighbourMessage {
+        let mut message = NeighbourMessage::default();
+        message.header.family = match address {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        };
+        message.header.ifindex = index;
+        message.header.state = NeighbourState::Permanent;
+        message.header.flags = NeighbourFlags::Proxy;
+        message
+            .attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::from(
+                address,
+            )));
+        message.attributes.extend(
+            protocol.map(|protocol| NeighbourAttribute::Protocol(RouteProtocol::from(protocol))),
+        );
+        message
+    }
+
+    /// Adds a proxy neighbour entry for `address` on the link, marked with `protocol` (an
+    /// entry already there for it is updated, its mark too).
+    pub fn add_proxy(
+        &mut self,
+        index: u32,
+        name: &str,
+        address: IpAddr,
+        protocol: u8,
+    ) -> Result<()> {
+        self.change(
+            || format!("add proxy neighbour {address} on {name}"),
+            RouteNetlinkMessage::NewNeighbour(Self::proxy_message(index, address, Some(protocol))),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+    }
+
+    /// Deletes the proxy neighbour entry for `address` on the link.
+    pub fn delete_proxy(&mut self, index: u32, name: &str, address: IpAddr) -> Result<()> {
+        self.change(
+            || format!("delete proxy neighbour {address} on {name}"),
+            RouteNetlinkMessage::DelNeighbour(Self::proxy_message(index, address, None)),
+            0,
+        )
+    }
+
+    /// Every IPv6 proxy neighbour entry, as (interface index, address, protocol number).
+    pub fn dump_ipv6_proxies(&mut self) -> Result<Vec<(u32, IpAddr, u8)>> {
+        let mut request = NeighbourMessage::default();
+        request.header.family = AddressFamily::Inet6;
+        // The kernel dumps the proxy entries instead of the neighbours when asked so.
+        request.header.flags = NeighbourFlags::Proxy;
+        let replies = self.dump(
+            "proxy neighbour entries",
+            RouteNetlinkMessage::GetNeighbour(request),
+        )?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|reply| match reply {
+                RouteNetlinkMessage::NewNeighbour(entry)
+                    if entry.header.flags.contains(NeighbourFlags::Proxy) =>
+                {
+                    let mut protocol = 0;
+                    let mut address = None;
+                    for attribute in &entry.attributes {
+                        match attribute {
+                            NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => {
+                                address = Some(IpAddr::V6(*ip));
+                            }
+                            NeighbourAttribute::Protocol(number) => protocol = u8::from(*number),
+                            _ => {}
+                        }
+                    }
+                    Some((entry.header.ifindex, address?, protocol))
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
     /// Deletes the route to `destination`, only if it carries `protocol`.
     /// Deletes kudonet's route to `destination`, whatever its scope (a route through a
     /// gateway is universe, one to an instance on a segment is link), as `ip route del`
@@ -695,6 +790,9 @@ pub(crate) fn changed_links(buffer: &[u8]) -> Vec<u32> {
     }
     indexes
 }
+
+/// The addresses of a link, and those of them without a prefix route.
+pub(crate) type LinkAddresses = (BTreeSet<IpInet>, BTreeSet<IpInet>);
 
 /// A link as read, with the indexes needed to resolve its master, its vxlan underlay and
 /// its veth peer, which may be read later than it.
@@ -754,7 +852,7 @@ impl RawLink {
     pub(crate) fn resolve(
         &self,
         names_by_index: &HashMap<u32, &str>,
-        addresses: &mut HashMap<u32, BTreeSet<IpInet>>,
+        addresses: &mut HashMap<u32, LinkAddresses>,
     ) -> Link {
         let name_of = |index: Option<u32>| {
             index
@@ -766,7 +864,7 @@ impl RawLink {
         if let Some(vxlan) = &mut link.vxlan {
             vxlan.device = name_of(self.vxlan_device_index);
         }
-        link.addresses = addresses.remove(&self.index).unwrap_or_default();
+        (link.addresses, link.no_prefix_route) = addresses.remove(&self.index).unwrap_or_default();
         link
     }
 }
@@ -850,6 +948,8 @@ pub(crate) struct RouteRecord {
     pub(crate) kernel: bool,
     /// The route protocol number (kudonet's marks its own).
     pub(crate) protocol: u8,
+    /// Whether the gateway is declared on-link.
+    pub(crate) onlink: bool,
 }
 
 impl RouteRecord {
@@ -881,6 +981,7 @@ impl RouteRecord {
             device,
             kernel: route.header.protocol == RouteProtocol::Kernel,
             protocol: u8::from(route.header.protocol),
+            onlink: route.header.flags.contains(RouteFlags::Onlink),
         }
     }
 }
