@@ -91,8 +91,13 @@ pub fn proxy_delay(bridge: &str) -> String {
 /// `net.ipv4.neigh.<device>.<setting>`) is about, or `None` for a node-wide one. `all` and
 /// `default` are returned too: they are pseudo-devices whose settings reach every
 /// interface, which is why a dataplane writes a per-interface sysctl only for kudonet's own
-/// existing bridges.
+/// existing bridges. `net.ipv6.conf.all.forwarding` is the exception: it is IPv6's
+/// node-wide switch (as `net.ipv4.ip_forward` is IPv4's), and kudonet sets nothing else on
+/// `all`.
 pub fn sysctl_interface(key: &str) -> Option<&str> {
+    if key == IPV6_FORWARDING {
+        return None;
+    }
     let rest = ["net.ipv4.conf.", "net.ipv6.conf.", "net.ipv4.neigh."]
         .into_iter()
         .find_map(|prefix| key.strip_prefix(prefix))?;
@@ -267,6 +272,8 @@ mod tests {
             Some("default")
         );
         assert_eq!(sysctl_interface(IP_FORWARD), None);
+        assert_eq!(sysctl_interface(IPV6_FORWARDING), None);
+        assert_eq!(sysctl_interface("net.ipv6.conf.all.accept_ra"), Some("all"));
     }
 
     #[test]
