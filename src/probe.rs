@@ -7,7 +7,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,8 +62,16 @@ impl Drop for EchoServer {
 }
 
 /// Starts an echo server in `place`, listening on `address` for `protocol`. It answers every
-/// client with the client's address as it saw it (`10.0.0.2:41234`).
-pub fn serve(place: &Place, protocol: Protocol, address: SocketAddrV4) -> io::Result<EchoServer> {
+/// client with the client's address as it saw it (`10.0.0.2:41234`, `[fd00:10::2]:41234`).
+/// A server on `[::]` serves both families (unless the namespace has
+/// `net.ipv6.bindv6only`); it answers an IPv4 client with its IPv4 address, not the
+/// IPv4-mapped IPv6 one.
+pub fn serve(
+    place: &Place,
+    protocol: Protocol,
+    address: impl Into<SocketAddr>,
+) -> io::Result<EchoServer> {
+    let address = address.into();
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let place = place.clone();
@@ -97,8 +105,17 @@ pub fn serve(place: &Place, protocol: Protocol, address: SocketAddrV4) -> io::Re
 
 const POLL: Duration = Duration::from_millis(20);
 
+/// How a server writes the address it saw a client at: IPv4 clients of a `[::]` socket as
+/// IPv4.
+fn answer(peer: SocketAddr) -> String {
+    format!(
+        "{}\n",
+        SocketAddr::new(peer.ip().to_canonical(), peer.port())
+    )
+}
+
 fn serve_tcp(
-    address: SocketAddrV4,
+    address: SocketAddr,
     stop: &AtomicBool,
     ready: &std::sync::mpsc::Sender<io::Result<()>>,
 ) {
@@ -112,7 +129,7 @@ fn serve_tcp(
         match listener.accept() {
             Ok((mut stream, peer)) => {
                 let _ = stream.set_nonblocking(false);
-                let _ = stream.write_all(format!("{peer}\n").as_bytes());
+                let _ = stream.write_all(answer(peer).as_bytes());
             }
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(POLL),
             Err(_) => std::thread::sleep(POLL),
@@ -121,7 +138,7 @@ fn serve_tcp(
 }
 
 fn serve_udp(
-    address: SocketAddrV4,
+    address: SocketAddr,
     stop: &AtomicBool,
     ready: &std::sync::mpsc::Sender<io::Result<()>>,
 ) {
@@ -134,24 +151,33 @@ fn serve_udp(
     let mut buffer = [0; 512];
     while !stop.load(Ordering::Relaxed) {
         if let Ok((_, peer)) = socket.recv_from(&mut buffer) {
-            let _ = socket.send_to(format!("{peer}\n").as_bytes(), peer);
+            let _ = socket.send_to(answer(peer).as_bytes(), peer);
         }
     }
 }
 
 /// Asks the echo server at `target` from `place`; returns the address the server saw this
 /// client at.
-pub fn ask(place: &Place, protocol: Protocol, target: SocketAddrV4) -> io::Result<SocketAddrV4> {
+pub fn ask(
+    place: &Place,
+    protocol: Protocol,
+    target: impl Into<SocketAddr>,
+) -> io::Result<SocketAddr> {
+    let target = target.into();
     let answer = place.run(move || match protocol {
         Protocol::Tcp => {
-            let mut stream = TcpStream::connect_timeout(&SocketAddr::V4(target), TIMEOUT)?;
+            let mut stream = TcpStream::connect_timeout(&target, TIMEOUT)?;
             stream.set_read_timeout(Some(TIMEOUT))?;
             let mut answer = String::new();
             stream.read_to_string(&mut answer)?;
             Ok(answer)
         }
         Protocol::Udp => {
-            let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+            let any = match target {
+                SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+                SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+            };
+            let socket = UdpSocket::bind(any)?;
             socket.set_read_timeout(Some(TIMEOUT))?;
             socket.send_to(b"?", target)?;
             let mut buffer = [0; 512];
