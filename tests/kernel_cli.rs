@@ -475,11 +475,18 @@ fn status_json(state: &StateDir, code: i32) -> Value {
     document
 }
 
+/// An IPv4-only instance of the status document: `addresses` holds its one address, or
+/// none when `address` is empty.
 fn instance(name: &str, phase: &str, address: &str, veth: &str, message: &str) -> Value {
+    let addresses: Vec<&str> = Some(address)
+        .filter(|a| !a.is_empty())
+        .into_iter()
+        .collect();
     serde_json::json!({
         "name": name,
         "phase": phase,
         "address": address,
+        "addresses": addresses,
         "netns": format!("/run/netns/kudo-{name}"),
         "hostInterface": veth,
         "message": message,
@@ -1163,9 +1170,12 @@ fn demo_proves_the_bundled_example() {
 
 #[test]
 fn demo_proves_both_families_of_the_dual_stack_example() {
-    common::sandboxed("demo_proves_both_families_of_the_dual_stack_example", || {
-        kudonet(&["demo", "examples/dual-stack"]).expect(0, DEMO_DUAL_STACK, "");
-        assert_eq!(link_names(None), ["lo"]);
-        assert!(!common::sh("ip6tables-save").contains("KUDO"));
-    });
+    common::sandboxed(
+        "demo_proves_both_families_of_the_dual_stack_example",
+        || {
+            kudonet(&["demo", "examples/dual-stack"]).expect(0, DEMO_DUAL_STACK, "");
+            assert_eq!(link_names(None), ["lo"]);
+            assert!(!common::sh("ip6tables-save").contains("KUDO"));
+        },
+    );
 }
