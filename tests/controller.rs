@@ -68,7 +68,7 @@ fn in_force(name: &str, veth: &str, address: &str) -> Value {
 /// A Ready instance of `NODE` as the status document shows it.
 fn instance(name: &str, veth: &str, address: &str) -> Value {
     serde_json::json!({
-        "name": name, "phase": "Ready", "address": address,
+        "name": name, "phase": "Ready", "address": address, "addresses": [address],
         "netns": format!("/run/netns/kudo-{name}"), "hostInterface": veth, "message": "",
     })
 }
