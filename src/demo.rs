@@ -4,15 +4,15 @@
 //! connectivity promise with real packets.
 
 use std::io::{self, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use cidr::{IpInet, Ipv4Inet};
+use cidr::IpInet;
 use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
 
 use crate::kernel::KernelDataplane;
-use crate::kernel::netlink::Netlink;
+use crate::kernel::netlink::{Netlink, in_namespace};
 use crate::kernel::netns;
 use crate::names;
 use crate::probe::{self, EchoServer, Place};
@@ -100,7 +100,10 @@ pub fn run(
     writeln!(
         out,
         "1. The node {} gets an uplink {} ({}) to an \"outside\" namespace at {}.",
-        desired.node.name, uplink.device, uplink.address, uplink.outside
+        desired.node.name,
+        uplink.device,
+        list(uplink.addresses.iter().map(|(address, _)| address)),
+        list(uplink.addresses.iter().map(|(_, outside)| outside)),
     )?;
 
     let mut dataplane =
@@ -136,13 +139,24 @@ pub fn run(
     )?;
     let checks = checks(&desired, &uplink, netns_dir);
     let _servers = start_servers(&desired, &uplink, netns_dir)?;
+    // Past 40 characters (long names, IPv6 labels), the columns widen to stay aligned.
+    let width = checks
+        .iter()
+        .map(|check| check.what.len())
+        .max()
+        .unwrap_or(0)
+        .max(40);
+    let dual_stack = desired.node.families().count() > 1;
     let mut passed = 0;
+    let mut family = None;
     for check in &checks {
+        if dual_stack && family != Some(check.family) {
+            family = Some(check.family);
+            writeln!(out, "   {}:", check.family)?;
+        }
         let seen = probe::ask(&check.from, check.protocol, check.target);
         let (mark, result) = match &seen {
-            Ok(source) if source.ip() == std::net::IpAddr::from(check.expect) => {
-                ("ok  ", format!("saw {}", source.ip()))
-            }
+            Ok(source) if source.ip() == check.expect => ("ok  ", format!("saw {}", source.ip())),
             Ok(source) => (
                 "FAIL",
                 format!("saw {}, expected {}", source.ip(), check.expect),
@@ -152,19 +166,32 @@ pub fn run(
         passed += usize::from(mark == "ok  ");
         writeln!(
             out,
-            "   {mark} {:<40} {}/{} {result}",
+            "   {mark} {:<width$} {}/{} {result}",
             check.what, check.target, check.protocol
+        )?;
+    }
+
+    if desired.node.has(Family::Ipv6) {
+        writeln!(
+            out,
+            "   note: [::1] is not a published path for IPv6 (the kernel has no route_localnet \
+             for it): the node reaches its ports at its own IPv6 addresses."
         )?;
     }
 
     writeln!(out, "4. kudonet status:")?;
     let observed = dataplane_observe(&mut dataplane)?;
     let statuses = reconcile::instance_status(&desired, &observed, netns_dir, &outcome.failures);
-    for status in &statuses {
+    let addresses: Vec<String> = statuses
+        .iter()
+        .map(|status| status.addresses.join(","))
+        .collect();
+    let width = addresses.iter().map(String::len).max().unwrap_or(0).max(16);
+    for (status, addresses) in statuses.iter().zip(&addresses) {
         writeln!(
             out,
-            "   {:<12} {:<8} {:<16} {}",
-            status.name, status.phase, status.address, status.netns
+            "   {:<12} {:<8} {addresses:<width$} {}",
+            status.name, status.phase, status.netns
         )?;
     }
     let again = crate::plan::plan(&desired, &observed);
@@ -188,6 +215,14 @@ pub fn run(
     Ok(all)
 }
 
+/// `items` joined by ", ".
+fn list<T: std::fmt::Display>(items: impl Iterator<Item = T>) -> String {
+    items
+        .map(|item| item.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn dataplane_observe(dataplane: &mut KernelDataplane) -> io::Result<crate::observed::Observed> {
     use crate::dataplane::Dataplane;
     dataplane
@@ -205,42 +240,63 @@ fn write_bundled_example() -> io::Result<PathBuf> {
     Ok(dir)
 }
 
-/// The node's uplink in the demo: its `externalIp` (or 203.0.113.1) on a /24 shared with
-/// the outside namespace.
+/// The node's uplink in the demo: for each family of the node, its `externalIp` of that
+/// family (or 203.0.113.1/24, 2001:db8::1/64) on a network shared with the outside
+/// namespace.
 struct Uplink {
     device: String,
-    address: Ipv4Inet,
-    outside: Ipv4Addr,
+    /// The node's address and the outside's, for each family of the node (IPv4 first).
+    addresses: Vec<(IpInet, IpAddr)>,
     outside_netns: PathBuf,
 }
 
 impl Uplink {
     fn for_node(desired: &Desired) -> Uplink {
-        let ip = match desired.node.external_ip(Family::Ipv4) {
-            Some(IpAddr::V4(ip)) => ip,
-            _ => Ipv4Addr::new(203, 0, 113, 1),
-        };
-        let address = Ipv4Inet::new(ip, 24).expect("/24 is valid");
-        let last = address.network().last_address();
-        let outside = if ip == Ipv4Addr::from(u32::from(last) - 1) {
-            Ipv4Addr::from(u32::from(last) - 2)
-        } else {
-            Ipv4Addr::from(u32::from(last) - 1)
-        };
+        let addresses = desired
+            .node
+            .families()
+            .map(|family| {
+                let address = match (family, desired.node.external_ip(family)) {
+                    (Family::Ipv4, Some(ip)) => IpInet::new(ip, 24),
+                    (Family::Ipv6, Some(ip)) => IpInet::new(ip, 64),
+                    (Family::Ipv4, None) => IpInet::new(Ipv4Addr::new(203, 0, 113, 1).into(), 24),
+                    (Family::Ipv6, None) => {
+                        IpInet::new(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).into(), 64)
+                    }
+                }
+                .expect("the prefix fits the family");
+                (address, outside_address(address))
+            })
+            .collect();
         Uplink {
             device: desired
                 .node
                 .uplink
                 .clone()
                 .unwrap_or_else(|| "eth0".to_string()),
-            address,
-            outside,
+            addresses,
             outside_netns: Path::new(DEMO_ROOT).join("outside"),
         }
     }
 
-    /// A veth from the node to "outside", addressed, up, and the node's default route.
-    /// "outside" lives outside the netns directory kudonet manages.
+    /// The node's uplink address of `family`.
+    fn address(&self, family: Family) -> Option<IpAddr> {
+        self.addresses
+            .iter()
+            .map(|(address, _)| address.address())
+            .find(|ip| Family::of(*ip) == family)
+    }
+
+    /// The outside's address of `family`.
+    fn outside(&self, family: Family) -> Option<IpAddr> {
+        self.addresses
+            .iter()
+            .map(|(_, outside)| *outside)
+            .find(|ip| Family::of(*ip) == family)
+    }
+
+    /// A veth from the node to "outside", addressed, up, and the node's default route of
+    /// each family. "outside" lives outside the netns directory kudonet manages.
     fn build(&self, desired: &Desired) -> io::Result<()> {
         let dir = self.outside_netns.parent().expect("has a parent");
         netns::create(dir, "outside")?;
@@ -249,30 +305,67 @@ impl Uplink {
         let mut node = Netlink::open()?;
         node.create_veth(&self.device, "up0", &outside_file, None, desired.node.mtu)
             .map_err(err)?;
+        // Both ends' link-local addresses valid at once (no duplicate address detection),
+        // so that IPv6 neighbours are found from the first packet.
+        netns::skip_ipv6_dad(&self.device)?;
+        in_namespace(&outside_file, || netns::skip_ipv6_dad("up0"))??;
         let index = node.link_index(&self.device).map_err(err)?;
-        node.add_address(index, &self.device, IpInet::V4(self.address), false)
-            .map_err(err)?;
-        node.set_up(index, &self.device).map_err(err)?;
-        let default = cidr::IpCidr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0).expect("0.0.0.0/0");
-        node.replace_route(default, IpAddr::V4(self.outside), Some(index), 0)
-            .map_err(err)?;
         let mut outside = Netlink::open_in(&self.outside_netns)?;
         let up0 = outside.link_index("up0").map_err(err)?;
-        let outside_address = Ipv4Inet::new(self.outside, 24).expect("/24 is valid");
-        outside
-            .add_address(up0, "up0", IpInet::V4(outside_address), false)
-            .map_err(err)?;
+        for (address, outside_ip) in &self.addresses {
+            node.add_address(index, &self.device, *address, false)
+                .map_err(err)?;
+            let outside_address = IpInet::new(*outside_ip, address.network_length())
+                .expect("the prefix fits the family");
+            outside
+                .add_address(up0, "up0", outside_address, false)
+                .map_err(err)?;
+        }
+        node.set_up(index, &self.device).map_err(err)?;
         outside.set_up(up0, "up0").map_err(err)?;
-        outside.set_up(1, "lo").map_err(err)
+        outside.set_up(1, "lo").map_err(err)?;
+        for (address, outside_ip) in &self.addresses {
+            let unspecified = match address {
+                IpInet::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                IpInet::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            };
+            let default = cidr::IpCidr::new(unspecified, 0).expect("a /0 is valid");
+            node.replace_route(default, *outside_ip, Some(index), 0)
+                .map_err(err)?;
+        }
+        Ok(())
+    }
+}
+
+/// The outside's address beside the node's `address`: the last but one of the network
+/// (IPv4) or `::fe` in it (IPv6), or the one before when that is the node's.
+fn outside_address(address: IpInet) -> IpAddr {
+    match address {
+        IpInet::V4(address) => {
+            let last = u32::from(address.network().last_address());
+            let ip = u32::from(address.address());
+            Ipv4Addr::from(if ip == last - 1 { last - 2 } else { last - 1 }).into()
+        }
+        IpInet::V6(address) => {
+            let first = u128::from(address.network().first_address());
+            let ip = u128::from(address.address());
+            Ipv6Addr::from(if ip == first + 0xfe {
+                first + 0xfd
+            } else {
+                first + 0xfe
+            })
+            .into()
+        }
     }
 }
 
 struct Check {
+    family: Family,
     what: String,
     from: Place,
     protocol: Protocol,
-    target: SocketAddrV4,
-    expect: Ipv4Addr,
+    target: SocketAddr,
+    expect: IpAddr,
 }
 
 fn instance_place(netns_dir: &Path, name: &str) -> Place {
@@ -280,13 +373,18 @@ fn instance_place(netns_dir: &Path, name: &str) -> Place {
 }
 
 /// Echo servers: on the probe port in every instance, on the node and outside, and on each
-/// published instance port.
+/// published instance port. On a node with IPv6 they listen on `[::]`, for both families.
 fn start_servers(
     desired: &Desired,
     uplink: &Uplink,
     netns_dir: &Path,
 ) -> io::Result<Vec<EchoServer>> {
-    let any = |port| SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
+    let unspecified: IpAddr = if desired.node.has(Family::Ipv6) {
+        Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        Ipv4Addr::UNSPECIFIED.into()
+    };
+    let any = |port| SocketAddr::new(unspecified, port);
     let mut servers = vec![
         probe::serve(&Place::Here, Protocol::Tcp, any(PROBE_PORT))?,
         probe::serve(
@@ -314,19 +412,38 @@ fn start_servers(
     Ok(servers)
 }
 
-/// What to prove for `desired`: instance to instance, to the gateway, egress, and every
-/// published port from where it is published to.
+/// What to prove for `desired`, for each family of the node (IPv4 first): instance to
+/// instance, to the gateway, egress, and every published port from where it is published
+/// to.
 fn checks(desired: &Desired, uplink: &Uplink, netns_dir: &Path) -> Vec<Check> {
+    desired
+        .node
+        .families()
+        .flat_map(|family| family_checks(desired, family, uplink, netns_dir))
+        .collect()
+}
+
+/// The checks of `family`.
+fn family_checks(
+    desired: &Desired,
+    family: Family,
+    uplink: &Uplink,
+    netns_dir: &Path,
+) -> Vec<Check> {
     let mut checks = Vec::new();
     let node = &desired.node;
-    let Some(gateway) = node.ipv4().map(|cidr| cidr.address()) else {
+    let (Some(gateway), Some(uplink_ip), Some(outside_ip)) = (
+        node.gateway(family),
+        uplink.address(family),
+        uplink.outside(family),
+    ) else {
         return checks;
     };
     let outside = Place::netns(&uplink.outside_netns);
-    let instances: Vec<(&Instance, Ipv4Addr)> = desired
+    let instances: Vec<(&Instance, IpAddr)> = desired
         .instances
         .iter()
-        .filter_map(|instance| Some((instance, instance.ipv4()?.address())))
+        .filter_map(|instance| Some((instance, instance.address(family)?.address())))
         .collect();
     if let [(first, first_ip), (second, second_ip), ..] = instances.as_slice() {
         for ((from, from_ip), (to, to_ip)) in [
@@ -334,10 +451,11 @@ fn checks(desired: &Desired, uplink: &Uplink, netns_dir: &Path) -> Vec<Check> {
             ((second, second_ip), (first, first_ip)),
         ] {
             checks.push(Check {
+                family,
                 what: format!("instance {} -> instance {}", from.name, to.name),
                 from: instance_place(netns_dir, &from.name),
                 protocol: Protocol::Tcp,
-                target: SocketAddrV4::new(*to_ip, PROBE_PORT),
+                target: SocketAddr::new(*to_ip, PROBE_PORT),
                 expect: *from_ip,
             });
         }
@@ -345,13 +463,15 @@ fn checks(desired: &Desired, uplink: &Uplink, netns_dir: &Path) -> Vec<Check> {
     if let Some((first, first_ip)) = instances.first() {
         let from = instance_place(netns_dir, &first.name);
         checks.push(Check {
+            family,
             what: format!("instance {} -> node (gateway)", first.name),
             from: from.clone(),
             protocol: Protocol::Tcp,
-            target: SocketAddrV4::new(gateway, PROBE_PORT),
+            target: SocketAddr::new(gateway, PROBE_PORT),
             expect: *first_ip,
         });
         checks.push(Check {
+            family,
             what: format!(
                 "instance {} -> outside{}",
                 first.name,
@@ -359,20 +479,16 @@ fn checks(desired: &Desired, uplink: &Uplink, netns_dir: &Path) -> Vec<Check> {
             ),
             from,
             protocol: Protocol::Tcp,
-            target: SocketAddrV4::new(uplink.outside, PROBE_PORT),
+            target: SocketAddr::new(outside_ip, PROBE_PORT),
             expect: if node.masquerade {
-                uplink.address.address()
+                uplink_ip
             } else {
                 *first_ip
             },
         });
     }
     for (instance, _) in &instances {
-        for port in instance
-            .ports
-            .iter()
-            .filter(|port| port.serves(Family::Ipv4))
-        {
+        for port in instance.ports.iter().filter(|port| port.serves(family)) {
             let label = |from: &str| {
                 format!(
                     "{from} -> :{} -> {}:{}",
@@ -384,48 +500,50 @@ fn checks(desired: &Desired, uplink: &Uplink, netns_dir: &Path) -> Vec<Check> {
                 .map(|(other, _)| *other)
                 .find(|other| other.name != instance.name)
                 .unwrap_or(instance);
-            let host_ip = match port.host_address() {
-                Some(IpAddr::V4(ip)) => Some(ip),
-                _ => None,
+            let check = |what: String, from: Place, ip: IpAddr, expect: IpAddr| Check {
+                family,
+                what,
+                from,
+                protocol: port.protocol,
+                target: SocketAddr::new(ip, port.host_port),
+                expect,
             };
-            match host_ip {
+            match port.host_address() {
                 None => {
-                    checks.push(Check {
-                        what: label("outside"),
-                        from: outside.clone(),
-                        protocol: port.protocol,
-                        target: SocketAddrV4::new(uplink.address.address(), port.host_port),
-                        expect: uplink.outside,
-                    });
-                    checks.push(Check {
-                        what: label("node via 127.0.0.1"),
-                        from: Place::Here,
-                        protocol: port.protocol,
-                        target: SocketAddrV4::new(Ipv4Addr::LOCALHOST, port.host_port),
-                        expect: gateway,
-                    });
-                    checks.push(Check {
-                        what: label(&format!("{} (hairpin)", hairpin_from.name)),
-                        from: instance_place(netns_dir, &hairpin_from.name),
-                        protocol: port.protocol,
-                        target: SocketAddrV4::new(uplink.address.address(), port.host_port),
-                        expect: gateway,
-                    });
+                    checks.push(check(
+                        label("outside"),
+                        outside.clone(),
+                        uplink_ip,
+                        outside_ip,
+                    ));
+                    // The node reaches its IPv4 ports on 127.0.0.1 (route_localnet); IPv6 has
+                    // no such thing for ::1, so it uses one of its own addresses.
+                    let node_target = match family {
+                        Family::Ipv4 => Ipv4Addr::LOCALHOST.into(),
+                        Family::Ipv6 => uplink_ip,
+                    };
+                    checks.push(check(
+                        label(&format!("node via {node_target}")),
+                        Place::Here,
+                        node_target,
+                        gateway,
+                    ));
+                    checks.push(check(
+                        label(&format!("{} (hairpin)", hairpin_from.name)),
+                        instance_place(netns_dir, &hairpin_from.name),
+                        uplink_ip,
+                        gateway,
+                    ));
                 }
-                Some(ip) if ip == uplink.address.address() => checks.push(Check {
-                    what: label("outside"),
-                    from: outside.clone(),
-                    protocol: port.protocol,
-                    target: SocketAddrV4::new(ip, port.host_port),
-                    expect: uplink.outside,
-                }),
-                Some(ip) => checks.push(Check {
-                    what: label(&format!("{} via {ip}", hairpin_from.name)),
-                    from: instance_place(netns_dir, &hairpin_from.name),
-                    protocol: port.protocol,
-                    target: SocketAddrV4::new(ip, port.host_port),
-                    expect: gateway,
-                }),
+                Some(ip) if ip == uplink_ip => {
+                    checks.push(check(label("outside"), outside.clone(), ip, outside_ip));
+                }
+                Some(ip) => checks.push(check(
+                    label(&format!("{} via {ip}", hairpin_from.name)),
+                    instance_place(netns_dir, &hairpin_from.name),
+                    ip,
+                    gateway,
+                )),
             }
         }
     }

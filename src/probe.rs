@@ -62,7 +62,10 @@ impl Drop for EchoServer {
 }
 
 /// Starts an echo server in `place`, listening on `address` for `protocol`. It answers every
-/// client with the client's address as it saw it (`10.0.0.2:41234`, `[fd00::2]:41234`).
+/// client with the client's address as it saw it (`10.0.0.2:41234`, `[fd00:10::2]:41234`).
+/// A server on `[::]` serves both families (unless the namespace has
+/// `net.ipv6.bindv6only`); it answers an IPv4 client with its IPv4 address, not the
+/// IPv4-mapped IPv6 one.
 pub fn serve(
     place: &Place,
     protocol: Protocol,
@@ -102,6 +105,15 @@ pub fn serve(
 
 const POLL: Duration = Duration::from_millis(20);
 
+/// How a server writes the address it saw a client at: IPv4 clients of a `[::]` socket as
+/// IPv4.
+fn answer(peer: SocketAddr) -> String {
+    format!(
+        "{}\n",
+        SocketAddr::new(peer.ip().to_canonical(), peer.port())
+    )
+}
+
 fn serve_tcp(
     address: SocketAddr,
     stop: &AtomicBool,
@@ -117,7 +129,7 @@ fn serve_tcp(
         match listener.accept() {
             Ok((mut stream, peer)) => {
                 let _ = stream.set_nonblocking(false);
-                let _ = stream.write_all(format!("{peer}\n").as_bytes());
+                let _ = stream.write_all(answer(peer).as_bytes());
             }
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(POLL),
             Err(_) => std::thread::sleep(POLL),
@@ -139,7 +151,7 @@ fn serve_udp(
     let mut buffer = [0; 512];
     while !stop.load(Ordering::Relaxed) {
         if let Ok((_, peer)) = socket.recv_from(&mut buffer) {
-            let _ = socket.send_to(format!("{peer}\n").as_bytes(), peer);
+            let _ = socket.send_to(answer(peer).as_bytes(), peer);
         }
     }
 }
@@ -161,10 +173,11 @@ pub fn ask(
             Ok(answer)
         }
         Protocol::Udp => {
-            let socket = match target {
-                SocketAddr::V4(_) => UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?,
-                SocketAddr::V6(_) => UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))?,
+            let any = match target {
+                SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+                SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
             };
+            let socket = UdpSocket::bind(any)?;
             socket.set_read_timeout(Some(TIMEOUT))?;
             socket.send_to(b"?", target)?;
             let mut buffer = [0; 512];

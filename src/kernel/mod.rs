@@ -382,7 +382,23 @@ impl KernelDataplane {
                 let (socket, index) = self.link(link)?;
                 socket
                     .delete_address(index, &link.name, *address)
-                    .map_err(Cause::from)
+                    .map_err(Cause::from)?;
+                // The kernel drops an instance's IPv4 default route with its last IPv4
+                // address, but keeps an IPv6 one through a gateway no address reaches any
+                // more. An instance has one address of each family: its IPv6 default route
+                // goes with it, so that an instance (or node) that leaves IPv6 keeps none; a
+                // new address gets the route again from the plan.
+                if link.netns.is_some()
+                    && link.name == names::INSTANCE_INTERFACE
+                    && address.is_ipv6()
+                {
+                    let default = cidr::IpCidr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0)
+                        .expect("::/0 is valid");
+                    socket
+                        .delete_route(default, names::ROUTE_PROTOCOL)
+                        .map_err(Cause::from)?;
+                }
+                Ok(())
             }
             Action::ReplaceDefaultRoute {
                 namespace,
