@@ -91,8 +91,12 @@ pub fn proxy_delay(bridge: &str) -> String {
 /// `net.ipv4.neigh.<device>.<setting>`) is about, or `None` for a node-wide one. `all` and
 /// `default` are returned too: they are pseudo-devices whose settings reach every
 /// interface, which is why a dataplane writes a per-interface sysctl only for kudonet's own
-/// existing bridges.
+/// existing bridges. [`IPV6_FORWARDING`] is the exception: IPv6 has no node-wide forwarding
+/// switch but `all`'s, which kudonet means to set for every interface (as `ip_forward`).
 pub fn sysctl_interface(key: &str) -> Option<&str> {
+    if key == IPV6_FORWARDING {
+        return None;
+    }
     let rest = ["net.ipv4.conf.", "net.ipv6.conf.", "net.ipv4.neigh."]
         .into_iter()
         .find_map(|prefix| key.strip_prefix(prefix))?;
@@ -267,6 +271,16 @@ mod tests {
             Some("default")
         );
         assert_eq!(sysctl_interface(IP_FORWARD), None);
+    }
+
+    #[test]
+    fn ipv6_forwarding_is_node_wide_but_other_settings_of_all_are_not() {
+        assert_eq!(sysctl_interface(IPV6_FORWARDING), None);
+        assert_eq!(sysctl_interface("net.ipv6.conf.all.accept_ra"), Some("all"));
+        assert_eq!(
+            sysctl_interface("net.ipv6.conf.kudo0.forwarding"),
+            Some("kudo0")
+        );
     }
 
     #[test]
