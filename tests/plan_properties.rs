@@ -2,7 +2,8 @@
 //! drift, foreign objects, leftovers kudonet owns but no longer wants), applying the plan on
 //! the in-memory dataplane succeeds, the next plan is empty, and nothing foreign changed.
 //! The nodes and desired states are drawn from `common::generators`, which the fuzz target
-//! fuzz/fuzz_targets/plan_converges.rs shares.
+//! fuzz/fuzz_targets/plan_converges.rs shares: IPv4-only, dual-stack and IPv6-only nodes,
+//! foreign objects and drift of both families.
 
 mod common;
 
@@ -10,7 +11,7 @@ use proptest::prelude::*;
 
 use std::collections::BTreeMap;
 
-use common::generators::{foreign_view, node, owned_objects};
+use common::generators::{Families, address, foreign_view, node, owned_objects};
 use common::strategies::{arb_desired, arb_observed, arb_observed_with_bridges};
 use kudonet::dataplane::Dataplane;
 use kudonet::dataplane::memory::MemoryDataplane;
@@ -18,7 +19,7 @@ use kudonet::names;
 use kudonet::observed::LinkRef;
 use kudonet::observed::{LinkKind, Observed};
 use kudonet::plan::{Action, Scope, plan, plan_teardown, plan_with_bridge_instances};
-use kudonet::spec::{Desired, Instance, Protocol, PublishedPort};
+use kudonet::spec::{Desired, Family, Instance, Protocol, PublishedPort};
 
 /// Bridges of two instances: the up to six instances of a desired state spread over the
 /// node's bridge and segments.
@@ -248,33 +249,49 @@ fn bridges_and_instances(ports: &BTreeMap<String, String>) -> BTreeMap<String, V
 
 #[test]
 fn a_converged_node_needs_no_write() {
-    let desired = Desired {
-        cluster: None,
-        node: node("a", 0, "kudo0", Some(1500), true, true),
-        peers: vec![node("b", 1, "kudo0", None, true, false)],
-        instances: vec![Instance {
-            name: "web".to_string(),
-            id: None,
-            node: "a".to_string(),
-            addresses: vec!["10.0.0.2/24".parse().unwrap()],
-            ports: vec![PublishedPort {
-                host_port: 8080,
-                instance_port: 80,
-                protocol: Protocol::Tcp,
-                host_ip: None,
+    for families in Families::ALL {
+        let desired = Desired {
+            cluster: None,
+            node: node("a", 0, *families, "kudo0", Some(1500), true, true),
+            peers: vec![node("b", 1, *families, "kudo0", None, true, false)],
+            instances: vec![Instance {
+                name: "web".to_string(),
+                id: None,
+                node: "a".to_string(),
+                addresses: Family::ALL
+                    .into_iter()
+                    .filter(|family| families.has(*family))
+                    .map(|family| address(family, 0, 2))
+                    .collect(),
+                ports: vec![PublishedPort {
+                    host_port: 8080,
+                    instance_port: 80,
+                    protocol: Protocol::Tcp,
+                    host_ip: None,
+                }],
             }],
-        }],
-    };
-    let mut dataplane = MemoryDataplane::default();
-    dataplane
-        .apply_all(&plan(&desired, &Observed::default()).to_actions())
-        .unwrap();
-    let writes = dataplane.writes;
-    assert!(writes > 0);
-    let again = plan(&desired, &dataplane.observe().unwrap());
-    assert_eq!(again.to_string(), "No changes.\n");
-    dataplane.apply_all(&again.to_actions()).unwrap();
-    assert_eq!(dataplane.writes, writes);
+        };
+        let mut dataplane = MemoryDataplane::default();
+        let first = plan(&desired, &Observed::default());
+        // Each family the node has gets its port.
+        for (family, rule) in [
+            (Family::Ipv4, "--to-destination 10.0.0.2:80"),
+            (Family::Ipv6, "--to-destination [fd00:10::2]:80"),
+        ] {
+            assert_eq!(
+                first.to_string().contains(rule),
+                families.has(family),
+                "{families:?}:\n{first}"
+            );
+        }
+        dataplane.apply_all(&first.to_actions()).unwrap();
+        let writes = dataplane.writes;
+        assert!(writes > 0);
+        let again = plan(&desired, &dataplane.observe().unwrap());
+        assert_eq!(again.to_string(), "No changes.\n", "{families:?}");
+        dataplane.apply_all(&again.to_actions()).unwrap();
+        assert_eq!(dataplane.writes, writes);
+    }
 }
 
 /// The instance of `desired` an action names (its namespace, or its host interface, by

@@ -531,17 +531,16 @@ fn node_cidrs_must_parse() {
     for (cidr, message) in [
         (
             "10.0.0.300/24",
-            "cidr \"10.0.0.300/24\" is not an IPv4 CIDR such as 10.0.0.1/24",
+            "cidr \"10.0.0.300/24\" is not a CIDR such as 10.0.0.1/24 or fd00::1/64",
         ),
         (
             "10.0.0.1",
-            "cidr \"10.0.0.1\" needs a prefix length, as in 10.0.0.1/24",
+            "cidr \"10.0.0.1\" needs a prefix length, as in 10.0.0.1/24 or fd00::1/64",
         ),
         (
             "10.0.0.1/33",
             "cidr \"10.0.0.1/33\" has an invalid prefix length (0..32)",
         ),
-        ("fd00::1/64", "cidr \"fd00::1/64\": IPv6 is not supported"),
         (
             "10.0.0.0/24",
             "cidr \"10.0.0.0/24\" is the network address of 10.0.0.0/24, not a usable bridge \
@@ -572,8 +571,11 @@ fn node_cidrs_must_parse() {
 #[test]
 fn instance_addresses_must_parse_and_lie_in_the_node_subnet() {
     for (address, message) in [
-        ("10.0.0", "address \"10.0.0\" is not an IPv4 address"),
-        ("fd00::2", "address \"fd00::2\": IPv6 is not supported"),
+        ("10.0.0", "address \"10.0.0\" is not an IP address"),
+        (
+            "fd00::2",
+            "address fd00::2 is IPv6 and Node \"node-a\" has no IPv6 subnet",
+        ),
         (
             "10.0.1.2",
             "address 10.0.1.2 is outside Node \"node-a\"'s subnet 10.0.0.0/24",
@@ -796,7 +798,675 @@ fn a_host_port_is_published_once_per_protocol_and_address() {
             "10.0.0.2",
             "  - hostPort: 80\n    instancePort: 80\n    hostIp: localhost\n",
         ),
-        &["$DIR/i.yaml:7:13: hostIp \"localhost\" is not an IPv4 address"],
+        &["$DIR/i.yaml:7:13: hostIp \"localhost\" is not an IP address"],
+    );
+}
+
+// ---- dual stack ------------------------------------------------------------------------
+
+/// A dual-stack node: its IPv6 entry is at 3:21.
+const DUAL_NODE: &str = "kind: Node\nname: node-a\ncidr: [10.0.0.1/24, fd00:10::1/64]\n";
+/// An IPv6-only node, written as a single string.
+const IPV6_NODE: &str = "kind: Node\nname: node-a\ncidr: fd00:10::1/64\n";
+
+/// A case with `node` plus one Instance file, `i.yaml`.
+fn node_case(node: &str, instance: &str, expected: &[&str]) {
+    case(&[("node.yaml", node), ("i.yaml", instance)], expected);
+}
+
+#[test]
+fn cidr_address_and_external_ip_take_a_string_or_a_list_of_one_per_family() {
+    let dir = temp_dir();
+    write(
+        dir.path(),
+        &[
+            (
+                "cluster.yaml",
+                "kind: Cluster\nname: demo\ncidr: [10.0.0.0/16, \"fd00:10::/48\"]\n",
+            ),
+            (
+                "node.yaml",
+                "kind: Node\nname: node-a\ncidr:\n  - 10.0.0.1/24\n  - fd00:10::1/64\n\
+                 externalIp: [192.168.56.11, 2001:db8::11]\n",
+            ),
+            ("web.yaml", &instance("web", "[10.0.0.2/24, fd00:10::2/64]")),
+            ("db.yaml", &instance("db", "fd00:10::3")),
+            ("cache.yaml", &instance("cache", "[10.0.0.4]")),
+            ("api.yaml", &instance("api", "[\"fd00:10::5\", 10.0.0.5]")),
+        ],
+    );
+    let output = assert_validate(dir.path(), &[]);
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        format!(
+            "{}: valid (1 node, 4 instances, cluster)\n",
+            dir.path().display()
+        )
+    );
+}
+
+#[test]
+fn two_entries_of_one_family_are_refused_at_the_second() {
+    case(
+        &[(
+            "node.yaml",
+            "kind: Node\nname: node-a\ncidr: [10.0.0.1/24, 10.0.1.1/24]\n",
+        )],
+        &[
+            "$DIR/node.yaml:3:21: `cidr` has two IPv4 entries (\"10.0.1.1/24\" here, and at \
+           $DIR/node.yaml:3:8): at most one per family",
+        ],
+    );
+    case(
+        &[(
+            "node.yaml",
+            "kind: Node\nname: node-a\ncidr:\n  - fd00:10::1/64\n  - fd00:11::1/64\n",
+        )],
+        &[
+            "$DIR/node.yaml:5:5: `cidr` has two IPv6 entries (\"fd00:11::1/64\" here, and at \
+           $DIR/node.yaml:4:5): at most one per family",
+        ],
+    );
+    node_case(
+        DUAL_NODE,
+        &instance("web", "[fd00:10::2, fd00:10::3]"),
+        &[
+            "$DIR/i.yaml:3:23: `address` has two IPv6 entries (\"fd00:10::3\" here, and at \
+           $DIR/i.yaml:3:11): at most one per family",
+        ],
+    );
+    case(
+        &[(
+            "node.yaml",
+            "kind: Node\nname: node-a\ncidr: 10.0.0.1/24\nexternalIp: [192.168.56.11, 192.168.56.12]\n",
+        )],
+        &[
+            "$DIR/node.yaml:4:29: `externalIp` has two IPv4 entries (\"192.168.56.12\" here, and \
+           at $DIR/node.yaml:4:14): at most one per family",
+        ],
+    );
+    case(
+        &[
+            (
+                "cluster.yaml",
+                "kind: Cluster\nname: demo\ncidr: [fd00:10::/48, fd00:20::/48]\n",
+            ),
+            ("node.yaml", NODE),
+        ],
+        &[
+            "$DIR/cluster.yaml:3:22: `cidr` has two IPv6 entries (\"fd00:20::/48\" here, and at \
+           $DIR/cluster.yaml:3:8): at most one per family",
+        ],
+    );
+}
+
+#[test]
+fn an_empty_list_is_refused() {
+    case(
+        &[("node.yaml", "kind: Node\nname: node-a\ncidr: []\n")],
+        &["$DIR/node.yaml:3:7: `cidr` must not be an empty list"],
+    );
+    instance_case(
+        &instance("web", "[]"),
+        &["$DIR/i.yaml:3:10: `address` must not be an empty list"],
+    );
+    // Not also "missing `externalIp`".
+    case(
+        &[
+            ("a.yaml", &peer("a", "10.0.0.1/24", "[]")),
+            ("b.yaml", &peer("b", "10.0.1.1/24", "192.168.56.12")),
+        ],
+        &["$DIR/a.yaml:4:13: `externalIp` must not be an empty list"],
+    );
+    case(
+        &[
+            ("cluster.yaml", "kind: Cluster\ncidr: []\n"),
+            ("node.yaml", NODE),
+        ],
+        &["$DIR/cluster.yaml:2:7: `cidr` must not be an empty list"],
+    );
+}
+
+#[test]
+fn wrong_types_of_address_fields_name_the_field() {
+    case(
+        &[("node.yaml", "kind: Node\nname: node-a\ncidr: {a: b}\n")],
+        &["$DIR/node.yaml:3:7: `cidr` must be a string or a list of strings, not a mapping"],
+    );
+    case(
+        &[(
+            "node.yaml",
+            "kind: Node\nname: node-a\ncidr:\n  ipv4: 10.0.0.1/24\n",
+        )],
+        &["$DIR/node.yaml:4:3: `cidr` must be a string or a list of strings, not a mapping"],
+    );
+    case(
+        &[("node.yaml", "kind: Node\nname: node-a\ncidr: true\n")],
+        &["$DIR/node.yaml:3:7: `cidr` must be a string or a list of strings, not a boolean"],
+    );
+    instance_case(
+        &instance("web", "42"),
+        &["$DIR/i.yaml:3:10: `address` must be a string or a list of strings, not a number"],
+    );
+    instance_case(
+        &instance("web", "[10.0.0.2, 7]"),
+        &["$DIR/i.yaml:3:21: each entry of `address` must be a string, not a number"],
+    );
+    instance_case(
+        &instance("web", "[[10.0.0.2]]"),
+        &["$DIR/i.yaml:3:11: each entry of `address` must be a string, not a list"],
+    );
+    case(
+        &[(
+            "node.yaml",
+            "kind: Node\nname: node-a\ncidr: 10.0.0.1/24\nexternalIp: [192.168.56.11, {a: b}]\n",
+        )],
+        &["$DIR/node.yaml:4:29: each entry of `externalIp` must be a string, not a mapping"],
+    );
+    case(
+        &[
+            ("cluster.yaml", "kind: Cluster\ncidr: 10\n"),
+            ("node.yaml", NODE),
+        ],
+        &["$DIR/cluster.yaml:2:7: `cidr` must be a string or a list of strings, not a number"],
+    );
+}
+
+#[test]
+fn an_unquoted_ipv6_address_ending_in_two_colons_is_explained() {
+    // YAML reads the last colon as a key's.
+    node_case(
+        DUAL_NODE,
+        &instance("web", "fd00:10::"),
+        &[
+            "$DIR/i.yaml:3:18: mapping values are not allowed in this context: an IPv6 address \
+           ending in `::` must be quoted, as in \"fd00:10::\"",
+        ],
+    );
+    node_case(
+        DUAL_NODE,
+        "kind: Instance\nname: web\naddress:\n  - 10.0.0.2\n  - fd00:10::\n",
+        &[
+            "$DIR/i.yaml:5:5: each entry of `address` must be a string, not a mapping (an IPv6 \
+           address ending in `::` must be quoted, as in \"fd00:10::\")",
+        ],
+    );
+    node_case(
+        DUAL_NODE,
+        &with_ports(
+            "web",
+            "fd00:10::2",
+            "  - hostPort: 80\n    instancePort: 80\n    hostIp: ::\n",
+        ),
+        &[
+            "$DIR/i.yaml:7:14: mapping values are not allowed in this context: an IPv6 address \
+           ending in `::` must be quoted, as in \"::\"",
+        ],
+    );
+}
+
+#[test]
+fn ipv6_node_cidrs_must_parse() {
+    for (cidr, message) in [
+        (
+            "fd00:10::1/127",
+            "cidr \"fd00:10::1/127\": a node subnet needs a prefix of at most /126 to hold \
+             instances",
+        ),
+        (
+            "fd00:10::1/129",
+            "cidr \"fd00:10::1/129\" has an invalid prefix length (0..128)",
+        ),
+        (
+            "fd00:10::g/64",
+            "cidr \"fd00:10::g/64\" is not a CIDR such as 10.0.0.1/24 or fd00::1/64",
+        ),
+        (
+            "fd00:10::/64",
+            "cidr \"fd00:10::/64\" is the network address of fd00:10::/64, not a usable bridge \
+             address (e.g. fd00:10::1/64)",
+        ),
+        (
+            "fe80::1/64",
+            "cidr \"fe80::1/64\": a link-local, multicast or unspecified address cannot be a \
+             node's bridge address",
+        ),
+        (
+            "ff02::1/64",
+            "cidr \"ff02::1/64\": a link-local, multicast or unspecified address cannot be a \
+             node's bridge address",
+        ),
+        (
+            "::1/128",
+            "cidr \"::1/128\": a loopback address cannot be a node's bridge address, the \
+             gateway of its instances",
+        ),
+    ] {
+        case(
+            &[("node.yaml", &format!("kind: Node\nname: n\ncidr: {cidr}\n"))],
+            &[&format!("$DIR/node.yaml:3:7: {message}")],
+        );
+        // The same as a list's IPv6 entry.
+        case(
+            &[(
+                "node.yaml",
+                &format!("kind: Node\nname: n\ncidr: [10.0.0.1/24, {cidr}]\n"),
+            )],
+            &[&format!("$DIR/node.yaml:3:21: {message}")],
+        );
+    }
+    // An IPv6-only node; IPv6 has no broadcast address, so the last one may be the bridge's.
+    case(&[("node.yaml", IPV6_NODE)], &[]);
+    case(
+        &[(
+            "node.yaml",
+            "kind: Node\nname: n\ncidr: fd00:10::ffff:ffff:ffff:ffff/64\n",
+        )],
+        &[],
+    );
+}
+
+#[test]
+fn ipv6_instance_addresses_lie_in_the_node_subnet() {
+    for (address, message) in [
+        (
+            "\"fd00:10::\"",
+            "address fd00:10:: is the network address of subnet fd00:10::/64",
+        ),
+        (
+            "fd00:10::1",
+            "address fd00:10::1 is Node \"node-a\"'s gateway (its bridge address)",
+        ),
+        (
+            "fd00:11::2",
+            "address fd00:11::2 is outside Node \"node-a\"'s subnet fd00:10::/64",
+        ),
+        (
+            "fd00:10::2/48",
+            "prefix /48 of address fd00:10::2 differs from the /64 of Node \"node-a\"'s subnet \
+             fd00:10::/64",
+        ),
+        (
+            "fd00:10::2/129",
+            "address \"fd00:10::2/129\" has an invalid prefix length (0..128)",
+        ),
+        (
+            "fd00::10::2",
+            "address \"fd00::10::2\" is not an IP address",
+        ),
+    ] {
+        node_case(
+            DUAL_NODE,
+            &instance("web", address),
+            &[&format!("$DIR/i.yaml:3:10: {message}")],
+        );
+        node_case(
+            DUAL_NODE,
+            &instance("web", &format!("[10.0.0.2, {address}]")),
+            &[&format!("$DIR/i.yaml:3:21: {message}")],
+        );
+        node_case(
+            IPV6_NODE,
+            &instance("web", address),
+            &[&format!("$DIR/i.yaml:3:10: {message}")],
+        );
+    }
+    // No broadcast address in IPv6: the last address of the subnet is an instance's.
+    node_case(
+        DUAL_NODE,
+        &instance("web", "[10.0.0.2, fd00:10::ffff:ffff:ffff:ffff/64]"),
+        &[],
+    );
+    node_case(IPV6_NODE, &instance("web", "fd00:10::2/64"), &[]);
+}
+
+#[test]
+fn an_instance_address_needs_its_family_on_the_node() {
+    instance_case(
+        &instance("web", "[10.0.0.2, fd00:10::2]"),
+        &["$DIR/i.yaml:3:21: address fd00:10::2 is IPv6 and Node \"node-a\" has no IPv6 subnet"],
+    );
+    node_case(
+        IPV6_NODE,
+        &instance("web", "10.0.0.2"),
+        &["$DIR/i.yaml:3:10: address 10.0.0.2 is IPv4 and Node \"node-a\" has no IPv4 subnet"],
+    );
+    // An instance may have fewer families than its node.
+    node_case(DUAL_NODE, &instance("web", "10.0.0.2"), &[]);
+    node_case(DUAL_NODE, &instance("web", "fd00:10::2"), &[]);
+}
+
+#[test]
+fn an_ipv6_address_is_used_once() {
+    case(
+        &[
+            ("node.yaml", DUAL_NODE),
+            ("a.yaml", &instance("a", "[10.0.0.2, fd00:10::2]")),
+            ("b.yaml", &instance("b", "[10.0.0.3, fd00:10::2/64]")),
+        ],
+        &["$DIR/b.yaml:3:21: address fd00:10::2 is already used at $DIR/a.yaml:3:21"],
+    );
+}
+
+#[test]
+fn node_subnets_do_not_overlap_within_a_family() {
+    case(
+        &[
+            (
+                "a.yaml",
+                &peer(
+                    "a",
+                    "[10.0.0.1/24, fd00:10::1/64]",
+                    "[192.168.56.11, 2001:db8::11]",
+                ),
+            ),
+            (
+                "b.yaml",
+                &peer(
+                    "b",
+                    "[10.0.1.1/24, fd00:10::8001/65]",
+                    "[192.168.56.12, 2001:db8::12]",
+                ),
+            ),
+        ],
+        &[
+            "$DIR/b.yaml:3:21: subnet fd00:10::/65 of Node \"b\" overlaps subnet fd00:10::/64 of \
+           Node \"a\" at $DIR/a.yaml:3:21",
+        ],
+    );
+    // An IPv4-only and an IPv6-only node.
+    case(
+        &[
+            ("a.yaml", &peer("a", "10.0.0.1/24", "192.168.56.11")),
+            ("b.yaml", &peer("b", "fd00:10::1/64", "2001:db8::12")),
+        ],
+        &[],
+    );
+}
+
+#[test]
+fn node_subnets_lie_inside_the_cluster_cidr_of_their_family() {
+    let node = peer(
+        "a",
+        "[10.0.0.1/24, fd00:20::1/64]",
+        "[192.168.56.11, 2001:db8::11]",
+    );
+    case(
+        &[
+            (
+                "cluster.yaml",
+                "kind: Cluster\nname: demo\ncidr: [10.0.0.0/16, fd00:10::/48]\n",
+            ),
+            ("a.yaml", &node),
+        ],
+        &[
+            "$DIR/a.yaml:3:21: subnet fd00:20::/64 of Node \"a\" is outside the Cluster cidr \
+           fd00:10::/48",
+        ],
+    );
+    // A Cluster without an IPv6 cidr says nothing of IPv6 subnets.
+    case(
+        &[
+            (
+                "cluster.yaml",
+                "kind: Cluster\nname: demo\ncidr: 10.0.0.0/16\n",
+            ),
+            ("a.yaml", &node),
+        ],
+        &[],
+    );
+}
+
+#[test]
+fn a_host_ip_needs_its_family_on_the_instance() {
+    let port =
+        |host_ip: &str| format!("  - hostPort: 80\n    instancePort: 80\n    hostIp: {host_ip}\n");
+    node_case(
+        DUAL_NODE,
+        &with_ports("web", "10.0.0.2", &port("2001:db8::10")),
+        &[
+            "$DIR/i.yaml:7:13: hostIp 2001:db8::10 is IPv6 and Instance \"web\" has no IPv6 \
+           address",
+        ],
+    );
+    node_case(
+        DUAL_NODE,
+        &with_ports("web", "fd00:10::2", &port("0.0.0.0")),
+        &["$DIR/i.yaml:7:13: hostIp 0.0.0.0 is IPv4 and Instance \"web\" has no IPv4 address"],
+    );
+    node_case(
+        IPV6_NODE,
+        &with_ports("web", "fd00:10::2", &port("192.0.2.10")),
+        &[
+            "$DIR/i.yaml:7:13: hostIp 192.0.2.10 is IPv4 and Instance \"web\" has no IPv4 \
+           address",
+        ],
+    );
+    node_case(
+        IPV6_NODE,
+        &with_ports("web", "fd00:10::2", &port("\"::\"")),
+        &[],
+    );
+    node_case(
+        DUAL_NODE,
+        &with_ports("web", "[10.0.0.2, fd00:10::2]", &port("2001:db8::10")),
+        &[],
+    );
+    // Nothing reaches an instance through IPv6's loopback.
+    node_case(
+        DUAL_NODE,
+        &with_ports("web", "[10.0.0.2, fd00:10::2]", &port("::1")),
+        &[
+            "$DIR/i.yaml:7:13: hostIp ::1: a port cannot be published on IPv6's loopback (the \
+           kernel forwards no traffic from it to an instance); use 127.0.0.1, or the node's \
+           IPv6 addresses",
+        ],
+    );
+}
+
+/// Two instances `a` and `b` on the dual-stack node, each with one port 80/tcp on
+/// `host_ip` (none when empty).
+fn two_publishers(a: (&str, &str), b: (&str, &str), expected: &[&str]) {
+    let file = |name: &str, (address, host_ip): (&str, &str)| {
+        let host_ip = match host_ip {
+            "" => String::new(),
+            ip => format!("    hostIp: {ip}\n"),
+        };
+        with_ports(
+            name,
+            address,
+            &format!("  - hostPort: 80\n    instancePort: 80\n{host_ip}"),
+        )
+    };
+    case(
+        &[
+            ("node.yaml", DUAL_NODE),
+            ("a.yaml", &file("a", a)),
+            ("b.yaml", &file("b", b)),
+        ],
+        expected,
+    );
+}
+
+#[test]
+fn a_host_port_is_published_once_per_family() {
+    const DUAL: &str = "[10.0.0.2, fd00:10::2]";
+    const DUAL_B: &str = "[10.0.0.3, fd00:10::3]";
+    // An IPv4-only and an IPv6-only instance share a host port.
+    two_publishers(("10.0.0.2", ""), ("fd00:10::3", ""), &[]);
+    // No hostIp: every family the instance has.
+    two_publishers(
+        (DUAL, ""),
+        ("fd00:10::3", ""),
+        &[
+            "$DIR/b.yaml:5:5: host port [::]:80/tcp on Node \"node-a\" is already published by \
+           Instance \"a\" at $DIR/a.yaml:5:5",
+        ],
+    );
+    two_publishers(
+        (DUAL, ""),
+        ("10.0.0.3", ""),
+        &[
+            "$DIR/b.yaml:5:5: host port 0.0.0.0:80/tcp on Node \"node-a\" is already published \
+           by Instance \"a\" at $DIR/a.yaml:5:5",
+        ],
+    );
+    // 0.0.0.0 is every IPv4 address only, :: every IPv6 address only.
+    two_publishers((DUAL, "0.0.0.0"), (DUAL_B, "\"::\""), &[]);
+    two_publishers(
+        (DUAL, "\"::\""),
+        (DUAL_B, ""),
+        &[
+            "$DIR/b.yaml:5:5: host port [::]:80/tcp on Node \"node-a\" is already published by \
+           Instance \"a\" at $DIR/a.yaml:5:5",
+        ],
+    );
+    two_publishers(
+        (DUAL, "2001:db8::10"),
+        (DUAL_B, "\"::\""),
+        &[
+            "$DIR/b.yaml:5:5: host port [::]:80/tcp on Node \"node-a\" is already published on \
+           [2001:db8::10]:80/tcp by Instance \"a\" at $DIR/a.yaml:5:5",
+        ],
+    );
+    two_publishers(
+        (DUAL, ""),
+        (DUAL_B, "2001:db8::10"),
+        &[
+            "$DIR/b.yaml:5:5: host port [2001:db8::10]:80/tcp on Node \"node-a\" is already \
+           published on [::]:80/tcp by Instance \"a\" at $DIR/a.yaml:5:5",
+        ],
+    );
+    two_publishers(
+        (DUAL, "2001:db8::10"),
+        (DUAL_B, "2001:db8::10"),
+        &[
+            "$DIR/b.yaml:5:5: host port [2001:db8::10]:80/tcp on Node \"node-a\" is already \
+           published by Instance \"a\" at $DIR/a.yaml:5:5",
+        ],
+    );
+    // Two addresses of one family, or one of each, do not clash.
+    two_publishers((DUAL, "2001:db8::10"), (DUAL_B, "2001:db8::11"), &[]);
+    two_publishers((DUAL, "2001:db8::10"), (DUAL_B, "192.0.2.10"), &[]);
+    two_publishers((DUAL, "2001:db8::10"), ("10.0.0.3", ""), &[]);
+    // One instance, one host port on each family.
+    node_case(
+        DUAL_NODE,
+        &with_ports(
+            "web",
+            DUAL,
+            "  - hostPort: 80\n    instancePort: 80\n    hostIp: 0.0.0.0\n\
+             \x20 - hostPort: 80\n    instancePort: 8080\n    hostIp: \"::\"\n",
+        ),
+        &[],
+    );
+}
+
+#[test]
+fn a_routed_cluster_needs_an_external_ip_of_each_subnet_family() {
+    let dual = "[10.0.0.1/24, fd00:10::1/64]";
+    case(
+        &[
+            ("a.yaml", &peer("a", dual, "192.168.56.11")),
+            ("b.yaml", &peer("b", "10.0.1.1/24", "192.168.56.12")),
+        ],
+        &[
+            "$DIR/a.yaml:3:21: Node \"a\" has an IPv6 subnet and no IPv6 `externalIp`: a routed \
+           cluster routes each subnet via the peer's address of its family",
+        ],
+    );
+    case(
+        &[
+            ("a.yaml", &peer("a", "fd00:10::1/64", "2001:db8::11")),
+            (
+                "b.yaml",
+                &peer("b", "[10.0.1.1/24, fd00:11::1/64]", "2001:db8::12"),
+            ),
+        ],
+        &[
+            "$DIR/b.yaml:3:8: Node \"b\" has an IPv4 subnet and no IPv4 `externalIp`: a routed \
+           cluster routes each subnet via the peer's address of its family",
+        ],
+    );
+    case(
+        &[
+            ("a.yaml", &peer("a", dual, "[192.168.56.11, 2001:db8::11]")),
+            ("b.yaml", &peer("b", "fd00:11::1/64", "2001:db8::12")),
+        ],
+        &[],
+    );
+    // A vxlan cluster tunnels every family over one underlay; a single node routes nothing.
+    case(
+        &[
+            ("cluster.yaml", "kind: Cluster\nmode: vxlan\n"),
+            ("a.yaml", &peer("a", dual, "192.168.56.11")),
+            ("b.yaml", &peer("b", "10.0.1.1/24", "192.168.56.12")),
+        ],
+        &[],
+    );
+    case(&[("a.yaml", &peer("a", dual, "192.168.56.11"))], &[]);
+    case(
+        &[
+            ("a.yaml", &peer("a", "fd00:10::1/64", "2001:db8::11")),
+            ("b.yaml", &peer("b", "fd00:11::1/64", "2001:db8::11")),
+        ],
+        &["$DIR/b.yaml:4:13: externalIp 2001:db8::11 is also used at $DIR/a.yaml:4:13"],
+    );
+}
+
+#[test]
+fn a_node_holds_as_many_instances_of_a_family_as_its_subnet_of_it_has_addresses_for() {
+    // A /126 has addresses for 2 instances (4 less network and gateway: no broadcast).
+    let node = "kind: Node\nname: node-a\ncidr: [10.0.0.1/24, fd00:10::1/126]\n";
+    let ipv6 = |count: u8| -> String {
+        (0..count)
+            .map(|i| {
+                format!(
+                    "---\n{{kind: Instance, name: i{i}, address: fd00:10::{}}}\n",
+                    i + 2
+                )
+            })
+            .collect()
+    };
+    case(&[("node.yaml", node), ("i.yaml", &ipv6(2))], &[]);
+    case(
+        &[("node.yaml", node), ("i.yaml", &ipv6(3))],
+        &[
+            "$DIR/i.yaml:6:37: address fd00:10::4 is outside Node \"node-a\"'s subnet \
+             fd00:10::/126",
+            "$DIR/node.yaml:3:21: Node \"node-a\" has 3 instances, more than its subnet \
+             fd00:10::/126 has addresses for (2)",
+        ],
+    );
+    // IPv4-only instances do not use the IPv6 subnet.
+    case(&[("node.yaml", node), ("i.yaml", &instances(5))], &[]);
+}
+
+#[test]
+fn a_wrong_entry_gives_one_error_not_more() {
+    // Not also "no IPv6 subnet" for the instance.
+    node_case(
+        "kind: Node\nname: node-a\ncidr: [10.0.0.1/24, fd00:10::1/200]\n",
+        &instance("web", "fd00:10::2"),
+        &["$DIR/node.yaml:3:21: cidr \"fd00:10::1/200\" has an invalid prefix length (0..128)"],
+    );
+    // Not also "missing `externalIp`".
+    case(
+        &[
+            ("a.yaml", &peer("a", "10.0.0.1/24", "[bogus]")),
+            ("b.yaml", &peer("b", "10.0.1.1/24", "192.168.56.12")),
+        ],
+        &["$DIR/a.yaml:4:14: externalIp \"bogus\" is not an IP address"],
+    );
+    // Not also "hostIp is IPv6 and the instance has no IPv6 address".
+    node_case(
+        DUAL_NODE,
+        &with_ports(
+            "web",
+            "[10.0.0.2, bogus]",
+            "  - hostPort: 80\n    instancePort: 80\n    hostIp: 2001:db8::10\n",
+        ),
+        &["$DIR/i.yaml:3:21: address \"bogus\" is not an IP address"],
     );
 }
 

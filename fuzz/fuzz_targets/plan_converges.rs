@@ -22,8 +22,9 @@ mod generators;
 
 use generators::{
     BRIDGES, CONTESTED_HOST_PORTS, DesiredChoice, Drift, FOREIGN_FORWARD_RULES, FOREIGN_LINK_KINDS,
-    FOREIGN_ROUTE_OCTETS, Foreign, ForeignLink, HOSTS, INSTANCE_NAMES, InstanceChoice, MAX_DRIFTS,
-    MAX_PEERS, MTUS, PORTS, foreign_link_names, foreign_namespace_names, foreign_view,
+    FOREIGN_ROUTE_OCTETS, Families, Foreign, ForeignLink, HOST_IPS, HOSTS, INSTANCE_NAMES,
+    InstanceChoice, MAX_DRIFTS, MAX_PEERS, MTUS, PORTS, foreign_link_names,
+    foreign_namespace_names, foreign_view,
 };
 
 fn port(u: &mut Unstructured) -> Result<PublishedPort> {
@@ -37,12 +38,14 @@ fn port(u: &mut Unstructured) -> Result<PublishedPort> {
         host_port,
         u.int_in_range(PORTS)?,
         u.arbitrary()?,
-        u.arbitrary()?,
+        u.choose_index(HOST_IPS.len())?,
     ))
 }
 
-/// A valid desired state for node `a` (10.0.0.0/24), with up to two peers.
+/// A valid desired state for node `a` (IPv4-only, dual-stack or IPv6-only), with up to two
+/// peers of any families.
 fn desired(u: &mut Unstructured) -> Result<Desired> {
+    let families = *u.choose(Families::ALL)?;
     let bridge = u.choose(BRIDGES)?;
     let mtu = if u.arbitrary()? {
         Some(*u.choose(MTUS)?)
@@ -57,19 +60,29 @@ fn desired(u: &mut Unstructured) -> Result<Desired> {
             continue;
         }
         let host = u.int_in_range(HOSTS)?;
+        let instance_families = *u.choose(Families::ALL)?;
         let mut ports = Vec::new();
         for _ in 0..u.int_in_range(0..=3)? {
             ports.push(port(u)?);
         }
-        instances.push(InstanceChoice { name, host, ports });
+        instances.push(InstanceChoice {
+            name,
+            host,
+            families: instance_families,
+            ports,
+        });
     }
     let cluster = if u.arbitrary()? {
         Some(u.arbitrary()?)
     } else {
         None
     };
-    let peers = u.int_in_range(0..=MAX_PEERS)?;
+    let mut peers = Vec::new();
+    for _ in 0..u.int_in_range(0..=MAX_PEERS)? {
+        peers.push(*u.choose(Families::ALL)?);
+    }
     Ok(DesiredChoice {
+        families,
         bridge,
         mtu,
         masquerade,
@@ -102,15 +115,25 @@ fn foreign(u: &mut Unstructured) -> Result<Foreign> {
     for _ in 0..u.int_in_range(0..=2)? {
         routes.push(u.int_in_range(FOREIGN_ROUTE_OCTETS)?);
     }
+    let mut routes6 = Vec::new();
+    for _ in 0..u.int_in_range(0..=2)? {
+        routes6.push(u.int_in_range(FOREIGN_ROUTE_OCTETS)?);
+    }
     let mut forward_rules = Vec::new();
     for _ in 0..u.int_in_range(0..=3)? {
         forward_rules.push(*u.choose(FOREIGN_FORWARD_RULES)?);
+    }
+    let mut forward_rules6 = Vec::new();
+    for _ in 0..u.int_in_range(0..=3)? {
+        forward_rules6.push(*u.choose(FOREIGN_FORWARD_RULES)?);
     }
     Ok(Foreign {
         links,
         namespaces,
         routes,
+        routes6,
         forward_rules,
+        forward_rules6,
         other_chain: u.arbitrary()?,
         nat_rule: u.arbitrary()?,
         other_backend: u.arbitrary()?,

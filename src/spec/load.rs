@@ -372,12 +372,29 @@ fn yaml_diagnostic(path: &Path, text: &str, error: &serde_saphyr::Error) -> Diag
             // not always reach first): do not claim our number.
             if message.contains("recursion limit exceeded") {
                 "nesting too deep (recursion limit exceeded)".to_string()
+            } else if let Some(hint) = unquoted_ipv6_hint(text, position, &message) {
+                hint
             } else {
                 type_message(text, position, &message).unwrap_or_else(|| message.into_owned())
             }
         }
     };
     Diagnostic::new(Origin::at(path, position), message)
+}
+
+/// An IPv6 address ending in `::` written unquoted (`hostIp: ::`, `address: fd00:10::`):
+/// YAML reads its last colon as another key's, and says only "mapping values are not
+/// allowed". The message, with the fix.
+fn unquoted_ipv6_hint(text: &str, position: Position, message: &str) -> Option<String> {
+    if !message.contains("mapping values are not allowed") {
+        return None;
+    }
+    let line = text.lines().nth(position.line as usize - 1)?;
+    let value = line.split_once(": ")?.1.trim();
+    let value = value.strip_prefix("- ").unwrap_or(value).trim();
+    (value.ends_with("::") && value.parse::<std::net::Ipv6Addr>().is_ok()).then(|| {
+        format!("{message}: an IPv6 address ending in `::` must be quoted, as in \"{value}\"")
+    })
 }
 
 const ALIAS_BOMB: &str = "document too large once aliases are expanded (alias bomb?)";

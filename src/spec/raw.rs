@@ -26,56 +26,110 @@ pub(super) struct RawDocument {
 }
 
 /// A field that takes a string or a list of strings (`cidr: 10.0.0.1/24` or `cidr:
-/// [10.0.0.1/24, "fd00::1/64"]`).
+/// [10.0.0.1/24, "fd00::1/64"]`). Values of other types are kept as what they are, so that
+/// validation reports them at their position, naming the field.
 #[derive(Debug)]
 pub(super) enum OneOrMore {
     /// A string: where it is, is where the field's value is.
     One(String),
     /// A list, each entry where it is written.
-    More(Vec<Spanned<String>>),
+    More(Vec<Spanned<Text>>),
+    /// Neither: what it is instead ("a mapping", "an integer"...).
+    Other(&'static str),
 }
 
-impl OneOrMore {
-    /// The entries, each with where it is written; `at` is where the field's value is.
-    pub fn entries(&self, at: serde_saphyr::Location) -> Vec<(String, serde_saphyr::Location)> {
-        match self {
-            OneOrMore::One(one) => vec![(one.clone(), at)],
-            OneOrMore::More(more) => more
-                .iter()
-                .map(|entry| (entry.value.clone(), entry.referenced))
-                .collect(),
-        }
-    }
-}
+/// A list entry that must be a string: the string, or what the entry is instead.
+#[derive(Debug)]
+pub(super) struct Text(pub Result<String, &'static str>);
 
 impl<'de> Deserialize<'de> for OneOrMore {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         // By hand rather than `untagged`, which buffers the value and loses where each
         // entry of a list is.
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = OneOrMore;
+        Ok(match deserializer.deserialize_any(ValueVisitor)? {
+            Value::Text(text) => OneOrMore::One(text),
+            Value::List(entries) => OneOrMore::More(entries),
+            Value::Other(other) => OneOrMore::Other(other),
+        })
+    }
+}
 
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string or a list of strings")
-            }
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(Text(match deserializer.deserialize_any(ValueVisitor)? {
+            Value::Text(text) => Ok(text),
+            Value::List(_) => Err("a list"),
+            Value::Other(other) => Err(other),
+        }))
+    }
+}
 
-            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<OneOrMore, E> {
-                Ok(OneOrMore::One(value.to_string()))
-            }
+/// What a YAML value is, for [`OneOrMore`] and [`Text`].
+enum Value {
+    Text(String),
+    List(Vec<Spanned<Text>>),
+    Other(&'static str),
+}
 
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<OneOrMore, A::Error> {
-                let mut entries = Vec::new();
-                while let Some(entry) = seq.next_element::<Spanned<String>>()? {
-                    entries.push(entry);
-                }
-                Ok(OneOrMore::More(entries))
-            }
+struct ValueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ValueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a string or a list of strings")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Value, E> {
+        Ok(Value::Text(value.to_string()))
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Value, E> {
+        Ok(Value::Other("a boolean"))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Value, E> {
+        Ok(Value::Other("a number"))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Value, E> {
+        Ok(Value::Other("a number"))
+    }
+
+    fn visit_i128<E: serde::de::Error>(self, _: i128) -> Result<Value, E> {
+        Ok(Value::Other("a number"))
+    }
+
+    fn visit_u128<E: serde::de::Error>(self, _: u128) -> Result<Value, E> {
+        Ok(Value::Other("a number"))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Value, E> {
+        Ok(Value::Other("a number"))
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Other("null"))
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Other("null"))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(entry) = seq.next_element::<Spanned<Text>>()? {
+            entries.push(entry);
         }
-        deserializer.deserialize_any(Visitor)
+        Ok(Value::List(entries))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(Value::Other("a mapping"))
     }
 }
 

@@ -83,6 +83,16 @@ struct At<T> {
     origin: Origin,
 }
 
+/// The entries of a field that takes a string or a list, at most one per family, IPv4 first.
+#[derive(Debug)]
+struct Listed<T> {
+    /// The entries that are right.
+    entries: Vec<At<T>>,
+    /// Whether every entry is (else each wrong one was reported, and rules that need the
+    /// whole field are not checked, so that one mistake gives one error).
+    complete: bool,
+}
+
 #[derive(Debug)]
 struct ClusterDecl {
     doc: Origin,
@@ -94,11 +104,11 @@ struct ClusterDecl {
 struct NodeDecl {
     name: At<String>,
     /// At most one per family.
-    cidrs: Vec<At<IpInet>>,
+    cidrs: Listed<IpInet>,
     /// Where `cidr` is written.
     cidr_origin: Option<Origin>,
     /// At most one per family.
-    external_ips: Vec<At<IpAddr>>,
+    external_ips: Listed<IpAddr>,
     doc: Origin,
     bridge: String,
     uplink: Option<String>,
@@ -112,9 +122,17 @@ struct InstanceDecl {
     id: Option<At<String>>,
     node: Option<At<String>>,
     /// Each address and, when written, its prefix length; at most one per family.
-    addresses: Vec<At<(IpAddr, Option<u8>)>>,
-    ports: Vec<At<PublishedPort>>,
+    addresses: Listed<(IpAddr, Option<u8>)>,
+    ports: Vec<PortDecl>,
     doc: Origin,
+}
+
+/// A published port, and where its `hostIp` is written.
+#[derive(Debug)]
+struct PortDecl {
+    value: PublishedPort,
+    origin: Origin,
+    host_ip_origin: Option<Origin>,
 }
 
 /// Validates every document of `loaded`; `root` names the directory in directory-wide errors.
@@ -157,6 +175,20 @@ struct DocumentContext<'a> {
 impl DocumentContext<'_> {
     fn origin(&self, location: Location) -> Origin {
         Origin::at(self.path, position(location))
+    }
+
+    /// The unquoted IPv6 address ending in `::` written at `location`, if that is what is
+    /// there: YAML reads `- fd00::` or `[fd00::]` as a mapping.
+    fn unquoted_ipv6(&self, location: Location) -> Option<&str> {
+        let start = self
+            .text
+            .char_indices()
+            .nth(location.span().offset() as usize)?
+            .0;
+        let rest = &self.text[start..];
+        let end = rest.find([',', ']', '}', '\n', '#']).unwrap_or(rest.len());
+        let token = rest[..end].trim();
+        (token.ends_with("::") && token.parse::<Ipv6Addr>().is_ok()).then_some(token)
     }
 
     /// Where the key of a field is: serde only gives the value's location, which for a block
@@ -228,7 +260,7 @@ impl Checker {
     }
 
     /// Checks a field that takes a string or a list (at most one entry per family) with
-    /// `parse`, reporting each error at its entry.
+    /// `parse`, reporting each error at its entry (an empty list at the field's value).
     fn parse_list<T>(
         &mut self,
         context: &DocumentContext,
@@ -236,44 +268,86 @@ impl Checker {
         what: &str,
         parse: impl Fn(&str) -> Result<T, Invalid>,
         family: impl Fn(&T) -> Family,
-    ) -> Vec<At<T>> {
-        let Some(field) = field else {
-            return Vec::new();
+    ) -> Listed<T> {
+        let mut listed = Listed {
+            entries: Vec::new(),
+            complete: true,
         };
-        let mut parsed: Vec<At<T>> = Vec::new();
-        let entries = field.value.entries(field.referenced);
+        let Some(field) = field else {
+            return listed;
+        };
+        let entries = match &field.value {
+            OneOrMore::One(text) => vec![(Ok(text.as_str()), field.referenced)],
+            OneOrMore::More(entries) => entries
+                .iter()
+                .map(|entry| (entry.value.0.as_deref(), entry.referenced))
+                .collect(),
+            OneOrMore::Other(other) => {
+                self.error(
+                    context.origin(field.referenced),
+                    format!("`{what}` must be a string or a list of strings, not {other}"),
+                );
+                listed.complete = false;
+                return listed;
+            }
+        };
         if entries.is_empty() {
             self.error(
                 context.origin(field.referenced),
-                format!("{what} must not be an empty list"),
+                format!("`{what}` must not be an empty list"),
             );
+            listed.complete = false;
         }
-        for (text, location) in &entries {
-            let origin = context.origin(*location);
+        for (text, location) in entries {
+            let origin = context.origin(location);
+            let text = match text {
+                Ok(text) => text,
+                Err(other) => {
+                    let hint = context
+                        .unquoted_ipv6(location)
+                        .map(|ip| {
+                            format!(
+                                " (an IPv6 address ending in `::` must be quoted, as in \"{ip}\")"
+                            )
+                        })
+                        .unwrap_or_default();
+                    self.error(
+                        origin,
+                        format!("each entry of `{what}` must be a string, not {other}{hint}"),
+                    );
+                    listed.complete = false;
+                    continue;
+                }
+            };
             match parse(text) {
                 Ok(value) => {
-                    if let Some(first) = parsed
+                    if let Some(first) = listed
+                        .entries
                         .iter()
                         .find(|other| family(&other.value) == family(&value))
                     {
                         self.error(
                             origin,
                             format!(
-                                "{what} has two {} entries ({} here, and at {}): at most one per family",
+                                "`{what}` has two {} entries ({} here, and at {}): at most one per family",
                                 family(&value),
                                 quoted(text),
                                 first.origin
                             ),
                         );
+                        listed.complete = false;
                     } else {
-                        parsed.push(At { value, origin });
+                        listed.entries.push(At { value, origin });
                     }
                 }
-                Err(message) => self.error(origin, message),
+                Err(message) => {
+                    self.error(origin, message);
+                    listed.complete = false;
+                }
             }
         }
-        parsed.sort_by_key(|entry| family(&entry.value));
-        parsed
+        listed.entries.sort_by_key(|entry| family(&entry.value));
+        listed
     }
 
     fn require<'a, T>(
@@ -363,7 +437,7 @@ impl Checker {
             doc,
             value: Cluster {
                 name: name.map(|name| name.value),
-                cidrs: cidrs.iter().map(|cidr| cidr.value).collect(),
+                cidrs: cidrs.entries.iter().map(|cidr| cidr.value).collect(),
                 mode,
             },
             cidr_origin: raw
@@ -468,11 +542,7 @@ impl Checker {
         });
     }
 
-    fn port(
-        &mut self,
-        context: &DocumentContext,
-        port: &Spanned<RawPort>,
-    ) -> Option<At<PublishedPort>> {
+    fn port(&mut self, context: &DocumentContext, port: &Spanned<RawPort>) -> Option<PortDecl> {
         let origin = context.origin(port.referenced);
         let raw = &port.value;
         let mut number = |field: &Option<Spanned<i64>>, name: &str| {
@@ -505,21 +575,22 @@ impl Checker {
             ))),
         });
         let protocol_valid = raw.protocol.is_none() || protocol.is_some();
-        let host_ip = self.parse(context, &raw.host_ip, |ip| parse_address(ip, "hostIp"));
+        let host_ip = self.parse(context, &raw.host_ip, parse_host_ip);
         let host_ip_valid = raw.host_ip.is_none() || host_ip.is_some();
         let (Some(host_port), Some(instance_port), true, true) =
             (host_port, instance_port, protocol_valid, host_ip_valid)
         else {
             return None;
         };
-        Some(At {
+        Some(PortDecl {
             value: PublishedPort {
                 host_port,
                 instance_port,
                 protocol: protocol.map(|protocol| protocol.value).unwrap_or_default(),
-                host_ip: host_ip.map(|ip| ip.value),
+                host_ip: host_ip.as_ref().map(|ip| ip.value),
             },
             origin,
+            host_ip_origin: host_ip.map(|ip| ip.origin),
         })
     }
 
@@ -606,7 +677,7 @@ impl Checker {
         let mut subnets: Vec<(IpCidr, &NodeDecl, &Origin)> = Vec::new();
         let mut external_ips: HashMap<IpAddr, &Origin> = HashMap::new();
         for node in &self.nodes {
-            for cidr in &node.cidrs {
+            for cidr in &node.cidrs.entries {
                 let subnet = cidr.value.network();
                 let family = Family::of(subnet.first_address());
                 if let Some(cluster) = cluster_cidrs
@@ -639,9 +710,11 @@ impl Checker {
                 // subnet's family.
                 if several
                     && routed
-                    && !node.external_ips.is_empty()
+                    && node.external_ips.complete
+                    && !node.external_ips.entries.is_empty()
                     && !node
                         .external_ips
+                        .entries
                         .iter()
                         .any(|ip| Family::of(ip.value) == family)
                 {
@@ -655,7 +728,7 @@ impl Checker {
                     ));
                 }
             }
-            for ip in &node.external_ips {
+            for ip in &node.external_ips.entries {
                 if let Some(previous) = external_ips.insert(ip.value, &ip.origin) {
                     errors.push(Diagnostic::new(
                         ip.origin.clone(),
@@ -663,27 +736,33 @@ impl Checker {
                     ));
                 }
             }
-            match node.external_ips.is_empty() {
-                true if several => errors.push(Diagnostic::new(
+            // A wrong or empty `externalIp` was reported as such.
+            if several && node.external_ips.complete && node.external_ips.entries.is_empty() {
+                errors.push(Diagnostic::new(
                     node.doc.clone(),
                     format!(
                         "Node {} is missing `externalIp`, required when the directory describes several nodes",
                         quoted(&node.name.value)
                     ),
-                )),
-                _ => {}
+                ));
             }
         }
         self.diagnostics.extend(errors);
         self.nodes
             .iter()
             .filter_map(|node| {
-                // A node whose cidr is wrong (or missing) was reported.
-                (!node.cidrs.is_empty()).then_some(())?;
+                // A node whose cidr is wrong (or missing) was reported; its instances are
+                // not checked against half of it.
+                (node.cidrs.complete && !node.cidrs.entries.is_empty()).then_some(())?;
                 Some(Node {
                     name: node.name.value.clone(),
-                    cidrs: node.cidrs.iter().map(|cidr| cidr.value).collect(),
-                    external_ips: node.external_ips.iter().map(|ip| ip.value).collect(),
+                    cidrs: node.cidrs.entries.iter().map(|cidr| cidr.value).collect(),
+                    external_ips: node
+                        .external_ips
+                        .entries
+                        .iter()
+                        .map(|ip| ip.value)
+                        .collect(),
                     bridge: node.bridge.clone(),
                     uplink: node.uplink.clone(),
                     masquerade: node.masquerade,
@@ -702,11 +781,18 @@ impl Checker {
             [node] if self.node_documents == 1 => Some(node.name.value.as_str()),
             _ => None,
         };
+        // Instances by node, and by node and family (those with an address of it).
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut family_counts: BTreeMap<(&str, Family), usize> = BTreeMap::new();
         for instance in &self.instances {
             let node = instance.node.as_ref().map(|node| node.value.as_str());
             if let Some(node) = node.or(only_node) {
                 *counts.entry(node).or_default() += 1;
+                for address in &instance.addresses.entries {
+                    *family_counts
+                        .entry((node, Family::of(address.value.0)))
+                        .or_default() += 1;
+                }
             }
         }
         let mut errors = Vec::new();
@@ -714,30 +800,8 @@ impl Checker {
             let Some(node) = nodes.get(&decl.name.value) else {
                 continue;
             };
-            let count = counts.get(node.name.as_str()).copied().unwrap_or_default();
-            // The smallest of the node's subnets: every address but the network, broadcast
-            // (IPv4) and gateway ones.
-            let Some((cidr, subnet, addresses)) = decl
-                .cidrs
-                .iter()
-                .map(|cidr| {
-                    let subnet = cidr.value.network();
-                    let host_bits = u32::from(subnet.family().len() - subnet.network_length());
-                    let reserved = match subnet.is_ipv4() {
-                        true => 3,
-                        false => 2,
-                    };
-                    let addresses = 1usize
-                        .checked_shl(host_bits)
-                        .filter(|_| host_bits < usize::BITS)
-                        .map_or(usize::MAX, |all| all - reserved);
-                    (cidr, subnet, addresses)
-                })
-                .min_by_key(|(_, _, addresses)| *addresses)
-            else {
-                continue;
-            };
             let name = quoted(&node.name);
+            let count = counts.get(node.name.as_str()).copied().unwrap_or_default();
             if count > NODE_INSTANCES {
                 errors.push(Diagnostic::new(
                     decl.name.origin.clone(),
@@ -746,14 +810,33 @@ impl Checker {
                          {NODE_INSTANCES} ({MAX_BRIDGES} bridges of {BRIDGE_INSTANCES})"
                     ),
                 ));
-            } else if count > addresses {
-                errors.push(Diagnostic::new(
-                    cidr.origin.clone(),
-                    format!(
-                        "Node {name} has {count} instances, more than its subnet {subnet} has \
-                         addresses for ({addresses})"
-                    ),
-                ));
+                continue;
+            }
+            for cidr in &decl.cidrs.entries {
+                let subnet = cidr.value.network();
+                let family = Family::of(subnet.first_address());
+                let count = family_counts
+                    .get(&(node.name.as_str(), family))
+                    .copied()
+                    .unwrap_or_default();
+                // Every address but the network, broadcast (IPv4 only) and gateway ones.
+                let host_bits = u32::from(family.bits() - subnet.network_length());
+                let reserved = match family {
+                    Family::Ipv4 => 3,
+                    Family::Ipv6 => 2,
+                };
+                let addresses = 1usize
+                    .checked_shl(host_bits)
+                    .map_or(usize::MAX, |all| all - reserved);
+                if count > addresses {
+                    errors.push(Diagnostic::new(
+                        cidr.origin.clone(),
+                        format!(
+                            "Node {name} has {count} instances, more than its subnet {subnet} has \
+                             addresses for ({addresses})"
+                        ),
+                    ));
+                }
             }
         }
         self.diagnostics.extend(errors);
@@ -846,28 +929,34 @@ impl Checker {
             }
             let families: Vec<Family> = instance
                 .addresses
+                .entries
                 .iter()
                 .map(|address| Family::of(address.value.0))
                 .collect();
             for port in &instance.ports {
-                let served: Vec<Family> = match port.value.host_ip {
-                    Some(ip) => vec![Family::of(ip)],
-                    None => families.clone(),
-                };
                 if let Some(ip) = port.value.host_ip
                     && !families.contains(&Family::of(ip))
-                    && !families.is_empty()
                 {
-                    errors.push(Diagnostic::new(
-                        port.origin.clone(),
-                        format!(
-                            "hostIp {ip} is {} and Instance {} has no {} address",
-                            Family::of(ip),
-                            quoted(name),
-                            Family::of(ip)
-                        ),
-                    ));
+                    // Unless the instance's addresses are wrong (and reported as such).
+                    if instance.addresses.complete && !families.is_empty() {
+                        let family = Family::of(ip);
+                        errors.push(Diagnostic::new(
+                            port.host_ip_origin.clone().unwrap_or(port.origin.clone()),
+                            format!(
+                                "hostIp {ip} is {family} and Instance {} has no {family} address",
+                                quoted(name),
+                            ),
+                        ));
+                    }
+                    // Published on no address the instance has: it takes no host port.
+                    continue;
                 }
+                // The families it is published on: its hostIp's, else all the instance has.
+                let served: Vec<Family> = families
+                    .iter()
+                    .copied()
+                    .filter(|family| port.value.serves(*family))
+                    .collect();
                 let key = (node_name, port.value.protocol, port.value.host_port);
                 let users = published.entry(key).or_default();
                 let any = |ip: &Option<IpAddr>| ip.is_none_or(|ip| ip.is_unspecified());
@@ -911,7 +1000,7 @@ impl Checker {
                 continue;
             };
             let mut valid = Vec::new();
-            for address in &instance.addresses {
+            for address in &instance.addresses.entries {
                 let (ip, prefix) = address.value;
                 match check_instance_address(ip, prefix, node) {
                     Err(message) => errors.push(Diagnostic::new(address.origin.clone(), message)),
@@ -926,7 +1015,10 @@ impl Checker {
                     }
                 }
             }
-            if !valid.is_empty() && valid.len() == instance.addresses.len() {
+            if instance.addresses.complete
+                && !valid.is_empty()
+                && valid.len() == instance.addresses.entries.len()
+            {
                 instances.push(Instance {
                     name: name.to_string(),
                     id: id.map(str::to_string),
@@ -997,6 +1089,19 @@ fn check_instance_address(ip: IpAddr, prefix: Option<u8>, node: &Node) -> Result
 fn parse_address(text: &str, what: &str) -> Result<IpAddr, Invalid> {
     text.parse::<IpAddr>()
         .map_err(|_| Invalid(format!("{what} {} is not an IP address", quoted(text))))
+}
+
+/// A published port's `hostIp`. IPv6's loopback is refused: the kernel has no
+/// `route_localnet` for IPv6, so a port published on `::1` could never be reached.
+fn parse_host_ip(text: &str) -> Result<IpAddr, Invalid> {
+    let ip = parse_address(text, "hostIp")?;
+    if ip == IpAddr::V6(Ipv6Addr::LOCALHOST) {
+        return Err(Invalid(format!(
+            "hostIp {ip}: a port cannot be published on IPv6's loopback (the kernel forwards \
+             no traffic from it to an instance); use 127.0.0.1, or the node's IPv6 addresses"
+        )));
+    }
+    Ok(ip)
 }
 
 /// `A.B.C.D/N` or `X:Y::Z/N`, with a clear message for each way it can be wrong.
@@ -1071,11 +1176,12 @@ fn parse_gateway(text: &str) -> Result<IpInet, Invalid> {
     }
     let inet = IpInet::new(address, prefix).map_err(|error| Invalid(error.to_string()))?;
     let subnet = inet.network();
-    let first_host = {
-        let mut first = IpInet::new(subnet.first_address(), prefix).expect("same prefix");
-        first.increment();
-        first.address()
-    };
+    // `next`, not `IpInet::increment`, which in cidr 0.3 increments a copy and leaves the
+    // address as it was.
+    let first_host = IpInet::new(subnet.first_address(), prefix)
+        .ok()
+        .and_then(IpInet::next)
+        .map_or(subnet.first_address(), |first| first.address());
     if address == subnet.first_address() {
         return Err(Invalid(format!(
             "cidr {} is the network address of {subnet}, not a usable bridge address (e.g. {first_host}/{prefix})",

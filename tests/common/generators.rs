@@ -11,10 +11,10 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::RangeInclusive;
 
-use cidr::{IpCidr, IpInet, Ipv4Cidr, Ipv4Inet};
+use cidr::{IpCidr, IpInet, Ipv4Cidr, Ipv4Inet, Ipv6Cidr, Ipv6Inet};
 
 use kudonet::dataplane::Dataplane;
 use kudonet::dataplane::memory::MemoryDataplane;
@@ -34,33 +34,99 @@ pub const INSTANCE_NAMES: &[&str] = &["web", "db", "api", "cache", "worker-1", "
 pub const BRIDGES: &[&str] = &["kudo0", "br-kudo"];
 /// The node's MTU, when set.
 pub const MTUS: &[u32] = &[1280, 1400, 1500, 9000];
-/// Host parts of instance addresses in 10.0.0.0/24: neither the network, the gateway (the
-/// node, .1) nor the broadcast address.
+/// Host parts of instance addresses in 10.0.0.0/24 and fd00:10::/64: neither the network,
+/// the gateway (the node, .1 and ::1) nor IPv4's broadcast address.
 pub const HOSTS: RangeInclusive<u8> = 2..=254;
 /// The few host ports instances mostly publish, so that they compete for them.
 pub const CONTESTED_HOST_PORTS: RangeInclusive<u16> = 8001..=8003;
 /// Any port.
 pub const PORTS: RangeInclusive<u16> = 1..=65535;
-/// Peers of node `a` are p1, p2, ... with 10.0.N.0/24.
+/// Peers of node `a` are p1, p2, ... with 10.0.N.0/24 and fd00:10:0:N::/64.
 pub const MAX_PEERS: u8 = 2;
 /// How many drifts happen to a node at most.
 pub const MAX_DRIFTS: usize = 6;
 
-/// A node of the cluster: `10.0.THIRD_OCTET.1/24`, external address `192.0.2.(10 + THIRD_OCTET)`.
+/// The families of a node or an instance: IPv4 only, both, or IPv6 only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Families {
+    Ipv4,
+    Dual,
+    Ipv6,
+}
+
+impl Families {
+    /// Every choice.
+    pub const ALL: &[Families] = &[Families::Ipv4, Families::Dual, Families::Ipv6];
+
+    pub fn has(self, family: Family) -> bool {
+        match self {
+            Families::Ipv4 => family == Family::Ipv4,
+            Families::Ipv6 => family == Family::Ipv6,
+            Families::Dual => true,
+        }
+    }
+
+    /// An instance's families on a node of `node`'s: its own on a dual-stack node (it may
+    /// have fewer than its node), else its node's one.
+    pub fn within(self, node: Families) -> Families {
+        match node {
+            Families::Dual => self,
+            single => single,
+        }
+    }
+}
+
+/// The address of host `host` in subnet `index` of `family`: `10.0.INDEX.HOST/24` or
+/// `fd00:10:0:INDEX::HOST/64` (INDEX and HOST in hex there).
+pub fn address(family: Family, index: u8, host: u8) -> IpInet {
+    match family {
+        Family::Ipv4 => IpInet::V4(Ipv4Inet::new(Ipv4Addr::new(10, 0, index, host), 24).unwrap()),
+        Family::Ipv6 => IpInet::V6(
+            Ipv6Inet::new(
+                Ipv6Addr::new(0xfd00, 0x10, 0, index.into(), 0, 0, 0, host.into()),
+                64,
+            )
+            .unwrap(),
+        ),
+    }
+}
+
+/// A node of the cluster of `families`: `10.0.INDEX.1/24` and `fd00:10:0:INDEX::1/64`,
+/// external addresses `192.0.2.(10 + INDEX)` and `2001:db8::(0x10 + INDEX)` (one per family
+/// it has, as a routed cluster needs).
 pub fn node(
     name: &str,
-    third_octet: u8,
+    index: u8,
+    families: Families,
     bridge: &str,
     mtu: Option<u32>,
     masquerade: bool,
     uplink: bool,
 ) -> Node {
+    let external = |family| match family {
+        Family::Ipv4 => IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10 + index)),
+        Family::Ipv6 => IpAddr::V6(Ipv6Addr::new(
+            0x2001,
+            0xdb8,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0x10 + u16::from(index),
+        )),
+    };
+    let families: Vec<Family> = Family::ALL
+        .into_iter()
+        .filter(|family| families.has(*family))
+        .collect();
     Node {
         name: name.to_string(),
-        cidrs: vec![IpInet::V4(
-            Ipv4Inet::new(Ipv4Addr::new(10, 0, third_octet, 1), 24).unwrap(),
-        )],
-        external_ips: vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10 + third_octet))],
+        cidrs: families
+            .iter()
+            .map(|family| address(*family, index, 1))
+            .collect(),
+        external_ips: families.iter().map(|family| external(*family)).collect(),
         bridge: bridge.to_string(),
         uplink: uplink.then(|| "eth0".to_string()),
         masquerade,
@@ -68,13 +134,25 @@ pub fn node(
     }
 }
 
-/// A published port: TCP or UDP, on all host addresses or on the node's external one.
-pub fn port(host_port: u16, instance_port: u16, udp: bool, host_ip: bool) -> PublishedPort {
+/// The `hostIp`s a published port may have: none (every family the instance has), node
+/// `a`'s external address of each family, and every address of one family.
+pub const HOST_IPS: &[Option<IpAddr>] = &[
+    None,
+    Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10))),
+    Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+    Some(IpAddr::V6(Ipv6Addr::new(
+        0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10,
+    ))),
+    Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+];
+
+/// A published port: TCP or UDP, on the `host_ip`th of [`HOST_IPS`].
+pub fn port(host_port: u16, instance_port: u16, udp: bool, host_ip: usize) -> PublishedPort {
     PublishedPort {
         host_port,
         instance_port,
         protocol: if udp { Protocol::Udp } else { Protocol::Tcp },
-        host_ip: host_ip.then_some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10))),
+        host_ip: HOST_IPS[host_ip % HOST_IPS.len()],
     }
 }
 
@@ -86,12 +164,17 @@ pub struct InstanceChoice {
     pub name: &'static str,
     /// Host part in `HOSTS`.
     pub host: u8,
+    /// The instance's families, within its node's (see [`Families::within`]).
+    pub families: Families,
     pub ports: Vec<PublishedPort>,
 }
 
-/// A desired state for node `a` (10.0.0.0/24) as drawn; `build` makes it valid.
+/// A desired state for node `a` (10.0.0.0/24, fd00:10::/64, or both) as drawn; `build`
+/// makes it valid.
 #[derive(Debug, Clone)]
 pub struct DesiredChoice {
+    /// Node `a`'s families.
+    pub families: Families,
     pub bridge: &'static str,
     pub mtu: Option<u32>,
     pub masquerade: bool,
@@ -100,14 +183,15 @@ pub struct DesiredChoice {
     pub instances: Vec<InstanceChoice>,
     /// A cluster, routed (false) or VXLAN (true).
     pub cluster: Option<bool>,
-    /// Up to `MAX_PEERS`.
-    pub peers: u8,
+    /// The families of each peer, up to `MAX_PEERS`.
+    pub peers: Vec<Families>,
 }
 
 impl DesiredChoice {
     /// The desired state, as validation guarantees it: distinct instance addresses (a clash
-    /// probes upwards from the drawn one) and one (protocol, host port) per node (a later
-    /// port on a taken one is dropped).
+    /// probes upwards from the drawn one), a hostIp of a family the instance has (else the
+    /// port is dropped) and one (protocol, host port) per node and family (a later port on
+    /// a taken one is dropped: an IPv4-only and an IPv6-only one share a host port).
     pub fn build(&self) -> Desired {
         let mut used_addresses = Vec::new();
         let mut used_ports = Vec::new();
@@ -124,11 +208,25 @@ impl DesiredChoice {
                     };
                 }
                 used_addresses.push(host);
+                let families: Vec<Family> = Family::ALL
+                    .into_iter()
+                    .filter(|family| choice.families.within(self.families).has(*family))
+                    .collect();
                 let mut ports = choice.ports.clone();
                 ports.retain(|port| {
-                    let key = (port.protocol, port.host_port);
-                    !used_ports.contains(&key) && {
-                        used_ports.push(key);
+                    if port
+                        .host_ip
+                        .is_some_and(|ip| !families.contains(&Family::of(ip)))
+                    {
+                        return false;
+                    }
+                    let keys: Vec<_> = families
+                        .iter()
+                        .filter(|family| port.serves(**family))
+                        .map(|family| (port.protocol, port.host_port, *family))
+                        .collect();
+                    !keys.iter().any(|key| used_ports.contains(key)) && {
+                        used_ports.extend(keys);
                         true
                     }
                 });
@@ -136,9 +234,10 @@ impl DesiredChoice {
                     name: choice.name.to_string(),
                     id: None,
                     node: "a".to_string(),
-                    addresses: vec![IpInet::V4(
-                        Ipv4Inet::new(Ipv4Addr::new(10, 0, 0, host), 24).unwrap(),
-                    )],
+                    addresses: families
+                        .iter()
+                        .map(|family| address(*family, 0, host))
+                        .collect(),
                     ports,
                 }
             })
@@ -146,18 +245,43 @@ impl DesiredChoice {
         Desired {
             cluster: self.cluster.map(|vxlan| Cluster {
                 name: Some("c".to_string()),
-                cidrs: vec![IpCidr::V4(
-                    Ipv4Cidr::new(Ipv4Addr::new(10, 0, 0, 0), 16).unwrap(),
-                )],
+                cidrs: vec![
+                    IpCidr::V4(Ipv4Cidr::new(Ipv4Addr::new(10, 0, 0, 0), 16).unwrap()),
+                    IpCidr::V6(
+                        Ipv6Cidr::new(Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 0), 48).unwrap(),
+                    ),
+                ],
                 mode: if vxlan {
                     ClusterMode::Vxlan
                 } else {
                     ClusterMode::Routed
                 },
             }),
-            node: node("a", 0, self.bridge, self.mtu, self.masquerade, self.uplink),
-            peers: (1..=self.peers.min(MAX_PEERS))
-                .map(|index| node(&format!("p{index}"), index, "kudo0", None, true, false))
+            node: node(
+                "a",
+                0,
+                self.families,
+                self.bridge,
+                self.mtu,
+                self.masquerade,
+                self.uplink,
+            ),
+            peers: self
+                .peers
+                .iter()
+                .take(MAX_PEERS.into())
+                .zip(1..)
+                .map(|(families, index)| {
+                    node(
+                        &format!("p{index}"),
+                        index,
+                        *families,
+                        "kudo0",
+                        None,
+                        true,
+                        false,
+                    )
+                })
                 .collect(),
             instances,
         }
@@ -202,10 +326,11 @@ pub fn foreign_namespace_names() -> Vec<String> {
     names
 }
 
-/// Third octets of foreign routes to 10.0.N.0/24 (node `a`'s subnet and its peers').
+/// Indexes N of foreign routes to 10.0.N.0/24 and fd00:10:0:N::/64 (node `a`'s subnets and
+/// its peers').
 pub const FOREIGN_ROUTE_OCTETS: RangeInclusive<u8> = 0..=MAX_PEERS;
 
-/// Rules of someone else's in FORWARD.
+/// Rules of someone else's in FORWARD (of iptables and of ip6tables).
 pub const FOREIGN_FORWARD_RULES: &[&str] = &[
     "-j DROP",
     "-i docker0 -j ACCEPT",
@@ -227,21 +352,27 @@ pub struct ForeignLink {
 pub struct Foreign {
     pub links: Vec<ForeignLink>,
     pub namespaces: Vec<String>,
-    /// Third octets in `FOREIGN_ROUTE_OCTETS`.
+    /// IPv4 routes, to 10.0.N.0/24 for N in `FOREIGN_ROUTE_OCTETS`.
     pub routes: Vec<u8>,
+    /// IPv6 routes, to fd00:10:0:N::/64 for N in `FOREIGN_ROUTE_OCTETS`.
+    pub routes6: Vec<u8>,
+    /// In iptables' FORWARD.
     pub forward_rules: Vec<&'static str>,
+    /// In ip6tables' FORWARD.
+    pub forward_rules6: Vec<&'static str>,
     /// DOCKER-USER in filter.
     pub other_chain: bool,
-    /// Docker's MASQUERADE in nat POSTROUTING.
+    /// Docker's MASQUERADE in nat POSTROUTING, of iptables and ip6tables.
     pub nat_rule: bool,
-    /// kudonet's chains left in the other iptables backend, beside a rule of someone else's.
+    /// kudonet's chains left in the other iptables backend (both families), beside a rule of
+    /// someone else's.
     pub other_backend: bool,
     /// The default route leaves through eth0.
     pub default_route: bool,
 }
 
-/// Adds `foreign`'s objects to `state` (a link whose name is taken stays as it is); IP
-/// forwarding is off.
+/// Adds `foreign`'s objects to `state` (a link whose name is taken stays as it is); IPv4
+/// and IPv6 forwarding are off.
 pub fn add_foreign(state: &mut Observed, foreign: &Foreign) {
     for foreign_link in &foreign.links {
         let mut link = Link::new(foreign_link.kind);
@@ -250,6 +381,7 @@ pub fn add_foreign(state: &mut Observed, foreign: &Foreign) {
             link.alias = Some("not-kudonet".to_string());
         }
         link.addresses.insert("192.0.2.10/24".parse().unwrap());
+        link.addresses.insert("2001:db8::10/64".parse().unwrap());
         state.links.entry(foreign_link.name.clone()).or_insert(link);
     }
     for name in &foreign.namespaces {
@@ -266,6 +398,28 @@ pub fn add_foreign(state: &mut Observed, foreign: &Foreign) {
             },
         );
     }
+    for index in &foreign.routes6 {
+        state.routes.insert(
+            address(Family::Ipv6, *index, 0).network(),
+            Route {
+                gateway: Some("2001:db8::99".parse().unwrap()),
+                device: None,
+                owned: false,
+            },
+        );
+    }
+    let filter6 = state
+        .firewall
+        .entry(TableId::new(Family::Ipv6, "filter"))
+        .or_default();
+    filter6.chains.insert(
+        "FORWARD".to_string(),
+        foreign
+            .forward_rules6
+            .iter()
+            .map(|rule| rule.to_string())
+            .collect(),
+    );
     let filter = state
         .firewall
         .entry(TableId::new(Family::Ipv4, "filter"))
@@ -292,6 +446,14 @@ pub fn add_foreign(state: &mut Observed, foreign: &Foreign) {
             "POSTROUTING".to_string(),
             vec!["-s 172.17.0.0/16 ! -o docker0 -j MASQUERADE".to_string()],
         );
+        let nat6 = state
+            .firewall
+            .entry(TableId::new(Family::Ipv6, "nat"))
+            .or_default();
+        nat6.chains.insert(
+            "POSTROUTING".to_string(),
+            vec!["-s fd00:dead::/64 ! -o docker0 -j MASQUERADE".to_string()],
+        );
     }
     if foreign.other_backend {
         let nat = state
@@ -309,6 +471,21 @@ pub fn add_foreign(state: &mut Observed, foreign: &Foreign) {
                 "-d 198.51.100.7/32 -j RETURN".to_string(),
             ],
         );
+        let nat6 = state
+            .other_backend
+            .entry(TableId::new(Family::Ipv6, "nat"))
+            .or_default();
+        nat6.chains.insert(
+            "KUDO-PORTS".to_string(),
+            vec!["-p tcp -m tcp --dport 8081 -j DNAT --to-destination [fd00:10::9]:80".to_string()],
+        );
+        nat6.chains.insert(
+            "PREROUTING".to_string(),
+            vec![
+                format!("{JUMP_MARK} -j KUDO-PORTS"),
+                "-d 2001:db8:ffff::7/128 -j RETURN".to_string(),
+            ],
+        );
     }
     if foreign.default_route {
         state.default_route_interface = Some("eth0".to_string());
@@ -316,6 +493,9 @@ pub fn add_foreign(state: &mut Observed, foreign: &Foreign) {
     state
         .sysctls
         .insert("net.ipv4.ip_forward".to_string(), "0".to_string());
+    state
+        .sysctls
+        .insert("net.ipv6.conf.all.forwarding".to_string(), "0".to_string());
 }
 
 // Drift.
@@ -337,11 +517,16 @@ pub enum Drift {
     DropJumps(usize),
     ResetSysctl(usize),
     DeleteRoute(usize),
+    AddStrayIpv6Address(usize),
+    /// Drops a link's IPv6 addresses, keeping its IPv4 ones.
+    DropIpv6Addresses(usize),
+    /// Drops a namespace's IPv6 default route, keeping its IPv4 one.
+    DropIpv6DefaultRoute(usize),
 }
 
 impl Drift {
     /// How many kinds of drift there are.
-    pub const KINDS: u8 = 14;
+    pub const KINDS: u8 = 17;
 
     /// Drift of kind `kind % KINDS`, picking the `index`th of what exists.
     pub fn of_kind(kind: u8, index: usize) -> Drift {
@@ -359,7 +544,10 @@ impl Drift {
             10 => Drift::DeleteChain(index),
             11 => Drift::DropJumps(index),
             12 => Drift::ResetSysctl(index),
-            _ => Drift::DeleteRoute(index),
+            13 => Drift::DeleteRoute(index),
+            14 => Drift::AddStrayIpv6Address(index),
+            15 => Drift::DropIpv6Addresses(index),
+            _ => Drift::DropIpv6DefaultRoute(index),
         }
     }
 }
@@ -413,6 +601,8 @@ pub fn drift(dataplane: &mut MemoryDataplane, drift: &Drift) {
         | Drift::SetMtu(i)
         | Drift::AddStrayAddress(i)
         | Drift::DropAddresses(i)
+        | Drift::AddStrayIpv6Address(i)
+        | Drift::DropIpv6Addresses(i)
         | Drift::Detach(i) => {
             let Some(link) = pick(all_links.into_iter(), i) else {
                 return;
@@ -432,17 +622,34 @@ pub fn drift(dataplane: &mut MemoryDataplane, drift: &Drift) {
                     target.addresses.clear();
                     target.no_prefix_route.clear();
                 }
+                Drift::AddStrayIpv6Address(_) => {
+                    target
+                        .addresses
+                        .insert("2001:db8:ffff::7/64".parse().unwrap());
+                }
+                Drift::DropIpv6Addresses(_) => {
+                    target.addresses.retain(|address| address.is_ipv4());
+                    target.no_prefix_route.retain(|address| address.is_ipv4());
+                }
                 _ => {
                     target.master = None;
                     target.hairpin = false;
                 }
             }
         }
-        Drift::DropDefaultRoute(i) => {
+        Drift::DropDefaultRoute(i) | Drift::DropIpv6DefaultRoute(i) => {
             if let Some(name) = pick(state.namespaces.keys().cloned(), i) {
                 let namespace = state.namespaces.get_mut(&name).unwrap();
-                namespace.default_gateways.clear();
-                namespace.onlink_gateways.clear();
+                match drift {
+                    Drift::DropDefaultRoute(_) => {
+                        namespace.default_gateways.clear();
+                        namespace.onlink_gateways.clear();
+                    }
+                    _ => {
+                        namespace.default_gateways.retain(|gateway| gateway.is_ipv4());
+                        namespace.onlink_gateways.retain(|gateway| gateway.is_ipv4());
+                    }
+                }
             }
         }
         Drift::FlushChain(i) | Drift::DeleteChain(i) => {

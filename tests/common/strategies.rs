@@ -9,40 +9,57 @@ use proptest::sample::{select, subsequence};
 
 use super::generators::{
     BRIDGES, CONTESTED_HOST_PORTS, DesiredChoice, Drift, FOREIGN_FORWARD_RULES, FOREIGN_LINK_KINDS,
-    FOREIGN_ROUTE_OCTETS, Foreign, ForeignLink, HOSTS, INSTANCE_NAMES, MAX_DRIFTS, MAX_PEERS, MTUS,
-    PORTS, foreign_link_names, foreign_namespace_names, observed, observed_with_bridges, port,
+    FOREIGN_ROUTE_OCTETS, Families, Foreign, ForeignLink, HOST_IPS, HOSTS, INSTANCE_NAMES,
+    MAX_DRIFTS, MAX_PEERS, MTUS, PORTS, foreign_link_names, foreign_namespace_names, observed,
+    observed_with_bridges, port,
 };
 
-/// A published port, mostly on one of a few contested host ports.
+/// A published port, mostly on one of a few contested host ports, with any of the
+/// `hostIp`s.
 pub fn arb_port() -> impl Strategy<Value = PublishedPort> {
     (
         prop_oneof![3 => CONTESTED_HOST_PORTS, 1 => PORTS],
         PORTS,
         any::<bool>(),
-        any::<bool>(),
+        0..HOST_IPS.len(),
     )
         .prop_map(|(host_port, instance_port, udp, host_ip)| {
             port(host_port, instance_port, udp, host_ip)
         })
 }
 
-/// A valid desired state for node `a` (10.0.0.0/24), with up to two peers.
+/// A valid desired state for node `a` (IPv4-only, dual-stack or IPv6-only), with up to two
+/// peers of any families.
 pub fn arb_desired() -> impl Strategy<Value = Desired> {
     let names = INSTANCE_NAMES.len();
     (
-        subsequence(INSTANCE_NAMES, 0..=names),
-        proptest::collection::vec(HOSTS, names),
-        proptest::collection::vec(proptest::collection::vec(arb_port(), 0..=3), names),
+        (
+            subsequence(INSTANCE_NAMES, 0..=names),
+            proptest::collection::vec(HOSTS, names),
+            proptest::collection::vec(select(Families::ALL), names),
+            proptest::collection::vec(proptest::collection::vec(arb_port(), 0..=3), names),
+        ),
+        select(Families::ALL),
         select(BRIDGES),
         proptest::option::of(select(MTUS)),
         any::<bool>(),
         any::<bool>(),
-        0..=MAX_PEERS,
+        proptest::collection::vec(select(Families::ALL), 0..=usize::from(MAX_PEERS)),
         proptest::option::of(any::<bool>()),
     )
         .prop_map(
-            |(chosen, hosts, ports, bridge, mtu, masquerade, uplink, peers, cluster)| {
+            |(
+                (chosen, hosts, instance_families, ports),
+                families,
+                bridge,
+                mtu,
+                masquerade,
+                uplink,
+                peers,
+                cluster,
+            )| {
                 DesiredChoice {
+                    families,
                     bridge,
                     mtu,
                     masquerade,
@@ -53,6 +70,7 @@ pub fn arb_desired() -> impl Strategy<Value = Desired> {
                         .map(|(index, name)| super::generators::InstanceChoice {
                             name,
                             host: hosts[index],
+                            families: instance_families[index],
                             ports: ports[index].clone(),
                         })
                         .collect(),
@@ -87,6 +105,8 @@ pub fn arb_foreign() -> impl Strategy<Value = Foreign> {
         proptest::collection::vec(link, 0..=3),
         proptest::collection::vec(select(foreign_namespace_names()), 0..=2),
         proptest::collection::vec(FOREIGN_ROUTE_OCTETS, 0..=2),
+        proptest::collection::vec(FOREIGN_ROUTE_OCTETS, 0..=2),
+        proptest::collection::vec(select(FOREIGN_FORWARD_RULES), 0..=3),
         proptest::collection::vec(select(FOREIGN_FORWARD_RULES), 0..=3),
         any::<[bool; 4]>(),
     )
@@ -95,14 +115,18 @@ pub fn arb_foreign() -> impl Strategy<Value = Foreign> {
                 links,
                 namespaces,
                 routes,
+                routes6,
                 forward_rules,
+                forward_rules6,
                 [other_chain, nat_rule, other_backend, default_route],
             )| {
                 Foreign {
                     links,
                     namespaces,
                     routes,
+                    routes6,
                     forward_rules,
+                    forward_rules6,
                     other_chain,
                     nat_rule,
                     other_backend,
