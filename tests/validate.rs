@@ -1415,6 +1415,51 @@ fn a_routed_cluster_needs_an_external_ip_of_each_subnet_family() {
 }
 
 #[test]
+fn a_vxlan_cluster_needs_one_underlay_family_on_every_node() {
+    let vxlan = ("cluster.yaml", "kind: Cluster\nmode: vxlan\n");
+    // Node c has no IPv4 externalIp: the underlay is IPv6, which a and b lack.
+    case(
+        &[
+            vxlan,
+            ("a.yaml", &peer("a", "10.0.0.1/24", "192.168.56.11")),
+            (
+                "b.yaml",
+                &peer("b", "10.0.1.1/24", "[192.168.56.12, 2001:db8::12]"),
+            ),
+            ("c.yaml", &peer("c", "10.0.2.1/24", "2001:db8::13")),
+        ],
+        &[
+            "$DIR/a.yaml:4:13: Node \"a\" has no IPv6 `externalIp`: a vxlan cluster tunnels over \
+             one family, IPv6 here since Node \"c\" has no IPv4 `externalIp`; give every Node an \
+             `externalIp` of one family",
+        ],
+    );
+    // Every node has IPv4, or every node has IPv6: either is an underlay.
+    case(
+        &[
+            vxlan,
+            (
+                "a.yaml",
+                &peer("a", "10.0.0.1/24", "[192.168.56.11, 2001:db8::11]"),
+            ),
+            ("b.yaml", &peer("b", "10.0.1.1/24", "192.168.56.12")),
+        ],
+        &[],
+    );
+    case(
+        &[
+            vxlan,
+            (
+                "a.yaml",
+                &peer("a", "10.0.0.1/24", "[192.168.56.11, 2001:db8::11]"),
+            ),
+            ("b.yaml", &peer("b", "10.0.1.1/24", "2001:db8::12")),
+        ],
+        &[],
+    );
+}
+
+#[test]
 fn a_node_holds_as_many_instances_of_a_family_as_its_subnet_of_it_has_addresses_for() {
     // A /126 has addresses for 2 instances (4 less network and gateway: no broadcast).
     let node = "kind: Node\nname: node-a\ncidr: [10.0.0.1/24, fd00:10::1/126]\n";

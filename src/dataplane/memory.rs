@@ -260,6 +260,26 @@ impl MemoryDataplane {
                     return Err(Rejected("no such address".into()));
                 }
                 target.no_prefix_route.remove(address);
+                // As the kernel dataplane does: an instance's default route of a family goes
+                // with its address of that family (the kernel itself takes the IPv4 one with
+                // the last IPv4 address; kudonet deletes the IPv6 one).
+                let family_left = target
+                    .addresses
+                    .iter()
+                    .any(|other| other.is_ipv4() == address.is_ipv4());
+                if let Some(netns) = &link.netns
+                    && link.name == names::INSTANCE_INTERFACE
+                    && (address.is_ipv6() || !family_left)
+                    && let Some(namespace) = self.state.namespaces.get_mut(netns)
+                {
+                    let family = Family::of(address.address());
+                    namespace
+                        .default_gateways
+                        .retain(|gateway| Family::of(*gateway) != family);
+                    namespace
+                        .onlink_gateways
+                        .retain(|gateway| Family::of(*gateway) != family);
+                }
             }
             Action::ReplaceDefaultRoute {
                 namespace,

@@ -747,6 +747,9 @@ impl Checker {
                 ));
             }
         }
+        if several && !routed {
+            errors.extend(self.check_vxlan_underlay());
+        }
         self.diagnostics.extend(errors);
         self.nodes
             .iter()
@@ -770,6 +773,44 @@ impl Checker {
                 })
             })
             .map(|node| (node.name.clone(), node))
+            .collect()
+    }
+
+    /// A vxlan cluster tunnels over one family, IPv4 when every Node has an IPv4
+    /// `externalIp`, else IPv6: every Node needs an `externalIp` of it (a node without one
+    /// could neither send nor be flooded to). Nodes whose `externalIp` is missing or wrong
+    /// were reported as such.
+    fn check_vxlan_underlay(&self) -> Vec<Diagnostic> {
+        let complete: Vec<&NodeDecl> = self
+            .nodes
+            .iter()
+            .filter(|node| node.external_ips.complete && !node.external_ips.entries.is_empty())
+            .collect();
+        let has = |node: &NodeDecl, family| {
+            node.external_ips
+                .entries
+                .iter()
+                .any(|ip| Family::of(ip.value) == family)
+        };
+        let Some(without_ipv4) = complete.iter().find(|node| !has(node, Family::Ipv4)) else {
+            return Vec::new();
+        };
+        complete
+            .iter()
+            .filter(|node| !has(node, Family::Ipv6))
+            .map(|node| {
+                let at = node.external_ips.entries[0].origin.clone();
+                Diagnostic::new(
+                    at,
+                    format!(
+                        "Node {} has no IPv6 `externalIp`: a vxlan cluster tunnels over one family, \
+                         IPv6 here since Node {} has no IPv4 `externalIp`; give every Node an \
+                         `externalIp` of one family",
+                        quoted(&node.name.value),
+                        quoted(&without_ipv4.name.value)
+                    ),
+                )
+            })
             .collect()
     }
 

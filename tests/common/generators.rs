@@ -242,7 +242,7 @@ impl DesiredChoice {
                 }
             })
             .collect();
-        Desired {
+        let mut desired = Desired {
             cluster: self.cluster.map(|vxlan| Cluster {
                 name: Some("c".to_string()),
                 cidrs: vec![
@@ -284,7 +284,31 @@ impl DesiredChoice {
                 })
                 .collect(),
             instances,
+        };
+        // A vxlan cluster tunnels over one family, which every node needs an address of
+        // (validation refuses a cluster without one): each node has both.
+        if self.cluster == Some(true) {
+            for node in std::iter::once(&mut desired.node).chain(&mut desired.peers) {
+                let index = node
+                    .name
+                    .strip_prefix('p')
+                    .map_or(0, |i| i.parse().unwrap());
+                node.external_ips = vec![
+                    IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10 + index)),
+                    IpAddr::V6(Ipv6Addr::new(
+                        0x2001,
+                        0xdb8,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0x10 + u16::from(index),
+                    )),
+                ];
+            }
         }
+        desired
     }
 }
 
@@ -646,8 +670,12 @@ pub fn drift(dataplane: &mut MemoryDataplane, drift: &Drift) {
                         namespace.onlink_gateways.clear();
                     }
                     _ => {
-                        namespace.default_gateways.retain(|gateway| gateway.is_ipv4());
-                        namespace.onlink_gateways.retain(|gateway| gateway.is_ipv4());
+                        namespace
+                            .default_gateways
+                            .retain(|gateway| gateway.is_ipv4());
+                        namespace
+                            .onlink_gateways
+                            .retain(|gateway| gateway.is_ipv4());
                     }
                 }
             }
