@@ -323,7 +323,8 @@ fn scope_by_names(action: &Action, desired: &Desired) -> Scope {
         | Action::SetUp { link }
         | Action::AddAddress { link, .. }
         | Action::DeleteAddress { link, .. } => by_link(link),
-        Action::ReplaceDefaultRoute { namespace, .. } => by_namespace(namespace),
+        Action::ReplaceDefaultRoute { namespace, .. }
+        | Action::DeleteDefaultRoute { namespace, .. } => by_namespace(namespace),
         Action::ReplaceLinkRoute { destination, .. } => desired.instances.iter().find(|i| {
             i.addresses
                 .iter()

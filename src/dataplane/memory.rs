@@ -260,16 +260,13 @@ impl MemoryDataplane {
                     return Err(Rejected("no such address".into()));
                 }
                 target.no_prefix_route.remove(address);
-                // As the kernel dataplane does: an instance's default route of a family goes
-                // with its address of that family (the kernel itself takes the IPv4 one with
-                // the last IPv4 address; kudonet deletes the IPv6 one).
-                let family_left = target
-                    .addresses
-                    .iter()
-                    .any(|other| other.is_ipv4() == address.is_ipv4());
+                // As the kernel does: an instance's IPv4 default route goes with its last
+                // IPv4 address (an IPv6 one stays: the plan deletes it).
+                let family_left = target.addresses.iter().any(|other| other.is_ipv4());
                 if let Some(netns) = &link.netns
                     && link.name == names::INSTANCE_INTERFACE
-                    && (address.is_ipv6() || !family_left)
+                    && address.is_ipv4()
+                    && !family_left
                     && let Some(namespace) = self.state.namespaces.get_mut(netns)
                 {
                     let family = Family::of(address.address());
@@ -279,6 +276,18 @@ impl MemoryDataplane {
                     namespace
                         .onlink_gateways
                         .retain(|gateway| Family::of(*gateway) != family);
+                }
+            }
+            Action::DeleteDefaultRoute { namespace, gateway } => {
+                // Already gone (with its address) is no error, as in the kernel dataplane.
+                if let Some(inside) = self.state.namespaces.get_mut(namespace) {
+                    let family = Family::of(*gateway);
+                    inside
+                        .default_gateways
+                        .retain(|other| Family::of(*other) != family);
+                    inside
+                        .onlink_gateways
+                        .retain(|other| Family::of(*other) != family);
                 }
             }
             Action::ReplaceDefaultRoute {

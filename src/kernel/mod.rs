@@ -13,8 +13,8 @@ pub(crate) mod netns;
 pub(crate) mod observe;
 pub(crate) mod sysctl;
 
+use crate::spec::Family;
 use std::fs;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -160,7 +160,8 @@ impl KernelDataplane {
                     .host_names
                     .extend(snapshot.host_peers_of_namespace(name));
             }
-            Action::ReplaceDefaultRoute { namespace, .. } => {
+            Action::ReplaceDefaultRoute { namespace, .. }
+            | Action::DeleteDefaultRoute { namespace, .. } => {
                 changes.namespaces.insert(namespace.clone());
             }
             Action::PurgeOtherBackend { .. } => changes.other_backend = true,
@@ -383,22 +384,15 @@ impl KernelDataplane {
                 socket
                     .delete_address(index, &link.name, *address)
                     .map_err(Cause::from)?;
-                // The kernel drops an instance's IPv4 default route with its last IPv4
-                // address, but keeps an IPv6 one through a gateway no address reaches any
-                // more. An instance has one address of each family: its IPv6 default route
-                // goes with it, so that an instance (or node) that leaves IPv6 keeps none; a
-                // new address gets the route again from the plan.
-                if link.netns.is_some()
-                    && link.name == names::INSTANCE_INTERFACE
-                    && address.is_ipv6()
-                {
-                    let default = cidr::IpCidr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0)
-                        .expect("::/0 is valid");
-                    socket
-                        .delete_route(default, names::ROUTE_PROTOCOL)
-                        .map_err(Cause::from)?;
-                }
                 Ok(())
+            }
+            Action::DeleteDefaultRoute { namespace, gateway } => {
+                let socket = self.socket(Some(namespace))?;
+                let default = cidr::IpCidr::new(Family::of(*gateway).unspecified(), 0)
+                    .expect("a /0 of any address");
+                socket
+                    .delete_route(default, names::ROUTE_PROTOCOL)
+                    .map_err(Cause::from)
             }
             Action::ReplaceDefaultRoute {
                 namespace,
@@ -407,11 +401,8 @@ impl KernelDataplane {
             } => {
                 let eth0 = LinkRef::in_namespace(namespace, names::INSTANCE_INTERFACE);
                 let (socket, index) = self.link(&eth0)?;
-                let unspecified = match gateway {
-                    IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                    IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-                };
-                let default = cidr::IpCidr::new(unspecified, 0).expect("a /0 of any address");
+                let default = cidr::IpCidr::new(Family::of(*gateway).unspecified(), 0)
+                    .expect("a /0 of any address");
                 if *onlink {
                     socket.replace_route_onlink(default, *gateway, index, names::ROUTE_PROTOCOL)
                 } else {

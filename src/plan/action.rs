@@ -156,6 +156,15 @@ pub enum Action {
         /// route to its IPv6 subnet (see `AddAddress::no_prefix_route`).
         onlink: bool,
     },
+    /// Deletes kudonet's default route of the gateway's family from an instance namespace:
+    /// the instance no longer has an address of that family (the kernel keeps an IPv6
+    /// default route when the address goes).
+    DeleteDefaultRoute {
+        /// The instance namespace.
+        namespace: String,
+        /// The gateway of the route, which gives its family.
+        gateway: IpAddr,
+    },
     /// A route of the node namespace through `device`, scope link, marked as kudonet's: to
     /// an instance on a segment, whose address the node's bridge route would send elsewhere.
     ReplaceLinkRoute {
@@ -305,6 +314,7 @@ impl Action {
             Action::AddAddress { .. } => "add_address",
             Action::DeleteAddress { .. } => "delete_address",
             Action::ReplaceDefaultRoute { .. } => "replace_default_route",
+            Action::DeleteDefaultRoute { .. } => "delete_default_route",
             Action::ReplaceRoute { .. } => "replace_route",
             Action::ReplaceLinkRoute { .. } => "replace_link_route",
             Action::DeleteRoute { .. } => "delete_route",
@@ -332,6 +342,7 @@ impl Action {
             | Action::DeleteAddress { .. }
             | Action::DeleteFlood { .. }
             | Action::DeleteRoute { .. }
+            | Action::DeleteDefaultRoute { .. }
             | Action::DeleteProxyNeighbour { .. }
             | Action::PurgeOtherBackend { .. } => Effect::Destroy,
             Action::SetMtu { .. }
@@ -411,6 +422,9 @@ impl fmt::Display for Action {
                 f,
                 "route default via {gateway} dev eth0 onlink in {namespace}"
             ),
+            Action::DeleteDefaultRoute { namespace, gateway } => {
+                write!(f, "route default via {gateway} in {namespace}")
+            }
             Action::ReplaceLinkRoute {
                 destination,
                 device,

@@ -838,6 +838,16 @@ impl<'a> Planner<'a> {
                 });
             }
         }
+        // A default route of a family the instance no longer has (the kernel keeps an IPv6
+        // one when the address goes).
+        for gateway in &gateways_now {
+            if instance.address(Family::of(*gateway)).is_none() {
+                self.push(Action::DeleteDefaultRoute {
+                    namespace: netns.clone(),
+                    gateway: *gateway,
+                });
+            }
+        }
         if on_segment {
             self.link_route(instance, &bridge);
             self.proxy_neighbours(instance, &node.bridge);

@@ -107,6 +107,14 @@ impl Family {
         }
     }
 
+    /// The unspecified address of the family: `0.0.0.0` or `::`.
+    pub fn unspecified(self) -> IpAddr {
+        match self {
+            Family::Ipv4 => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            Family::Ipv6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        }
+    }
+
     /// The family of `address`.
     pub fn of(address: IpAddr) -> Family {
         match address {
