@@ -244,6 +244,18 @@ fn the_original_api_keeps_working_on_a_dual_stack_node() {
                 common::run_ok("ip", &["-6", "-o", "addr", "show", "dev", "kudo0"])
                     .contains("inet6 fd00:10::1/64 scope global"),
             );
+            // An agent restarting with a new node id re-keys the node; its IPv6 stays too.
+            setup_node(SetupNodeRequest::new(
+                "node-2".to_string(),
+                inet("10.0.0.1/24"),
+            ))
+            .unwrap();
+            let rekeyed = std::fs::read_to_string(&node_file).unwrap();
+            assert!(
+                rekeyed.contains("cidr: [10.0.0.1/24, \"fd00:10::1/64\"]"),
+                "{rekeyed}"
+            );
+            setup_node(node_request()).unwrap();
 
             // Instances of the original API are IPv4, as they were.
             setup_instance(instance_request(

@@ -1824,3 +1824,31 @@ fn a_world_writable_folder_is_a_warning_next_to_the_errors() {
         ],
     );
 }
+
+#[test]
+fn a_node_with_ipv6_needs_an_mtu_ipv6_works_with() {
+    case(
+        &[(
+            "node.yaml",
+            "kind: Node\nname: node-a\ncidr: [10.0.0.1/24, \"fd00:10::1/64\"]\nmtu: 1200\n",
+        )],
+        &[
+            "$DIR/node.yaml:4:6: mtu 1200 is below 1280, the least IPv6 works with, and the Node \
+             has an IPv6 subnet",
+        ],
+    );
+    case(
+        &[(
+            "node.yaml",
+            "kind: Node\nname: node-a\ncidr: 10.0.0.1/24\nmtu: 1200\n",
+        )],
+        &[],
+    );
+    case(
+        &[(
+            "node.yaml",
+            "kind: Node\nname: node-a\ncidr: \"fd00:10::1/64\"\nmtu: 1280\n",
+        )],
+        &[],
+    );
+}

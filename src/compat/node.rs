@@ -163,11 +163,9 @@ pub fn setup_node(request: SetupNodeRequest) -> Result<SetupNodeResponse, Networ
     let config = Config::from_env();
     let _lock = compat::lock_node(&request.node_id)?;
     let recorded = store::recorded_node(&config)?;
-    // An IPv6 subnet given to the node in its file stays: the original API knows IPv4 only.
-    let ipv6 = recorded
-        .as_ref()
-        .filter(|recorded| recorded.name == request.node_id)
-        .and_then(|recorded| recorded.ipv6());
+    // An IPv6 subnet given to the node in its file stays, also when the node is re-keyed
+    // (an agent restarting with a new node id): the original API knows IPv4 only.
+    let ipv6 = recorded.as_ref().and_then(|recorded| recorded.ipv6());
     if let Some(recorded) = recorded
         && recorded.name != request.node_id
     {

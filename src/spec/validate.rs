@@ -67,6 +67,9 @@ fn misplaced_field_message(field: &str, kind: &str, allowed: &[&str]) -> String 
     )
 }
 
+/// The least MTU IPv6 works with (RFC 8200).
+const IPV6_MIN_MTU: u32 = 1280;
+
 /// IPv4's minimum MTU up to the largest the kernel accepts on a bridge or veth.
 const MTU_RANGE: std::ops::RangeInclusive<i64> = 68..=65535;
 
@@ -486,6 +489,22 @@ impl Checker {
                 None
             }
         });
+        // The kernel turns IPv6 off on a link of a smaller MTU.
+        if let (Some(value), Some(field)) = (mtu, &raw.mtu)
+            && value < IPV6_MIN_MTU
+            && cidrs
+                .entries
+                .iter()
+                .any(|cidr| Family::of(cidr.value.address()) == Family::Ipv6)
+        {
+            self.error(
+                context.origin(field.referenced),
+                format!(
+                    "mtu {value} is below {IPV6_MIN_MTU}, the least IPv6 works with, and the \
+                     Node has an IPv6 subnet"
+                ),
+            );
+        }
         let Some(name) = name else { return };
         self.nodes.push(NodeDecl {
             name,
