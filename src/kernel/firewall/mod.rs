@@ -184,16 +184,24 @@ fn kernel_has_ipv6() -> bool {
     std::path::Path::new("/proc/sys/net/ipv6").exists()
 }
 
-/// The families whose firewall exists on this kernel.
-fn families() -> impl Iterator<Item = Family> {
-    Family::ALL
-        .into_iter()
-        .filter(|family| *family == Family::Ipv4 || kernel_has_ipv6())
+impl IptablesFirewall {
+    /// The families whose firewall can be read: IPv4, and IPv6 when the kernel has it and
+    /// ip6tables is installed. Without, IPv6 tables read as empty, so an IPv4 node needs
+    /// neither; a node with IPv6 fails at its first ip6tables table, naming the program.
+    fn families(&self) -> Vec<Family> {
+        Family::ALL
+            .into_iter()
+            .filter(|family| {
+                *family == Family::Ipv4
+                    || (kernel_has_ipv6() && self.ipv6.check_available().is_ok())
+            })
+            .collect()
+    }
 }
 
 impl FirewallDriver for IptablesFirewall {
     fn check_available(&self) -> Result<(), FirewallError> {
-        families().try_for_each(|family| self.family(family).check_available())
+        self.ipv4.check_available()
     }
 
     fn read(
@@ -276,15 +284,17 @@ pub(super) fn read_firewall(
     let now = generation
         .as_deref_mut()
         .and_then(|generation| generation.current().ok());
-    let others: Vec<(Family, Option<Iptables>)> = families()
-        .map(|family| (family, firewall.family(family).other_backend()))
+    let families = firewall.families();
+    let others: Vec<(Family, Option<Iptables>)> = families
+        .iter()
+        .map(|family| (*family, firewall.family(*family).other_backend()))
         .collect();
     let mut view = match (now, cache.versioned.as_ref()) {
         (Some(now), Some((read_at, view))) if now == *read_at => view.clone(),
         _ => {
             let mut tables = BTreeMap::new();
             let mut nf_tables = true;
-            for family in families() {
+            for &family in &families {
                 let (read, family_nf_tables) =
                     firewall.family(family).read_tables(&[NAT, FILTER])?;
                 nf_tables &= family_nf_tables;
