@@ -226,13 +226,17 @@ fn assert_ipv6_promises() {
     assert_eq!(seen(&web, Udp, "[2001:db8::10]:5353"), "fd00:10::1");
     assert_eq!(seen(&db, Tcp, "[fd00:10::1]:8080"), "fd00:10::1");
     assert_eq!(seen(&web, Tcp, "[fd00:10::1]:8080"), "fd00:10::1");
-    // [::1] is not a published path: IPv6 has no route_localnet, nothing listens there.
+    // [::1] is not a published path (IPv6 has no route_localnet): nothing answers there,
+    // and a service of the node's own on [::1] and a published port keeps it.
     let refused = probe::ask(
         &Place::Here,
         Tcp,
         "[::1]:8080".parse::<SocketAddr>().unwrap(),
     );
     assert!(refused.is_err(), "{refused:?}");
+    let own = "[::1]:8080".parse::<SocketAddr>().unwrap();
+    let _own = probe::serve(&Place::Here, Tcp, own).unwrap();
+    assert_eq!(seen(&Place::Here, Tcp, "[::1]:8080"), "::1");
 }
 
 /// The IPv4 promises of `DUAL` (the servers of `start_servers` must be running).

@@ -86,6 +86,12 @@ fn nat(desired: &Desired, family: Family, uplink: Option<&str>, bridges: &[&str]
     // Published ports: DNAT traffic for the node's addresses, whether it arrives from outside
     // (PREROUTING) or is sent by the node itself, 127.0.0.1 included (OUTPUT).
     let local = "-m addrtype --dst-type LOCAL -j KUDO-PORTS".to_string();
+    // Over IPv6, `[::1]` cannot reach an instance (the kernel has no route_localnet for
+    // it): leave it to the node's own services on those ports.
+    let output = match family {
+        Family::Ipv4 => local.clone(),
+        Family::Ipv6 => format!("! -d ::1/128 {local}"),
+    };
     let mut ports = Vec::new();
     for instance in &desired.instances {
         let Some(address) = instance.address(family) else {
@@ -131,7 +137,7 @@ fn nat(desired: &Desired, family: Family, uplink: Option<&str>, bridges: &[&str]
 
     TableRules {
         chains: BTreeMap::from([
-            ("KUDO-OUTPUT".to_string(), vec![local.clone()]),
+            ("KUDO-OUTPUT".to_string(), vec![output]),
             ("KUDO-PORTS".to_string(), ports),
             ("KUDO-POSTROUTING".to_string(), postrouting),
             ("KUDO-PREROUTING".to_string(), vec![local]),
