@@ -303,7 +303,7 @@ impl KernelDataplane {
                         Some(names::instance_mac(instance)),
                         *mtu,
                     )?;
-                    // A bridge port needs no address: IPv6 off, as inside the instance.
+                    // A bridge port needs no address: IPv6 off.
                     netns::disable_ipv6(&[scratch]).map_err(|error| NetlinkError {
                         operation: format!("turn IPv6 off on {scratch}"),
                         source: error,
@@ -368,6 +368,12 @@ impl KernelDataplane {
                     // turn it on, without the link-local address and its duplicate
                     // address detection, then add again.
                     Err(error) if address.is_ipv6() && error.errno() == Some(nix::libc::EACCES) => {
+                        // In the node's namespace only on a bridge of kudonet's (its
+                        // sysctls are written for no one else's interface).
+                        if link.netns.is_none() {
+                            let key = format!("net.ipv6.conf.{}.disable_ipv6", link.name);
+                            self.check_own_bridge(&key, &link.name)?;
+                        }
                         netns::enable_ipv6(&self.netns_dir, link).map_err(|error| {
                             Cause::io(format!("turn IPv6 on for {link}"), error)
                         })?;
