@@ -28,8 +28,12 @@ pub struct Observed {
     /// Routes of the node namespace's main table that kudonet owns or that share a
     /// destination with one it wants, by destination.
     pub routes: BTreeMap<IpCidr, Route>,
-    /// The interface of the node's default route: the uplink when a Node names none.
+    /// The interface of the node's IPv4 default route (else of its IPv6 one): the uplink
+    /// when a Node names none.
     pub default_route_interface: Option<String>,
+    /// The interface of the node's IPv6 default route: the uplink of IPv6 traffic when a
+    /// Node names none (it may differ from IPv4's: a tunnel, another NIC).
+    pub ipv6_default_route_interface: Option<String>,
     /// Sysctls kudonet sets, by dotted name (`net.ipv4.ip_forward`), with their values.
     pub sysctls: BTreeMap<String, String>,
     /// iptables and ip6tables, by table.

@@ -215,7 +215,15 @@ pub fn observe(
             .and_then(|index| names_by_index.get(&index))
             .map(|name| name.to_string());
         if destination.network_length() == 0 {
-            observed.default_route_interface = observed.default_route_interface.or(device);
+            match destination {
+                cidr::IpCidr::V4(_) => {
+                    observed.default_route_interface = observed.default_route_interface.or(device)
+                }
+                cidr::IpCidr::V6(_) => {
+                    observed.ipv6_default_route_interface =
+                        observed.ipv6_default_route_interface.or(device)
+                }
+            }
             continue;
         }
         let gateway = route.gateway;
@@ -236,6 +244,11 @@ pub fn observe(
                 observed.routes.insert(destination, route);
             }
         }
+    }
+
+    // An IPv6-only node's uplink is its IPv6 default route's.
+    if observed.default_route_interface.is_none() {
+        observed.default_route_interface = observed.ipv6_default_route_interface.clone();
     }
 
     // Pair veth ends: each end names its peer's index, and both must point at each other.

@@ -25,12 +25,12 @@ pub use crate::names::{FILTER, NAT};
 
 /// The rules of every table kudonet uses, for `desired`: iptables for IPv4, ip6tables for
 /// IPv6, each with the same chains. A family the node lacks gets no rule (what kudonet left
-/// there goes). `uplink` is the interface that leads out of the node (the Node's `uplink`,
-/// else the default route's), if known. `segments` are the node's segments: the node's
+/// there goes). `uplink` gives the interface that leads out of the node for a family (the
+/// Node's `uplink`, else that family's default route's), if known. `segments` are the node's segments: the node's
 /// bridge and each of them get the same rules.
-pub fn desired_tables(
+pub fn desired_tables<'a>(
     desired: &Desired,
-    uplink: Option<&str>,
+    uplink: &dyn Fn(Family) -> Option<&'a str>,
     segments: &[&str],
 ) -> BTreeMap<TableId, TableRules> {
     let bridges: Vec<&str> = std::iter::once(desired.node.bridge.as_str())
@@ -40,7 +40,7 @@ pub fn desired_tables(
     for family in desired.node.families() {
         tables.insert(
             TableId::new(family, NAT),
-            nat(desired, family, uplink, &bridges),
+            nat(desired, family, uplink(family), &bridges),
         );
         tables.insert(
             TableId::new(family, FILTER),

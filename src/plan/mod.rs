@@ -158,6 +158,25 @@ pub fn uplink<'a>(desired: &'a Desired, observed: &'a Observed) -> Option<&'a st
         .or(observed.default_route_interface.as_deref())
 }
 
+/// The node's uplink for traffic of `family`: its `uplink:`, else the interface of the
+/// default route of that family, else [`uplink`].
+pub fn uplink_of<'a>(
+    desired: &'a Desired,
+    observed: &'a Observed,
+    family: Family,
+) -> Option<&'a str> {
+    let of_family = match family {
+        Family::Ipv4 => None,
+        Family::Ipv6 => observed.ipv6_default_route_interface.as_deref(),
+    };
+    desired
+        .node
+        .uplink
+        .as_deref()
+        .or(of_family)
+        .or_else(|| uplink(desired, observed))
+}
+
 /// The plan that makes `observed` match `desired`.
 pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
     plan_with_bridge_instances(desired, observed, BRIDGE_INSTANCES)
@@ -192,7 +211,8 @@ pub fn plan_with_bridge_instances(
         return planner.plan;
     }
     let underlay = wanted.overlay.then(|| underlay_family(desired));
-    planner.mtu = instance_mtu(desired, observed, uplink, underlay);
+    let underlay_uplink = underlay.and_then(|family| uplink_of(desired, observed, family));
+    planner.mtu = instance_mtu(desired, observed, underlay_uplink, underlay);
     planner.delete_unwanted(&wanted);
     planner.purge_other_backend();
     // Without its bridge the node cannot work, and rules naming the bridge would apply to
@@ -219,7 +239,7 @@ pub fn plan_with_bridge_instances(
         planner.sysctl(&proxy_ndp_delay(&node.bridge), "0");
     }
     if wanted.overlay {
-        planner.overlay(desired, uplink);
+        planner.overlay(desired, underlay_uplink);
     }
     for segment in &wanted.segments {
         planner.segment(desired, segment);
@@ -245,7 +265,8 @@ pub fn plan_with_bridge_instances(
         ..desired.clone()
     };
     let segments: Vec<&str> = wanted.segments.iter().map(String::as_str).collect();
-    planner.firewall(&firewall::desired_tables(&serving, uplink, &segments));
+    let uplinks = |family| uplink_of(desired, observed, family);
+    planner.firewall(&firewall::desired_tables(&serving, &uplinks, &segments));
     planner.plan
 }
 
@@ -1272,6 +1293,49 @@ mod tests {
             }
             plans.push(plan);
         }
+    }
+
+    #[test]
+    fn each_family_is_masqueraded_behind_the_uplink_of_its_default_route() {
+        let desired = Desired {
+            cluster: None,
+            node: node("a", &["10.0.0.1/24", "fd00:10::1/64"], &[]),
+            peers: Vec::new(),
+            instances: Vec::new(),
+        };
+        let mut observed = fresh_node();
+        observed
+            .links
+            .insert("tun6".to_string(), Link::new(LinkKind::Other));
+        observed.ipv6_default_route_interface = Some("tun6".to_string());
+        let masquerade = |observed: &Observed, table: &str| -> Vec<String> {
+            plan(&desired, observed)
+                .actions()
+                .find_map(|action| match action {
+                    Action::SyncTable {
+                        table: id, chains, ..
+                    } if id.to_string() == table => Some(chains["KUDO-POSTROUTING"].clone()),
+                    _ => None,
+                })
+                .unwrap()
+                .into_iter()
+                .filter(|rule| rule.ends_with("-j MASQUERADE") && !rule.contains("ctstate"))
+                .collect()
+        };
+        assert_eq!(
+            masquerade(&observed, "nat"),
+            ["-s 10.0.0.0/24 -o eth0 -j MASQUERADE"]
+        );
+        assert_eq!(
+            masquerade(&observed, "ip6 nat"),
+            ["-s fd00:10::/64 -o tun6 -j MASQUERADE"]
+        );
+        // Without an IPv6 default route, IPv6 leaves through the node's uplink.
+        observed.ipv6_default_route_interface = None;
+        assert_eq!(
+            masquerade(&observed, "ip6 nat"),
+            ["-s fd00:10::/64 -o eth0 -j MASQUERADE"]
+        );
     }
 
     const DUAL_A: &[&str] = &["192.0.2.11", "2001:db8::11"];
