@@ -524,9 +524,17 @@ pub fn instances_in_force(observed: &Observed, netns_dir: &Path) -> Vec<Instance
             let addresses: Vec<String> = eth0
                 .map(|eth0| eth0.addresses.iter().map(ToString::to_string).collect())
                 .unwrap_or_default();
-            let working = eth0.is_some_and(|eth0| eth0.up)
-                && !addresses.is_empty()
-                && !namespace.default_gateways.is_empty();
+            // Up, addressed, and a default route for each family it has an address of.
+            let working = eth0.is_some_and(|eth0| {
+                eth0.up
+                    && !eth0.addresses.is_empty()
+                    && eth0.addresses.iter().all(|address| {
+                        namespace
+                            .default_gateways
+                            .iter()
+                            .any(|gateway| gateway.is_ipv4() == address.is_ipv4())
+                    })
+            });
             Some(InstanceStatus {
                 name: name.to_string(),
                 phase: if working {

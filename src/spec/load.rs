@@ -389,7 +389,7 @@ fn unquoted_ipv6_hint(text: &str, position: Position, message: &str) -> Option<S
     if !message.contains("mapping values are not allowed") {
         return None;
     }
-    let line = text.lines().nth(position.line as usize - 1)?;
+    let line = text.lines().nth((position.line as usize).checked_sub(1)?)?;
     let value = line.split_once(": ")?.1.trim();
     let value = value.strip_prefix("- ").unwrap_or(value).trim();
     (value.ends_with("::") && value.parse::<std::net::Ipv6Addr>().is_ok()).then(|| {
@@ -410,8 +410,11 @@ fn type_message(text: &str, position: Position, message: &str) -> Option<String>
         _ if message.starts_with("invalid i") || message.starts_with("invalid u") => "an integer",
         _ => return None,
     };
-    let line = text.lines().nth(position.line as usize - 1)?;
-    let before: String = line.chars().take(position.column as usize - 1).collect();
+    let line = text.lines().nth((position.line as usize).checked_sub(1)?)?;
+    let before: String = line
+        .chars()
+        .take((position.column as usize).saturating_sub(1))
+        .collect();
     let key = before
         .trim_end()
         .strip_suffix(':')
