@@ -269,25 +269,13 @@ impl MemoryDataplane {
                     && !family_left
                     && let Some(namespace) = self.state.namespaces.get_mut(netns)
                 {
-                    let family = Family::of(address.address());
-                    namespace
-                        .default_gateways
-                        .retain(|gateway| Family::of(*gateway) != family);
-                    namespace
-                        .onlink_gateways
-                        .retain(|gateway| Family::of(*gateway) != family);
+                    drop_default_route(namespace, Family::Ipv4);
                 }
             }
             Action::DeleteDefaultRoute { namespace, gateway } => {
                 // Already gone (with its address) is no error, as in the kernel dataplane.
                 if let Some(inside) = self.state.namespaces.get_mut(namespace) {
-                    let family = Family::of(*gateway);
-                    inside
-                        .default_gateways
-                        .retain(|other| Family::of(*other) != family);
-                    inside
-                        .onlink_gateways
-                        .retain(|other| Family::of(*other) != family);
+                    drop_default_route(inside, Family::of(*gateway));
                 }
             }
             Action::ReplaceDefaultRoute {
@@ -317,12 +305,7 @@ impl MemoryDataplane {
                 }
                 // One default route per family: it replaces that family's.
                 let family = Family::of(*gateway);
-                inside
-                    .default_gateways
-                    .retain(|other| Family::of(*other) != family);
-                inside
-                    .onlink_gateways
-                    .retain(|other| Family::of(*other) != family);
+                drop_default_route(inside, family);
                 inside.default_gateways.insert(*gateway);
                 if *onlink {
                     inside.onlink_gateways.insert(*gateway);
@@ -506,6 +489,16 @@ impl From<&str> for Rejected {
     fn from(reason: &str) -> Rejected {
         Rejected(reason.to_string())
     }
+}
+
+/// Removes `namespace`'s default route of `family` (one per family, as in the kernel).
+fn drop_default_route(namespace: &mut Namespace, family: Family) {
+    namespace
+        .default_gateways
+        .retain(|gateway| Family::of(*gateway) != family);
+    namespace
+        .onlink_gateways
+        .retain(|gateway| Family::of(*gateway) != family);
 }
 
 #[cfg(test)]
