@@ -157,6 +157,9 @@ pub fn converge(
             return Ok(outcome);
         }
         dataplane.check_can_change()?;
+        for step in planned.steps.iter().filter(wanted) {
+            dataplane.check_can_apply(&step.action)?;
+        }
         outcome.failures.clear();
         progress.planned(planned.steps.iter().filter(wanted).count());
         for Step { scope, action } in planned.steps.iter().filter(wanted) {

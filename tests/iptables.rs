@@ -426,3 +426,63 @@ fn a_sync_reports_the_table_as_the_kernel_then_has_it() {
         }
     });
 }
+
+#[test]
+fn a_node_with_ipv6_and_no_ip6tables_is_refused_before_any_change() {
+    common::sandboxed(
+        "a_node_with_ipv6_and_no_ip6tables_is_refused_before_any_change",
+        || {
+            use kudonet::kernel::KernelDataplane;
+            use kudonet::kernel::firewall::IptablesFirewall;
+            use kudonet::reconcile::{self, NoProgress};
+
+            let state = common::state::StateDir::new(
+                "kind: Node\nname: node-a\ncidr: [10.0.0.1/24, \"fd00:10::1/64\"]\n",
+            );
+            let (_, desired) =
+                reconcile::load_desired(std::path::Path::new(state.path()), None).unwrap();
+            let no_ip6tables = IptablesFirewall::with(
+                Iptables::new(),
+                Iptables::with_programs("/nonexistent/ip6tables-save", "/nonexistent/x"),
+            );
+            let mut dataplane = KernelDataplane::with_firewall(
+                std::path::Path::new("/run/netns"),
+                Box::new(no_ip6tables),
+            )
+            .unwrap();
+            let links_before = common::run_ok("ip", &["-o", "link", "show"]);
+            let error = reconcile::converge(
+                &mut dataplane,
+                &desired,
+                &Default::default(),
+                &mut NoProgress,
+            )
+            .unwrap_err();
+            assert!(
+                error
+                    .to_string()
+                    .contains("/nonexistent/ip6tables-save not found"),
+                "{error}"
+            );
+            assert_eq!(
+                common::run_ok("ip", &["-o", "link", "show"]),
+                links_before,
+                "nothing was built"
+            );
+
+            // An IPv4 node needs no ip6tables.
+            let state =
+                common::state::StateDir::new("kind: Node\nname: node-a\ncidr: 10.0.0.1/24\n");
+            let (_, desired) =
+                reconcile::load_desired(std::path::Path::new(state.path()), None).unwrap();
+            let outcome = reconcile::converge(
+                &mut dataplane,
+                &desired,
+                &Default::default(),
+                &mut NoProgress,
+            )
+            .unwrap();
+            assert!(outcome.converged(), "{:?}", outcome.failures);
+        },
+    );
+}

@@ -75,6 +75,12 @@ pub trait Dataplane {
         Ok(())
     }
 
+    /// Checks, before a plan's first action, that `action` can be carried out at all (the
+    /// program it needs is installed, say), so that a node is not left half built.
+    fn check_can_apply(&mut self, _action: &Action) -> Result<(), DataplaneError> {
+        Ok(())
+    }
+
     /// Waits until what the actions applied since the last call set going finishes: the
     /// kernel destroys the veths of deleted namespaces asynchronously. Called after a
     /// plan's actions, before the node is observed again, so that an observation never

@@ -526,6 +526,17 @@ impl KernelDataplane {
 }
 
 impl Dataplane for KernelDataplane {
+    fn check_can_apply(&mut self, action: &Action) -> Result<(), DataplaneError> {
+        match action {
+            // ip6tables may be missing where only IPv4 nodes were expected.
+            Action::SyncTable { table, .. } => self
+                .firewall
+                .check_family(table.family)
+                .map_err(|error| DataplaneError::Unavailable(error.into())),
+            _ => Ok(()),
+        }
+    }
+
     fn check_can_change(&mut self) -> Result<(), DataplaneError> {
         // Opening for writing is enough to meet a read-only /proc/sys (a container's).
         let path = sysctl_path(names::IP_FORWARD);

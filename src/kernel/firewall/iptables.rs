@@ -269,7 +269,7 @@ impl Iptables {
     /// be left half built because `iptables-restore` is missing.
     pub fn check_available(&self) -> Result<(), FirewallError> {
         for program in [&self.save, &self.restore] {
-            if locate(program).is_none() {
+            if locate(program).is_none_or(|path| !path.exists()) {
                 return Err(FirewallError::NotFound {
                     program: program.display().to_string(),
                 });

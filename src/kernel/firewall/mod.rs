@@ -117,6 +117,11 @@ pub trait FirewallDriver {
     /// there): a node must not be left half built.
     fn check_available(&self) -> Result<(), FirewallError>;
 
+    /// Checks that the tables of `family` can be changed (its programs are there).
+    fn check_family(&self, _family: Family) -> Result<(), FirewallError> {
+        Ok(())
+    }
+
     /// What the firewall holds: kudonet's tables, the other backend's tables holding
     /// kudonet's rules, and what others' rules do to the instances' forwarded traffic.
     /// What `cache` holds is reused while the nf_tables `generation` has not moved; a
@@ -202,6 +207,10 @@ impl IptablesFirewall {
 impl FirewallDriver for IptablesFirewall {
     fn check_available(&self) -> Result<(), FirewallError> {
         self.ipv4.check_available()
+    }
+
+    fn check_family(&self, family: Family) -> Result<(), FirewallError> {
+        self.family(family).check_available()
     }
 
     fn read(
