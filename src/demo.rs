@@ -325,10 +325,7 @@ impl Uplink {
         outside.set_up(up0, "up0").map_err(err)?;
         outside.set_up(1, "lo").map_err(err)?;
         for (address, outside_ip) in &self.addresses {
-            let unspecified = match address {
-                IpInet::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                IpInet::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-            };
+            let unspecified = Family::of(address.address()).unspecified();
             let default = cidr::IpCidr::new(unspecified, 0).expect("a /0 is valid");
             node.replace_route(default, *outside_ip, Some(index), 0)
                 .map_err(err)?;
@@ -379,10 +376,9 @@ fn start_servers(
     uplink: &Uplink,
     netns_dir: &Path,
 ) -> io::Result<Vec<EchoServer>> {
-    let unspecified: IpAddr = if desired.node.has(Family::Ipv6) {
-        Ipv6Addr::UNSPECIFIED.into()
-    } else {
-        Ipv4Addr::UNSPECIFIED.into()
+    let unspecified = match desired.node.has(Family::Ipv6) {
+        true => Family::Ipv6.unspecified(),
+        false => Family::Ipv4.unspecified(),
     };
     let any = |port| SocketAddr::new(unspecified, port);
     let mut servers = vec![

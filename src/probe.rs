@@ -7,7 +7,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::kernel::netlink::in_namespace;
-use crate::spec::Protocol;
+use crate::spec::{Family, Protocol};
 
 /// Where a socket lives: the calling thread's namespace (the node), or a named namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,10 +173,7 @@ pub fn ask(
             Ok(answer)
         }
         Protocol::Udp => {
-            let any = match target {
-                SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-                SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
-            };
+            let any = SocketAddr::new(Family::of(target.ip()).unspecified(), 0);
             let socket = UdpSocket::bind(any)?;
             socket.set_read_timeout(Some(TIMEOUT))?;
             socket.send_to(b"?", target)?;

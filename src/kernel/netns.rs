@@ -160,17 +160,8 @@ pub fn enable_ipv6(dir: &Path, link: &crate::observed::LinkRef) -> io::Result<()
         fs::write(format!("{conf}/accept_ra"), "0")?;
         fs::write(format!("{conf}/disable_ipv6"), "0")
     };
-    let namespace = open(dir, netns)?;
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| -> io::Result<()> {
-                // /proc/sys/net shows the network namespace of the thread that opens it.
-                nix::sched::setns(&namespace, CloneFlags::CLONE_NEWNET)?;
-                write()
-            })
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("namespace worker thread panicked")))
-    })
+    // /proc/sys/net shows the network namespace of the thread that opens it.
+    super::netlink::in_namespace(&open(dir, netns)?, write)?
 }
 
 /// Deletes the namespace `name`: unmounts and removes its file. The kernel frees the

@@ -5,7 +5,7 @@
 //! documents are checked against each other (names, subnets, addresses, ports).
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::Path;
 
 use cidr::{IpCidr, IpInet};
@@ -1032,10 +1032,7 @@ impl Checker {
                     });
                 if let Some((family, other_ip, other, origin)) = clash {
                     let at = |ip: &Option<IpAddr>| {
-                        let ip = ip.unwrap_or(match family {
-                            Family::Ipv4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                            Family::Ipv6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-                        });
+                        let ip = ip.unwrap_or(family.unspecified());
                         let socket = std::net::SocketAddr::new(ip, port.value.host_port);
                         format!("{socket}/{}", port.value.protocol)
                     };

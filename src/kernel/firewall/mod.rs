@@ -155,6 +155,8 @@ pub trait FirewallDriver {
 pub struct IptablesFirewall {
     ipv4: Iptables,
     ipv6: Iptables,
+    /// Whether IPv6 tables can be read, once looked up: observations ask on every pass.
+    ipv6_readable: std::sync::OnceLock<bool>,
 }
 
 impl Default for IptablesFirewall {
@@ -171,7 +173,11 @@ impl IptablesFirewall {
 
     /// Explicit programs for each family.
     pub fn with(ipv4: Iptables, ipv6: Iptables) -> IptablesFirewall {
-        IptablesFirewall { ipv4, ipv6 }
+        IptablesFirewall {
+            ipv4,
+            ipv6,
+            ipv6_readable: std::sync::OnceLock::new(),
+        }
     }
 
     /// The programs of `family`.
@@ -194,12 +200,12 @@ impl IptablesFirewall {
     /// ip6tables is installed. Without, IPv6 tables read as empty, so an IPv4 node needs
     /// neither; a node with IPv6 fails at its first ip6tables table, naming the program.
     fn families(&self) -> Vec<Family> {
+        let ipv6 = *self
+            .ipv6_readable
+            .get_or_init(|| kernel_has_ipv6() && self.ipv6.check_available().is_ok());
         Family::ALL
             .into_iter()
-            .filter(|family| {
-                *family == Family::Ipv4
-                    || (kernel_has_ipv6() && self.ipv6.check_available().is_ok())
-            })
+            .filter(|family| *family == Family::Ipv4 || ipv6)
             .collect()
     }
 }

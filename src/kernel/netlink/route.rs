@@ -35,6 +35,7 @@ use netlink_sys::protocols::NETLINK_ROUTE;
 
 use super::{Connection, NetlinkError, Result, in_namespace};
 use crate::observed::{Link, LinkKind, Vxlan};
+use crate::spec::Family;
 
 /// A dump interrupted by a concurrent change is retried this many times.
 const DUMP_ATTEMPTS: usize = 5;
@@ -955,8 +956,8 @@ pub(crate) struct RouteRecord {
 impl RouteRecord {
     fn parse(route: &RouteMessage) -> RouteRecord {
         let mut destination = match route.header.address_family {
-            AddressFamily::Inet => Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-            AddressFamily::Inet6 => Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+            AddressFamily::Inet => Some(Family::Ipv4.unspecified()),
+            AddressFamily::Inet6 => Some(Family::Ipv6.unspecified()),
             _ => None,
         };
         let (mut gateway, mut device) = (None, None);
