@@ -14,6 +14,7 @@
 //! - The core, for a Rust program that works with kudonet's model without touching a node:
 //!   - [`spec`]: the desired state (YAML files), loaded and validated;
 //!   - [`names`]: how kudonet names and marks what it owns;
+//!   - [`nftables`]: kudonet's nftables table as data;
 //!   - [`observed`]: the vocabulary of what the kernel has ([`observed::Observed`]);
 //!   - [`plan`]: `plan(&Desired, &Observed) -> Plan`, pure and deterministic;
 //!   - [`dataplane`]: the seam: the [`dataplane::Dataplane`] trait (observe and apply), its
@@ -39,6 +40,7 @@ pub mod error {
 }
 pub use compat::{instance, node, utils};
 pub mod names;
+pub mod nftables;
 pub mod observed;
 pub mod plan;
 /// The published port of the library, at the original library's path (`port::Port`).

@@ -36,6 +36,12 @@ struct Cli {
     #[arg(long, global = true, default_value = "/run/netns", value_name = "PATH")]
     netns_dir: PathBuf,
 
+    /// Which firewall holds kudonet's rules: iptables (KUDO-* chains in iptables and
+    /// ip6tables) or nftables (its own table `inet kudonet`, written over netlink). The
+    /// other one is cleared of kudonet's rules.
+    #[arg(long, global = true, value_enum, default_value_t = Firewall::Iptables)]
+    firewall: Firewall,
+
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -47,6 +53,21 @@ struct Cli {
     /// Only errors: no log line below an error, no progress line.
     #[arg(short, long, global = true)]
     quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Firewall {
+    Iptables,
+    Nftables,
+}
+
+impl From<Firewall> for spec::FirewallBackend {
+    fn from(firewall: Firewall) -> Self {
+        match firewall {
+            Firewall::Iptables => spec::FirewallBackend::Iptables,
+            Firewall::Nftables => spec::FirewallBackend::Nftables,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -187,6 +208,7 @@ fn main() -> ExitCode {
                 resync: std::time::Duration::from_secs(*resync),
                 status_file: status_file.clone(),
                 metrics_addr: *metrics_addr,
+                firewall: cli.firewall.into(),
             },
         ),
     };
@@ -293,8 +315,19 @@ fn observe(dataplane: &mut KernelDataplane) -> Result<Observed, String> {
     dataplane.observe().map_err(|error| error.to_string())
 }
 
+/// The desired state of DIR for this node, with the firewall backend of `--firewall`.
+fn load(
+    cli: &Cli,
+    dir: &Path,
+    node: Option<&str>,
+) -> Result<(spec::Spec, spec::Desired), reconcile::DesiredError> {
+    let (spec, mut desired) = load_desired(dir, node)?;
+    desired.firewall = cli.firewall.into();
+    Ok((spec, desired))
+}
+
 fn plan_command(cli: &Cli, dir: &Path, node: Option<&str>) -> CommandResult {
-    let (spec, desired) = load_desired(dir, node).map_err(|error| error.to_string())?;
+    let (spec, desired) = load(cli, dir, node).map_err(|error| error.to_string())?;
     let mut dataplane = dataplane(cli, "plan")?;
     let observed = observe(&mut dataplane)?;
     reconcile::check_against_node(&spec, &desired, &observed).map_err(|error| error.to_string())?;
@@ -312,7 +345,7 @@ fn print_warnings(conditions: &[reconcile::Condition]) {
 }
 
 fn apply(cli: &Cli, dir: &Path, node: Option<&str>) -> CommandResult {
-    let (spec, desired) = load_desired(dir, node).map_err(|error| error.to_string())?;
+    let (spec, desired) = load(cli, dir, node).map_err(|error| error.to_string())?;
     let mut dataplane = dataplane(cli, "apply")?;
     let _lock = wait_for_change_lock(&desired.node.name)?;
     let mut report = Report::new(cli.verbose > 0, cli.quiet);
@@ -478,7 +511,7 @@ fn demo(cli: &Cli, dir: Option<&Path>, node: Option<&str>) -> CommandResult {
 }
 
 fn status(cli: &Cli, dir: &Path, node: Option<&str>, output: Output) -> CommandResult {
-    let desired = load_desired(dir, node);
+    let desired = load(cli, dir, node);
     let mut dataplane = dataplane(cli, "status")?;
     let observed = observe(&mut dataplane)?;
     let observed_at = reconcile::timestamp();

@@ -47,6 +47,16 @@ pub struct Observed {
     /// chain that drops by policy or rejects), one description each. kudonet cannot own
     /// them; it reports them.
     pub forward_blockers: Vec<String>,
+    /// kudonet's nftables table `inet kudonet`, if there is one (marked with kudonet's
+    /// comment).
+    pub nftables: Option<crate::nftables::Ruleset>,
+    /// Whether a table `inet kudonet` exists without kudonet's comment: someone else's,
+    /// which kudonet never changes or deletes.
+    pub foreign_nftables: bool,
+    /// The families whose iptables `FORWARD` chain (of kudonet's iptables backend) drops
+    /// by policy, as Docker sets it: with the nftables backend, kudonet's traffic needs an
+    /// accept there too.
+    pub iptables_forward_drops: BTreeSet<Family>,
 }
 
 /// What kind of link an interface is, as far as kudonet cares.

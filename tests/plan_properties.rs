@@ -19,7 +19,7 @@ use kudonet::names;
 use kudonet::observed::LinkRef;
 use kudonet::observed::{LinkKind, Observed};
 use kudonet::plan::{Action, Scope, plan, plan_teardown, plan_with_bridge_instances};
-use kudonet::spec::{Desired, Family, Instance, Protocol, PublishedPort};
+use kudonet::spec::{Desired, Family, FirewallBackend, Instance, Protocol, PublishedPort};
 
 /// Bridges of two instances: the up to six instances of a desired state spread over the
 /// node's bridge and segments.
@@ -255,8 +255,11 @@ fn bridges_and_instances(ports: &BTreeMap<String, String>) -> BTreeMap<String, V
 
 #[test]
 fn a_converged_node_needs_no_write() {
-    for families in Families::ALL {
+    for (families, firewall) in Families::ALL.iter().flat_map(|families| {
+        [FirewallBackend::Iptables, FirewallBackend::Nftables].map(|firewall| (families, firewall))
+    }) {
         let desired = Desired {
+            firewall,
             cluster: None,
             node: node("a", 0, *families, "kudo0", Some(1500), true, true),
             peers: vec![node("b", 1, *families, "kudo0", None, true, false)],
@@ -280,10 +283,23 @@ fn a_converged_node_needs_no_write() {
         let mut dataplane = MemoryDataplane::default();
         let first = plan(&desired, &Observed::default());
         // Each family the node has gets its port.
-        for (family, rule) in [
-            (Family::Ipv4, "--to-destination 10.0.0.2:80"),
-            (Family::Ipv6, "--to-destination [fd00:10::2]:80"),
-        ] {
+        let rules = match firewall {
+            FirewallBackend::Iptables => [
+                (Family::Ipv4, "--to-destination 10.0.0.2:80"),
+                (Family::Ipv6, "--to-destination [fd00:10::2]:80"),
+            ],
+            FirewallBackend::Nftables => [
+                (
+                    Family::Ipv4,
+                    "+ element ports4 tcp . 8080 : 10.0.0.2 . 80  # web",
+                ),
+                (
+                    Family::Ipv6,
+                    "+ element ports6 tcp . 8080 : fd00:10::2 . 80  # web",
+                ),
+            ],
+        };
+        for (family, rule) in rules {
             assert_eq!(
                 first.to_string().contains(rule),
                 families.has(family),
@@ -294,7 +310,11 @@ fn a_converged_node_needs_no_write() {
         let writes = dataplane.writes;
         assert!(writes > 0);
         let again = plan(&desired, &dataplane.observe().unwrap());
-        assert_eq!(again.to_string(), "No changes.\n", "{families:?}");
+        assert_eq!(
+            again.to_string(),
+            "No changes.\n",
+            "{families:?} {firewall}"
+        );
         dataplane.apply_all(&again.to_actions()).unwrap();
         assert_eq!(dataplane.writes, writes);
     }

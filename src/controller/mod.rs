@@ -57,6 +57,8 @@ pub struct Options {
     /// Where to write the status document after every pass.
     pub status_file: Option<PathBuf>,
     pub metrics_addr: Option<SocketAddr>,
+    /// Which firewall holds kudonet's rules.
+    pub firewall: crate::spec::FirewallBackend,
 }
 
 /// How a scope is named in the logs: the instance's name, empty for the node as a whole
@@ -277,7 +279,8 @@ impl Controller {
     /// Reads the directory; keeps the last valid desired state when it is invalid.
     fn reload(&mut self) {
         match load_desired(&self.options.dir, self.options.node.as_deref()) {
-            Ok((spec, desired)) => {
+            Ok((spec, mut desired)) => {
+                desired.firewall = self.options.firewall;
                 if !self.errors.is_empty() {
                     info!("the desired state is valid again");
                 }

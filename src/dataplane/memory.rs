@@ -459,6 +459,18 @@ impl MemoryDataplane {
                     &Default::default(),
                 );
             }
+            Action::SyncNftables { ruleset, .. } => {
+                if self.state.foreign_nftables {
+                    return Err(Rejected("table inet kudonet is not kudonet's".into()));
+                }
+                self.state.nftables = Some(ruleset.clone());
+            }
+            Action::DeleteNftables => {
+                self.state
+                    .nftables
+                    .take()
+                    .ok_or_else(|| Rejected("no table inet kudonet".into()))?;
+            }
         }
         Ok(())
     }

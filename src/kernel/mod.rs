@@ -169,7 +169,9 @@ impl KernelDataplane {
             | Action::ReplaceLinkRoute { .. }
             | Action::DeleteRoute { .. }
             | Action::SetSysctl { .. }
-            | Action::SyncTable { .. } => {}
+            | Action::SyncTable { .. }
+            | Action::SyncNftables { .. }
+            | Action::DeleteNftables => {}
         }
     }
 
@@ -521,6 +523,10 @@ impl KernelDataplane {
                 .firewall
                 .purge_other_backend(table)
                 .map_err(Cause::from),
+            Action::SyncNftables { .. } | Action::DeleteNftables => Err(Cause::new(
+                std::io::Error::other("the nftables backend is not written yet"),
+                false,
+            )),
         }
     }
 }

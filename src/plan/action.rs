@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use cidr::{IpCidr, IpInet};
 
+use crate::nftables::{Ruleset, TABLE_FAMILY, TABLE_NAME};
 use crate::observed::{LinkRef, TableId};
 
 /// What a piece of work is for: the node as a whole, or one instance of the desired state.
@@ -263,6 +264,20 @@ pub enum Action {
         /// The table (of iptables or ip6tables).
         table: TableId,
     },
+    /// Makes kudonet's nftables table `inet kudonet` exactly `ruleset`, in one netlink
+    /// transaction: only the elements that differ when nothing else does, else the whole
+    /// table replaced atomically. `diff` describes the change for people, one line each.
+    SyncNftables {
+        /// The table as it must be.
+        ruleset: Ruleset,
+        /// Whether the table does not exist yet.
+        create: bool,
+        /// The change for people, in nft's syntax.
+        diff: Vec<String>,
+    },
+    /// Deletes kudonet's nftables table `inet kudonet` (the iptables backend is in use, or
+    /// the node is torn down).
+    DeleteNftables,
 }
 
 /// How an action counts in the plan summary.
@@ -323,6 +338,8 @@ impl Action {
             Action::SetSysctl { .. } => "set_sysctl",
             Action::SyncTable { .. } => "sync_table",
             Action::PurgeOtherBackend { .. } => "purge_other_backend",
+            Action::SyncNftables { .. } => "sync_nftables",
+            Action::DeleteNftables => "delete_nftables",
         }
     }
 
@@ -344,7 +361,9 @@ impl Action {
             | Action::DeleteRoute { .. }
             | Action::DeleteDefaultRoute { .. }
             | Action::DeleteProxyNeighbour { .. }
-            | Action::PurgeOtherBackend { .. } => Effect::Destroy,
+            | Action::PurgeOtherBackend { .. }
+            | Action::DeleteNftables => Effect::Destroy,
+            Action::SyncNftables { create: true, .. } => Effect::Add,
             Action::SetMtu { .. }
             | Action::SetUp { .. }
             | Action::SetMaster { .. }
@@ -353,7 +372,8 @@ impl Action {
             | Action::ReplaceRoute { .. }
             | Action::ReplaceLinkRoute { .. }
             | Action::SetSysctl { .. }
-            | Action::SyncTable { .. } => Effect::Change,
+            | Action::SyncTable { .. }
+            | Action::SyncNftables { create: false, .. } => Effect::Change,
         }
     }
 }
@@ -481,6 +501,11 @@ impl fmt::Display for Action {
                     table.command()
                 )
             }
+            Action::SyncNftables { diff, .. } => {
+                write!(f, "nftables table {TABLE_FAMILY} {TABLE_NAME}")?;
+                diff.iter().try_for_each(|line| write!(f, "\n    {line}"))
+            }
+            Action::DeleteNftables => write!(f, "nftables table {TABLE_FAMILY} {TABLE_NAME}"),
         }
     }
 }

@@ -150,7 +150,7 @@ fn nat(desired: &Desired, family: Family, uplink: Option<&str>, bridges: &[&str]
     }
 }
 
-fn filter(desired: &Desired, family: Family, bridges: &[&str]) -> TableRules {
+pub(crate) fn filter(desired: &Desired, family: Family, bridges: &[&str]) -> TableRules {
     // Accepted explicitly, so that hosts whose FORWARD policy is DROP still forward
     // kudonet's traffic, and nothing else.
     let mut forward = Vec::new();
@@ -174,7 +174,7 @@ fn filter(desired: &Desired, family: Family, bridges: &[&str]) -> TableRules {
 
 /// Where this node's instances reach other instances over `family`: the Cluster cidr of
 /// that family, or else every node subnet of it (the node's own first).
-fn cluster_destinations(desired: &Desired, family: Family) -> Vec<IpCidr> {
+pub(crate) fn cluster_destinations(desired: &Desired, family: Family) -> Vec<IpCidr> {
     match desired
         .cluster
         .as_ref()

@@ -24,6 +24,7 @@
 
 mod action;
 pub(crate) mod firewall;
+pub mod nftables;
 pub mod placement;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -39,7 +40,7 @@ use std::net::IpAddr;
 
 use cidr::{IpCidr, IpInet};
 
-use crate::spec::{ClusterMode, Desired, Family, Instance, MAX_BRIDGES};
+use crate::spec::{ClusterMode, Desired, Family, FirewallBackend, Instance, MAX_BRIDGES};
 
 pub use crate::names::{
     IP_FORWARD, IPV6_FORWARDING, proxy_arp, proxy_delay, proxy_ndp, proxy_ndp_delay,
@@ -266,7 +267,33 @@ pub fn plan_with_bridge_instances(
     };
     let segments: Vec<&str> = wanted.segments.iter().map(String::as_str).collect();
     let uplinks = |family| uplink_of(desired, observed, family);
-    planner.firewall(&firewall::desired_tables(&serving, &uplinks, &segments));
+    match desired.firewall {
+        FirewallBackend::Iptables => {
+            planner.firewall(&firewall::desired_tables(&serving, &uplinks, &segments));
+            planner.delete_nftables();
+        }
+        FirewallBackend::Nftables => {
+            // iptables keeps none of kudonet's rules, but for one case: where its FORWARD
+            // chain drops by policy (as Docker sets it), an accept in kudonet's own table
+            // cannot overrule that drop, so the same owned KUDO-FORWARD chain and marked
+            // jump as in iptables mode accept kudonet's traffic there, for as long as the
+            // policy stays.
+            let mut tables = firewall::empty_tables();
+            let bridges: Vec<&str> = std::iter::once(node.bridge.as_str())
+                .chain(segments.iter().copied())
+                .collect();
+            for family in node.families() {
+                if observed.iptables_forward_drops.contains(&family) {
+                    tables.insert(
+                        crate::observed::TableId::new(family, firewall::FILTER),
+                        firewall::filter(&serving, family, &bridges),
+                    );
+                }
+            }
+            planner.firewall(&tables);
+            planner.nftables(&nftables::desired_ruleset(&serving, &uplinks, &segments));
+        }
+    }
     planner.plan
 }
 
@@ -276,6 +303,7 @@ pub fn plan_teardown(observed: &Observed) -> Plan {
     let mut planner = Planner::new(observed, &nothing);
     planner.delete_unwanted(&nothing);
     planner.firewall(&firewall::empty_tables());
+    planner.delete_nftables();
     planner.purge_other_backend();
     planner.plan
 }
@@ -1095,6 +1123,39 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// kudonet's nftables table made `ruleset`, unless a table of its name is someone
+    /// else's.
+    fn nftables(&mut self, ruleset: &crate::nftables::Ruleset) {
+        if self.observed.foreign_nftables {
+            self.plan.conflicts.push(Conflict {
+                scope: Scope::Node,
+                kind: "Conflict",
+                message: format!(
+                    "nftables table {} {} exists without kudonet's comment: it is someone \
+                     else's, so kudonet writes none of its rules (rename or delete that table)",
+                    crate::nftables::TABLE_FAMILY,
+                    crate::nftables::TABLE_NAME
+                ),
+            });
+            return;
+        }
+        let current = self.observed.nftables.as_ref();
+        if current != Some(ruleset) {
+            self.push(Action::SyncNftables {
+                ruleset: ruleset.clone(),
+                create: current.is_none(),
+                diff: crate::nftables::diff(current, ruleset),
+            });
+        }
+    }
+
+    /// kudonet's nftables table deleted, if there is one.
+    fn delete_nftables(&mut self) {
+        if self.observed.nftables.is_some() {
+            self.push(Action::DeleteNftables);
+        }
+    }
+
     fn firewall(&mut self, tables: &BTreeMap<crate::observed::TableId, TableRules>) {
         let empty = Table::default();
         for (table, rules) in tables {
@@ -1260,6 +1321,7 @@ mod tests {
                 node("c", &["10.0.2.1/24", "fd00:10:0:2::1/64"], c),
             ],
             instances: Vec::new(),
+            firewall: Default::default(),
         }
     }
 
@@ -1302,6 +1364,7 @@ mod tests {
             node: node("a", &["10.0.0.1/24", "fd00:10::1/64"], &[]),
             peers: Vec::new(),
             instances: Vec::new(),
+            firewall: Default::default(),
         };
         let mut observed = fresh_node();
         observed

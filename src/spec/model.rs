@@ -87,7 +87,8 @@ impl Cluster {
 }
 
 /// An IP family: a node has one or both, and so do its instances.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Family {
     /// IPv4.
     Ipv4,
@@ -339,7 +340,8 @@ impl PublishedPort {
 }
 
 /// The transport protocol of a published port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// TCP (the default).
     #[default]
@@ -376,6 +378,29 @@ pub struct Desired {
     pub peers: Vec<Node>,
     /// The instances on `node`, sorted by name.
     pub instances: Vec<Instance>,
+    /// Which firewall holds kudonet's rules (`--firewall`; not part of the files).
+    pub firewall: FirewallBackend,
+}
+
+/// Which firewall holds kudonet's rules; the other one is kept free of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FirewallBackend {
+    /// `KUDO-*` chains in iptables' and ip6tables' `nat` and `filter` tables, written by
+    /// `iptables-restore` (the default).
+    #[default]
+    Iptables,
+    /// kudonet's own nftables table `inet kudonet`, written over netlink in one
+    /// transaction.
+    Nftables,
+}
+
+impl std::fmt::Display for FirewallBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FirewallBackend::Iptables => "iptables",
+            FirewallBackend::Nftables => "nftables",
+        })
+    }
 }
 
 impl Spec {
@@ -433,6 +458,7 @@ impl Spec {
                 .filter(|instance| instance.node == node.name)
                 .cloned()
                 .collect(),
+            firewall: FirewallBackend::default(),
         }
     }
 }

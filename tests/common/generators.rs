@@ -23,7 +23,7 @@ use kudonet::names::JUMP_MARK;
 use kudonet::observed::{Link, LinkKind, LinkRef, Namespace, Observed, Route, Table, TableId};
 use kudonet::plan::{Action, BRIDGE_INSTANCES, plan_with_bridge_instances};
 use kudonet::spec::{
-    Cluster, ClusterMode, Desired, Family, Instance, Node, Protocol, PublishedPort,
+    Cluster, ClusterMode, Desired, Family, FirewallBackend, Instance, Node, Protocol, PublishedPort,
 };
 
 // Names and address pools.
@@ -185,6 +185,8 @@ pub struct DesiredChoice {
     pub cluster: Option<bool>,
     /// The families of each peer, up to `MAX_PEERS`.
     pub peers: Vec<Families>,
+    /// Whether kudonet's rules go to nftables rather than iptables.
+    pub nftables: bool,
 }
 
 impl DesiredChoice {
@@ -284,6 +286,11 @@ impl DesiredChoice {
                 })
                 .collect(),
             instances,
+            firewall: if self.nftables {
+                FirewallBackend::Nftables
+            } else {
+                FirewallBackend::Iptables
+            },
         };
         // A vxlan cluster tunnels over one family, which every node needs an address of
         // (validation refuses a cluster without one): each node has both.

@@ -46,6 +46,7 @@ pub fn arb_desired() -> impl Strategy<Value = Desired> {
         any::<bool>(),
         proptest::collection::vec(select(Families::ALL), 0..=usize::from(MAX_PEERS)),
         proptest::option::of(any::<bool>()),
+        any::<bool>(),
     )
         .prop_map(
             |(
@@ -57,6 +58,7 @@ pub fn arb_desired() -> impl Strategy<Value = Desired> {
                 uplink,
                 peers,
                 cluster,
+                nftables,
             )| {
                 DesiredChoice {
                     families,
@@ -76,6 +78,7 @@ pub fn arb_desired() -> impl Strategy<Value = Desired> {
                         .collect(),
                     cluster,
                     peers,
+                    nftables,
                 }
                 .build()
             },
