@@ -353,3 +353,98 @@ fn someone_elses_table_is_left_exactly_as_it_is() {
         assert_eq!(nft(&["list", "tables"]), "table inet foreign\n");
     });
 }
+
+/// A program that logs its name to `log`, then runs the real one (named as the
+/// nf_tables one, which kudonet tells by the name when a ruleset is empty).
+fn recording(program: &str, log: &str) -> String {
+    let real = common::sh(&format!("command -v {program}"));
+    let wrapper = format!("/run/recording-nft-{program}");
+    let script = format!(
+        "#!/bin/sh\necho {program} >> {log}\nexec {} \"$@\"\n",
+        real.trim()
+    );
+    std::fs::write(&wrapper, script).unwrap();
+    common::run_ok("chmod", &["+x", &wrapper]);
+    wrapper
+}
+
+#[test]
+fn a_forward_drop_policy_gets_kudonets_chain_and_its_own_writes_are_not_read_again() {
+    common::sandboxed(
+        "a_forward_drop_policy_gets_kudonets_chain_and_its_own_writes_are_not_read_again",
+        || {
+            use kudonet::kernel::firewall::iptables::Iptables;
+            use kudonet::kernel::firewall::{IptablesFirewall, NftablesFirewall};
+
+            // Docker's policy, IPv4 only.
+            common::run_ok("iptables", &["-P", "FORWARD", "DROP"]);
+            let log = "/run/saves.log";
+            let iptables = IptablesFirewall::with(
+                Iptables::with_programs(
+                    recording("iptables-save", log),
+                    common::sh("command -v iptables-restore").trim(),
+                ),
+                Iptables::with_programs(
+                    recording("ip6tables-save", log),
+                    common::sh("command -v ip6tables-restore").trim(),
+                ),
+            );
+            let mut dataplane = KernelDataplane::with_firewall(
+                Path::new("/run/netns"),
+                Box::new(NftablesFirewall::with(iptables)),
+            )
+            .unwrap();
+            let state = common::state::StateDir::new(NODE);
+            let outcome = converge(&mut dataplane, &desired(&state));
+            assert!(outcome.converged(), "{:?}", outcome.remaining);
+            assert_eq!(
+                outcome.observed.iptables_forward_drops,
+                [kudonet::spec::Family::Ipv4].into()
+            );
+            let filter = common::run_ok("iptables-save", &["-t", "filter"]);
+            assert!(
+                filter.contains("-A FORWARD -m comment --comment kudonet -j KUDO-FORWARD\n"),
+                "{filter}"
+            );
+            assert!(!common::run_ok("ip6tables-save", &[]).contains("KUDO"));
+            assert_eq!(listed(), LISTED);
+            // Read once, at the first observation: kudonet's own iptables-restore and nft
+            // batch each moved the generation by one, and were taken as read.
+            let read = std::fs::read_to_string(log).unwrap();
+            assert_eq!(read, "iptables-save\nip6tables-save\n");
+            let outcome = converge(&mut dataplane, &desired(&state));
+            assert!(outcome.applied.is_empty(), "{:?}", outcome.applied);
+            assert_eq!(std::fs::read_to_string(log).unwrap(), read);
+
+            // The policy back to accept: kudonet's chain goes.
+            common::run_ok("iptables", &["-P", "FORWARD", "ACCEPT"]);
+            assert!(converge(&mut dataplane, &desired(&state)).converged());
+            assert!(!common::run_ok("iptables-save", &[]).contains("KUDO"));
+            assert_eq!(listed(), LISTED);
+        },
+    );
+}
+
+#[test]
+fn without_iptables_the_nftables_backend_runs_alone() {
+    common::sandboxed("without_iptables_the_nftables_backend_runs_alone", || {
+        use kudonet::kernel::firewall::iptables::Iptables;
+        use kudonet::kernel::firewall::{IptablesFirewall, NftablesFirewall};
+
+        let missing = || Iptables::with_programs("/nonexistent/save", "/nonexistent/restore");
+        let mut dataplane = KernelDataplane::with_firewall(
+            Path::new("/run/netns"),
+            Box::new(NftablesFirewall::with(IptablesFirewall::with(
+                missing(),
+                missing(),
+            ))),
+        )
+        .unwrap();
+        let state = common::state::StateDir::new(NODE);
+        let outcome = converge(&mut dataplane, &desired(&state));
+        assert!(outcome.converged(), "{:?}", outcome.remaining);
+        assert_eq!(listed(), LISTED);
+        teardown(&mut dataplane);
+        assert_eq!(nft(&["list", "ruleset"]), "");
+    });
+}
