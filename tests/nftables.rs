@@ -448,3 +448,39 @@ fn without_iptables_the_nftables_backend_runs_alone() {
         assert_eq!(nft(&["list", "ruleset"]), "");
     });
 }
+
+#[test]
+fn the_controller_repairs_others_changes_from_their_events() {
+    common::sandboxed(
+        "the_controller_repairs_others_changes_from_their_events",
+        || {
+            let state = common::state::StateDir::new(NODE);
+            // No resync for an hour: a repair comes from the nf_tables event.
+            let kudonet = common::controller::Controller::start(
+                &state,
+                &["--firewall", "nftables", "--resync", "3600"],
+            );
+            kudonet.wait_until("the table is written", || listed_or_nothing() == LISTED);
+            let damages: [&[&str]; 3] = [
+                &["flush", "chain", "inet", "kudonet", "postrouting"],
+                &[
+                    "delete",
+                    "element",
+                    "inet",
+                    "kudonet",
+                    "ports4",
+                    "{ tcp . 8080 }",
+                ],
+                &["delete", "table", "inet", "kudonet"],
+            ];
+            for damage in damages {
+                nft(damage);
+                kudonet.wait_until(&format!("{damage:?} is repaired"), || {
+                    listed_or_nothing() == LISTED
+                });
+            }
+            kudonet.stop();
+            assert_eq!(listed(), LISTED, "left in place when the controller stops");
+        },
+    );
+}
