@@ -533,3 +533,48 @@ fn thousands_of_elements_are_written_and_read_back() {
         assert_eq!(dataplane.observe().unwrap().nftables, Some(ruleset));
     });
 }
+
+#[test]
+fn a_refused_transaction_names_the_object_and_changes_nothing() {
+    common::sandboxed(
+        "a_refused_transaction_names_the_object_and_changes_nothing",
+        || {
+            use kudonet::nftables::{Chain, Match, Rule, Ruleset, Verdict};
+            use kudonet::plan::Action;
+
+            // A rule looking up a set the table does not have.
+            let ruleset = Ruleset {
+                sets: Default::default(),
+                chains: [(
+                    "forward".to_string(),
+                    Chain {
+                        hook: None,
+                        rules: vec![Rule {
+                            matches: vec![Match::IifnameIn("nosuch".into())],
+                            verdict: Verdict::Accept,
+                        }],
+                    },
+                )]
+                .into(),
+            };
+            let mut dataplane = dataplane();
+            let before = generation();
+            let error = dataplane
+                .apply(&Action::SyncNftables {
+                    ruleset,
+                    create: true,
+                    diff: Vec::new(),
+                })
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.ends_with(
+                    "nftables: add rule to chain forward: No such file or directory (os error 2)"
+                ),
+                "{error}"
+            );
+            assert_eq!(generation(), before, "the transaction was aborted");
+            assert_eq!(nft(&["list", "ruleset"]), "");
+        },
+    );
+}
