@@ -11,6 +11,7 @@
 mod common;
 
 use common::cli::{kudonet_output as kudonet, stdout};
+use common::kernel::KUDO_FORWARD_ONLY;
 use common::{Firewall, addr, firewall, kudo_lines, netns, nft_kudonet, seen, setup_outside};
 
 use std::path::Path;
@@ -87,67 +88,8 @@ const IPTABLES_RULES: &str = "\
 -A KUDO-PREROUTING -m addrtype --dst-type LOCAL -j KUDO-PORTS
 ";
 
-/// With nftables, iptables keeps of kudonet's only what the FORWARD chain's DROP policy
-/// needs: the owned KUDO-FORWARD chain and its marked jump.
-const IPTABLES_FORWARD_ONLY: &str = "\
-:KUDO-FORWARD - [0:0]
--A FORWARD -m comment --comment kudonet -j KUDO-FORWARD
--A KUDO-FORWARD -i kudo0 -j ACCEPT
--A KUDO-FORWARD -o kudo0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
--A KUDO-FORWARD -o kudo0 -m conntrack --ctstate DNAT -j ACCEPT
-";
-
 /// `nft list table inet kudonet` for `NODE`.
-const NFTABLES_TABLE: &str = "\
-table inet kudonet {
-\tcomment \"kudonet\"
-\tmap ports4 {
-\t\ttype inet_proto . inet_service : ipv4_addr . inet_service
-\t\telements = { tcp . 8080 comment \"web\" : 10.0.0.2 . 80,
-\t\t\t     udp . 5353 comment \"web\" : 10.0.0.2 . 53 }
-\t}
-
-\tmap ports4_host {
-\t\ttype ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service
-\t\telements = { 203.0.113.1 . tcp . 9443 comment \"web\" : 10.0.0.2 . 443 }
-\t}
-
-\tset bridges {
-\t\ttype ifname
-\t\telements = { \"kudo0\" }
-\t}
-
-\tchain prerouting {
-\t\ttype nat hook prerouting priority dstnat; policy accept;
-\t\tfib daddr type local jump ports
-\t}
-
-\tchain output {
-\t\ttype nat hook output priority -100; policy accept;
-\t\tmeta nfproto ipv4 fib daddr type local jump ports
-\t}
-
-\tchain ports {
-\t\tdnat ip to ip daddr . meta l4proto . th dport map @ports4_host
-\t\tmeta nfproto ipv4 dnat ip to meta l4proto . th dport map @ports4
-\t}
-
-\tchain postrouting {
-\t\ttype nat hook postrouting priority srcnat; policy accept;
-\t\toifname @bridges ip saddr 10.0.0.0/24 ct status dnat masquerade
-\t\toifname @bridges fib saddr type local ct status dnat masquerade
-\t\tip saddr 10.0.0.0/24 ip daddr 10.0.0.0/24 return
-\t\tip saddr 10.0.0.0/24 oifname \"eth0\" masquerade
-\t}
-
-\tchain forward {
-\t\ttype filter hook forward priority filter; policy accept;
-\t\tiifname @bridges accept
-\t\toifname @bridges ct state established,related accept
-\t\toifname @bridges ct status dnat accept
-\t}
-}
-";
+const NFTABLES_TABLE: &str = include_str!("nft/node-ipv4.nft");
 
 /// What the firewall of `firewall` holds of kudonet's while `NODE` is applied, exactly:
 /// iptables' `KUDO-` lines and `inet kudonet`.
@@ -159,7 +101,7 @@ fn assert_kudonets_rules(firewall: Firewall) {
             assert_eq!(nft_kudonet(), None, "no nftables table of kudonet's");
         }
         Firewall::Nftables => {
-            assert_eq!(kudo_lines(false), IPTABLES_FORWARD_ONLY);
+            assert_eq!(kudo_lines(false), KUDO_FORWARD_ONLY);
             assert_eq!(nft_kudonet().as_deref(), Some(NFTABLES_TABLE));
         }
     }

@@ -135,3 +135,13 @@ pub fn kudo_lines(ipv6: bool) -> String {
     };
     sh(&format!("{save} | grep -v '^#' | grep -e KUDO- || true"))
 }
+
+/// What `kudo_lines` reads in nftables mode from a family whose FORWARD chain drops by
+/// policy (Docker's): kudonet's owned KUDO-FORWARD chain and its marked jump, nothing else.
+pub const KUDO_FORWARD_ONLY: &str = "\
+:KUDO-FORWARD - [0:0]
+-A FORWARD -m comment --comment kudonet -j KUDO-FORWARD
+-A KUDO-FORWARD -i kudo0 -j ACCEPT
+-A KUDO-FORWARD -o kudo0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A KUDO-FORWARD -o kudo0 -m conntrack --ctstate DNAT -j ACCEPT
+";
