@@ -17,7 +17,7 @@ mod common;
 use common::cli::{Run, kudonet};
 use common::controller::Controller;
 use common::kernel::KUDO_FORWARD_ONLY;
-use common::{Firewall, StateDir, kudo_lines, netns, nft_kudonet, sh};
+use common::{Firewall, StateDir, kudo_lines, netns, nft_kudonet, setup_outside_dual_stack, sh};
 
 use std::net::SocketAddr;
 
@@ -100,24 +100,6 @@ ip6tables -w -A FORWARD -i eth9 -j DROP
 ip6tables -w -t nat -A POSTROUTING -s fd00:17::/64 ! -o docker0 -j MASQUERADE
 ip6tables -w -t nat -A PREROUTING -d 2001:db8:7::7/128 -j RETURN
 ";
-
-/// The node's uplink `eth0` to "outside", both families, and a default route of each.
-/// Addresses skip duplicate address detection, and link-local ones are valid at once, so
-/// that the outside is reachable from the first packet.
-fn setup_outside_dual_stack() {
-    sh("ip netns add outside
-        ip link add eth0 type veth peer name up0 netns outside
-        sysctl -qw net.ipv6.conf.eth0.accept_dad=0
-        ip netns exec outside sysctl -qw net.ipv6.conf.up0.accept_dad=0
-        ip addr add 192.0.2.10/24 dev eth0
-        ip addr add 2001:db8::10/64 dev eth0 nodad
-        ip link set eth0 up
-        ip -n outside addr add 192.0.2.254/24 dev up0
-        ip -n outside addr add 2001:db8::fe/64 dev up0 nodad
-        ip -n outside link set up0 up && ip -n outside link set lo up
-        ip route add default via 192.0.2.254
-        ip -6 route add default via 2001:db8::fe");
-}
 
 /// `iptables-save` (`ip6tables-save` with `ipv6`) of every table, without its comment lines
 /// (they hold the time of the dump).

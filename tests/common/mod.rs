@@ -30,7 +30,9 @@ pub use kernel::{
     nft_table,
 };
 pub use probes::{addr, netns, seen, seen_tcp};
-pub use sandbox::{inside_sandbox, run, run_ok, sandboxed, setup_outside, sh};
+pub use sandbox::{
+    inside_sandbox, run, run_ok, sandboxed, setup_outside, setup_outside_dual_stack, sh,
+};
 pub use state::StateDir;
 
 /// The kudonet binary under test.
