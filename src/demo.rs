@@ -108,8 +108,8 @@ pub fn run(
         list(uplink.addresses.iter().map(|(_, outside)| outside)),
     )?;
 
-    let mut dataplane =
-        KernelDataplane::new(netns_dir).map_err(|e| io::Error::other(e.to_string()))?;
+    let mut dataplane = KernelDataplane::for_backend(netns_dir, firewall)
+        .map_err(|e| io::Error::other(e.to_string()))?;
     let outcome = reconcile::converge(
         &mut dataplane,
         &desired,
