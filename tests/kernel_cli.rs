@@ -1266,3 +1266,22 @@ fn demo_proves_both_families_of_the_dual_stack_example() {
         },
     );
 }
+
+#[test]
+fn demo_proves_the_dual_stack_example_with_nftables() {
+    common::sandboxed("demo_proves_the_dual_stack_example_with_nftables", || {
+        // The same checks, passed through kudonet's nftables table: one table added where
+        // iptables changes four.
+        let iptables_line =
+            "2. kudonet apply examples/dual-stack: 18 added, 35 changed, 0 destroyed.";
+        assert!(DEMO_DUAL_STACK.contains(iptables_line));
+        let expected = DEMO_DUAL_STACK.replace(
+            iptables_line,
+            "2. kudonet apply --firewall nftables examples/dual-stack: 19 added, 31 changed, 0 destroyed.",
+        );
+        kudonet(&["demo", "--firewall", "nftables", "examples/dual-stack"])
+            .expect(0, &expected, "");
+        assert_eq!(link_names(None), ["lo"]);
+        assert_eq!(common::nft_kudonet(), None);
+    });
+}
