@@ -1184,7 +1184,8 @@ fn element_messages<'a>(
         .chunks(ELEMENTS_PER_MESSAGE)
         .map(|chunk| {
             let mut list = Vec::new();
-            for (key, element) in chunk {
+            // nft numbers the list's items (the kernel reads any type there).
+            for (index, (key, element)) in chunk.iter().enumerate() {
                 let mut item = Vec::new();
                 put_data(&mut item, SET_ELEM_KEY, &encode_values(key));
                 if let Some(element) = element {
@@ -1195,7 +1196,7 @@ fn element_messages<'a>(
                         put(&mut item, SET_ELEM_USERDATA, &comment_tlv(comment));
                     }
                 }
-                put_nested(&mut list, LIST_ELEM, &item);
+                put_nested(&mut list, index as u16 + 1, &item);
             }
             let mut attributes = Vec::new();
             put_string(&mut attributes, SET_ELEM_LIST_TABLE, TABLE_NAME);
@@ -1615,10 +1616,7 @@ fn parse_elements(body: &[u8], key: &[Type], data: &[Type]) -> Option<Elements> 
         if kind != SET_ELEM_LIST_ELEMENTS {
             continue;
         }
-        for (kind, item) in attributes(list) {
-            if kind != LIST_ELEM {
-                continue;
-            }
+        for (_, item) in attributes(list) {
             let (mut values, mut mapped, mut comment) = (None, Vec::new(), None);
             for (kind, value) in attributes(item) {
                 let data_value = || {
