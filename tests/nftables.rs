@@ -1,34 +1,19 @@
-//! kudonet's nftables backend (`--firewall nftables`) on a real kernel, in a sandbox:
-//!
-//! - beside Docker's iptables rules (FORWARD dropping by policy in both families, its
-//!   chains, a masquerade of its own bridge) and a foreign nftables table, kudonet's
-//!   traffic is forwarded both ways in both families, and everything that is not kudonet's
-//!   stays byte for byte as it was, through apply, repair, switching and teardown; the
-//!   owned KUDO-FORWARD chain lives in iptables only while its FORWARD policy drops;
-//! - switching between iptables and nftables both ways leaves the other one without a rule
-//!   of kudonet's, with packets proving each state, and teardown after each removes both;
-//! - `kudonet run --firewall nftables` repairs its table from kernel events.
-//!
-//! The node is dual-stack, as `tests/kernel_ipv6.rs`'s: uplink `eth0` (192.0.2.10/24,
-//! 2001:db8::10/64) to "outside" (192.0.2.254, 2001:db8::fe).
+//! The nftables backend on a real kernel, each test in its own node sandbox: kudonet's
+//! table `inet kudonet` written over netlink, as `nft` (the oracle) lists it, read back as
+//! written, changed by elements alone when only instances change, repaired after others'
+//! damage, and nobody else's table ever touched.
 
 mod common;
 
-use common::cli::{Run, kudonet};
-use common::controller::Controller;
-use common::kernel::KUDO_FORWARD_ONLY;
-use common::{
-    Firewall, StateDir, kudo_lines, netns, nft_kudonet, nft_table, setup_outside_dual_stack, sh,
-};
+use std::path::Path;
 
-use std::net::SocketAddr;
+use kudonet::dataplane::Dataplane;
+use kudonet::kernel::KernelDataplane;
+use kudonet::kernel::firewall::nftables_generation;
+use kudonet::reconcile::{self, NoProgress, Outcome};
+use kudonet::spec::{Desired, FirewallBackend};
 
-use kudonet::probe::{self, EchoServer, Place};
-use kudonet::spec::Protocol::{self, Tcp, Udp};
-
-/// web publishes TCP 8080 -> 80 and UDP 5353 -> 53 on every address of each family; db
-/// publishes nothing. (`tests/kernel_ipv6.rs`'s dual-stack node.)
-const DUAL: &str = r#"
+const NODE: &str = r#"
 kind: Node
 name: node-a
 cidr: [10.0.0.1/24, "fd00:10::1/64"]
@@ -42,353 +27,460 @@ ports:
   - hostPort: 5353
     instancePort: 53
     protocol: udp
+  - hostPort: 9443
+    instancePort: 443
+    hostIp: 203.0.113.1
 ---
 kind: Instance
 name: db
-address: [10.0.0.3/24, "fd00:10::3/64"]
+address: 10.0.0.3/24
 "#;
 
-/// `nft list table inet kudonet` for `DUAL`.
-const DUAL_TABLE: &str = include_str!("nft/dual-stack.nft");
-
-/// Docker's iptables rules (as `dockerd` writes them with its iptables backend, bridge
-/// docker0 on 172.17.0.0/16), in both families.
-const DOCKER: &str = "
-for iptables in iptables ip6tables; do
-  $iptables -w -N DOCKER
-  $iptables -w -N DOCKER-ISOLATION-STAGE-1
-  $iptables -w -N DOCKER-ISOLATION-STAGE-2
-  $iptables -w -N DOCKER-USER
-  $iptables -w -P FORWARD DROP
-  $iptables -w -A FORWARD -j DOCKER-USER
-  $iptables -w -A FORWARD -j DOCKER-ISOLATION-STAGE-1
-  $iptables -w -A FORWARD -o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
-  $iptables -w -A FORWARD -o docker0 -j DOCKER
-  $iptables -w -A FORWARD -i docker0 ! -o docker0 -j ACCEPT
-  $iptables -w -A FORWARD -i docker0 -o docker0 -j ACCEPT
-  $iptables -w -A DOCKER-ISOLATION-STAGE-1 -i docker0 ! -o docker0 -j DOCKER-ISOLATION-STAGE-2
-  $iptables -w -A DOCKER-ISOLATION-STAGE-1 -j RETURN
-  $iptables -w -A DOCKER-ISOLATION-STAGE-2 -o docker0 -j DROP
-  $iptables -w -A DOCKER-ISOLATION-STAGE-2 -j RETURN
-  $iptables -w -A DOCKER-USER -j RETURN
-  $iptables -w -t nat -N DOCKER
-  $iptables -w -t nat -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
-  $iptables -w -t nat -A DOCKER -i docker0 -j RETURN
-done
-iptables -w -t nat -A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER
-iptables -w -t nat -A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE
-iptables -w -t nat -A DOCKER -d 172.17.0.2/32 ! -i docker0 -p tcp -m tcp --dport 9999 -j DNAT --to-destination 172.17.0.2:80
-ip6tables -w -t nat -A POSTROUTING -s fd00:17::/64 ! -o docker0 -j MASQUERADE
-";
-
-/// Someone else's nftables table, with base chains on the hooks kudonet uses and a set.
-/// No counters: its listing must not move with traffic.
-const FOREIGN_TABLE: &str = r#"
-nft -f - <<'EOF'
-table inet foreign {
-	set blocked {
-		type ipv4_addr
-		elements = { 198.51.100.7, 198.51.100.8 }
+/// `nft list table inet kudonet` for [`NODE`] (nft 1.0.6: it prints `ip daddr . …` maps
+/// without the family check kudonet writes, which that match implies).
+const LISTED: &str = r#"table inet kudonet {
+	comment "kudonet"
+	set bridges {
+		type ifname
+		elements = { "kudo0" }
 	}
+
+	map ports4 {
+		type inet_proto . inet_service : ipv4_addr . inet_service
+		elements = { tcp . 8080 comment "web" : 10.0.0.2 . 80,
+			     udp . 5353 comment "web" : 10.0.0.2 . 53 }
+	}
+
+	map ports4_host {
+		type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service
+		elements = { 203.0.113.1 . tcp . 9443 comment "web" : 10.0.0.2 . 443 }
+	}
+
+	map ports6 {
+		type inet_proto . inet_service : ipv6_addr . inet_service
+		elements = { tcp . 8080 comment "web" : fd00:10::2 . 80,
+			     udp . 5353 comment "web" : fd00:10::2 . 53 }
+	}
+
+	map ports6_host {
+		type ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service
+	}
+
 	chain forward {
-		type filter hook forward priority 10; policy accept;
-		ip saddr @blocked drop
+		type filter hook forward priority filter; policy accept;
+		iifname @bridges accept
+		oifname @bridges ct state established,related accept
+		oifname @bridges ct status dnat accept
 	}
+
+	chain output {
+		type nat hook output priority -100; policy accept;
+		meta nfproto ipv4 fib daddr type local jump ports
+		ip6 daddr != ::1 fib daddr type local jump ports
+	}
+
+	chain ports {
+		dnat ip to ip daddr . meta l4proto . th dport map @ports4_host
+		meta nfproto ipv4 dnat ip to meta l4proto . th dport map @ports4
+		dnat ip6 to ip6 daddr . meta l4proto . th dport map @ports6_host
+		meta nfproto ipv6 dnat ip6 to meta l4proto . th dport map @ports6
+	}
+
 	chain postrouting {
-		type nat hook postrouting priority 110; policy accept;
-		ip saddr 172.18.0.0/16 oifname "eth0" masquerade
+		type nat hook postrouting priority srcnat; policy accept;
+		oifname @bridges ip saddr 10.0.0.0/24 ct status dnat masquerade
+		oifname @bridges ip6 saddr fd00:10::/64 ct status dnat masquerade
+		oifname @bridges fib saddr type local ct status dnat masquerade
+		ip saddr 10.0.0.0/24 ip daddr 10.0.0.0/24 return
+		ip saddr 10.0.0.0/24 oifname != "kudo0" masquerade
+		ip6 saddr fd00:10::/64 ip6 daddr fd00:10::/64 return
+		ip6 saddr fd00:10::/64 oifname != "kudo0" masquerade
+	}
+
+	chain prerouting {
+		type nat hook prerouting priority dstnat; policy accept;
+		fib daddr type local jump ports
 	}
 }
-EOF
 "#;
 
-/// `iptables-save` then `ip6tables-save`: no comment lines (they hold the time), no
-/// counters (traffic moves them).
-fn iptables_state() -> String {
-    sh("{ iptables-save; ip6tables-save; } | sed -e '/^#/d' -e 's/ \\[[0-9]*:[0-9]*\\]$//'")
+/// A table of someone else's, with base chains on the hooks kudonet uses.
+const FOREIGN: &str = r#"table inet foreign {
+	set admins {
+		type ipv4_addr
+		elements = { 192.0.2.1 }
+	}
+
+	chain forward {
+		type filter hook forward priority filter; policy accept;
+		ip saddr @admins counter packets 0 bytes 0 accept
+		ct state invalid drop
+	}
+
+	chain postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		oifname "eth9" masquerade
+	}
+}
+"#;
+
+fn desired(state: &common::state::StateDir) -> Desired {
+    let (_, mut desired) = reconcile::load_desired(Path::new(state.path()), None).unwrap();
+    desired.firewall = FirewallBackend::Nftables;
+    desired
 }
 
-/// `iptables_state` without kudonet's lines.
-fn without_kudonet(state: &str) -> String {
-    state
-        .lines()
-        .filter(|line| !line.contains("KUDO-"))
-        .map(|line| format!("{line}\n"))
-        .collect()
+fn dataplane() -> KernelDataplane {
+    KernelDataplane::for_backend(Path::new("/run/netns"), FirewallBackend::Nftables).unwrap()
 }
 
-/// `nft list table inet foreign`.
-fn foreign_table() -> String {
-    nft_table("inet foreign").expect("the foreign table is there")
+fn converge(dataplane: &mut KernelDataplane, desired: &Desired) -> Outcome {
+    reconcile::converge(dataplane, desired, &Default::default(), &mut NoProgress).unwrap()
 }
 
-/// `kudonet ARGS... --firewall FIREWALL`, which must succeed.
-#[track_caller]
-fn kudonet_ok(firewall: Firewall, args: &[&str]) -> Run {
-    let run = kudonet(&firewall.args(args));
-    run.expect_success();
-    run
+fn teardown(dataplane: &mut KernelDataplane) -> Outcome {
+    reconcile::teardown(dataplane, &mut NoProgress).unwrap()
 }
 
-/// The source address the echo server at `target` saw, asked from `from` over `protocol`.
-#[track_caller]
-fn seen(from: &Place, protocol: Protocol, target: &str) -> String {
-    let target: SocketAddr = target.parse().unwrap();
-    match probe::ask(from, protocol, target) {
-        Ok(source) => source.ip().to_string(),
-        Err(error) => panic!("{protocol} {target} from {from:?}: {error}"),
-    }
+fn nft(args: &[&str]) -> String {
+    common::run_ok("nft", args)
 }
 
-/// Echo servers: web TCP 80 and UDP 53, outside TCP 9000 (both families).
-fn start_servers() -> Vec<EchoServer> {
-    let any = |port| format!("[::]:{port}").parse::<SocketAddr>().unwrap();
-    vec![
-        probe::serve(&netns("kudo-web"), Tcp, any(80)).unwrap(),
-        probe::serve(&netns("kudo-web"), Udp, any(53)).unwrap(),
-        probe::serve(&netns("outside"), Tcp, any(9000)).unwrap(),
-    ]
+fn listed() -> String {
+    nft(&["list", "table", "inet", "kudonet"])
 }
 
-/// The forwarded paths of both families (servers of `start_servers` running): a client
-/// outside to a published port, TCP and UDP, seen as itself; an instance to the outside,
-/// masqueraded; an instance to another one's published port through the node (hairpin).
-#[track_caller]
-fn assert_forwarded() {
-    let (web, db, outside) = (netns("kudo-web"), netns("kudo-db"), netns("outside"));
-    assert_eq!(seen(&outside, Tcp, "192.0.2.10:8080"), "192.0.2.254");
-    assert_eq!(seen(&outside, Udp, "192.0.2.10:5353"), "192.0.2.254");
-    assert_eq!(seen(&outside, Tcp, "[2001:db8::10]:8080"), "2001:db8::fe");
-    assert_eq!(seen(&outside, Udp, "[2001:db8::10]:5353"), "2001:db8::fe");
-    assert_eq!(seen(&db, Tcp, "192.0.2.254:9000"), "192.0.2.10");
-    assert_eq!(seen(&web, Tcp, "[2001:db8::fe]:9000"), "2001:db8::10");
-    assert_eq!(seen(&db, Tcp, "192.0.2.10:8080"), "10.0.0.1");
-    assert_eq!(seen(&db, Tcp, "[2001:db8::10]:8080"), "fd00:10::1");
-    assert_eq!(seen(&db, Tcp, "10.0.0.2:80"), "10.0.0.3");
-    assert_eq!(seen(&db, Tcp, "[fd00:10::2]:80"), "fd00:10::3");
-}
-
-/// With nftables on Docker's node: kudonet's table exactly; iptables and ip6tables exactly
-/// as `docker` left them plus the owned KUDO-FORWARD chain and its jump, at the head of
-/// FORWARD; the foreign table as `foreign` was; every iptables table still readable.
-#[track_caller]
-fn assert_beside_docker(docker: &str, foreign: &str) {
-    assert_eq!(nft_kudonet().as_deref(), Some(DUAL_TABLE));
-    assert_eq!(kudo_lines(false), KUDO_FORWARD_ONLY);
-    assert_eq!(kudo_lines(true), KUDO_FORWARD_ONLY);
-    let state = iptables_state();
-    assert_eq!(without_kudonet(&state), docker);
-    let first_forward_rules: Vec<&str> = state
-        .lines()
-        .filter(|line| line.starts_with("-A FORWARD"))
-        .filter(|line| !line.contains("docker0"))
-        .filter(|line| line.contains("kudonet") || line.contains("DOCKER-USER"))
-        .collect();
-    assert_eq!(
-        first_forward_rules,
-        [
-            "-A FORWARD -m comment --comment kudonet -j KUDO-FORWARD",
-            "-A FORWARD -j DOCKER-USER",
-            "-A FORWARD -m comment --comment kudonet -j KUDO-FORWARD",
-            "-A FORWARD -j DOCKER-USER",
-        ],
-        "kudonet's jump ahead of Docker's, in each family"
-    );
-    assert!(!state.contains("incompatible"), "{state}");
-    assert_eq!(foreign_table(), foreign);
+fn generation() -> u32 {
+    nftables_generation().unwrap()
 }
 
 #[test]
-fn beside_docker_and_a_foreign_table() {
-    common::sandboxed("beside_docker_and_a_foreign_table", || {
-        setup_outside_dual_stack();
-        sh(DOCKER);
-        sh(FOREIGN_TABLE);
-        let docker = iptables_state();
-        let foreign = foreign_table();
-        let state = StateDir::new(DUAL);
+fn a_node_is_written_in_one_transaction_and_reads_back_as_desired() {
+    common::sandboxed(
+        "a_node_is_written_in_one_transaction_and_reads_back_as_desired",
+        || {
+            let state = common::state::StateDir::new(NODE);
+            let desired = desired(&state);
+            let mut dataplane = dataplane();
+            let before = generation();
+            let outcome = converge(&mut dataplane, &desired);
+            assert!(outcome.converged(), "{:?}", outcome.remaining);
+            assert_eq!(listed(), LISTED);
+            assert_eq!(generation(), before.wrapping_add(1), "one transaction");
+            // Read back from the kernel (a fresh dataplane: nothing cached), it is the
+            // table the planner wants.
+            let observed =
+                KernelDataplane::for_backend(Path::new("/run/netns"), FirewallBackend::Nftables)
+                    .unwrap()
+                    .observe()
+                    .unwrap();
+            let wanted = kudonet::plan::nftables::desired_ruleset(&desired, &|_| None, &[]);
+            assert_eq!(observed.nftables, Some(wanted));
+            assert!(!observed.foreign_nftables);
 
-        kudonet_ok(Firewall::Nftables, &["apply", state.path()]);
-        assert_beside_docker(&docker, &foreign);
-        let _servers = start_servers();
-        assert_forwarded();
-        kudonet(&Firewall::Nftables.args(&["apply", state.path()])).expect(0, "No changes.\n", "");
+            // Nothing changed: no write at all.
+            let at = generation();
+            let outcome = converge(&mut dataplane, &desired);
+            assert!(outcome.applied.is_empty(), "{:?}", outcome.applied);
+            assert_eq!(generation(), at, "no transaction");
 
-        // Repair: kudonet's table deleted, then its jump in iptables.
-        sh("nft delete table inet kudonet");
-        kudonet_ok(Firewall::Nftables, &["apply", state.path()]);
-        assert_beside_docker(&docker, &foreign);
-        assert_forwarded();
-        sh("ip6tables -w -D FORWARD -m comment --comment kudonet -j KUDO-FORWARD");
-        kudonet(&Firewall::Nftables.args(&["apply", "-v", state.path()])).expect(
-            0,
-            "~ ip6tables table filter\n    \
-             + -A FORWARD -m comment --comment kudonet -j KUDO-FORWARD\n\
-             Apply complete: 0 added, 1 changed, 0 destroyed.\n",
-            "",
+            // Switching to iptables deletes the table; tearing down leaves nothing.
+            let mut iptables = desired.clone();
+            iptables.firewall = FirewallBackend::Iptables;
+            let mut iptables_plane = KernelDataplane::new(Path::new("/run/netns")).unwrap();
+            assert!(converge(&mut iptables_plane, &iptables).converged());
+            assert!(!nft(&["list", "tables"]).contains("kudonet"));
+            assert!(converge(&mut dataplane, &desired).converged());
+            assert_eq!(listed(), LISTED);
+            teardown(&mut dataplane);
+            assert!(!nft(&["list", "tables"]).contains("inet kudonet"));
+        },
+    );
+}
+
+/// The rules of every chain, with their handles: what an element change must not touch.
+fn chains_with_handles() -> String {
+    ["forward", "output", "ports", "postrouting", "prerouting"]
+        .iter()
+        .map(|chain| nft(&["-a", "list", "chain", "inet", "kudonet", chain]))
+        .collect()
+}
+
+#[test]
+fn instances_coming_and_going_change_elements_only() {
+    common::sandboxed("instances_coming_and_going_change_elements_only", || {
+        let state = common::state::StateDir::new(NODE);
+        let mut dataplane = dataplane();
+        assert!(converge(&mut dataplane, &desired(&state)).converged());
+        let chains = chains_with_handles();
+        let sets = nft(&["-a", "list", "set", "inet", "kudonet", "bridges"]);
+
+        // db publishes a port, web drops one.
+        let changed = NODE
+            .replace(
+                "address: 10.0.0.3/24",
+                "address: 10.0.0.3/24\nports:\n  - hostPort: 2222\n    instancePort: 22",
+            )
+            .replace(
+                "  - hostPort: 5353\n    instancePort: 53\n    protocol: udp\n",
+                "",
+            );
+        state.write("node.yaml", &changed);
+        let before = generation();
+        let outcome = converge(&mut dataplane, &desired(&state));
+        assert!(outcome.converged(), "{:?}", outcome.remaining);
+        assert_eq!(generation(), before.wrapping_add(1), "one transaction");
+        assert_eq!(chains_with_handles(), chains, "no rule was replaced");
+        assert_eq!(
+            nft(&["-a", "list", "set", "inet", "kudonet", "bridges"]),
+            sets
         );
-        assert_beside_docker(&docker, &foreign);
-        assert_forwarded();
-
-        // Switching to iptables and back: Docker's rules and the foreign table stay.
-        kudonet_ok(Firewall::Iptables, &["apply", state.path()]);
-        assert_eq!(nft_kudonet(), None);
-        assert_eq!(without_kudonet(&iptables_state()), docker);
-        assert!(kudo_lines(false).contains(":KUDO-PORTS"));
-        assert_eq!(foreign_table(), foreign);
-        assert_forwarded();
-        kudonet_ok(Firewall::Nftables, &["apply", state.path()]);
-        assert_beside_docker(&docker, &foreign);
-        assert_forwarded();
-
-        // Teardown: exactly what was there before kudonet.
-        kudonet_ok(Firewall::Nftables, &["teardown"]);
-        assert_eq!(nft_kudonet(), None);
-        assert_eq!(iptables_state(), docker);
-        assert_eq!(foreign_table(), foreign);
+        let listed = listed();
+        assert!(
+            listed.contains("elements = { tcp . 8080 comment \"web\" : 10.0.0.2 . 80,\n\t\t\t     tcp . 2222 comment \"db\" : 10.0.0.3 . 22 }"),
+            "{listed}"
+        );
+        assert!(!listed.contains("5353"), "{listed}");
     });
 }
 
 #[test]
-fn kudo_forward_stays_in_iptables_only_while_forward_drops() {
+fn damage_by_others_is_repaired() {
+    common::sandboxed("damage_by_others_is_repaired", || {
+        let state = common::state::StateDir::new(NODE);
+        let desired = desired(&state);
+        let mut dataplane = dataplane();
+        assert!(converge(&mut dataplane, &desired).converged());
+        let damages: [&[&str]; 5] = [
+            &["flush", "chain", "inet", "kudonet", "postrouting"],
+            &[
+                "delete",
+                "element",
+                "inet",
+                "kudonet",
+                "ports4",
+                "{ tcp . 8080 }",
+            ],
+            &["add", "rule", "inet", "kudonet", "forward", "drop"],
+            &[
+                "add",
+                "chain",
+                "inet",
+                "kudonet",
+                "forward",
+                "{ type filter hook forward priority 0; policy drop; }",
+            ],
+            &["delete", "table", "inet", "kudonet"],
+        ];
+        for damage in damages {
+            nft(damage);
+            assert_ne!(listed_or_nothing(), LISTED, "{damage:?} changed nothing");
+            let outcome = converge(&mut dataplane, &desired);
+            assert!(outcome.converged(), "{damage:?}: {:?}", outcome.remaining);
+            assert_eq!(listed(), LISTED, "after {damage:?}");
+        }
+    });
+}
+
+fn listed_or_nothing() -> String {
+    let output = common::run("nft", &["list", "table", "inet", "kudonet"]);
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn an_inet_kudonet_table_without_the_comment_is_someone_elses() {
     common::sandboxed(
-        "kudo_forward_stays_in_iptables_only_while_forward_drops",
+        "an_inet_kudonet_table_without_the_comment_is_someone_elses",
         || {
-            setup_outside_dual_stack();
-            sh(DOCKER);
-            let state = StateDir::new(DUAL);
-            kudonet_ok(Firewall::Nftables, &["apply", state.path()]);
-            assert_eq!(kudo_lines(false), KUDO_FORWARD_ONLY);
-            assert_eq!(kudo_lines(true), KUDO_FORWARD_ONLY);
-
-            // IPv4's FORWARD accepts again: its KUDO-FORWARD goes, IPv6's stays.
-            sh("iptables -w -P FORWARD ACCEPT");
-            let docker = iptables_state();
-            kudonet(&Firewall::Nftables.args(&["apply", "-v", state.path()])).expect(
-                0,
-                "~ iptables table filter\n    \
-                 - -X KUDO-FORWARD\n    \
-                 - -A FORWARD -m comment --comment kudonet -j KUDO-FORWARD\n\
-                 Apply complete: 0 added, 1 changed, 0 destroyed.\n",
-                "",
+            nft(&["add", "table", "inet", "kudonet"]);
+            nft(&[
+                "add",
+                "chain",
+                "inet",
+                "kudonet",
+                "mine",
+                "{ type filter hook forward priority 0; policy accept; }",
+            ]);
+            nft(&[
+                "add",
+                "rule",
+                "inet",
+                "kudonet",
+                "mine",
+                "ip saddr 192.0.2.1 accept",
+            ]);
+            let before = listed();
+            let state = common::state::StateDir::new(NODE);
+            let mut dataplane = dataplane();
+            let outcome = converge(&mut dataplane, &desired(&state));
+            assert!(outcome.observed.foreign_nftables);
+            assert_eq!(outcome.observed.nftables, None);
+            let conflicts: Vec<String> = outcome
+                .remaining
+                .conflicts
+                .iter()
+                .map(|conflict| conflict.message.clone())
+                .collect();
+            assert_eq!(
+                conflicts,
+                [
+                    "nftables table inet kudonet exists without kudonet's comment: it is someone \
+                  else's, so kudonet writes none of its rules (rename or delete that table)"
+                ]
             );
-            assert_eq!(kudo_lines(false), "");
-            assert_eq!(kudo_lines(true), KUDO_FORWARD_ONLY);
-            assert_eq!(without_kudonet(&iptables_state()), without_kudonet(&docker));
-            let _servers = start_servers();
-            assert_forwarded();
-
-            sh("ip6tables -w -P FORWARD ACCEPT");
-            kudonet_ok(Firewall::Nftables, &["apply", state.path()]);
-            assert_eq!(kudo_lines(true), "");
-            assert_forwarded();
-            assert_eq!(nft_kudonet().as_deref(), Some(DUAL_TABLE));
-
-            // Docker comes back: so does KUDO-FORWARD.
-            sh("iptables -w -P FORWARD DROP");
-            kudonet_ok(Firewall::Nftables, &["apply", state.path()]);
-            assert_eq!(kudo_lines(false), KUDO_FORWARD_ONLY);
-            assert_eq!(kudo_lines(true), "");
-            assert_forwarded();
+            assert_eq!(listed(), before);
+            teardown(&mut dataplane);
+            assert_eq!(listed(), before);
         },
     );
 }
 
 #[test]
-fn switching_firewalls_both_ways() {
-    common::sandboxed("switching_firewalls_both_ways", || {
-        setup_outside_dual_stack();
-        let state = StateDir::new(DUAL);
-
-        kudonet_ok(Firewall::Iptables, &["apply", state.path()]);
-        let iptables_rules = (kudo_lines(false), kudo_lines(true));
-        assert!(
-            iptables_rules.0.contains(":KUDO-PORTS"),
-            "{iptables_rules:?}"
-        );
-        assert!(
-            iptables_rules.1.contains(":KUDO-PORTS"),
-            "{iptables_rules:?}"
-        );
-        assert_eq!(nft_kudonet(), None);
-        let _servers = start_servers();
-        assert_forwarded();
-
-        // To nftables: iptables keeps no rule of kudonet's (FORWARD accepts here).
-        kudonet_ok(Firewall::Nftables, &["apply", state.path()]);
-        assert_eq!(
-            (kudo_lines(false), kudo_lines(true)),
-            (String::new(), String::new())
-        );
-        assert_eq!(nft_kudonet().as_deref(), Some(DUAL_TABLE));
-        assert_forwarded();
-        kudonet(&Firewall::Nftables.args(&["apply", state.path()])).expect(0, "No changes.\n", "");
-
-        // Back to iptables: no nftables table; the chains as they were.
-        kudonet_ok(Firewall::Iptables, &["apply", state.path()]);
-        assert_eq!(nft_kudonet(), None);
-        assert_eq!((kudo_lines(false), kudo_lines(true)), iptables_rules);
-        assert_forwarded();
-        kudonet(&Firewall::Iptables.args(&["apply", state.path()])).expect(0, "No changes.\n", "");
-
-        // Teardown removes both, whichever firewall it is told.
-        kudonet_ok(Firewall::Nftables, &["teardown"]);
-        assert_eq!(nft_kudonet(), None);
-        // The tables stay, empty: no chain or rule of kudonet.
-        let empty = "*filter\n:INPUT ACCEPT\n:FORWARD ACCEPT\n:OUTPUT ACCEPT\nCOMMIT\n\
-                     *nat\n:PREROUTING ACCEPT\n:INPUT ACCEPT\n:OUTPUT ACCEPT\n:POSTROUTING ACCEPT\n\
-                     COMMIT\n";
-        assert_eq!(iptables_state(), empty.repeat(2));
-        kudonet_ok(Firewall::Nftables, &["apply", state.path()]);
-        assert_eq!(nft_kudonet().as_deref(), Some(DUAL_TABLE));
-        kudonet_ok(Firewall::Iptables, &["teardown"]);
-        assert_eq!(nft_kudonet(), None);
-        assert_eq!(iptables_state(), empty.repeat(2));
+fn someone_elses_table_is_left_exactly_as_it_is() {
+    common::sandboxed("someone_elses_table_is_left_exactly_as_it_is", || {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), FOREIGN).unwrap();
+        nft(&["-f", &file.path().display().to_string()]);
+        let foreign = || nft(&["list", "table", "inet", "foreign"]);
+        assert_eq!(foreign(), FOREIGN);
+        let state = common::state::StateDir::new(NODE);
+        let mut dataplane = dataplane();
+        assert!(converge(&mut dataplane, &desired(&state)).converged());
+        assert_eq!(listed(), LISTED);
+        assert_eq!(foreign(), FOREIGN);
+        teardown(&mut dataplane);
+        assert_eq!(foreign(), FOREIGN);
+        assert_eq!(nft(&["list", "tables"]), "table inet foreign\n");
     });
 }
 
-/// Whether `kudonet plan --firewall nftables` finds nothing to do (it only reads, so it may
-/// run beside `run`).
-fn plan_is_empty(state: &StateDir) -> bool {
-    let plan = kudonet(&Firewall::Nftables.args(&["plan", state.path()]));
-    plan.code == 0 && plan.stdout == "No changes.\n"
+/// A program that logs its name to `log`, then runs the real one (named as the
+/// nf_tables one, which kudonet tells by the name when a ruleset is empty).
+fn recording(program: &str, log: &str) -> String {
+    let real = common::sh(&format!("command -v {program}"));
+    let wrapper = format!("/run/recording-nft-{program}");
+    let script = format!(
+        "#!/bin/sh\necho {program} >> {log}\nexec {} \"$@\"\n",
+        real.trim()
+    );
+    std::fs::write(&wrapper, script).unwrap();
+    common::run_ok("chmod", &["+x", &wrapper]);
+    wrapper
 }
 
 #[test]
-fn the_controller_repairs_its_table_from_events() {
-    common::sandboxed("the_controller_repairs_its_table_from_events", || {
-        setup_outside_dual_stack();
-        let state = StateDir::new(DUAL);
-        // No resync within the test: only kernel events explain a repair.
-        let controller = Controller::start(&state, &["--resync", "60", "--firewall", "nftables"]);
-        controller.wait_ready(&["db", "web"]);
-        controller.wait_until("the node is converged", || plan_is_empty(&state));
-        assert_eq!(nft_kudonet().as_deref(), Some(DUAL_TABLE));
-        let _servers = start_servers();
-        assert_forwarded();
+fn a_forward_drop_policy_gets_kudonets_chain_and_its_own_writes_are_not_read_again() {
+    common::sandboxed(
+        "a_forward_drop_policy_gets_kudonets_chain_and_its_own_writes_are_not_read_again",
+        || {
+            use kudonet::kernel::firewall::iptables::Iptables;
+            use kudonet::kernel::firewall::{IptablesFirewall, NftablesFirewall};
 
-        let repaired = |what: &str| {
-            controller.wait_until(&format!("{what} is repaired"), || {
-                nft_kudonet().as_deref() == Some(DUAL_TABLE) && plan_is_empty(&state)
-            });
-            assert_forwarded();
-        };
-        sh("nft delete table inet kudonet");
-        repaired("the deleted table");
-        sh("nft flush chain inet kudonet postrouting");
-        repaired("the flushed postrouting chain");
-        sh("nft delete element inet kudonet ports4 '{ tcp . 8080 }'");
-        repaired("web's deleted port");
-        sh("nft delete element inet kudonet ports6 '{ udp . 5353 }'");
-        repaired("web's deleted IPv6 UDP port");
+            // Docker's policy, IPv4 only.
+            common::run_ok("iptables", &["-P", "FORWARD", "DROP"]);
+            let log = "/run/saves.log";
+            let iptables = IptablesFirewall::with(
+                Iptables::with_programs(
+                    recording("iptables-save", log),
+                    common::sh("command -v iptables-restore").trim(),
+                ),
+                Iptables::with_programs(
+                    recording("ip6tables-save", log),
+                    common::sh("command -v ip6tables-restore").trim(),
+                ),
+            );
+            let mut dataplane = KernelDataplane::with_firewall(
+                Path::new("/run/netns"),
+                Box::new(NftablesFirewall::with(iptables)),
+            )
+            .unwrap();
+            let state = common::state::StateDir::new(NODE);
+            let outcome = converge(&mut dataplane, &desired(&state));
+            assert!(outcome.converged(), "{:?}", outcome.remaining);
+            assert_eq!(
+                outcome.observed.iptables_forward_drops,
+                [kudonet::spec::Family::Ipv4].into()
+            );
+            let filter = common::run_ok("iptables-save", &["-t", "filter"]);
+            assert!(
+                filter.contains("-A FORWARD -m comment --comment kudonet -j KUDO-FORWARD\n"),
+                "{filter}"
+            );
+            assert!(!common::run_ok("ip6tables-save", &[]).contains("KUDO"));
+            assert_eq!(listed(), LISTED);
+            // Read once, at the first observation: kudonet's own iptables-restore and nft
+            // batch each moved the generation by one, and were taken as read.
+            let read = std::fs::read_to_string(log).unwrap();
+            assert_eq!(read, "iptables-save\nip6tables-save\n");
+            let outcome = converge(&mut dataplane, &desired(&state));
+            assert!(outcome.applied.is_empty(), "{:?}", outcome.applied);
+            assert_eq!(std::fs::read_to_string(log).unwrap(), read);
 
-        kudonet(&Firewall::Nftables.args(&["apply", state.path()])).expect(0, "No changes.\n", "");
-        let log = controller.stop();
-        assert!(
-            log.contains("repaired changes made behind kudonet's back"),
-            "{log}"
-        );
-        assert_eq!(kudo_lines(false), "");
-        assert_eq!(kudo_lines(true), "");
+            // The policy back to accept: kudonet's chain goes.
+            common::run_ok("iptables", &["-P", "FORWARD", "ACCEPT"]);
+            assert!(converge(&mut dataplane, &desired(&state)).converged());
+            assert!(!common::run_ok("iptables-save", &[]).contains("KUDO"));
+            assert_eq!(listed(), LISTED);
+        },
+    );
+}
+
+#[test]
+fn without_iptables_the_nftables_backend_runs_alone() {
+    common::sandboxed("without_iptables_the_nftables_backend_runs_alone", || {
+        use kudonet::kernel::firewall::iptables::Iptables;
+        use kudonet::kernel::firewall::{IptablesFirewall, NftablesFirewall};
+
+        let missing = || Iptables::with_programs("/nonexistent/save", "/nonexistent/restore");
+        let mut dataplane = KernelDataplane::with_firewall(
+            Path::new("/run/netns"),
+            Box::new(NftablesFirewall::with(IptablesFirewall::with(
+                missing(),
+                missing(),
+            ))),
+        )
+        .unwrap();
+        let state = common::state::StateDir::new(NODE);
+        let outcome = converge(&mut dataplane, &desired(&state));
+        assert!(outcome.converged(), "{:?}", outcome.remaining);
+        assert_eq!(listed(), LISTED);
+        teardown(&mut dataplane);
+        assert_eq!(nft(&["list", "ruleset"]), "");
     });
+}
+
+#[test]
+fn the_controller_repairs_others_changes_from_their_events() {
+    common::sandboxed(
+        "the_controller_repairs_others_changes_from_their_events",
+        || {
+            let state = common::state::StateDir::new(NODE);
+            // No resync for an hour: a repair comes from the nf_tables event.
+            let kudonet = common::controller::Controller::start(
+                &state,
+                &["--firewall", "nftables", "--resync", "3600"],
+            );
+            kudonet.wait_until("the table is written", || listed_or_nothing() == LISTED);
+            let damages: [&[&str]; 3] = [
+                &["flush", "chain", "inet", "kudonet", "postrouting"],
+                &[
+                    "delete",
+                    "element",
+                    "inet",
+                    "kudonet",
+                    "ports4",
+                    "{ tcp . 8080 }",
+                ],
+                &["delete", "table", "inet", "kudonet"],
+            ];
+            for damage in damages {
+                nft(damage);
+                kudonet.wait_until(&format!("{damage:?} is repaired"), || {
+                    listed_or_nothing() == LISTED
+                });
+            }
+            kudonet.stop();
+            assert_eq!(listed(), LISTED, "left in place when the controller stops");
+        },
+    );
 }

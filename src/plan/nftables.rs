@@ -1,6 +1,6 @@
 //! The nftables table a node needs, `inet kudonet`: the same promises as the iptables
-//! chains of `plan::firewall`, for both families in one table, with published ports
-//! in maps so that a packet costs one lookup however many instances the node has.
+//! chains of `plan::firewall`, for both families in one table, with published ports in
+//! maps so that a packet costs one lookup however many instances the node has.
 //!
 //! ```text
 //! prerouting  (nat, -100)   fib daddr type local jump ports
