@@ -23,10 +23,13 @@
 //! server on port 7000, which answers with the source address it saw; in a dual-stack
 //! cluster the representative instances and "outside" also answer over IPv6 (port 7006,
 //! 9006).
+//!
+//! Every node runs kudonet with iptables, its default, except in the tests named
+//! `..._with_nftables`, which run the same scenario with `--firewall nftables` on every node.
 
 mod common;
 
-use common::{KUDONET, addr, seen};
+use common::{Firewall, KUDONET, addr, seen};
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -200,11 +203,19 @@ struct Cluster {
     underlay: Underlay,
     /// The externalIps the Nodes give (IPv4 only unless the underlay is dual stack).
     externals: Cell<Externals>,
+    /// The firewall every node's kudonet is run with.
+    firewall: Firewall,
 }
 
 impl Cluster {
-    /// Builds the underlay for `nodes` and a directory describing exactly them.
+    /// Builds the underlay for `nodes` and a directory describing exactly them; the nodes
+    /// run kudonet with its default firewall, iptables.
     fn new(underlay: Underlay, nodes: &[&str]) -> Cluster {
+        Cluster::with_firewall(underlay, Firewall::Iptables, nodes)
+    }
+
+    /// `new`, with every node's kudonet run with `--firewall FIREWALL`.
+    fn with_firewall(underlay: Underlay, firewall: Firewall, nodes: &[&str]) -> Cluster {
         build_underlay(underlay, nodes);
         let externals = match underlay.dual_stack() {
             true => Externals::Both,
@@ -214,6 +225,7 @@ impl Cluster {
             dir: tempfile::tempdir().unwrap(),
             underlay,
             externals: Cell::new(externals),
+            firewall,
         };
         cluster.install("cluster.yaml");
         for node in nodes {
@@ -335,12 +347,13 @@ impl Cluster {
         std::fs::write(&path, text.replace(from, to)).unwrap();
     }
 
-    /// Runs kudonet `command` on `node`; returns exit code, stdout and stderr.
+    /// Runs kudonet `command` on `node`, with the cluster's firewall; returns exit code,
+    /// stdout and stderr.
     fn kudonet(&self, node: &str, command: &[&str]) -> (i32, String, String) {
         let netns = format!("--net=/run/netns/{node}");
         let netns_dir = format!("/run/netns-{}", letter(node));
         let mut args = vec![netns.as_str(), KUDONET];
-        args.extend(command);
+        args.extend(self.firewall.args(command));
         args.extend(["--netns-dir", &netns_dir]);
         let output = common::run("nsenter", &args);
         (
@@ -692,6 +705,75 @@ fn check_published(cluster: &Cluster) {
     assert!(probe::ask(&outside(), Tcp, addr(&format!("{a}:8443"))).is_err());
 }
 
+/// `nft list table inet kudonet` on node-a of the dual-stack routed cluster: beside what a
+/// single node has, the cluster exemption of each family (its subnet to the Cluster cidr
+/// returns before the masquerade) and the forward accept of the other nodes' instances.
+const NODE_A_DUAL_STACK_TABLE: &str = include_str!("nft/cluster-node-a.nft");
+
+/// kudonet's rules on `node` for traffic across the cluster, in the cluster's firewall and
+/// nowhere else, for each family of the cluster: the node's instances keep their address
+/// towards the Cluster cidr (a return before the masquerade), and the instances of every
+/// other node are forwarded to the node's bridges.
+fn check_cluster_rules(cluster: &Cluster, node: &str) {
+    let n: u16 = match node {
+        "node-a" => 0,
+        "node-b" => 1,
+        "node-c" => 2,
+        other => panic!("no node {other}"),
+    };
+    let mut families = vec![("ip", format!("10.0.{n}.0/24"), "10.0.0.0/16")];
+    if cluster.underlay.dual_stack() {
+        let subnet = Ipv6Addr::new(0xfd00, 0x10, 0, n, 0, 0, 0, 0);
+        families.push(("ip6", format!("{subnet}/64"), "fd00:10::/48"));
+    }
+    let iptables = on(
+        node,
+        "iptables-save | grep -e KUDO- || true; echo ---; ip6tables-save | grep -e KUDO- || true",
+    );
+    let table = on(node, "nft list table inet kudonet 2>/dev/null || true");
+    match cluster.firewall {
+        Firewall::Nftables => {
+            assert_eq!(
+                iptables, "---\n",
+                "{node}: no rule of kudonet's in iptables"
+            );
+            let rules: Vec<&str> = table.lines().map(str::trim).collect();
+            for (family, subnet, cidr) in &families {
+                let exemption = format!("{family} saddr {subnet} {family} daddr {cidr} return");
+                let masquerade = format!("{family} saddr {subnet} oifname \"eth0\" masquerade");
+                let accept = format!("oifname @bridges {family} saddr {cidr} accept");
+                let at = |rule: &str| {
+                    rules
+                        .iter()
+                        .position(|line| *line == rule)
+                        .unwrap_or_else(|| panic!("{node}: no {rule:?} in\n{table}"))
+                };
+                assert!(at(&exemption) < at(&masquerade), "{node}:\n{table}");
+                at(&accept);
+            }
+        }
+        Firewall::Iptables => {
+            assert_eq!(table, "", "{node}: no nftables table");
+            let (ipv4, ipv6) = iptables.split_once("---\n").unwrap();
+            for (family, subnet, cidr) in &families {
+                let save = if *family == "ip" { ipv4 } else { ipv6 };
+                let rules: Vec<&str> = save.lines().collect();
+                let exemption = format!("-A KUDO-POSTROUTING -s {subnet} -d {cidr} -j RETURN");
+                let masquerade = format!("-A KUDO-POSTROUTING -s {subnet} -o eth0 -j MASQUERADE");
+                let accept = format!("-A KUDO-FORWARD -s {cidr} -o kudo0 -j ACCEPT");
+                let at = |rule: &str| {
+                    rules
+                        .iter()
+                        .position(|line| *line == rule)
+                        .unwrap_or_else(|| panic!("{node}: no {rule:?} in\n{save}"))
+                };
+                assert!(at(&exemption) < at(&masquerade), "{node}:\n{save}");
+                at(&accept);
+            }
+        }
+    }
+}
+
 #[test]
 fn routed_cluster_of_three_nodes() {
     common::sandboxed("routed_cluster_of_three_nodes", || {
@@ -738,64 +820,78 @@ fn routed_cluster_of_three_nodes() {
 }
 
 #[test]
-fn vxlan_cluster_across_a_router() {
-    common::sandboxed("vxlan_cluster_across_a_router", || {
-        let cluster = Cluster::new(Underlay::Router, &ALL);
-        cluster.set_mode(Mode::Vxlan);
-        cluster.converge(&ALL);
-
-        assert_eq!(
-            routes("node-a"),
-            [
-                "10.0.1.0/24 via 10.0.1.1 dev kudo0 proto 75 onlink",
-                "10.0.2.0/24 via 10.0.2.1 dev kudo0 proto 75 onlink",
-            ]
-        );
-        assert_eq!(
-            floods("node-a"),
-            [
-                "00:00:00:00:00:00 dst 192.0.2.13 self permanent",
-                "00:00:00:00:00:00 dst 203.0.113.12 self permanent",
-            ]
-        );
-        assert_eq!(
-            floods("node-c"),
-            [
-                "00:00:00:00:00:00 dst 198.51.100.11 self permanent",
-                "00:00:00:00:00:00 dst 203.0.113.12 self permanent",
-            ]
-        );
-        let vxlan = on("node-a", "ip -d link show kudo-vxlan");
-        for expected in [
-            "mtu 1450 ",
-            "master kudo0 ",
-            "vxlan id 75 local 198.51.100.11 dev eth0 ",
-            "dstport 4789 ",
-        ] {
-            assert!(vxlan.contains(expected), "{expected:?} in\n{vxlan}");
-        }
-        // The uplink keeps 1500; the bridge, its ports and the instances' eth0 get 1450.
-        assert!(on("node-a", "ip -o link show eth0").contains(" mtu 1500 "));
-        let mtus = on(
-            "node-a",
-            "ip -o link show kudo0; ip -o link show master kudo0; \
-             nsenter --net=/run/netns-a/kudo-web ip -o link show eth0",
-        );
-        assert_eq!(mtus.lines().count(), 5, "{mtus}");
-        assert!(
-            mtus.lines().all(|line| line.contains(" mtu 1450 ")),
-            "{mtus}"
-        );
-
-        let _servers = cluster.serve(&ALL);
-        cluster.check_instances(&ALL);
-        assert_eq!(
-            seen(&instance("node-a", "worker"), Udp, "10.0.2.53:53"),
-            "10.0.0.3"
-        );
-        cluster.check_outside(&ALL);
-        check_published(&cluster);
+fn vxlan_cluster_across_a_router_with_iptables() {
+    common::sandboxed("vxlan_cluster_across_a_router_with_iptables", || {
+        vxlan_cluster_across_a_router(Firewall::Iptables)
     });
+}
+
+#[test]
+fn vxlan_cluster_across_a_router_with_nftables() {
+    common::sandboxed("vxlan_cluster_across_a_router_with_nftables", || {
+        vxlan_cluster_across_a_router(Firewall::Nftables)
+    });
+}
+
+fn vxlan_cluster_across_a_router(firewall: Firewall) {
+    let cluster = Cluster::with_firewall(Underlay::Router, firewall, &ALL);
+    cluster.set_mode(Mode::Vxlan);
+    cluster.converge(&ALL);
+    for node in ALL {
+        check_cluster_rules(&cluster, node);
+    }
+
+    assert_eq!(
+        routes("node-a"),
+        [
+            "10.0.1.0/24 via 10.0.1.1 dev kudo0 proto 75 onlink",
+            "10.0.2.0/24 via 10.0.2.1 dev kudo0 proto 75 onlink",
+        ]
+    );
+    assert_eq!(
+        floods("node-a"),
+        [
+            "00:00:00:00:00:00 dst 192.0.2.13 self permanent",
+            "00:00:00:00:00:00 dst 203.0.113.12 self permanent",
+        ]
+    );
+    assert_eq!(
+        floods("node-c"),
+        [
+            "00:00:00:00:00:00 dst 198.51.100.11 self permanent",
+            "00:00:00:00:00:00 dst 203.0.113.12 self permanent",
+        ]
+    );
+    let vxlan = on("node-a", "ip -d link show kudo-vxlan");
+    for expected in [
+        "mtu 1450 ",
+        "master kudo0 ",
+        "vxlan id 75 local 198.51.100.11 dev eth0 ",
+        "dstport 4789 ",
+    ] {
+        assert!(vxlan.contains(expected), "{expected:?} in\n{vxlan}");
+    }
+    // The uplink keeps 1500; the bridge, its ports and the instances' eth0 get 1450.
+    assert!(on("node-a", "ip -o link show eth0").contains(" mtu 1500 "));
+    let mtus = on(
+        "node-a",
+        "ip -o link show kudo0; ip -o link show master kudo0; \
+         nsenter --net=/run/netns-a/kudo-web ip -o link show eth0",
+    );
+    assert_eq!(mtus.lines().count(), 5, "{mtus}");
+    assert!(
+        mtus.lines().all(|line| line.contains(" mtu 1450 ")),
+        "{mtus}"
+    );
+
+    let _servers = cluster.serve(&ALL);
+    cluster.check_instances(&ALL);
+    assert_eq!(
+        seen(&instance("node-a", "worker"), Udp, "10.0.2.53:53"),
+        "10.0.0.3"
+    );
+    cluster.check_outside(&ALL);
+    check_published(&cluster);
 }
 
 /// node-c leaves (its Node and instances removed from the directory, then torn down), and
@@ -948,66 +1044,86 @@ fn switching_mode_converges_both_ways() {
 
 /// IPv6 beside IPv4, routed: each peer subnet via the peer's externalIp of its family.
 #[test]
-fn routed_dual_stack_cluster() {
-    common::sandboxed("routed_dual_stack_cluster", || {
-        let cluster = Cluster::new(Underlay::DualSegment, &ALL);
-        cluster.converge(&ALL);
-
-        assert_eq!(
-            routes("node-a"),
-            [
-                "10.0.1.0/24 via 192.0.2.12 dev eth0 proto 75",
-                "10.0.2.0/24 via 192.0.2.13 dev eth0 proto 75",
-            ]
-        );
-        assert_eq!(
-            routes6("node-a"),
-            [
-                "fd00:10:0:1::/64 via 2001:db8::12 dev eth0 proto 75 metric 1024 pref medium",
-                "fd00:10:0:2::/64 via 2001:db8::13 dev eth0 proto 75 metric 1024 pref medium",
-            ]
-        );
-        assert_eq!(
-            routes6("node-c"),
-            [
-                "fd00:10::/64 via 2001:db8::11 dev eth0 proto 75 metric 1024 pref medium",
-                "fd00:10:0:1::/64 via 2001:db8::12 dev eth0 proto 75 metric 1024 pref medium",
-            ]
-        );
-        assert!(ALL.iter().all(|node| !has_vxlan(node)));
-
-        {
-            let _servers = cluster.serve(&ALL);
-            let _servers6 = cluster.serve6(&ALL);
-            cluster.check_instances(&ALL);
-            cluster.check_instances6(&ALL);
-            cluster.check_outside(&ALL);
-            cluster.check_outside6(&ALL);
-            check_published(&cluster);
-        }
-
-        // node-c leaves the directory: a and b drop its route of each family.
-        cluster.leave("node-c");
-        for node in ["node-a", "node-b"] {
-            assert_eq!(
-                cluster.plan(node),
-                "- route 10.0.2.0/24\n- route fd00:10:0:2::/64\n\
-                 Plan: 0 to add, 0 to change, 2 to destroy.\n",
-                "plan on {node}"
-            );
-        }
-        cluster.converge(&["node-a", "node-b"]);
-        assert_eq!(
-            routes6("node-a"),
-            ["fd00:10:0:1::/64 via 2001:db8::12 dev eth0 proto 75 metric 1024 pref medium"]
-        );
-        assert_eq!(
-            routes6("node-b"),
-            ["fd00:10::/64 via 2001:db8::11 dev eth0 proto 75 metric 1024 pref medium"]
-        );
-        let _servers6 = cluster.serve6(&["node-a", "node-b"]);
-        cluster.check_instances6(&["node-a", "node-b"]);
+fn routed_dual_stack_cluster_with_iptables() {
+    common::sandboxed("routed_dual_stack_cluster_with_iptables", || {
+        routed_dual_stack_cluster(Firewall::Iptables)
     });
+}
+
+#[test]
+fn routed_dual_stack_cluster_with_nftables() {
+    common::sandboxed("routed_dual_stack_cluster_with_nftables", || {
+        routed_dual_stack_cluster(Firewall::Nftables)
+    });
+}
+
+fn routed_dual_stack_cluster(firewall: Firewall) {
+    let cluster = Cluster::with_firewall(Underlay::DualSegment, firewall, &ALL);
+    cluster.converge(&ALL);
+    for node in ALL {
+        check_cluster_rules(&cluster, node);
+    }
+    if firewall == Firewall::Nftables {
+        assert_eq!(
+            on("node-a", "nft list table inet kudonet"),
+            NODE_A_DUAL_STACK_TABLE
+        );
+    }
+
+    assert_eq!(
+        routes("node-a"),
+        [
+            "10.0.1.0/24 via 192.0.2.12 dev eth0 proto 75",
+            "10.0.2.0/24 via 192.0.2.13 dev eth0 proto 75",
+        ]
+    );
+    assert_eq!(
+        routes6("node-a"),
+        [
+            "fd00:10:0:1::/64 via 2001:db8::12 dev eth0 proto 75 metric 1024 pref medium",
+            "fd00:10:0:2::/64 via 2001:db8::13 dev eth0 proto 75 metric 1024 pref medium",
+        ]
+    );
+    assert_eq!(
+        routes6("node-c"),
+        [
+            "fd00:10::/64 via 2001:db8::11 dev eth0 proto 75 metric 1024 pref medium",
+            "fd00:10:0:1::/64 via 2001:db8::12 dev eth0 proto 75 metric 1024 pref medium",
+        ]
+    );
+    assert!(ALL.iter().all(|node| !has_vxlan(node)));
+
+    {
+        let _servers = cluster.serve(&ALL);
+        let _servers6 = cluster.serve6(&ALL);
+        cluster.check_instances(&ALL);
+        cluster.check_instances6(&ALL);
+        cluster.check_outside(&ALL);
+        cluster.check_outside6(&ALL);
+        check_published(&cluster);
+    }
+
+    // node-c leaves the directory: a and b drop its route of each family.
+    cluster.leave("node-c");
+    for node in ["node-a", "node-b"] {
+        assert_eq!(
+            cluster.plan(node),
+            "- route 10.0.2.0/24\n- route fd00:10:0:2::/64\n\
+             Plan: 0 to add, 0 to change, 2 to destroy.\n",
+            "plan on {node}"
+        );
+    }
+    cluster.converge(&["node-a", "node-b"]);
+    assert_eq!(
+        routes6("node-a"),
+        ["fd00:10:0:1::/64 via 2001:db8::12 dev eth0 proto 75 metric 1024 pref medium"]
+    );
+    assert_eq!(
+        routes6("node-b"),
+        ["fd00:10::/64 via 2001:db8::11 dev eth0 proto 75 metric 1024 pref medium"]
+    );
+    let _servers6 = cluster.serve6(&["node-a", "node-b"]);
+    cluster.check_instances6(&["node-a", "node-b"]);
 }
 
 /// The vxlan overlay over either family: IPv4 while every Node has an IPv4 externalIp, IPv6

@@ -14,16 +14,28 @@
 //! A dual-stack node of 1,010 instances over the same bridges proves the same over IPv6,
 //! where a segment's instances have no route to their subnet and the node answers for them
 //! on its bridge by proxy neighbour discovery (one entry each, marked as kudonet's).
+//!
+//! With the nftables backend, a node of 5 instances, converged through the library with 3
+//! instances a bridge (the planner's knob for tests), has a segment of 2: the table's set
+//! `bridges` holds it beside the node's bridge, and real packets prove the segment's paths
+//! (a published port of its instance from outside and by hairpin from the node's bridge).
 
 mod common;
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use common::cli::kudonet;
-use common::{StateDir, addr, firewall, netns, seen, setup_outside, sh};
+use std::path::Path;
 
+use common::cli::kudonet;
+use common::{StateDir, addr, firewall, kudo_lines, netns, nft_kudonet, seen, setup_outside, sh};
+
+use kudonet::dataplane::Dataplane;
+use kudonet::kernel::KernelDataplane;
+use kudonet::plan::{Action, plan_with_bridge_instances};
 use kudonet::probe::{self, Place};
+use kudonet::reconcile::{self, NoProgress};
 use kudonet::spec::Protocol::Tcp;
+use kudonet::spec::{Desired, FirewallBackend};
 
 const INSTANCES: u32 = 1030;
 
@@ -382,5 +394,116 @@ fn a_dual_stack_node_past_one_bridge() {
         kudonet(&["teardown"]).expect_success();
         assert_eq!(sh("ip -6 route show proto 75"), "");
         assert_eq!(sh("ip -6 neigh show proxy"), "");
+    });
+}
+
+/// Instances a bridge in the nftables test: its 5 instances fill the node's bridge (i0001 to
+/// i0003) and put i0004 and i0005 on `kudo-seg1`.
+const SMALL_BRIDGES: usize = 3;
+
+/// `state`'s desired state, with the nftables backend.
+fn nftables_desired(state: &StateDir) -> Desired {
+    let (_, mut desired) = reconcile::load_desired(Path::new(state.path()), None).unwrap();
+    desired.firewall = FirewallBackend::Nftables;
+    desired
+}
+
+/// One pass of what `kudonet apply` does, with [`SMALL_BRIDGES`] instances a bridge:
+/// observe, plan, apply every action. The node must then be converged: a new plan is empty.
+fn apply_with_small_bridges(dataplane: &mut KernelDataplane, desired: &Desired) {
+    let observed = dataplane.observe().unwrap();
+    let planned = plan_with_bridge_instances(desired, &observed, SMALL_BRIDGES);
+    assert!(planned.conflicts.is_empty(), "{:?}", planned.conflicts);
+    let actions: Vec<Action> = planned.actions().cloned().collect();
+    dataplane.apply_all(&actions).unwrap();
+    let observed = dataplane.observe().unwrap();
+    let remaining = plan_with_bridge_instances(desired, &observed, SMALL_BRIDGES);
+    assert!(remaining.is_empty(), "{:?}", remaining.steps);
+}
+
+/// `nft list set inet kudonet bridges` for the set holding `elements` (as nft prints them).
+fn bridges_set(elements: &str) -> String {
+    format!(
+        "table inet kudonet {{\n\tset bridges {{\n\t\ttype ifname\n\t\telements = {{ {elements} }}\n\t}}\n}}\n"
+    )
+}
+
+#[test]
+fn a_segment_with_nftables() {
+    common::sandboxed("a_segment_with_nftables", || {
+        setup_outside();
+        // Docker's policy: kudonet's KUDO-FORWARD chain in iptables covers the segment too.
+        sh("iptables -w -P FORWARD DROP");
+        // i0005, on the segment, publishes 8005 -> 80.
+        let state = StateDir::new(&node(5, &[5]));
+        let mut dataplane =
+            KernelDataplane::for_backend(Path::new("/run/netns"), FirewallBackend::Nftables)
+                .unwrap();
+        apply_with_small_bridges(&mut dataplane, &nftables_desired(&state));
+
+        assert_eq!([ports("kudo0"), ports("kudo-seg1")], [3, 2]);
+        assert_eq!(
+            sh("nft list set inet kudonet bridges"),
+            bridges_set("\"kudo0\",\n\t\t\t     \"kudo-seg1\"")
+        );
+        let table = nft_kudonet().unwrap();
+        assert!(
+            table.contains("\t\telements = { tcp . 8005 comment \"i0005\" : 10.0.0.6 . 80 }\n"),
+            "{table}"
+        );
+        assert_eq!(
+            kudo_lines(false),
+            ":KUDO-FORWARD - [0:0]
+-A FORWARD -m comment --comment kudonet -j KUDO-FORWARD
+-A KUDO-FORWARD -i kudo0 -j ACCEPT
+-A KUDO-FORWARD -o kudo0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A KUDO-FORWARD -o kudo0 -m conntrack --ctstate DNAT -j ACCEPT
+-A KUDO-FORWARD -i kudo-seg1 -j ACCEPT
+-A KUDO-FORWARD -o kudo-seg1 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A KUDO-FORWARD -o kudo-seg1 -m conntrack --ctstate DNAT -j ACCEPT
+"
+        );
+
+        let _servers = [
+            probe::serve(&from(1), Tcp, addr("0.0.0.0:80")).unwrap(),
+            probe::serve(&from(5), Tcp, addr("0.0.0.0:80")).unwrap(),
+            probe::serve(&netns("outside"), Tcp, addr("0.0.0.0:9000")).unwrap(),
+        ];
+        let (i1, i4, i5) = (address(1), address(4), address(5));
+        // Across the bridges, sources kept; the segment's instance out, masqueraded.
+        assert_eq!(seen(&from(1), Tcp, &at(5, 80)), i1.to_string());
+        assert_eq!(seen(&from(5), Tcp, &at(1, 80)), i5.to_string());
+        assert_eq!(seen(&from(4), Tcp, &at(5, 80)), i4.to_string());
+        assert_eq!(seen(&from(5), Tcp, "203.0.113.254:9000"), "203.0.113.1");
+        // The published port of the segment's instance: from outside, the client is seen;
+        // by hairpin from the node's bridge, the segment and the instance itself, the
+        // gateway is.
+        assert_eq!(
+            seen(&netns("outside"), Tcp, "203.0.113.1:8005"),
+            "203.0.113.254"
+        );
+        for i in [1, 4, 5] {
+            assert_eq!(
+                seen(&from(i), Tcp, "203.0.113.1:8005"),
+                "10.0.0.1",
+                "from {i}"
+            );
+        }
+        assert_eq!(seen(&Place::Here, Tcp, "127.0.0.1:8005"), "10.0.0.1");
+
+        // Without the segment's instances, the segment leaves the set and the chain.
+        state.write("node.yaml", &node(3, &[]));
+        apply_with_small_bridges(&mut dataplane, &nftables_desired(&state));
+        assert!(common::link(None, "kudo-seg1").is_none());
+        assert_eq!(
+            sh("nft list set inet kudonet bridges"),
+            bridges_set("\"kudo0\"")
+        );
+        assert!(!kudo_lines(false).contains("kudo-seg1"));
+        assert_eq!(seen(&from(2), Tcp, &at(1, 80)), address(2).to_string());
+
+        reconcile::teardown(&mut dataplane, &mut NoProgress).unwrap();
+        assert_eq!(nft_kudonet(), None);
+        assert_eq!(kudo_lines(false), "");
     });
 }

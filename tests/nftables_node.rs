@@ -9,7 +9,9 @@
 //! - switching between iptables and nftables both ways leaves the other one without a rule
 //!   of kudonet's, with packets proving each state, and teardown after each removes both;
 //! - `kudonet run --firewall nftables` repairs its table from kernel events, and the
-//!   forwarded paths work after each repair.
+//!   forwarded paths work after each repair;
+//! - a published port whose target changes (another instance port, another instance) is
+//!   changed by one transaction that replaces its elements alone, and packets follow.
 //!
 //! The node is dual-stack, as `tests/kernel_ipv6.rs`'s: uplink `eth0` (192.0.2.10/24,
 //! 2001:db8::10/64) to "outside" (192.0.2.254, 2001:db8::fe).
@@ -386,5 +388,132 @@ fn the_controller_repairs_its_table_from_events() {
         );
         assert_eq!(kudo_lines(false), "");
         assert_eq!(kudo_lines(true), "");
+    });
+}
+
+/// `nft -a list table inet kudonet`: the table with the handle of every set, chain and rule.
+fn listed_with_handles() -> String {
+    sh("nft -a list table inet kudonet")
+}
+
+/// `kudonet apply -v --firewall nftables` for `state`, which must succeed in one nf_tables
+/// transaction (the generation moves by exactly one); returns what `-v` printed.
+#[track_caller]
+fn apply_one_transaction(state: &StateDir) -> String {
+    let before = kudonet::kernel::firewall::nftables_generation().unwrap();
+    let run = kudonet_ok(Firewall::Nftables, &["apply", "-v", state.path()]);
+    let after = kudonet::kernel::firewall::nftables_generation().unwrap();
+    assert_eq!(
+        after,
+        before.wrapping_add(1),
+        "one transaction:\n{}",
+        run.stdout
+    );
+    run.stdout
+}
+
+#[test]
+fn a_port_with_a_new_target_changes_its_elements_only() {
+    common::sandboxed("a_port_with_a_new_target_changes_its_elements_only", || {
+        setup_outside_dual_stack();
+        let state = StateDir::new(DUAL);
+        kudonet_ok(Firewall::Nftables, &["apply", state.path()]);
+        let outside = netns("outside");
+        // Outside reaches port 8080 of the node in both families (`target` listening).
+        let reached = |target: &str| {
+            assert_eq!(
+                seen(&outside, Tcp, "192.0.2.10:8080"),
+                "192.0.2.254",
+                "{target}"
+            );
+            assert_eq!(
+                seen(&outside, Tcp, "[2001:db8::10]:8080"),
+                "2001:db8::fe",
+                "{target}"
+            );
+        };
+        let any = |port| format!("[::]:{port}").parse::<SocketAddr>().unwrap();
+        {
+            let _web80 = probe::serve(&netns("kudo-web"), Tcp, any(80)).unwrap();
+            reached("web:80");
+        }
+        let table = listed_with_handles();
+        let element = |instance: &str, v4: &str, v6: &str, port: u16| {
+            [
+                format!("tcp . 8080 comment \"{instance}\" : {v4} . {port}"),
+                format!("tcp . 8080 comment \"{instance}\" : {v6} . {port}"),
+            ]
+        };
+        let [web80_v4, web80_v6] = element("web", "10.0.0.2", "fd00:10::2", 80);
+        assert!(
+            table.contains(&web80_v4) && table.contains(&web80_v6),
+            "{table}"
+        );
+
+        // web's 8080 now leads to its port 81: both maps' element for tcp 8080 change.
+        let to_81 = DUAL.replacen(
+            "  - hostPort: 8080\n    instancePort: 80\n",
+            "  - hostPort: 8080\n    instancePort: 81\n",
+            1,
+        );
+        assert_ne!(to_81, DUAL);
+        state.write("node.yaml", &to_81);
+        let printed = apply_one_transaction(&state);
+        assert_eq!(
+            printed,
+            "~ nftables table inet kudonet\n    \
+             - element ports4 tcp . 8080 : 10.0.0.2 . 80  # web\n    \
+             + element ports4 tcp . 8080 : 10.0.0.2 . 81  # web\n    \
+             - element ports6 tcp . 8080 : fd00:10::2 . 80  # web\n    \
+             + element ports6 tcp . 8080 : fd00:10::2 . 81  # web\n\
+             Apply complete: 0 added, 1 changed, 0 destroyed.\n"
+        );
+        let [web81_v4, web81_v6] = element("web", "10.0.0.2", "fd00:10::2", 81);
+        assert_eq!(
+            listed_with_handles(),
+            table
+                .replace(&web80_v4, &web81_v4)
+                .replace(&web80_v6, &web81_v6),
+            "{printed}"
+        );
+        {
+            // Nothing listens on web's port 80 any more: an answer comes from 81.
+            let _web81 = probe::serve(&netns("kudo-web"), Tcp, any(81)).unwrap();
+            reached("web:81");
+        }
+
+        // 8080 moves from web to db (its port 81): the same key, another instance.
+        let to_db = DUAL
+            .replacen("  - hostPort: 8080\n    instancePort: 80\n", "", 1)
+            .replacen(
+                "address: [10.0.0.3/24, \"fd00:10::3/64\"]\n",
+                "address: [10.0.0.3/24, \"fd00:10::3/64\"]\n\
+                 ports:\n  - hostPort: 8080\n    instancePort: 81\n",
+                1,
+            );
+        assert!(to_db.ends_with("instancePort: 81\n"), "{to_db}");
+        state.write("node.yaml", &to_db);
+        let printed = apply_one_transaction(&state);
+        assert_eq!(
+            printed,
+            "~ nftables table inet kudonet\n    \
+             - element ports4 tcp . 8080 : 10.0.0.2 . 81  # web\n    \
+             + element ports4 tcp . 8080 : 10.0.0.3 . 81  # db\n    \
+             - element ports6 tcp . 8080 : fd00:10::2 . 81  # web\n    \
+             + element ports6 tcp . 8080 : fd00:10::3 . 81  # db\n\
+             Apply complete: 0 added, 1 changed, 0 destroyed.\n"
+        );
+        let [db81_v4, db81_v6] = element("db", "10.0.0.3", "fd00:10::3", 81);
+        assert_eq!(
+            listed_with_handles(),
+            table
+                .replace(&web80_v4, &db81_v4)
+                .replace(&web80_v6, &db81_v6),
+            "{printed}"
+        );
+        // Nothing listens in web: an answer comes from db.
+        let _db81 = probe::serve(&netns("kudo-db"), Tcp, any(81)).unwrap();
+        reached("db:81");
+        kudonet(&Firewall::Nftables.args(&["apply", state.path()])).expect(0, "No changes.\n", "");
     });
 }
