@@ -91,19 +91,24 @@ fn instances_without_an_address_get_the_lowest_free_one_and_keep_it() {
             .unwrap();
             assert_eq!(seen(&netns("kudo-a"), Tcp, "10.0.0.4:7777"), "10.0.0.3");
 
-            // a goes; aa comes, before b in name order: it gets a's old address, and b
-            // keeps the one it holds.
+            // a goes and aa comes, before b in name order: b keeps the address it holds,
+            // and aa does not get a's while a's namespace still holds it (in this pass).
             std::fs::remove_file(state.file("a.yaml")).unwrap();
             state.write("aa.yaml", &instance("aa"));
             kudonet(&["apply", state.path()]).expect_success();
             assert_eq!(
                 status(&state),
                 [
-                    "aa Ready 10.0.0.3/24,fd00:10::3/64",
+                    "aa Ready 10.0.0.5/24,fd00:10::5/64",
                     "b Ready 10.0.0.4/24,fd00:10::4/64",
                     "web Ready 10.0.0.2/24,fd00:10::2/64",
                 ]
             );
+            kudonet(&["apply", state.path()]).expect(0, "No changes.\n", "");
+            // The next newcomer gets the lowest free one: a's, now free.
+            state.write("c.yaml", &instance("c"));
+            kudonet(&["apply", state.path()]).expect_success();
+            assert_eq!(kernel_addresses("c"), "10.0.0.3/24,fd00:10::3/64");
 
             // A document naming b's address wins: b moves to the lowest free one.
             state.write(
@@ -114,12 +119,13 @@ fn instances_without_an_address_get_the_lowest_free_one_and_keep_it() {
             assert_eq!(
                 status(&state),
                 [
-                    "aa Ready 10.0.0.3/24,fd00:10::3/64",
-                    "b Ready 10.0.0.2/24,fd00:10::4/64",
+                    "aa Ready 10.0.0.5/24,fd00:10::5/64",
+                    "b Ready 10.0.0.6/24,fd00:10::4/64",
+                    "c Ready 10.0.0.3/24,fd00:10::3/64",
                     "web Ready 10.0.0.4/24,fd00:10::2/64",
                 ]
             );
-            assert_eq!(kernel_addresses("b"), "10.0.0.2/24,fd00:10::4/64");
+            assert_eq!(kernel_addresses("b"), "10.0.0.6/24,fd00:10::4/64");
             kudonet(&["apply", state.path()]).expect(0, "No changes.\n", "");
             kudonet(&["teardown"]).expect_success();
         },

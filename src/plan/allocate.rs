@@ -47,28 +47,48 @@ pub fn allocate(desired: &Desired, observed: &Observed) -> Allocation {
             exhausted: Vec::new(),
         };
     }
-    // Named by a document, or the gateway: never allocated.
+    // Named by a document, the gateway, or still on the eth0 of one of kudonet's
+    // namespaces (an instance going away in this pass, or one whose named address just
+    // changed): never allocated.
+    let in_use = observed
+        .namespaces
+        .values()
+        .filter(|namespace| namespace.owned)
+        .filter_map(|namespace| namespace.links.get(INSTANCE_INTERFACE))
+        .flat_map(|eth0| eth0.addresses.iter().map(IpInet::address));
     let mut taken: BTreeSet<IpAddr> = desired
         .instances
         .iter()
         .flat_map(|instance| instance.addresses.iter().map(IpInet::address))
         .chain(node.cidrs.iter().map(IpInet::address))
+        .chain(in_use)
+        .collect();
+    // Named by a document: an instance holding one of these must give it up.
+    let named: BTreeSet<IpAddr> = desired
+        .instances
+        .iter()
+        .flat_map(|instance| instance.addresses.iter().map(IpInet::address))
         .collect();
     let mut allocated: BTreeMap<String, Vec<IpInet>> = BTreeMap::new();
-    // First what each instance holds in the kernel, so that no new allocation takes it.
+    // First what each instance holds in the kernel (it is in `taken` already, so no new
+    // allocation takes it).
+    let mut kept: BTreeSet<IpAddr> = BTreeSet::new();
     for instance in &wanting {
         for family in node.families() {
-            if let Some(kept) = held(instance, family, node, observed)
-                && taken.insert(kept.address())
+            if let Some(address) = held(instance, family, node, observed, &named)
+                && kept.insert(address.address())
             {
                 allocated
                     .entry(instance.name.clone())
                     .or_default()
-                    .push(kept);
+                    .push(address);
             }
         }
     }
-    // Then the lowest free address, in name order.
+    // Then the lowest free address, in name order. Within this call `taken` only grows,
+    // so each family's search goes on from where the last one stopped (one walk of the
+    // subnet for all instances, not one each).
+    let mut next: BTreeMap<Family, u128> = BTreeMap::new();
     let mut exhausted = Vec::new();
     for instance in &wanting {
         for family in node.families() {
@@ -81,7 +101,10 @@ pub fn allocate(desired: &Desired, observed: &Observed) -> Allocation {
             let Some(cidr) = node.cidr(family) else {
                 continue;
             };
-            match lowest_free(cidr, &taken) {
+            let from = next
+                .entry(family)
+                .or_insert_with(|| u128_of(cidr.network().first_address()) + 1);
+            match lowest_free(cidr, &taken, from) {
                 Some(address) => {
                     taken.insert(address.address());
                     allocated
@@ -127,21 +150,28 @@ pub fn allocate(desired: &Desired, observed: &Observed) -> Allocation {
     }
 }
 
-/// The address of `family` the instance's `eth0` holds in the kernel, if it is one an
-/// allocation could have given: in the node's subnet, with its prefix, a host address other
-/// than the gateway.
-fn held(instance: &Instance, family: Family, node: &Node, observed: &Observed) -> Option<IpInet> {
+/// The address of `family` the instance's `eth0` holds in the kernel (in a namespace of
+/// kudonet's), if it is one an allocation could have given: in the node's subnet, with its
+/// prefix, a host address other than the gateway, not `named` by a document.
+fn held(
+    instance: &Instance,
+    family: Family,
+    node: &Node,
+    observed: &Observed,
+    named: &BTreeSet<IpAddr>,
+) -> Option<IpInet> {
     let cidr = node.cidr(family)?;
-    let eth0 = observed
-        .namespaces
-        .get(&instance.namespace())?
-        .links
-        .get(INSTANCE_INTERFACE)?;
+    let namespace = observed.namespaces.get(&instance.namespace())?;
+    if !namespace.owned {
+        return None;
+    }
+    let eth0 = namespace.links.get(INSTANCE_INTERFACE)?;
     eth0.addresses.iter().copied().find(|address| {
         address.network_length() == cidr.network_length()
             && address.network() == cidr.network()
             && address.address() != cidr.address()
             && is_host(cidr.network(), address.address())
+            && !named.contains(&address.address())
     })
 }
 
@@ -157,20 +187,18 @@ fn is_host(subnet: IpCidr, address: IpAddr) -> bool {
     }
 }
 
-/// The lowest host address of `cidr`'s subnet not in `taken`, with the subnet's prefix.
-fn lowest_free(cidr: IpInet, taken: &BTreeSet<IpAddr>) -> Option<IpInet> {
+/// The lowest host address of `cidr`'s subnet not in `taken`, from `from` on (every address
+/// below it is taken), with the subnet's prefix; `from` moves past it.
+fn lowest_free(cidr: IpInet, taken: &BTreeSet<IpAddr>, from: &mut u128) -> Option<IpInet> {
     let subnet = cidr.network();
-    let prefix = cidr.network_length();
-    let first = u128_of(subnet.first_address());
     let last = u128_of(subnet.last_address());
-    let mut candidate = first.checked_add(1)?;
     // Bounded by the taken addresses: each step past one of them moves on by one.
-    while candidate <= last {
-        let address = address_of(subnet.first_address(), candidate);
+    while *from <= last {
+        let address = address_of(subnet.first_address(), *from);
+        *from += 1;
         if !taken.contains(&address) && is_host(subnet, address) {
-            return IpInet::new(address, prefix).ok();
+            return IpInet::new(address, cidr.network_length()).ok();
         }
-        candidate += 1;
     }
     None
 }
@@ -299,6 +327,52 @@ mod tests {
             allocation.allocated["b"],
             ["10.0.0.3/24".parse::<IpInet>().unwrap()]
         );
+    }
+
+    #[test]
+    fn an_address_still_on_a_namespace_of_kudonets_is_not_given_again() {
+        // `old` is going (not desired) but its eth0 still holds 10.0.0.2; a foreign
+        // namespace's addresses are not kudonet's to count.
+        let desired = desired(&["10.0.0.1/24"], &[("new", &[])]);
+        let mut observed = Observed::default();
+        holding(&mut observed, "old", &["10.0.0.2/24"]);
+        holding(&mut observed, "foreign", &["10.0.0.3/24"]);
+        observed.namespaces.get_mut("kudo-foreign").unwrap().owned = false;
+        let allocation = allocate(&desired, &observed);
+        assert_eq!(
+            allocation.allocated["new"],
+            ["10.0.0.3/24".parse::<IpInet>().unwrap()]
+        );
+        // Nor is a foreign namespace of the instance's name its own.
+        holding(&mut observed, "new", &["10.0.0.9/24"]);
+        observed.namespaces.get_mut("kudo-new").unwrap().owned = false;
+        assert_eq!(
+            allocate(&desired, &observed).allocated["new"],
+            ["10.0.0.3/24".parse::<IpInet>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn fifty_thousand_instances_get_fifty_thousand_addresses() {
+        let names: Vec<String> = (0..50_000).map(|index| format!("i{index:05}")).collect();
+        let instances: Vec<(&str, &[&str])> =
+            names.iter().map(|name| (name.as_str(), &[][..])).collect();
+        let desired = desired(&["10.0.0.1/16", "fd00::1/64"], &instances);
+        let allocation = allocate(&desired, &Observed::default());
+        assert!(allocation.exhausted.is_empty());
+        let first = &allocation.desired.instances[0].addresses;
+        let last = &allocation.desired.instances[49_999].addresses;
+        assert_eq!(
+            (first[0].to_string(), first[1].to_string()),
+            ("10.0.0.2/16".to_string(), "fd00::2/64".to_string())
+        );
+        // From .2 on, the 50,000th is at offset 50,001 = 195 * 256 + 81 = 0xc351.
+        assert_eq!(
+            (last[0].to_string(), last[1].to_string()),
+            ("10.0.195.81/16".to_string(), "fd00::c351/64".to_string())
+        );
+        let distinct: BTreeSet<IpInet> = allocation.allocated.values().flatten().copied().collect();
+        assert_eq!(distinct.len(), 100_000);
     }
 
     #[test]
