@@ -162,13 +162,19 @@ pub fn converge(
         }
         outcome.failures.clear();
         progress.planned(planned.steps.iter().filter(wanted).count());
+        let mut nftables_failed = false;
         for Step { scope, action } in planned.steps.iter().filter(wanted) {
+            if nftables_failed && action.clears_iptables_nat() {
+                // Left for when kudonet's table is in place (it stays in the plan).
+                continue;
+            }
             match dataplane.apply(action) {
                 Ok(()) => {
                     progress.applied(action);
                     outcome.applied.push(action.clone());
                 }
                 Err(error) => {
+                    nftables_failed |= matches!(action, Action::SyncNftables { .. });
                     let failure = Failure {
                         scope: scope.clone(),
                         action: action.clone(),
@@ -691,5 +697,53 @@ mod tests {
         )
         .unwrap();
         assert_eq!(applied, outcome.applied);
+    }
+
+    /// A dataplane whose nftables cannot be written (a kernel without `nft_nat`, say).
+    struct NoNftables(MemoryDataplane);
+
+    impl Dataplane for NoNftables {
+        fn observe(&mut self) -> Result<Observed, DataplaneError> {
+            self.0.observe()
+        }
+
+        fn apply(&mut self, action: &Action) -> Result<(), DataplaneError> {
+            match action {
+                Action::SyncNftables { .. } => Err(DataplaneError::action(
+                    action,
+                    crate::dataplane::Cause::new(std::io::Error::from_raw_os_error(95), false),
+                )),
+                _ => self.0.apply(action),
+            }
+        }
+    }
+
+    #[test]
+    fn iptables_keeps_kudonets_translations_while_the_nftables_table_cannot_be_written() {
+        let mut desired = desired();
+        let mut dataplane = NoNftables(MemoryDataplane::new(Observed::default()));
+        converge(&mut dataplane, &desired, &BTreeSet::new(), &mut NoProgress).unwrap();
+        let nat = crate::observed::TableId::new(crate::spec::Family::Ipv4, crate::names::NAT);
+        let built = dataplane.0.state.firewall[&nat].clone();
+        assert!(built.has_kudonet_rules());
+
+        desired.firewall = crate::spec::FirewallBackend::Nftables;
+        let outcome =
+            converge(&mut dataplane, &desired, &BTreeSet::new(), &mut NoProgress).unwrap();
+        assert_eq!(
+            outcome.failures[0].to_string(),
+            "+ nftables table inet kudonet: Operation not supported (os error 95)"
+        );
+        // The nat rules stay in iptables (and in the plan); the forward accepts, which
+        // nothing drops here, go.
+        assert_eq!(dataplane.0.state.firewall[&nat], built);
+        assert!(
+            outcome
+                .remaining
+                .actions()
+                .any(|action| action.clears_iptables_nat())
+        );
+        let filter = crate::observed::TableId::new(crate::spec::Family::Ipv4, crate::names::FILTER);
+        assert!(!dataplane.0.state.firewall[&filter].has_kudonet_rules());
     }
 }

@@ -310,6 +310,15 @@ impl Action {
         matches!(self, Action::PurgeOtherBackend { .. })
     }
 
+    /// Whether the action takes kudonet's rules away from iptables' `nat` tables: planned
+    /// with the nftables backend right after [`Action::SyncNftables`], it must not run
+    /// when that failed, or the node would be left without translation rules anywhere
+    /// (a kernel without `nft_fib` or `nft_nat`, say): the iptables ones keep working.
+    pub fn clears_iptables_nat(&self) -> bool {
+        matches!(self, Action::SyncTable { table, chains, .. }
+            if table.name == crate::names::NAT && chains.is_empty())
+    }
+
     /// A stable snake_case name of the action's kind, for metrics labels.
     pub fn kind(&self) -> &'static str {
         match self {
