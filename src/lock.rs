@@ -37,6 +37,17 @@ const POLL_MAX: Duration = Duration::from_millis(50);
 pub struct NodeLock {
     _lock: Flock<File>,
     pub path: PathBuf,
+    /// Whether the last holder before this one was another process (or is unknown): what
+    /// it did under the lock, this process has not seen.
+    others_held_it: bool,
+}
+
+impl NodeLock {
+    /// Whether someone else held the lock since this process last did (or that cannot be
+    /// told): a holder may have changed the desired state and the node meanwhile.
+    pub fn others_held_it(&self) -> bool {
+        self.others_held_it
+    }
 }
 
 /// Who holds a lock, as far as the kernel says (`/proc/locks`).
@@ -175,14 +186,23 @@ fn lock(
                 if file_id(folder.as_fd(), name) != Some(id) {
                     continue;
                 }
-                // Who holds it, for the message another kudonet prints.
-                let write_holder = |file: &mut File| -> io::Result<()> {
+                // Who holds it, for the message another kudonet prints; and who held it
+                // last (the file keeps the last holder's line after it lets go).
+                let holder = format!("{} {node}\n", std::process::id());
+                let mut previous = String::new();
+                let mut write_holder = |file: &mut File| -> io::Result<()> {
+                    file.rewind()?;
+                    let _ = file.read_to_string(&mut previous);
                     file.set_len(0)?;
                     file.rewind()?;
-                    writeln!(file, "{} {node}", std::process::id())
+                    file.write_all(holder.as_bytes())
                 };
                 write_holder(&mut lock).map_err(io_error)?;
-                return Ok(NodeLock { _lock: lock, path });
+                return Ok(NodeLock {
+                    _lock: lock,
+                    path,
+                    others_held_it: previous != holder,
+                });
             }
             Err((mut file, Errno::EWOULDBLOCK)) => {
                 let (holder, untrusted, trusted_seen) = holder_of(&mut file, id);

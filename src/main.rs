@@ -346,9 +346,11 @@ fn print_warnings(conditions: &[reconcile::Condition]) {
 }
 
 fn apply(cli: &Cli, dir: &Path, node: Option<&str>) -> CommandResult {
-    let (spec, desired) = load(cli, dir, node).map_err(|error| error.to_string())?;
+    let (_, desired) = load(cli, dir, node).map_err(|error| error.to_string())?;
     let mut dataplane = dataplane(cli, "apply")?;
     let _lock = wait_for_change_lock(&desired.node.name)?;
+    // Read again under the lock: whoever held it (a library call) may have changed DIR.
+    let (spec, desired) = load(cli, dir, node).map_err(|error| error.to_string())?;
     let mut report = Report::new(cli.verbose > 0, cli.quiet);
     let outcome = reconcile::converge(&mut dataplane, &desired, &Default::default(), &mut report);
     // Cleared before anything else is printed.

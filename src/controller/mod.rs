@@ -277,16 +277,24 @@ impl Controller {
     }
 
     /// Reads the directory; keeps the last valid desired state when it is invalid.
+    /// `desired`, read from DIR and valid, is what is in force from now on.
+    fn accept_desired(&mut self, spec: crate::spec::Spec, desired: Desired) {
+        if !self.errors.is_empty() {
+            info!("the desired state is valid again");
+        }
+        self.errors.clear();
+        self.desired = Some(desired);
+        self.spec = Some(spec);
+        self.metrics
+            .desired_valid
+            .set(i64::from(self.machine_errors.is_empty()));
+    }
+
     fn reload(&mut self) {
         match load_desired(&self.options.dir, self.options.node.as_deref()) {
             Ok((spec, mut desired)) => {
                 desired.firewall = self.options.firewall;
-                if !self.errors.is_empty() {
-                    info!("the desired state is valid again");
-                }
-                self.errors.clear();
-                self.desired = Some(desired);
-                self.spec = Some(spec);
+                self.accept_desired(spec, desired);
             }
             Err(problem) => {
                 let errors: Vec<String> = problem.to_string().lines().map(str::to_string).collect();
@@ -357,21 +365,31 @@ impl Controller {
             };
             let mut reread = None;
             let result = match lock::wait_lock(&lock_dir, &job_desired.node.name, wait, waiting) {
-                Ok(_change) => {
+                Ok(change) => {
                     // Taken once the lock is held: what others change from now on raises
                     // events noted for the next pass.
                     dataplane.changed(changes_since_last_pass(events.as_ref(), everything));
-                    // Whoever held the lock (a library call, an apply) may have changed DIR
-                    // before releasing it: converging what was read before would undo
-                    // their change until the next pass. Read DIR again then, under the lock.
-                    if waited || triggers.change_waiting() {
-                        reread =
-                            load_desired(&dir, node.as_deref())
-                                .ok()
-                                .map(|(spec, mut desired)| {
-                                    desired.firewall = firewall;
-                                    (spec, desired)
-                                });
+                    // Whoever held the lock since this controller's last pass (a library
+                    // call, an apply) may have changed DIR before releasing it, whether this
+                    // pass waited for it or came just after: converging what was read before
+                    // would undo their change until the next pass. Read DIR again then, under
+                    // the lock.
+                    if waited || change.others_held_it() || triggers.change_waiting() {
+                        reread = match load_desired(&dir, node.as_deref()) {
+                            // Under this node's lock: another node's DIR waits for its pass.
+                            Ok((spec, mut desired))
+                                if desired.node.name == job_desired.node.name =>
+                            {
+                                desired.firewall = firewall;
+                                Some((spec, desired))
+                            }
+                            Ok(_) => None,
+                            Err(problem) => {
+                                // The next pass reports it; this one converges what was valid.
+                                info!("the desired state changed under the lock and is invalid: {problem}");
+                                None
+                            }
+                        };
                     }
                     let desired = reread.as_ref().map_or(&job_desired, |(_, desired)| desired);
                     Ok(reconcile::converge(
@@ -388,11 +406,13 @@ impl Controller {
         .await
         .map_err(ControllerError::Pass)?;
         self.dataplane = Some(dataplane);
+        let mut work = work;
         let desired = match reread {
-            Some((spec, desired)) => {
-                self.spec = Some(spec);
-                self.desired = Some(desired.clone());
-                desired
+            Some((spec, reread)) => {
+                // What changed came from DIR, not from behind kudonet's back.
+                work.desired_changed |= reread != desired;
+                self.accept_desired(spec, reread.clone());
+                reread
             }
             None => desired,
         };
