@@ -5,6 +5,7 @@
 //! - `node`: optional, the node to plan for (`--node`);
 //! - `bridge-instances`: optional, how many instances a bridge holds (500 but here), so that
 //!   a case has segments with few instances;
+//! - `firewall`: optional, the firewall backend (`nftables`; else iptables);
 //! - `expected.plan`: the plan, exactly as `kudonet plan` prints it.
 //!
 //! `UPDATE_GOLDEN=1 cargo test --test plan_golden` rewrites the expectations; review the diff.
@@ -34,7 +35,16 @@ fn run_case(case: &Path) -> Result<(), String> {
                 .map_err(|e| format!("bridge-instances: {e}"))?,
             Err(_) => BRIDGE_INSTANCES,
         };
-        plan_with_bridge_instances(&spec.desired_for(node), &observed, bridge_instances).to_string()
+        let mut desired = spec.desired_for(node);
+        desired.firewall = match fs::read_to_string(case.join("firewall"))
+            .as_deref()
+            .map(str::trim)
+        {
+            Ok("nftables") => spec::FirewallBackend::Nftables,
+            Ok(other) => return Err(format!("firewall: {other:?} is not nftables")),
+            Err(_) => spec::FirewallBackend::Iptables,
+        };
+        plan_with_bridge_instances(&desired, &observed, bridge_instances).to_string()
     } else {
         plan_teardown(&observed).to_string()
     };

@@ -90,6 +90,7 @@ fn desired(u: &mut Unstructured) -> Result<Desired> {
         instances,
         cluster,
         peers,
+        nftables: u.arbitrary()?,
     }
     .build())
 }

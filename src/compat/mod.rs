@@ -107,7 +107,8 @@ pub(crate) fn instance_name(instance_id: &str) -> Result<String, NetworkError> {
 /// state; with [`Scope::Instance`], everything but what is for the other instances: the
 /// node itself and this instance (present or, once cleaned, gone).
 pub(crate) fn converge(config: &Config, node: &str, scope: Scope) -> Result<(), NetworkError> {
-    let (_, desired) = load_desired(&config.state_dir, Some(node)).map_err(|error| {
+    let firewall = config.firewall()?;
+    let (_, mut desired) = load_desired(&config.state_dir, Some(node)).map_err(|error| {
         NetworkError::InvalidState {
             state_dir: config.state_dir.clone(),
             reason: match error {
@@ -116,6 +117,7 @@ pub(crate) fn converge(config: &Config, node: &str, scope: Scope) -> Result<(), 
             },
         }
     })?;
+    desired.firewall = firewall;
     let mut dataplane = KernelDataplane::new(&config.netns_dir)?;
     let outcome = reconcile::converge(
         &mut dataplane,

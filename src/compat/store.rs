@@ -22,6 +22,10 @@ pub const NETNS_DIR_ENV: &str = "KUDONET_NETNS_DIR";
 /// The netns directory when [`NETNS_DIR_ENV`] is not set.
 pub const DEFAULT_NETNS_DIR: &str = "/run/netns";
 
+/// Environment variable naming the firewall backend (what `--firewall` is to the CLI):
+/// `iptables` (the default) or `nftables`.
+pub const FIREWALL_ENV: &str = "KUDONET_FIREWALL";
+
 /// The file recording the node, relative to the state directory.
 pub(crate) const NODE_FILE: &str = "node.yaml";
 /// The folder of the instance files, relative to the state directory.
@@ -38,6 +42,8 @@ fn from_env(variable: &str, default: &str) -> PathBuf {
 pub(crate) struct Config {
     pub state_dir: PathBuf,
     pub netns_dir: PathBuf,
+    /// [`FIREWALL_ENV`] as set, if set and not empty.
+    pub firewall: Option<String>,
 }
 
 impl Config {
@@ -45,6 +51,21 @@ impl Config {
         Config {
             state_dir: from_env(STATE_DIR_ENV, DEFAULT_STATE_DIR),
             netns_dir: from_env(NETNS_DIR_ENV, DEFAULT_NETNS_DIR),
+            firewall: std::env::var(FIREWALL_ENV)
+                .ok()
+                .filter(|value| !value.is_empty()),
+        }
+    }
+
+    /// The firewall backend [`FIREWALL_ENV`] names (iptables when unset): the library must
+    /// use the one `kudonet run` uses on the node, or each would undo the other's rules.
+    pub fn firewall(&self) -> Result<crate::spec::FirewallBackend, NetworkError> {
+        match self.firewall.as_deref() {
+            None | Some("iptables") => Ok(crate::spec::FirewallBackend::Iptables),
+            Some("nftables") => Ok(crate::spec::FirewallBackend::Nftables),
+            Some(other) => Err(NetworkError::InvalidRequest {
+                reason: format!("{FIREWALL_ENV}={other:?}: expected iptables or nftables"),
+            }),
         }
     }
 
@@ -536,6 +557,7 @@ mod tests {
         let config = Config {
             state_dir: dir.path().join("state"),
             netns_dir: PathBuf::from(DEFAULT_NETNS_DIR),
+            firewall: None,
         };
         assert!(
             commit(

@@ -24,8 +24,9 @@
 //! so [`setup_iptables`](crate::node::setup_iptables) can restore the node), or the value of
 //! the environment variable [`STATE_DIR_ENV`] (`KUDONET_STATE_DIR`) when set. Instance
 //! namespaces go to [`DEFAULT_NETNS_DIR`] (`/run/netns`), or [`NETNS_DIR_ENV`]
-//! (`KUDONET_NETNS_DIR`), which means what `--netns-dir` means to the command line. Both
-//! are read at each call.
+//! (`KUDONET_NETNS_DIR`), which means what `--netns-dir` means to the command line. The
+//! firewall backend is iptables, or what [`FIREWALL_ENV`] (`KUDONET_FIREWALL`) names, as
+//! `--firewall` does. All are read at each call.
 //!
 //! Files are written atomically (a hidden temporary file renamed into place) after the
 //! whole directory, as it would be, has been validated: an invalid request leaves it as it
@@ -39,7 +40,7 @@
 pub use crate::compat::error::NetworkError;
 pub use crate::compat::inet::IntoIpv4Inet;
 pub use crate::compat::store::{
-    DEFAULT_NETNS_DIR, DEFAULT_STATE_DIR, NETNS_DIR_ENV, STATE_DIR_ENV,
+    DEFAULT_NETNS_DIR, DEFAULT_STATE_DIR, FIREWALL_ENV, NETNS_DIR_ENV, STATE_DIR_ENV,
 };
 
 use std::path::PathBuf;

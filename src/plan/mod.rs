@@ -1358,6 +1358,102 @@ mod tests {
     }
 
     #[test]
+    fn switching_the_firewall_backend_moves_every_rule_and_teardown_clears_both() {
+        let mut desired = Desired {
+            cluster: None,
+            node: node("a", &["10.0.0.1/24", "fd00:10::1/64"], &[]),
+            peers: Vec::new(),
+            instances: Vec::new(),
+            firewall: FirewallBackend::Iptables,
+        };
+        let owned_tables = |observed: &Observed| {
+            observed
+                .firewall
+                .iter()
+                .filter(|(_, table)| table.has_kudonet_rules())
+                .map(|(table, _)| table.to_string())
+                .collect::<Vec<_>>()
+        };
+        let mut dataplane = MemoryDataplane::new(fresh_node());
+        converge(&mut dataplane, &desired);
+        assert_eq!(
+            owned_tables(&dataplane.state),
+            ["filter", "nat", "ip6 filter", "ip6 nat"]
+        );
+        assert_eq!(dataplane.state.nftables, None);
+
+        desired.firewall = FirewallBackend::Nftables;
+        let plans = converge(&mut dataplane, &desired);
+        assert_eq!(plans.len(), 1, "one pass switches");
+        assert!(owned_tables(&dataplane.state).is_empty());
+        let ruleset = dataplane.state.nftables.clone().unwrap();
+        assert_eq!(
+            ruleset.chains.keys().collect::<Vec<_>>(),
+            ["forward", "output", "ports", "postrouting", "prerouting"]
+        );
+
+        // Docker sets iptables' FORWARD policy to DROP: kudonet's owned chain accepts its
+        // traffic there, in that family only; when the policy goes, so does the chain.
+        dataplane.state.iptables_forward_drops.insert(Family::Ipv4);
+        converge(&mut dataplane, &desired);
+        assert_eq!(owned_tables(&dataplane.state), ["filter"]);
+        assert_eq!(dataplane.state.nftables.as_ref(), Some(&ruleset));
+        dataplane.state.iptables_forward_drops.clear();
+        converge(&mut dataplane, &desired);
+        assert!(owned_tables(&dataplane.state).is_empty());
+
+        desired.firewall = FirewallBackend::Iptables;
+        let plans = converge(&mut dataplane, &desired);
+        assert!(
+            plans[0]
+                .to_string()
+                .contains("- nftables table inet kudonet\n")
+        );
+        assert_eq!(dataplane.state.nftables, None);
+        assert_eq!(owned_tables(&dataplane.state).len(), 4);
+
+        // Teardown removes both backends' rules, whichever is in use.
+        desired.firewall = FirewallBackend::Nftables;
+        dataplane.state.iptables_forward_drops.insert(Family::Ipv6);
+        converge(&mut dataplane, &desired);
+        assert_eq!(owned_tables(&dataplane.state), ["ip6 filter"]);
+        for action in plan_teardown(&dataplane.state).actions() {
+            dataplane.apply(action).unwrap();
+        }
+        assert!(owned_tables(&dataplane.state).is_empty());
+        assert_eq!(dataplane.state.nftables, None);
+    }
+
+    #[test]
+    fn a_foreign_table_named_like_kudonets_is_a_conflict_and_left_alone() {
+        let desired = Desired {
+            cluster: None,
+            node: node("a", &["10.0.0.1/24"], &[]),
+            peers: Vec::new(),
+            instances: Vec::new(),
+            firewall: FirewallBackend::Nftables,
+        };
+        let mut observed = fresh_node();
+        observed.foreign_nftables = true;
+        let planned = plan(&desired, &observed);
+        assert!(
+            !planned
+                .actions()
+                .any(|action| matches!(action, Action::SyncNftables { .. }))
+        );
+        assert_eq!(
+            planned.conflicts[0].message,
+            "nftables table inet kudonet exists without kudonet's comment: it is someone else's, \
+             so kudonet writes none of its rules (rename or delete that table)"
+        );
+        assert!(
+            !plan_teardown(&observed)
+                .actions()
+                .any(|action| matches!(action, Action::DeleteNftables))
+        );
+    }
+
+    #[test]
     fn each_family_is_masqueraded_behind_the_uplink_of_its_default_route() {
         let desired = Desired {
             cluster: None,

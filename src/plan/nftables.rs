@@ -1,5 +1,5 @@
-//! The nftables table a node needs, `inet kudonet`: the same promises as the iptables
-//! chains of [`super::firewall`], for both families in one table, with published ports in
+//! The nftables table a node needs, `inet kudonet`: the same promises as the `KUDO-*`
+//! chains of the iptables backend, for both families in one table, with published ports in
 //! maps so that a packet costs one lookup however many instances the node has.
 //!
 //! ```text

@@ -391,7 +391,7 @@ pub struct Foreign {
     pub forward_rules: Vec<&'static str>,
     /// In ip6tables' FORWARD.
     pub forward_rules6: Vec<&'static str>,
-    /// DOCKER-USER in filter.
+    /// DOCKER-USER in filter, and the FORWARD policy DROP Docker sets.
     pub other_chain: bool,
     /// Docker's MASQUERADE in nat POSTROUTING, of iptables and ip6tables.
     pub nat_rule: bool,
@@ -467,6 +467,9 @@ pub fn add_foreign(state: &mut Observed, foreign: &Foreign) {
         filter
             .chains
             .insert("DOCKER-USER".to_string(), vec!["-j RETURN".to_string()]);
+        // Docker sets iptables' FORWARD policy to DROP (the nftables backend then keeps
+        // its KUDO-FORWARD chain in iptables' filter table).
+        state.iptables_forward_drops.insert(Family::Ipv4);
     }
     if foreign.nat_rule {
         let nat = state
