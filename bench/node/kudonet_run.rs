@@ -45,13 +45,22 @@ pub struct Mode {
     pub nftables: bool,
 }
 
-/// Programs kudonet may run (all of them are the iptables family; `nft` in case a backend
-/// ever shells out): each is wrapped to count its calls.
-const PROGRAMS: [&str; 5] = [
+/// Programs kudonet may run (the iptables family, also of the other backend, which it reads
+/// for leftovers; `nft` in case a backend ever shells out): each is wrapped to count its
+/// calls.
+const PROGRAMS: [&str; 13] = [
     "iptables-save",
     "iptables-restore",
     "ip6tables-save",
     "ip6tables-restore",
+    "iptables-legacy-save",
+    "iptables-legacy-restore",
+    "ip6tables-legacy-save",
+    "ip6tables-legacy-restore",
+    "iptables-nft-save",
+    "iptables-nft-restore",
+    "ip6tables-nft-save",
+    "ip6tables-nft-restore",
     "nft",
 ];
 
@@ -78,13 +87,14 @@ pub fn run(
     } else {
         &[]
     };
-    let apply: Vec<&str> = std::iter::once("apply").chain(firewall.iter().copied()).collect();
+    let apply: Vec<&str> = std::iter::once("apply")
+        .chain(firewall.iter().copied())
+        .collect();
     let mut netlink = Netlink::open().map_err(|error| error.to_string())?;
     let mut generation = Generation::open().map_err(|error| format!("nf_tables: {error}"))?;
     // The nf_tables generation moves once per commit to the ruleset (a netlink transaction,
     // an iptables-nft restore): its difference counts them.
     let mut generation_now = || generation.current().unwrap_or(0);
-
 
     // Cold apply: the real binaries, no wrapper.
     let started = Instant::now();
@@ -104,7 +114,10 @@ pub fn run(
         "noop_apply_s".into(),
         json!(started.elapsed().as_secs_f64()),
     );
-    result.insert("noop_apply_commits".into(), json!(generation_now().wrapping_sub(before)));
+    result.insert(
+        "noop_apply_commits".into(),
+        json!(generation_now().wrapping_sub(before)),
+    );
     result.insert("noop_apply_actions".into(), json!(applied(&output)));
     result.insert(
         "noop_apply_restores".into(),
@@ -122,7 +135,10 @@ pub fn run(
     let started = Instant::now();
     kudonet(&apply, &work.join("plus/state"), None)?;
     result.insert("add_one_s".into(), json!(started.elapsed().as_secs_f64()));
-    result.insert("add_one_commits".into(), json!(generation_now().wrapping_sub(before)));
+    result.insert(
+        "add_one_commits".into(),
+        json!(generation_now().wrapping_sub(before)),
+    );
     let started = Instant::now();
     kudonet(&apply, &state, None)?;
     kernel::wait_host_veths(&mut netlink, n)?;
@@ -147,7 +163,10 @@ pub fn run(
         "flush_repair_s".into(),
         json!(started.elapsed().as_secs_f64()),
     );
-    result.insert("flush_repair_commits".into(), json!(generation_now().wrapping_sub(before)));
+    result.insert(
+        "flush_repair_commits".into(),
+        json!(generation_now().wrapping_sub(before)),
+    );
     result.insert("flush_repair_actions".into(), json!(applied(&output)));
     if first_round && result.get("verified") == Some(&json!(true)) {
         let after = kernel::verdict(&instances);
@@ -265,37 +284,43 @@ pub fn run(
     Ok(())
 }
 
-/// Writes wrappers of [`PROGRAMS`] (those installed) into WORK/bin that log each call to
-/// WORK/calls; the PATH that finds them first.
+/// Writes wrappers of [`PROGRAMS`] (those installed) that log each call to WORK/calls; the
+/// PATH that finds them first. kudonet tells the nf_tables iptables from the legacy one by
+/// the name of the binary a program resolves to (`xtables-nft-multi`), so each wrapper is
+/// a symbolic link WORK/bin/PROGRAM to a script of that same name (WORK/bin/real/NAME),
+/// which logs the name it was called by and runs the real program of that name.
 fn counting_wrappers(work: &Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
     let bin = work.join("bin");
-    let calls = work.join("calls");
+    let scripts = bin.join("real");
+    std::fs::create_dir_all(&scripts).unwrap();
+    let path = std::env::var("PATH").unwrap_or_default();
+    let script = format!(
+        "#!/bin/sh\nname=${{0##*/}}\necho \"$name\" >>{}\nPATH={path} exec \"$name\" \"$@\"\n",
+        work.join("calls").display()
+    );
     for program in PROGRAMS {
-        let real = Command::new("bash")
-            .args(["-c", &format!("command -v {program}")])
-            .output()
-            .unwrap();
-        let real = String::from_utf8_lossy(&real.stdout).trim().to_string();
-        if real.is_empty() {
-            continue;
-        }
-        let wrapper = bin.join(program);
-        std::fs::write(
-            &wrapper,
-            format!(
-                "#!/bin/sh\necho {program} >>{}\nexec {real} \"$@\"\n",
-                calls.display()
-            ),
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let Ok(real) = which(program).and_then(std::fs::canonicalize) else {
+            continue; // not installed
+        };
+        let target = scripts.join(real.file_name().unwrap());
+        std::fs::write(&target, &script).unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let link = bin.join(program);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&target, &link).unwrap();
     }
-    format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    )
+    format!("{}:{path}", bin.display())
+}
+
+/// Where `program` is in PATH.
+fn which(program: &str) -> std::io::Result<std::path::PathBuf> {
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(|dir| Path::new(dir).join(program))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
 }
 
 /// Actions an `apply` carried out, from its summary line (0 for "No changes.").

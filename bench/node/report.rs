@@ -252,11 +252,16 @@ fn print_nftables(entries: &[Value]) {
     );
     print!("{:>5} |", "N");
     for (_, heading) in &NFT_FIGURES[..4] {
-        print!(" {:>8} {:>8} {:>6} |", format!("{heading} ipt"), "nft", "n/i");
+        print!(
+            " {:>8} {:>8} {:>6} |",
+            format!("{heading} ipt"),
+            "nft",
+            "n/i"
+        );
     }
     println!();
     for entry in entries.iter().filter(ran) {
-        print!("{:>5} |", entry["n"]);
+        print!("{:>5} |", entry["n"].as_u64().unwrap_or(0));
         for (key, _) in &NFT_FIGURES[..4] {
             print!(
                 " {:>8} {:>8} {:>6} |",
@@ -274,12 +279,9 @@ fn print_nftables(entries: &[Value]) {
     }
     println!();
     for entry in entries.iter().filter(ran) {
-        print!("{:>5} |", entry["n"]);
+        print!("{:>5} |", entry["n"].as_u64().unwrap_or(0));
         for (key, _) in &NFT_FIGURES {
-            print!(
-                " {:>7}",
-                ratio(entry, &format!("nft_over_iptables_{key}"))
-            );
+            print!(" {:>7}", ratio(entry, &format!("nft_over_iptables_{key}")));
         }
         println!();
     }
@@ -287,7 +289,7 @@ fn print_nftables(entries: &[Value]) {
         let count = |system: &str, key: &str| cell(entry, system, key, 0);
         println!(
             "N={}: no-op apply, processes started and ruleset commits in all runs: iptables {} and {} ({} runs), nftables {} and {} ({} runs); commits (median) of +1: iptables {}, nftables {}; of the flushed ruleset's repair: iptables {}, nftables {}",
-            entry["n"],
+            entry["n"].as_u64().unwrap_or(0),
             count("kudonet", "noop_apply_processes_total"),
             count("kudonet", "noop_apply_commits_total"),
             count("kudonet", "rounds"),
