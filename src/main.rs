@@ -308,7 +308,8 @@ fn plural(count: usize) -> &'static str {
 /// The kernel dataplane of this node, after checking privileges.
 fn dataplane(cli: &Cli, command: &str) -> Result<KernelDataplane, String> {
     privileges::require(command, privileges::NODE_ADMIN).map_err(|missing| missing.to_string())?;
-    KernelDataplane::new(&cli.netns_dir).map_err(|error| error.to_string())
+    KernelDataplane::for_backend(&cli.netns_dir, cli.firewall.into())
+        .map_err(|error| error.to_string())
 }
 
 fn observe(dataplane: &mut KernelDataplane) -> Result<Observed, String> {

@@ -136,7 +136,7 @@ pub async fn run(options: Options) -> Result<(), ControllerError> {
             }),
         )?;
     }
-    let mut dataplane = KernelDataplane::new(&options.netns_dir)?;
+    let mut dataplane = KernelDataplane::for_backend(&options.netns_dir, options.firewall)?;
     let _ = std::fs::create_dir_all(&options.netns_dir);
     let netns_watcher = DirWatcher::new(&options.netns_dir, false, &triggers, Trigger::Kernel)
         .map_err(|error| warn!(dir = %options.netns_dir.display(), %error, "cannot watch the netns directory"))

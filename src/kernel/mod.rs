@@ -18,8 +18,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use firewall::{FirewallDriver, IptablesFirewall};
+use firewall::{FirewallDriver, IptablesFirewall, NftablesFirewall};
 use netlink::netfilter::Generation;
+use netlink::nftables::{self as nft, TableState};
 use netlink::route::{RawLink, parse_link};
 use netlink::{Netlink, NetlinkError};
 use netns::NamespaceSockets;
@@ -37,7 +38,7 @@ type NamespaceRelease = Box<dyn FnMut(&Path) + Send>;
 
 pub struct KernelDataplane {
     netns_dir: PathBuf,
-    /// The firewall backend (iptables today), behind its seam.
+    /// The firewall backend (iptables or nftables), behind its seam.
     firewall: Box<dyn FirewallDriver + Send>,
     /// A socket in the node's namespace (the one kudonet runs in).
     host: Netlink,
@@ -72,6 +73,20 @@ impl KernelDataplane {
     /// `PATH` or the sbin folders).
     pub fn new(netns_dir: &Path) -> Result<KernelDataplane, DataplaneError> {
         KernelDataplane::with_firewall(netns_dir, Box::new(IptablesFirewall::new()))
+    }
+
+    /// As [`KernelDataplane::new`], with the firewall of `backend`: for nftables, the kernel
+    /// must answer nf_tables requests, and iptables need not be installed.
+    pub fn for_backend(
+        netns_dir: &Path,
+        backend: crate::spec::FirewallBackend,
+    ) -> Result<KernelDataplane, DataplaneError> {
+        match backend {
+            crate::spec::FirewallBackend::Iptables => KernelDataplane::new(netns_dir),
+            crate::spec::FirewallBackend::Nftables => {
+                KernelDataplane::with_firewall(netns_dir, Box::new(NftablesFirewall::new()))
+            }
+        }
     }
 
     /// As [`KernelDataplane::new`], with the firewall backend `firewall`.
@@ -523,12 +538,80 @@ impl KernelDataplane {
                 .firewall
                 .purge_other_backend(table)
                 .map_err(Cause::from),
-            Action::SyncNftables { .. } | Action::DeleteNftables => Err(Cause::new(
-                std::io::Error::other("the nftables backend is not written yet"),
-                false,
-            )),
+            Action::SyncNftables { ruleset, .. } => self.sync_nftables(ruleset),
+            Action::DeleteNftables => self.delete_nftables(),
         }
     }
+
+    /// kudonet's nftables table now, and the generation it is at: as observed while the
+    /// generation has not moved since, else read.
+    fn nftables_now(&mut self) -> Result<(&mut Generation, u32, TableState), Cause> {
+        let generation = self.generation.as_mut().ok_or_else(|| {
+            Cause::new(
+                std::io::Error::other("nftables is not available in this kernel"),
+                false,
+            )
+        })?;
+        let before = generation
+            .current()
+            .map_err(|error| Cause::io("nftables: read the generation", error))?;
+        let state = match self.snapshot.firewall().nftables_at(before) {
+            Some(state) => state,
+            None => generation
+                .read_kudonet()
+                .map_err(|error| Cause::io("nftables: read table inet kudonet", error))?,
+        };
+        Ok((generation, before, state))
+    }
+
+    /// Makes kudonet's table `ruleset` in one transaction: nothing when it is already,
+    /// only elements when only they differ, else the whole table replaced atomically.
+    fn sync_nftables(&mut self, ruleset: &crate::nftables::Ruleset) -> Result<(), Cause> {
+        let (generation, before, state) = self.nftables_now()?;
+        let current = match &state {
+            TableState::Foreign => return Err(foreign_nftables("change")),
+            TableState::Absent => None,
+            TableState::Ours(current) => Some(current),
+        };
+        let messages = match crate::nftables::Change::between(current, ruleset) {
+            crate::nftables::Change::None => return Ok(()),
+            crate::nftables::Change::Elements { add, delete } => nft::elements_batch(&add, &delete),
+            crate::nftables::Change::Replace => nft::replace_batch(ruleset),
+        };
+        let after = generation.commit(&messages).map_err(Cause::from)?;
+        self.snapshot.firewall_mut().wrote_nftables(
+            before,
+            after,
+            TableState::Ours(ruleset.clone()),
+        );
+        Ok(())
+    }
+
+    /// Deletes kudonet's table, never someone else's of the same name.
+    fn delete_nftables(&mut self) -> Result<(), Cause> {
+        let (generation, before, state) = self.nftables_now()?;
+        match state {
+            TableState::Absent => Ok(()),
+            TableState::Foreign => Err(foreign_nftables("delete")),
+            TableState::Ours(_) => {
+                let after = generation
+                    .commit(&nft::delete_batch())
+                    .map_err(Cause::from)?;
+                self.snapshot
+                    .firewall_mut()
+                    .wrote_nftables(before, after, TableState::Absent);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The refusal to touch an `inet kudonet` table without kudonet's comment.
+fn foreign_nftables(verb: &str) -> Cause {
+    Cause::refusal(format!(
+        "refusing to {verb} nftables table inet kudonet: it has no comment \"kudonet\", so it \
+         is someone else's"
+    ))
 }
 
 impl Dataplane for KernelDataplane {
@@ -539,6 +622,18 @@ impl Dataplane for KernelDataplane {
                 .firewall
                 .check_family(table.family)
                 .map_err(|error| DataplaneError::Unavailable(error.into())),
+            Action::SyncNftables { .. } | Action::DeleteNftables if self.generation.is_none() => {
+                Err(DataplaneError::Unavailable(
+                    firewall::check_nftables()
+                        .err()
+                        .unwrap_or_else(|| firewall::FirewallError::Nftables {
+                            operation: "nftables is not available in this kernel".into(),
+                            reason: "no nf_tables socket".into(),
+                            errno: None,
+                        })
+                        .into(),
+                ))
+            }
             _ => Ok(()),
         }
     }

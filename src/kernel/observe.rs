@@ -16,6 +16,7 @@ use std::path::Path;
 
 use super::firewall::{FirewallCache, FirewallDriver, FirewallError};
 use super::netlink::netfilter::Generation;
+use super::netlink::nftables::TableState;
 use super::netlink::route::{LinkAddresses, RawLink};
 use super::netlink::{Netlink, NetlinkError};
 use super::netns::{self, NamespaceSockets};
@@ -321,6 +322,12 @@ pub fn observe(
     observed.firewall = view.tables;
     observed.other_backend = view.other_backend;
     observed.forward_blockers = view.forward_blockers;
+    observed.foreign_nftables = view.nftables == TableState::Foreign;
+    observed.nftables = match view.nftables {
+        TableState::Ours(ruleset) => Some(ruleset),
+        _ => None,
+    };
+    observed.iptables_forward_drops = view.iptables_forward_drops;
     Ok(observed)
 }
 

@@ -297,7 +297,20 @@ impl Iptables {
         &self,
         tables: &[&str],
     ) -> Result<(BTreeMap<String, Table>, bool), FirewallError> {
+        let (read, nf_tables, _) = self.read_tables_and_forward(tables)?;
+        Ok((read, nf_tables))
+    }
+
+    /// As [`Iptables::read_tables`], and whether the FORWARD chain of `filter` drops by
+    /// policy (`:FORWARD DROP`), from the same `iptables-save`.
+    pub fn read_tables_and_forward(
+        &self,
+        tables: &[&str],
+    ) -> Result<(BTreeMap<String, Table>, bool, bool), FirewallError> {
         let text = self.save_all()?;
+        let forward_drops = only_tables(&text, &[FILTER])
+            .lines()
+            .any(|line| line.starts_with(":FORWARD DROP "));
         let mut saved = parse_save(&only_tables(&text, tables))?;
         let mut read = BTreeMap::new();
         for &table in tables {
@@ -325,7 +338,7 @@ impl Iptables {
             true => is_nf_tables(&text),
             false => self.binary_is_nf_tables(),
         };
-        Ok((read, nf_tables))
+        Ok((read, nf_tables, forward_drops))
     }
 
     /// Whether the `iptables-save` in use is the nf_tables one, by the name of the binary

@@ -1,8 +1,10 @@
 //! The firewall, behind [`FirewallDriver`]: the seam a backend implements (iptables-save and
-//! iptables-restore for IPv4, their ip6tables twins for IPv6, [`IptablesFirewall`]; a native
-//! nftables backend would be a second one). kudonet's rules live in its own `KUDO-*` chains
-//! of the `nat` and `filter` tables of each family, with one marked jump rule at the head
-//! of each built-in chain it uses.
+//! iptables-restore for IPv4, their ip6tables twins for IPv6, [`IptablesFirewall`]; kudonet's
+//! own nftables table written over netlink, [`NftablesFirewall`]). In iptables mode,
+//! kudonet's rules live in its own `KUDO-*` chains of the `nat` and `filter` tables of each
+//! family, with one marked jump rule at the head of each built-in chain it uses; in
+//! nftables mode, in the table `inet kudonet`, and in iptables only where its FORWARD chain
+//! drops by policy. Both modes read both, so that switching removes the other's rules.
 
 pub mod iptables;
 
@@ -12,9 +14,10 @@ use std::fs;
 pub use iptables::Iptables;
 
 use super::netlink::netfilter::Generation;
+use super::netlink::nftables::TableState;
 use crate::names::{FILTER, NAT};
 use crate::observed::{Table, TableId};
-use crate::spec::Family;
+use crate::spec::{Family, FirewallBackend};
 
 /// Why a firewall backend could not read or change the firewall.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -57,6 +60,24 @@ pub enum FirewallError {
     /// one line of an `iptables-restore` script.
     #[error("refusing to sync table {table}: {reason}")]
     Refused { table: String, reason: String },
+    /// nf_tables could not be asked (no such kernel support, not permitted) or answered
+    /// with an error; `errno` is the kernel's, when there is one.
+    #[error("{operation}: {reason}")]
+    Nftables {
+        operation: String,
+        reason: String,
+        errno: Option<i32>,
+    },
+}
+
+impl FirewallError {
+    fn nftables(operation: impl Into<String>, error: &std::io::Error) -> FirewallError {
+        FirewallError::Nftables {
+            operation: operation.into(),
+            reason: error.to_string(),
+            errno: error.raw_os_error(),
+        }
+    }
 }
 
 impl FirewallError {
@@ -95,6 +116,9 @@ impl FirewallError {
                         | Errno::ETXTBSY
                 )
             }),
+            FirewallError::Nftables { errno, .. } => {
+                errno.is_none_or(crate::dataplane::errno_can_retry)
+            }
             FirewallError::NotFound { .. }
             | FirewallError::Parse { .. }
             | FirewallError::NoTable { .. }
@@ -225,7 +249,13 @@ impl FirewallDriver for IptablesFirewall {
         cache: &mut FirewallCache,
         reread_unversioned: bool,
     ) -> Result<FirewallView, FirewallError> {
-        read_firewall(self, generation, cache, reread_unversioned)
+        read_firewall(
+            self,
+            FirewallBackend::Iptables,
+            generation,
+            cache,
+            reread_unversioned,
+        )
     }
 
     fn sync_table(
@@ -244,6 +274,76 @@ impl FirewallDriver for IptablesFirewall {
             .other_backend()
             .ok_or(FirewallError::NoOtherBackend)?
             .sync_table(&table.name, &Default::default(), &Default::default())
+    }
+}
+
+/// kudonet's own nftables table `inet kudonet`, written over netlink (by the dataplane, with
+/// its nf_tables socket), and iptables beside it: read for the rules an earlier iptables
+/// mode left (which the plan removes), written only where its FORWARD chain drops by
+/// policy. iptables need not be installed: its tables then read as empty.
+#[derive(Debug, Clone, Default)]
+pub struct NftablesFirewall {
+    iptables: IptablesFirewall,
+}
+
+impl NftablesFirewall {
+    /// With `iptables-*` and `ip6tables-*` from `PATH`, if there.
+    pub fn new() -> NftablesFirewall {
+        NftablesFirewall::with(IptablesFirewall::new())
+    }
+
+    /// With explicit iptables programs.
+    pub fn with(iptables: IptablesFirewall) -> NftablesFirewall {
+        NftablesFirewall { iptables }
+    }
+}
+
+/// Checks that the kernel answers nf_tables requests in the calling thread's namespace.
+pub fn check_nftables() -> Result<(), FirewallError> {
+    Generation::open()
+        .and_then(|mut generation| generation.current())
+        .map(drop)
+        .map_err(|error| {
+            FirewallError::nftables("nftables is not available in this kernel", &error)
+        })
+}
+
+impl FirewallDriver for NftablesFirewall {
+    fn check_available(&self) -> Result<(), FirewallError> {
+        check_nftables()
+    }
+
+    fn check_family(&self, family: Family) -> Result<(), FirewallError> {
+        self.iptables.check_family(family)
+    }
+
+    fn read(
+        &self,
+        generation: Option<&mut Generation>,
+        cache: &mut FirewallCache,
+        reread_unversioned: bool,
+    ) -> Result<FirewallView, FirewallError> {
+        read_firewall(
+            &self.iptables,
+            FirewallBackend::Nftables,
+            generation,
+            cache,
+            reread_unversioned,
+        )
+    }
+
+    fn sync_table(
+        &self,
+        table: &TableId,
+        current: Option<Table>,
+        chains: &BTreeMap<String, Vec<String>>,
+        jumps: &BTreeMap<String, Vec<String>>,
+    ) -> Result<Option<Table>, FirewallError> {
+        self.iptables.sync_table(table, current, chains, jumps)
+    }
+
+    fn purge_other_backend(&self, table: &TableId) -> Result<(), FirewallError> {
+        self.iptables.purge_other_backend(table)
     }
 }
 
@@ -283,14 +383,37 @@ impl FirewallCache {
             *read_at = after;
         }
     }
+
+    /// kudonet's nftables table as read at generation `now`, if that is what is cached.
+    pub(crate) fn nftables_at(&self, now: u32) -> Option<TableState> {
+        match &self.versioned {
+            Some((read_at, view)) if *read_at == now => Some(view.nftables.clone()),
+            _ => None,
+        }
+    }
+
+    /// kudonet's own nftables transaction left its table `written`, moving the generation
+    /// from `before` to `after`: as [`FirewallCache::wrote`].
+    pub(crate) fn wrote_nftables(&mut self, before: u32, after: u32, written: TableState) {
+        if let Some((read_at, view)) = &mut self.versioned
+            && *read_at == before
+            && after == before.wrapping_add(1)
+        {
+            view.nftables = written;
+            *read_at = after;
+        }
+    }
 }
 
-/// iptables and ip6tables: the tables read at the last observation while the nf_tables
-/// generation has not moved since, else read afresh (one `iptables-save` and one
-/// `ip6tables-save`, and one more each when the other backend is the nf_tables one); the
-/// legacy backend beside it only when `reread_legacy`.
+/// iptables and ip6tables, and kudonet's nftables table: what was read at the last
+/// observation while the nf_tables generation has not moved since, else read afresh (one
+/// `iptables-save` and one `ip6tables-save`, and one more each when the other backend is
+/// the nf_tables one; a dump of `inet kudonet`); the legacy backend beside it only when
+/// `reread_legacy`. With the nftables `backend`, missing iptables programs read as empty
+/// tables, and failing to read kudonet's table is an error (else it reads as absent).
 pub(super) fn read_firewall(
     firewall: &IptablesFirewall,
+    backend: FirewallBackend,
     mut generation: Option<&mut Generation>,
     cache: &mut FirewallCache,
     reread_legacy: bool,
@@ -309,15 +432,42 @@ pub(super) fn read_firewall(
         _ => {
             let mut tables = BTreeMap::new();
             let mut nf_tables = true;
+            let mut iptables_forward_drops = std::collections::BTreeSet::new();
             for &family in &families {
-                let (read, family_nf_tables) =
-                    firewall.family(family).read_tables(&[NAT, FILTER])?;
+                let (read, family_nf_tables, forward_drops) = match firewall
+                    .family(family)
+                    .read_tables_and_forward(&[NAT, FILTER])
+                {
+                    Err(FirewallError::NotFound { .. }) if backend == FirewallBackend::Nftables => {
+                        continue;
+                    }
+                    read => read?,
+                };
                 nf_tables &= family_nf_tables;
+                if forward_drops {
+                    iptables_forward_drops.insert(family);
+                }
                 tables.extend(
                     read.into_iter()
                         .map(|(name, table)| (TableId::new(family, &name), table)),
                 );
             }
+            let nftables = match generation.as_deref_mut() {
+                None => TableState::Absent,
+                Some(generation) => match generation.read_kudonet() {
+                    Ok(state) => state,
+                    Err(error) if backend == FirewallBackend::Nftables => {
+                        return Err(FirewallError::nftables(
+                            "nftables: read table inet kudonet",
+                            &error,
+                        ));
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "cannot read nftables table inet kudonet");
+                        TableState::Absent
+                    }
+                },
+            };
             let others_nft: Vec<(Family, &Iptables)> = others
                 .iter()
                 .filter_map(|(family, other)| Some((*family, other.as_ref()?)))
@@ -337,6 +487,8 @@ pub(super) fn read_firewall(
                 tables,
                 other_backend: BTreeMap::new(),
                 forward_blockers,
+                nftables,
+                iptables_forward_drops,
             };
             // The nf_tables iptables as the other backend moves the generation too.
             for (family, other) in others_nft {
@@ -378,6 +530,10 @@ pub struct FirewallView {
     pub(crate) tables: BTreeMap<TableId, Table>,
     pub(crate) other_backend: BTreeMap<TableId, Table>,
     pub(crate) forward_blockers: Vec<String>,
+    /// kudonet's nftables table `inet kudonet`.
+    pub(crate) nftables: TableState,
+    /// The families whose iptables FORWARD chain (of kudonet's backend) drops by policy.
+    pub(crate) iptables_forward_drops: std::collections::BTreeSet<Family>,
 }
 
 /// Whether this namespace has legacy iptables tables of `family` at all: without, reading

@@ -8,6 +8,7 @@
 //! namespace it was created in.
 
 pub(crate) mod netfilter;
+pub(crate) mod nftables;
 pub(crate) mod route;
 
 use std::fmt;

@@ -13,7 +13,7 @@ use std::io;
 
 use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
+pub(super) const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_NEWGEN: u16 = 15;
 const NFT_MSG_GETGEN: u16 = 16;
 const NFTA_GEN_ID: u16 = 1;
@@ -38,18 +38,18 @@ const NFTA_EXPR_NAME: u16 = 1;
 const NF_INET_FORWARD: u32 = 2;
 const NF_DROP: u32 = 0;
 /// The families whose forward hook sees the instances' traffic: inet, ip, bridge.
-const NFPROTO_INET: u8 = 1;
+pub(super) const NFPROTO_INET: u8 = 1;
 const NFPROTO_IPV4: u8 = 2;
 const NFPROTO_BRIDGE: u8 = 7;
 const NFPROTO_IPV6: u8 = 10;
 /// `struct nlmsghdr`, then `struct nfgenmsg`.
 const HEADER: usize = 16;
-const NFGENMSG: usize = 4;
+pub(super) const NFGENMSG: usize = 4;
 
 /// A netfilter socket of the namespace it was opened in, asking for the generation.
 pub struct Generation {
-    socket: Socket,
-    sequence: u32,
+    pub(super) socket: Socket,
+    pub(super) sequence: u32,
 }
 
 impl Generation {
@@ -64,6 +64,15 @@ impl Generation {
 
     /// The current generation of the ruleset.
     pub fn current(&mut self) -> io::Result<u32> {
+        self.current_with(|_, _, _| {})
+    }
+
+    /// The current generation, handing every other message received before its answer
+    /// to `other` (sequence, type, body): the acknowledgements of a batch sent before.
+    pub(super) fn current_with(
+        &mut self,
+        mut other: impl FnMut(u32, u16, &[u8]),
+    ) -> io::Result<u32> {
         self.sequence = self.sequence.wrapping_add(1);
         let mut request = [0u8; HEADER + NFGENMSG];
         let kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN;
@@ -74,9 +83,23 @@ impl Generation {
         // nfgenmsg: AF_UNSPEC, NFNETLINK_V0, resource id 0: all zero.
         self.socket.send(&request, 0)?;
         loop {
-            let (reply, _) = self.socket.recv_from_full()?;
-            if let Some(generation) = parse_reply(&reply, self.sequence)? {
-                return Ok(generation);
+            let (replies, _) = self.socket.recv_from_full()?;
+            let mut at = 0;
+            while at + HEADER <= replies.len() {
+                let length = u32_at(&replies, at).unwrap_or(0) as usize;
+                if length < HEADER || at + length > replies.len() {
+                    return Err(malformed("a truncated netlink message"));
+                }
+                let reply = &replies[at..at + length];
+                at += length.div_ceil(4) * 4;
+                if let Some(generation) = parse_reply(reply, self.sequence)? {
+                    return Ok(generation);
+                }
+                other(
+                    u32_at(reply, 8).unwrap_or(0),
+                    u16_at(reply, 4).unwrap_or(0),
+                    &reply[HEADER..],
+                );
             }
         }
     }
@@ -162,7 +185,7 @@ impl Generation {
 
     /// Sends a dump request of `family` (0: all) and parses each `reply` message's
     /// nfgenmsg and attributes with `parse`, until the dump is done.
-    fn dump_family<T>(
+    pub(super) fn dump_family<T>(
         &mut self,
         family: u8,
         request: u16,
@@ -226,7 +249,7 @@ fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
 }
 
 /// Appends a NUL-terminated string attribute, padded to 4 bytes.
-fn put_string(buffer: &mut Vec<u8>, kind: u16, value: &str) {
+pub(super) fn put_string(buffer: &mut Vec<u8>, kind: u16, value: &str) {
     let length = 4 + value.len() + 1;
     buffer.extend((length as u16).to_ne_bytes());
     buffer.extend(kind.to_ne_bytes());
@@ -237,7 +260,7 @@ fn put_string(buffer: &mut Vec<u8>, kind: u16, value: &str) {
 
 /// The attributes of `bytes` (`struct nlattr` each, padded to 4 bytes): kind (without the
 /// nested and byte-order flags) and value. Stops at the first malformed one.
-fn attributes(bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+pub(super) fn attributes(bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     let mut at = 0;
     std::iter::from_fn(move || {
         let length = u16_at(bytes, at)? as usize;
@@ -248,12 +271,12 @@ fn attributes(bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     })
 }
 
-fn string(value: &[u8]) -> String {
+pub(super) fn string(value: &[u8]) -> String {
     let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
     String::from_utf8_lossy(&value[..end]).into_owned()
 }
 
-fn be_u32(value: &[u8]) -> Option<u32> {
+pub(super) fn be_u32(value: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(value.get(..4)?.try_into().ok()?))
 }
 
