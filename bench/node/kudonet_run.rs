@@ -185,6 +185,7 @@ pub fn run(
     let first_pass = metric(&scrape(), "kudonet_reconcile_duration_seconds_sum");
     let restores_before = count_calls(Some("iptables-restore"));
     let saves_before = count_calls(Some("iptables-save"));
+    let processes_before = count_calls(None);
     let actions_before = metric(&scrape(), "kudonet_actions_total");
     let mut passes = Vec::new();
     let (mut count, mut sum) = histogram();
@@ -212,6 +213,10 @@ pub fn run(
     result.insert(
         "resync_saves".into(),
         json!(count_calls(Some("iptables-save")) - saves_before),
+    );
+    result.insert(
+        "resync_processes".into(),
+        json!(count_calls(None) - processes_before),
     );
     result.insert("run_rss_kb".into(), json!(vm_hwm(&controller)));
     terminate_controller(controller);

@@ -96,6 +96,7 @@ fn system_summary(system: &str, runs: &Runs) -> Value {
             "resync_actions",
             "resync_restores",
             "resync_saves",
+            "resync_processes",
         ] {
             if runs.iter().any(|run| run.get(key).is_some()) {
                 summary.insert(format!("{key}_total"), json!(total_of(runs, key)));
@@ -288,7 +289,7 @@ fn print_nftables(entries: &[Value]) {
     for entry in entries.iter().filter(ran) {
         let count = |system: &str, key: &str| cell(entry, system, key, 0);
         println!(
-            "N={}: no-op apply, processes started and ruleset commits in all runs: iptables {} and {} ({} runs), nftables {} and {} ({} runs); commits (median) of +1: iptables {}, nftables {}; of the flushed ruleset's repair: iptables {}, nftables {}",
+            "N={}: no-op apply, processes started and ruleset commits in all runs: iptables {} and {} ({} runs), nftables {} and {} ({} runs); controller's resyncs, processes: iptables {}, nftables {}; commits (median) of +1: iptables {}, nftables {}; of the flushed ruleset's repair: iptables {}, nftables {}",
             entry["n"].as_u64().unwrap_or(0),
             count("kudonet", "noop_apply_processes_total"),
             count("kudonet", "noop_apply_commits_total"),
@@ -296,6 +297,8 @@ fn print_nftables(entries: &[Value]) {
             count("kudonet-nft", "noop_apply_processes_total"),
             count("kudonet-nft", "noop_apply_commits_total"),
             count("kudonet-nft", "rounds"),
+            count("kudonet", "resync_processes_total"),
+            count("kudonet-nft", "resync_processes_total"),
             count("kudonet", "add_one_commits"),
             count("kudonet-nft", "add_one_commits"),
             count("kudonet", "flush_repair_commits"),
