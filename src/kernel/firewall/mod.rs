@@ -308,6 +308,12 @@ pub fn check_nftables() -> Result<(), FirewallError> {
         })
 }
 
+/// The nf_tables generation of the calling thread's namespace: it moves by one with every
+/// transaction (kudonet's batch, an `nft` command, an iptables-nft change).
+pub fn nftables_generation() -> std::io::Result<u32> {
+    Generation::open()?.current()
+}
+
 impl FirewallDriver for NftablesFirewall {
     fn check_available(&self) -> Result<(), FirewallError> {
         check_nftables()

@@ -1167,13 +1167,16 @@ fn delete_table() -> [Message; 2] {
     ]
 }
 
+/// An element's key, and its data and comment (none when deleting it).
+type ElementRef<'a> = (&'a [Value], Option<&'a Element>);
+
 /// At most this many elements per message: a message's attribute is at most 64 KiB.
 const ELEMENTS_PER_MESSAGE: usize = 256;
 
 fn element_messages<'a>(
     kind: u16,
     set: &str,
-    elements: impl Iterator<Item = (&'a [Value], Option<&'a Element>)>,
+    elements: impl Iterator<Item = ElementRef<'a>>,
 ) -> Vec<Message> {
     let elements: Vec<_> = elements.collect();
     let verb = match kind {
@@ -1348,7 +1351,7 @@ pub(crate) fn elements_batch(
             keys.into_iter().map(|key| (key, None)),
         ));
     }
-    let mut additions: BTreeMap<&str, Vec<(&[Value], Option<&Element>)>> = BTreeMap::new();
+    let mut additions: BTreeMap<&str, Vec<ElementRef>> = BTreeMap::new();
     for (set, key, element) in add {
         additions
             .entry(set)
