@@ -3,7 +3,9 @@
 //! a fresh throwaway network and mount namespace (with a private /run) that this program
 //! creates for it.
 //!
-//!   cargo bench --bench node                 # N = 10, 100, 1000, 5000 (about 30 min, 2 cores)
+//!   cargo bench --bench node                 # N = 10, 100, 1000, 5000 (about 33 min, 2 cores)
+//!   cargo bench --bench node -- --sizes 10,100,400,1000 --systems kudonet,kudonet-nft
+//!                                            # nftables against iptables (about 8 min)
 //!   cargo bench --bench node -- --quick      # N = 10, 100, 3 rounds
 //!   cargo bench --bench node -- --sizes 10,200 --rounds 5 --systems kudonet,floor
 //!
