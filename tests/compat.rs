@@ -280,6 +280,55 @@ fn the_original_api_keeps_working_on_a_dual_stack_node() {
 }
 
 #[test]
+fn kudonet_firewall_puts_the_librarys_rules_in_nftables() {
+    common::sandboxed(
+        "kudonet_firewall_puts_the_librarys_rules_in_nftables",
+        || {
+            use_sandbox_state_dir();
+            // SAFETY: as in `use_sandbox_state_dir`.
+            unsafe { std::env::set_var("KUDONET_FIREWALL", "nftables") };
+            setup_node(node_request()).unwrap();
+            setup_instance(instance_request(
+                "web",
+                "10.0.0.2/24",
+                vec![Port::new(80, 8080)],
+            ))
+            .unwrap();
+            let _web = serve("web", 8080);
+            assert!(answers("127.0.0.1:80"));
+            let ports = common::run_ok("nft", &["list", "map", "inet", "kudonet", "ports4"]);
+            assert!(
+                ports.contains("tcp . 80 comment \"web\" : 10.0.0.2 . 8080"),
+                "{ports}"
+            );
+            assert!(!common::run_ok("iptables-save", &[]).contains("KUDO-"));
+            // The command line with the same backend agrees: nothing to change.
+            let (ok, plan) = kudonet(&["--firewall", "nftables", "plan", STATE_DIR]);
+            assert!(ok, "{plan}");
+            assert_eq!(plan, "No changes.\n");
+
+            // Another value is refused before anything changes.
+            unsafe { std::env::set_var("KUDONET_FIREWALL", "pf") };
+            let error = setup_instance(instance_request("db", "10.0.0.3/24", vec![])).unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                "invalid request: KUDONET_FIREWALL=\"pf\": expected iptables or nftables"
+            );
+            assert!(!netns("db").exists());
+
+            unsafe { std::env::set_var("KUDONET_FIREWALL", "nftables") };
+            clean_node(CleanNodeRequest::new("node".to_string())).unwrap();
+            assert!(
+                !common::run("nft", &["list", "table", "inet", "kudonet"])
+                    .status
+                    .success(),
+                "the table is gone"
+            );
+        },
+    );
+}
+
+#[test]
 fn cleaning_one_instance_leaves_the_other_untouched() {
     common::sandboxed("cleaning_one_instance_leaves_the_other_untouched", || {
         use_sandbox_state_dir();

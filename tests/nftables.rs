@@ -484,3 +484,97 @@ fn the_controller_repairs_others_changes_from_their_events() {
         },
     );
 }
+
+#[test]
+fn thousands_of_elements_are_written_and_read_back() {
+    common::sandboxed("thousands_of_elements_are_written_and_read_back", || {
+        use kudonet::nftables::{Element, Ruleset, Set, Type, Value};
+        use kudonet::plan::Action;
+        use kudonet::spec::Protocol;
+
+        // 4000 IPv6 ports with long comments: many messages, a batch beyond the default
+        // socket buffer.
+        let elements = (0..4000u16)
+            .map(|index| {
+                (
+                    vec![Value::Proto(Protocol::Tcp), Value::Port(10000 + index)],
+                    Element {
+                        data: vec![
+                            Value::Address(format!("fd00:10::{index:x}").parse().unwrap()),
+                            Value::Port(80),
+                        ],
+                        comment: Some(format!("{:0>60}", index)),
+                    },
+                )
+            })
+            .collect();
+        let ruleset = Ruleset {
+            sets: [(
+                "ports6".to_string(),
+                Set {
+                    key: vec![Type::InetProto, Type::InetService],
+                    data: vec![Type::Ipv6Addr, Type::InetService],
+                    elements,
+                },
+            )]
+            .into(),
+            chains: Default::default(),
+        };
+        let mut dataplane = dataplane();
+        let before = generation();
+        dataplane
+            .apply(&Action::SyncNftables {
+                ruleset: ruleset.clone(),
+                create: true,
+                diff: Vec::new(),
+            })
+            .unwrap();
+        assert_eq!(generation(), before.wrapping_add(1));
+        assert_eq!(dataplane.observe().unwrap().nftables, Some(ruleset));
+    });
+}
+
+#[test]
+fn a_refused_transaction_names_the_object_and_changes_nothing() {
+    common::sandboxed(
+        "a_refused_transaction_names_the_object_and_changes_nothing",
+        || {
+            use kudonet::nftables::{Chain, Match, Rule, Ruleset, Verdict};
+            use kudonet::plan::Action;
+
+            // A rule looking up a set the table does not have.
+            let ruleset = Ruleset {
+                sets: Default::default(),
+                chains: [(
+                    "forward".to_string(),
+                    Chain {
+                        hook: None,
+                        rules: vec![Rule {
+                            matches: vec![Match::IifnameIn("nosuch".into())],
+                            verdict: Verdict::Accept,
+                        }],
+                    },
+                )]
+                .into(),
+            };
+            let mut dataplane = dataplane();
+            let before = generation();
+            let error = dataplane
+                .apply(&Action::SyncNftables {
+                    ruleset,
+                    create: true,
+                    diff: Vec::new(),
+                })
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.ends_with(
+                    "nftables: add rule to chain forward: No such file or directory (os error 2)"
+                ),
+                "{error}"
+            );
+            assert_eq!(generation(), before, "the transaction was aborted");
+            assert_eq!(nft(&["list", "ruleset"]), "");
+        },
+    );
+}

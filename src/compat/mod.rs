@@ -118,7 +118,7 @@ pub(crate) fn converge(config: &Config, node: &str, scope: Scope) -> Result<(), 
         }
     })?;
     desired.firewall = firewall;
-    let mut dataplane = KernelDataplane::new(&config.netns_dir)?;
+    let mut dataplane = KernelDataplane::for_backend(&config.netns_dir, firewall)?;
     let outcome = reconcile::converge(
         &mut dataplane,
         &desired,
@@ -178,7 +178,7 @@ fn problems(outcome: &Outcome, scope: &Scope) -> Vec<String> {
 
 /// Removes everything kudonet owns on this node, as `kudonet teardown` does.
 pub(crate) fn teardown(config: &Config, node: &str) -> Result<(), NetworkError> {
-    let mut dataplane = KernelDataplane::new(&config.netns_dir)?;
+    let mut dataplane = KernelDataplane::for_backend(&config.netns_dir, config.firewall()?)?;
     let outcome = reconcile::teardown(&mut dataplane, &mut |action: &Action| {
         tracing::info!(node, "{}", action.summary())
     })?;

@@ -2,7 +2,8 @@
 //! [`Dataplane`] of a real node: rtnetlink for links, addresses and routes
 //! (`netlink::route`), the netns directory for namespaces (`netns`), `/proc/sys` for
 //! sysctls (`sysctl`), a [`firewall::FirewallDriver`] for the firewall, and nf_tables
-//! (`netlink::netfilter`) for its generation and the forward hook. `observe` reads the
+//! (`netlink::netfilter`) for its generation and the forward hook, and (`netlink::nftables`)
+//! for kudonet's own table `inet kudonet` in nftables mode. `observe` reads the
 //! node incrementally; [`events`] subscribes to the kernel's events and reports what they
 //! name.
 

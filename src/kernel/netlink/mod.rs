@@ -1,7 +1,8 @@
 //! The netlink socket layer: a socket opened in a network namespace, requests with their
 //! acknowledgement or dump, and the errno-typed [`NetlinkError`]. Each family has its
-//! module: `route` (rtnetlink: links, addresses, routes, forwarding entries) and
-//! `netfilter` (nf_tables: the generation, forward chains and rules).
+//! module: `route` (rtnetlink: links, addresses, routes, forwarding entries), `netfilter`
+//! (nf_tables: the generation, forward chains and rules) and `nftables` (kudonet's own
+//! table `inet kudonet`: encoded, written in one batch per change, read back).
 //!
 //! Synchronous on purpose: the library API is synchronous, a request is a few microseconds,
 //! and no async runtime has to be entered to change a link. A netlink socket talks to the

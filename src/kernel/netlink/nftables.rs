@@ -1170,8 +1170,9 @@ fn delete_table() -> [Message; 2] {
 /// An element's key, and its data and comment (none when deleting it).
 type ElementRef<'a> = (&'a [Value], Option<&'a Element>);
 
-/// At most this many elements per message: a message's attribute is at most 64 KiB.
-const ELEMENTS_PER_MESSAGE: usize = 256;
+/// At most this many elements per message: the attribute holding them is at most 64 KiB,
+/// and an element takes up to some 350 bytes (an IPv6 key and data, a long comment).
+const ELEMENTS_PER_MESSAGE: usize = 128;
 
 fn element_messages<'a>(
     kind: u16,
@@ -1405,10 +1406,7 @@ fn fit_send_buffer(socket: &netlink_sys::Socket, length: usize) {
     const DEFAULT: usize = 200 * 1024;
     if length > DEFAULT {
         use nix::sys::socket::{setsockopt, sockopt::SndBufForce};
-        use std::os::fd::{AsRawFd, BorrowedFd};
-        // SAFETY: the descriptor is the socket's own, alive for this call.
-        let fd = unsafe { BorrowedFd::borrow_raw(socket.as_raw_fd()) };
-        let _ = setsockopt(&fd, SndBufForce, &(length * 2));
+        let _ = setsockopt(socket, SndBufForce, &(length * 2));
     }
 }
 
@@ -1453,7 +1451,8 @@ impl Generation {
             }
             let errno = body
                 .get(..4)
-                .map_or(0, |bytes| i32::from_ne_bytes(bytes.try_into().unwrap()));
+                .and_then(|bytes| bytes.try_into().ok())
+                .map_or(0, i32::from_ne_bytes);
             let in_batch = sequence.wrapping_sub(first) <= end.wrapping_sub(first);
             if errno != 0 && in_batch {
                 refused = Some((sequence, -errno));
