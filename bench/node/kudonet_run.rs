@@ -93,8 +93,15 @@ pub fn run(
     let mut netlink = Netlink::open().map_err(|error| error.to_string())?;
     let mut generation = Generation::open().map_err(|error| format!("nf_tables: {error}"))?;
     // The nf_tables generation moves once per commit to the ruleset (a netlink transaction,
-    // an iptables-nft restore): its difference counts them.
-    let mut generation_now = || generation.current().unwrap_or(0);
+    // an iptables-nft restore): its difference counts them (null if it cannot be read).
+    let mut generation_now = || generation.current().ok();
+    let commits = |before: Option<u32>, after: Option<u32>| {
+        json!(
+            before
+                .zip(after)
+                .map(|(before, after)| after.wrapping_sub(before))
+        )
+    };
 
     // Cold apply: the real binaries, no wrapper.
     let started = Instant::now();
@@ -116,7 +123,7 @@ pub fn run(
     );
     result.insert(
         "noop_apply_commits".into(),
-        json!(generation_now().wrapping_sub(before)),
+        commits(before, generation_now()),
     );
     result.insert("noop_apply_actions".into(), json!(applied(&output)));
     result.insert(
@@ -135,10 +142,7 @@ pub fn run(
     let started = Instant::now();
     kudonet(&apply, &work.join("plus/state"), None)?;
     result.insert("add_one_s".into(), json!(started.elapsed().as_secs_f64()));
-    result.insert(
-        "add_one_commits".into(),
-        json!(generation_now().wrapping_sub(before)),
-    );
+    result.insert("add_one_commits".into(), commits(before, generation_now()));
     let started = Instant::now();
     kudonet(&apply, &state, None)?;
     kernel::wait_host_veths(&mut netlink, n)?;
@@ -165,7 +169,7 @@ pub fn run(
     );
     result.insert(
         "flush_repair_commits".into(),
-        json!(generation_now().wrapping_sub(before)),
+        commits(before, generation_now()),
     );
     result.insert("flush_repair_actions".into(), json!(applied(&output)));
     if first_round && result.get("verified") == Some(&json!(true)) {
