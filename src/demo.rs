@@ -17,7 +17,7 @@ use crate::kernel::netns;
 use crate::names;
 use crate::probe::{self, EchoServer, Place};
 use crate::reconcile::{self, NoProgress, load_desired};
-use crate::spec::{Desired, Family, Instance, Protocol};
+use crate::spec::{Desired, Family, FirewallBackend, Instance, Protocol};
 
 /// The bundled example, compiled in so that `kudonet demo` works from any directory.
 const BUNDLED_EXAMPLE: &[(&str, &str)] = &[
@@ -73,19 +73,21 @@ pub fn enter_sandbox() -> io::Result<()> {
 }
 
 /// Runs the tour (inside the sandbox of [`enter_sandbox`]) on `dir`, or on the bundled
-/// example. Returns whether every check passed.
+/// example, with kudonet's rules in `firewall`. Returns whether every check passed.
 pub fn run(
     dir: Option<&Path>,
     node: Option<&str>,
     netns_dir: &Path,
+    firewall: FirewallBackend,
     out: &mut dyn Write,
 ) -> io::Result<bool> {
     let dir = match dir {
         Some(dir) => dir.to_path_buf(),
         None => write_bundled_example()?,
     };
-    let (_, desired) =
+    let (_, mut desired) =
         load_desired(&dir, node).map_err(|error| io::Error::other(error.to_string()))?;
+    desired.firewall = firewall;
     writeln!(
         out,
         "kudonet demo: this process runs in a throwaway network and mount namespace;"
@@ -106,8 +108,8 @@ pub fn run(
         list(uplink.addresses.iter().map(|(_, outside)| outside)),
     )?;
 
-    let mut dataplane =
-        KernelDataplane::new(netns_dir).map_err(|e| io::Error::other(e.to_string()))?;
+    let mut dataplane = KernelDataplane::for_backend(netns_dir, firewall)
+        .map_err(|e| io::Error::other(e.to_string()))?;
     let outcome = reconcile::converge(
         &mut dataplane,
         &desired,
@@ -118,7 +120,12 @@ pub fn run(
     let (add, change, destroy) = crate::plan::count_effects(&outcome.applied);
     writeln!(
         out,
-        "2. kudonet apply {}: {add} added, {change} changed, {destroy} destroyed{}.",
+        "2. kudonet apply {}{}: {add} added, {change} changed, {destroy} destroyed{}.",
+        // The default backend goes unsaid, as on the command line.
+        match firewall {
+            FirewallBackend::Iptables => "",
+            FirewallBackend::Nftables => "--firewall nftables ",
+        },
         dir.display(),
         if outcome.converged() {
             ""

@@ -502,8 +502,14 @@ fn demo(cli: &Cli, dir: Option<&Path>, node: Option<&str>) -> CommandResult {
     // Still single-threaded here, as unsharing the mount namespace requires.
     kudonet::demo::enter_sandbox()
         .map_err(|error| format!("cannot create the demo's namespaces: {error}"))?;
-    let passed = kudonet::demo::run(dir, node, &cli.netns_dir, &mut std::io::stdout())
-        .map_err(|error| format!("demo: {error}"))?;
+    let passed = kudonet::demo::run(
+        dir,
+        node,
+        &cli.netns_dir,
+        cli.firewall.into(),
+        &mut std::io::stdout(),
+    )
+    .map_err(|error| format!("demo: {error}"))?;
     Ok(if passed {
         ExitCode::SUCCESS
     } else {

@@ -1188,3 +1188,58 @@ fn node_conditions_and_a_subnet_the_uplink_uses_reach_status_and_metrics() {
         },
     );
 }
+
+/// A pass that had to wait for the change lock converges DIR as its holder left it: a
+/// library call or an `apply` changes DIR and the node under the lock, and the pass must not
+/// undo that with what it read before (here: build again an instance just removed).
+#[test]
+fn a_pass_that_waited_for_the_lock_converges_dir_as_its_holder_left_it() {
+    common::sandboxed(
+        "a_pass_that_waited_for_the_lock_converges_dir_as_its_holder_left_it",
+        || {
+            let state = StateDir::new(NODE);
+            let kudonet = Controller::start(
+                &state,
+                &["--resync", "3600", "--metrics-addr", "127.0.0.1:9101"],
+            );
+            kudonet.wait_ready(&["db", "web"]);
+            let namespaces_created =
+                || kudonet.metric("kudonet_actions_total{kind=\"create_namespace\"}");
+            assert_eq!(namespaces_created(), Some(2.0));
+
+            // The holder of the change lock (a library call, say)...
+            let wait = kudonet::lock::Wait {
+                until: None,
+                stop: &|| false,
+            };
+            let lock_dir = std::path::Path::new(kudonet::lock::LOCK_DIR);
+            let held = kudonet::lock::wait_lock(lock_dir, "node-a", wait, |_| {}).unwrap();
+            // ...while drift starts a pass, with DIR read as it is now: it waits.
+            common::run_ok("ip", &["link", "delete", WEB_VETH]);
+            kudonet.wait_until("the pass waits for the change lock", || {
+                kudonet.log().contains("waiting for the change lock")
+            });
+            // The holder removes db from DIR and from the node, then lets go.
+            state.replace(
+                "node.yaml",
+                NODE.split("---")
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join("---")
+                    .as_str(),
+            );
+            common::run_ok("ip", &["netns", "delete", "kudo-db"]);
+            drop(held);
+
+            kudonet.wait_ready(&["web"]);
+            assert!(
+                common::link(None, WEB_VETH).is_some(),
+                "web's veth repaired"
+            );
+            assert!(!common::namespaces().contains(&"kudo-db".to_string()));
+            // db was never built again, not even for a moment.
+            assert_eq!(namespaces_created(), Some(2.0), "{}", kudonet.log());
+            kudonet.stop();
+        },
+    );
+}

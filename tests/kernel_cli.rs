@@ -445,6 +445,93 @@ fn apply_repairs_drift() {
     });
 }
 
+/// kudonet's nftables table for `NODE` built from nothing, as `plan` and `apply -v` print
+/// it (the lines of `nftables::diff`), with the uplink `eth0`.
+const NFTABLES_ADDED: &str = "\
++ nftables table inet kudonet
+    + set bridges { type ifname }
+    + element bridges \"kudo0\"
+    + map ports4 { type inet_proto . inet_service : ipv4_addr . inet_service }
+    + element ports4 tcp . 8080 : 10.0.0.2 . 80  # web
+    + map ports4_host { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service }
+    + chain forward { type filter hook forward priority 0; policy accept; }
+    + rule forward iifname @bridges accept
+    + rule forward oifname @bridges ct state established,related accept
+    + rule forward oifname @bridges ct status dnat accept
+    + chain output { type nat hook output priority -100; policy accept; }
+    + rule output meta nfproto ipv4 fib daddr type local jump ports
+    + chain ports
+    + rule ports meta nfproto ipv4 dnat ip to ip daddr . meta l4proto . th dport map @ports4_host
+    + rule ports meta nfproto ipv4 dnat ip to meta l4proto . th dport map @ports4
+    + chain postrouting { type nat hook postrouting priority 100; policy accept; }
+    + rule postrouting oifname @bridges ip saddr 10.0.0.0/24 ct status dnat masquerade
+    + rule postrouting oifname @bridges fib saddr type local ct status dnat masquerade
+    + rule postrouting ip saddr 10.0.0.0/24 ip daddr 10.0.0.0/24 return
+    + rule postrouting ip saddr 10.0.0.0/24 oifname \"eth0\" masquerade
+    + chain prerouting { type nat hook prerouting priority -100; policy accept; }
+    + rule prerouting fib daddr type local jump ports
+";
+
+#[test]
+fn plan_and_apply_with_nftables_print_the_table_s_changes() {
+    common::sandboxed(
+        "plan_and_apply_with_nftables_print_the_table_s_changes",
+        || {
+            setup_outside();
+            let state = StateDir::new(NODE);
+            let nftables = |args: &[&str]| {
+                let mut all = args.to_vec();
+                all.extend(["--firewall", "nftables"]);
+                kudonet(&all)
+            };
+            let fresh = format!(
+                "+ bridge kudo0\n+ address 10.0.0.1/24 on kudo0\n~ link kudo0: up\n\
+                 ~ sysctl net.ipv4.ip_forward = 1\n\
+                 ~ sysctl net.ipv4.conf.kudo0.route_localnet = 1\n{}{}{NFTABLES_ADDED}",
+                instance_added("db", DB_VETH, "10.0.0.3/24"),
+                instance_added("web", WEB_VETH, "10.0.0.2/24"),
+            );
+            nftables(&["plan", state.path()]).expect(
+                0,
+                &format!("{fresh}Plan: 9 to add, 15 to change, 0 to destroy.\n"),
+                "",
+            );
+            nftables(&["apply", "-v", state.path()]).expect(
+                0,
+                &format!("{fresh}Apply complete: 9 added, 15 changed, 0 destroyed.\n"),
+                "",
+            );
+            nftables(&["plan", state.path()]).expect(0, "No changes.\n", "");
+            assert!(!firewall().contains("KUDO-"), "{}", firewall());
+
+            // A port moves: only the map's elements change, one line each.
+            state.write(
+                "node.yaml",
+                &NODE.replace("hostPort: 8080", "hostPort: 8081"),
+            );
+            let moved = "\
+~ nftables table inet kudonet
+    - element ports4 tcp . 8080 : 10.0.0.2 . 80  # web
+    + element ports4 tcp . 8081 : 10.0.0.2 . 80  # web
+";
+            nftables(&["plan", state.path()]).expect(
+                0,
+                &format!("{moved}Plan: 0 to add, 1 to change, 0 to destroy.\n"),
+                "",
+            );
+            nftables(&["apply", "-v", state.path()]).expect(
+                0,
+                &format!("{moved}Apply complete: 0 added, 1 changed, 0 destroyed.\n"),
+                "",
+            );
+            nftables(&["plan", state.path()]).expect(0, "No changes.\n", "");
+            let _web80 = probe::serve(&netns("kudo-web"), Tcp, addr("0.0.0.0:80")).unwrap();
+            assert_eq!(seen(&netns("outside"), "203.0.113.1:8081"), "203.0.113.254");
+            assert!(probe::ask(&netns("outside"), Tcp, addr("203.0.113.1:8080")).is_err());
+        },
+    );
+}
+
 /// The JSON status document, checked for what every document has; returns it.
 #[track_caller]
 fn status_json(state: &StateDir, code: i32) -> Value {
@@ -1178,4 +1265,23 @@ fn demo_proves_both_families_of_the_dual_stack_example() {
             assert!(!common::sh("ip6tables-save").contains("KUDO"));
         },
     );
+}
+
+#[test]
+fn demo_proves_the_dual_stack_example_with_nftables() {
+    common::sandboxed("demo_proves_the_dual_stack_example_with_nftables", || {
+        // The same checks, passed through kudonet's nftables table: one table added where
+        // iptables changes four.
+        let iptables_line =
+            "2. kudonet apply examples/dual-stack: 18 added, 35 changed, 0 destroyed.";
+        assert!(DEMO_DUAL_STACK.contains(iptables_line));
+        let expected = DEMO_DUAL_STACK.replace(
+            iptables_line,
+            "2. kudonet apply --firewall nftables examples/dual-stack: 19 added, 31 changed, 0 destroyed.",
+        );
+        kudonet(&["demo", "--firewall", "nftables", "examples/dual-stack"])
+            .expect(0, &expected, "");
+        assert_eq!(link_names(None), ["lo"]);
+        assert_eq!(common::nft_kudonet(), None);
+    });
 }

@@ -4,7 +4,9 @@
 //! outside, from the node and by hairpin), from the first packet after `apply`; a second
 //! apply changes nothing to the byte; foreign ip6tables rules survive apply and teardown;
 //! teardown takes every IPv6 object of kudonet; a node moves from IPv4-only to dual stack
-//! and back; drift over IPv6 is repaired; status shows both families.
+//! and back; drift over IPv6 is repaired; status shows both families. The end-to-end
+//! promises are proved with either firewall: kudonet's chains in iptables and ip6tables, or
+//! its nftables table `inet kudonet`.
 //!
 //! The sandbox's own namespace is the node. "outside" is a namespace behind the node's
 //! uplink `eth0` (192.0.2.10/24 and 2001:db8::10/64; outside is 192.0.2.254 and
@@ -14,7 +16,8 @@ mod common;
 
 use common::cli::{Run, kudonet};
 use common::controller::Controller;
-use common::{StateDir, netns, sh};
+use common::kernel::KUDO_FORWARD_ONLY;
+use common::{Firewall, StateDir, kudo_lines, netns, nft_kudonet, setup_outside_dual_stack, sh};
 
 use std::net::SocketAddr;
 
@@ -97,24 +100,6 @@ ip6tables -w -A FORWARD -i eth9 -j DROP
 ip6tables -w -t nat -A POSTROUTING -s fd00:17::/64 ! -o docker0 -j MASQUERADE
 ip6tables -w -t nat -A PREROUTING -d 2001:db8:7::7/128 -j RETURN
 ";
-
-/// The node's uplink `eth0` to "outside", both families, and a default route of each.
-/// Addresses skip duplicate address detection, and link-local ones are valid at once, so
-/// that the outside is reachable from the first packet.
-fn setup_outside_dual_stack() {
-    sh("ip netns add outside
-        ip link add eth0 type veth peer name up0 netns outside
-        sysctl -qw net.ipv6.conf.eth0.accept_dad=0
-        ip netns exec outside sysctl -qw net.ipv6.conf.up0.accept_dad=0
-        ip addr add 192.0.2.10/24 dev eth0
-        ip addr add 2001:db8::10/64 dev eth0 nodad
-        ip link set eth0 up
-        ip -n outside addr add 192.0.2.254/24 dev up0
-        ip -n outside addr add 2001:db8::fe/64 dev up0 nodad
-        ip -n outside link set up0 up && ip -n outside link set lo up
-        ip route add default via 192.0.2.254
-        ip -6 route add default via 2001:db8::fe");
-}
 
 /// `iptables-save` (`ip6tables-save` with `ipv6`) of every table, without its comment lines
 /// (they hold the time of the dump).
@@ -259,97 +244,154 @@ fn sysctl(key: &str) -> String {
 }
 
 #[test]
-fn dual_stack_node_end_to_end() {
-    common::sandboxed("dual_stack_node_end_to_end", || {
-        setup_outside_dual_stack();
-        sh(FOREIGN_IP6_RULES);
-        let foreign_before = foreign(&save(true));
-        let node_addresses_before = ipv6_addresses(None);
-        let node_routes_before = ipv6_routes(None);
-        let state = StateDir::new(DUAL);
-
-        kudonet_ok(&["apply", state.path()]);
-        // Usable at once: no tentative address anywhere, no link-local address inside.
-        for instance in ["kudo-web", "kudo-db"] {
-            let addresses = ipv6_addresses(Some(instance));
-            assert!(!addresses.contains("tentative"), "{addresses}");
-            assert!(!addresses.contains("fe80"), "{addresses}");
-        }
-        assert_eq!(
-            ipv6_addresses(Some("kudo-web")),
-            "lo ::1/128 scope host\neth0 fd00:10::2/64 scope global nodad\n"
-        );
-        assert_eq!(
-            ipv6_routes(Some("kudo-web")),
-            "fd00:10::/64 dev eth0 proto kernel metric 256 pref medium\n\
-             default via fd00:10::1 dev eth0 proto 75 metric 1024 pref medium\n"
-        );
-        assert!(!ipv6_addresses(None).contains("tentative"));
-
-        let _servers = start_servers();
-        assert_ipv6_promises();
-        assert_ipv4_promises();
-        assert_eq!(sysctl("net.ipv6.conf.all.forwarding"), "1");
-        assert_eq!(sysctl("net.ipv4.ip_forward"), "1");
-
-        // Idempotent to the byte: no change, the same rules of both families.
-        let (ipv4_rules, ipv6_rules) = (save(false), save(true));
-        kudonet(&["apply", state.path()]).expect(0, "No changes.\n", "");
-        assert_eq!(save(false), ipv4_rules);
-        assert_eq!(save(true), ipv6_rules);
-        assert_eq!(
-            foreign(&ipv6_rules),
-            foreign_before,
-            "foreign rules in order"
-        );
-
-        // Teardown: no ip6tables chain or jump, address or route of kudonet; every foreign
-        // rule as it was.
-        kudonet_ok(&["teardown"]);
-        let after = save(true);
-        assert!(
-            !after.contains("KUDO") && !after.contains("kudonet"),
-            "{after}"
-        );
-        assert_eq!(foreign(&after), foreign_before);
-        assert_eq!(ipv6_addresses(None), node_addresses_before);
-        assert_eq!(ipv6_routes(None), node_routes_before);
+fn dual_stack_node_end_to_end_with_iptables() {
+    common::sandboxed("dual_stack_node_end_to_end_with_iptables", || {
+        dual_stack_node_end_to_end(Firewall::Iptables)
     });
 }
 
 #[test]
-fn ipv6_only_node_end_to_end() {
-    common::sandboxed("ipv6_only_node_end_to_end", || {
-        setup_outside_dual_stack();
-        let ipv4_before = save(false);
-        let state = StateDir::new(IPV6_ONLY);
-
-        kudonet_ok(&["apply", state.path()]);
-        assert_eq!(
-            ipv6_addresses(Some("kudo-db")),
-            "lo ::1/128 scope host\neth0 fd00:10::3/64 scope global nodad\n"
-        );
-        let _servers = start_servers();
-        assert_ipv6_promises();
-
-        // Nothing of IPv4: no iptables chain, ip_forward untouched, no IPv4 address.
-        assert_eq!(save(false), ipv4_before);
-        assert_eq!(sysctl("net.ipv4.ip_forward"), "0");
-        assert_eq!(
-            common::addresses(Some("kudo-web"), "eth0"),
-            Vec::<String>::new()
-        );
-        assert_eq!(sysctl("net.ipv6.conf.all.forwarding"), "1");
-
-        let ipv6_rules = save(true);
-        kudonet(&["apply", state.path()]).expect(0, "No changes.\n", "");
-        assert_eq!(save(true), ipv6_rules);
-        assert_eq!(save(false), ipv4_before);
-
-        kudonet_ok(&["teardown"]);
-        assert!(!save(true).contains("KUDO"));
-        assert_eq!(save(false), ipv4_before);
+fn dual_stack_node_end_to_end_with_nftables() {
+    common::sandboxed("dual_stack_node_end_to_end_with_nftables", || {
+        dual_stack_node_end_to_end(Firewall::Nftables)
     });
+}
+
+/// `DUAL` applied with kudonet's rules in `backend`, on a node whose ip6tables FORWARD
+/// chain drops by policy: both families' promises, idempotence, teardown.
+fn dual_stack_node_end_to_end(backend: Firewall) {
+    setup_outside_dual_stack();
+    sh(FOREIGN_IP6_RULES);
+    let foreign_before = foreign(&save(true));
+    let node_addresses_before = ipv6_addresses(None);
+    let node_routes_before = ipv6_routes(None);
+    let state = StateDir::new(DUAL);
+
+    kudonet_ok(&backend.args(&["apply", state.path()]));
+    // Usable at once: no tentative address anywhere, no link-local address inside.
+    for instance in ["kudo-web", "kudo-db"] {
+        let addresses = ipv6_addresses(Some(instance));
+        assert!(!addresses.contains("tentative"), "{addresses}");
+        assert!(!addresses.contains("fe80"), "{addresses}");
+    }
+    assert_eq!(
+        ipv6_addresses(Some("kudo-web")),
+        "lo ::1/128 scope host\neth0 fd00:10::2/64 scope global nodad\n"
+    );
+    assert_eq!(
+        ipv6_routes(Some("kudo-web")),
+        "fd00:10::/64 dev eth0 proto kernel metric 256 pref medium\n\
+         default via fd00:10::1 dev eth0 proto 75 metric 1024 pref medium\n"
+    );
+    assert!(!ipv6_addresses(None).contains("tentative"));
+    assert_dual_stack_rules(backend);
+
+    let _servers = start_servers();
+    assert_ipv6_promises();
+    assert_ipv4_promises();
+    assert_eq!(sysctl("net.ipv6.conf.all.forwarding"), "1");
+    assert_eq!(sysctl("net.ipv4.ip_forward"), "1");
+
+    // Idempotent to the byte: no change, the same rules of both families.
+    let (ipv4_rules, ipv6_rules) = (save(false), save(true));
+    kudonet(&backend.args(&["apply", state.path()])).expect(0, "No changes.\n", "");
+    assert_eq!(save(false), ipv4_rules);
+    assert_eq!(save(true), ipv6_rules);
+    assert_dual_stack_rules(backend);
+    assert_eq!(
+        foreign(&ipv6_rules),
+        foreign_before,
+        "foreign rules in order"
+    );
+
+    // Teardown: no ip6tables chain or jump, nftables table, address or route of kudonet;
+    // every foreign rule as it was.
+    kudonet_ok(&backend.args(&["teardown"]));
+    let after = save(true);
+    assert!(
+        !after.contains("KUDO") && !after.contains("kudonet"),
+        "{after}"
+    );
+    assert_eq!(foreign(&after), foreign_before);
+    assert_eq!(nft_kudonet(), None);
+    assert_eq!(ipv6_addresses(None), node_addresses_before);
+    assert_eq!(ipv6_routes(None), node_routes_before);
+}
+
+/// kudonet's rules for `DUAL` in `backend`, exactly; ip6tables' FORWARD drops by policy.
+#[track_caller]
+fn assert_dual_stack_rules(backend: Firewall) {
+    match backend {
+        Firewall::Iptables => assert_eq!(nft_kudonet(), None, "no nftables table of kudonet's"),
+        Firewall::Nftables => {
+            // iptables' FORWARD accepts: nothing of kudonet's there; ip6tables' drops: the
+            // owned KUDO-FORWARD chain alone.
+            assert_eq!(kudo_lines(false), "");
+            assert_eq!(kudo_lines(true), KUDO_FORWARD_ONLY);
+            assert_eq!(
+                nft_kudonet().as_deref(),
+                Some(include_str!("nft/dual-stack.nft"))
+            );
+        }
+    }
+}
+
+#[test]
+fn ipv6_only_node_end_to_end_with_iptables() {
+    common::sandboxed("ipv6_only_node_end_to_end_with_iptables", || {
+        ipv6_only_node_end_to_end(Firewall::Iptables)
+    });
+}
+
+#[test]
+fn ipv6_only_node_end_to_end_with_nftables() {
+    common::sandboxed("ipv6_only_node_end_to_end_with_nftables", || {
+        ipv6_only_node_end_to_end(Firewall::Nftables)
+    });
+}
+
+/// `IPV6_ONLY` applied with kudonet's rules in `backend`: nothing of IPv4 is touched.
+fn ipv6_only_node_end_to_end(backend: Firewall) {
+    setup_outside_dual_stack();
+    let ipv4_before = save(false);
+    let state = StateDir::new(IPV6_ONLY);
+
+    kudonet_ok(&backend.args(&["apply", state.path()]));
+    assert_eq!(
+        ipv6_addresses(Some("kudo-db")),
+        "lo ::1/128 scope host\neth0 fd00:10::3/64 scope global nodad\n"
+    );
+    let _servers = start_servers();
+    assert_ipv6_promises();
+
+    // Nothing of IPv4: no iptables chain, ip_forward untouched, no IPv4 address.
+    assert_eq!(save(false), ipv4_before);
+    assert_eq!(sysctl("net.ipv4.ip_forward"), "0");
+    assert_eq!(
+        common::addresses(Some("kudo-web"), "eth0"),
+        Vec::<String>::new()
+    );
+    assert_eq!(sysctl("net.ipv6.conf.all.forwarding"), "1");
+    match backend {
+        Firewall::Iptables => assert_eq!(nft_kudonet(), None),
+        Firewall::Nftables => {
+            assert_eq!(kudo_lines(true), "");
+            assert_eq!(
+                nft_kudonet().as_deref(),
+                Some(include_str!("nft/ipv6-only.nft"))
+            );
+        }
+    }
+
+    let ipv6_rules = save(true);
+    kudonet(&backend.args(&["apply", state.path()])).expect(0, "No changes.\n", "");
+    assert_eq!(save(true), ipv6_rules);
+    assert_eq!(save(false), ipv4_before);
+
+    kudonet_ok(&backend.args(&["teardown"]));
+    assert!(!save(true).contains("KUDO"));
+    assert_eq!(save(false), ipv4_before);
+    assert_eq!(nft_kudonet(), None);
 }
 
 #[test]

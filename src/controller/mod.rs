@@ -337,33 +337,65 @@ impl Controller {
         let lock_dir = self.options.lock_dir.clone();
         let (events, everything) = (self.kernel_events.clone(), work.read_everything);
         let stopping = self.stopping.clone();
-        let (dataplane, result) = tokio::task::spawn_blocking(move || {
+        let triggers = self.triggers.clone();
+        let (dir, node, firewall) = (
+            self.options.dir.clone(),
+            self.options.node.clone(),
+            self.options.firewall,
+        );
+        let (dataplane, result, reread) = tokio::task::spawn_blocking(move || {
             // Library calls and applies may change the node between passes, never during one.
             // The wait lasts as long as the holder keeps the lock, or until SIGTERM/SIGINT.
             let wait = lock::Wait {
                 until: None,
                 stop: &|| stopping.load(Ordering::SeqCst),
             };
-            let waiting = |held: &lock::LockError| info!("waiting for the change lock: {held}");
+            let mut waited = false;
+            let waiting = |held: &lock::LockError| {
+                waited = true;
+                info!("waiting for the change lock: {held}");
+            };
+            let mut reread = None;
             let result = match lock::wait_lock(&lock_dir, &job_desired.node.name, wait, waiting) {
                 Ok(_change) => {
                     // Taken once the lock is held: what others change from now on raises
                     // events noted for the next pass.
                     dataplane.changed(changes_since_last_pass(events.as_ref(), everything));
+                    // Whoever held the lock (a library call, an apply) may have changed DIR
+                    // before releasing it: converging what was read before would undo
+                    // their change until the next pass. Read DIR again then, under the lock.
+                    if waited || triggers.change_waiting() {
+                        reread =
+                            load_desired(&dir, node.as_deref())
+                                .ok()
+                                .map(|(spec, mut desired)| {
+                                    desired.firewall = firewall;
+                                    (spec, desired)
+                                });
+                    }
+                    let desired = reread.as_ref().map_or(&job_desired, |(_, desired)| desired);
                     Ok(reconcile::converge(
                         &mut dataplane,
-                        &job_desired,
+                        desired,
                         &job_held_back,
                         &mut NoProgress,
                     ))
                 }
                 Err(error) => Err(error),
             };
-            (dataplane, result)
+            (dataplane, result, reread)
         })
         .await
         .map_err(ControllerError::Pass)?;
         self.dataplane = Some(dataplane);
+        let desired = match reread {
+            Some((spec, desired)) => {
+                self.spec = Some(spec);
+                self.desired = Some(desired.clone());
+                desired
+            }
+            None => desired,
+        };
 
         match result {
             Err(lock::LockError::Interrupted { .. }) => {

@@ -272,18 +272,26 @@ pub fn plan_with_bridge_instances(
             planner.firewall(&firewall::desired_tables(&serving, &uplinks, &segments));
             planner.delete_nftables();
         }
+        FirewallBackend::Nftables if observed.foreign_nftables => {
+            // kudonet's table cannot be written: its rules stay in iptables meanwhile, so
+            // that switching never leaves the node without them.
+            planner.foreign_nftables();
+            planner.firewall(&firewall::desired_tables(&serving, &uplinks, &segments));
+        }
         FirewallBackend::Nftables => {
+            // The new rules first: switching from iptables never leaves a moment without.
+            planner.nftables(&nftables::desired_ruleset(&serving, &uplinks, &segments));
             // iptables keeps none of kudonet's rules, but for one case: where its FORWARD
-            // chain drops by policy (as Docker sets it), an accept in kudonet's own table
-            // cannot overrule that drop, so the same owned KUDO-FORWARD chain and marked
-            // jump as in iptables mode accept kudonet's traffic there, for as long as the
-            // policy stays.
+            // chain drops (by policy, as Docker sets it, or by a rule), an accept in
+            // kudonet's own table cannot overrule that drop, so the same owned KUDO-FORWARD
+            // chain and marked jump as in iptables mode accept kudonet's traffic there, for
+            // as long as the drop stays.
             let mut tables = firewall::empty_tables();
             let bridges: Vec<&str> = std::iter::once(node.bridge.as_str())
                 .chain(segments.iter().copied())
                 .collect();
             for family in node.families() {
-                if observed.iptables_forward_drops.contains(&family) {
+                if iptables_forward_drops(observed, family) {
                     tables.insert(
                         crate::observed::TableId::new(family, firewall::FILTER),
                         firewall::filter(&serving, family, &bridges),
@@ -291,10 +299,28 @@ pub fn plan_with_bridge_instances(
                 }
             }
             planner.firewall(&tables);
-            planner.nftables(&nftables::desired_ruleset(&serving, &uplinks, &segments));
         }
     }
     planner.plan
+}
+
+/// Whether iptables' FORWARD chain of `family` (of kudonet's iptables backend) drops
+/// forwarded packets: by policy (Docker sets DROP), or by a rule of its own that drops or
+/// rejects. kudonet's jump is not one.
+fn iptables_forward_drops(observed: &Observed, family: Family) -> bool {
+    let drops = |rule: &str| {
+        !Table::is_owned_jump(rule)
+            && (rule == "-j DROP"
+                || rule.ends_with(" -j DROP")
+                || rule.starts_with("-j REJECT")
+                || rule.contains(" -j REJECT"))
+    };
+    observed.iptables_forward_drops.contains(&family)
+        || observed
+            .firewall
+            .get(&crate::observed::TableId::new(family, firewall::FILTER))
+            .and_then(|table| table.chains.get("FORWARD"))
+            .is_some_and(|rules| rules.iter().any(|rule| drops(rule)))
 }
 
 /// The plan that removes everything kudonet owns on the node, and nothing else.
@@ -1123,22 +1149,23 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// kudonet's nftables table made `ruleset`, unless a table of its name is someone
-    /// else's.
+    /// A table of the name of kudonet's is someone else's: kudonet's rules stay in
+    /// iptables.
+    fn foreign_nftables(&mut self) {
+        self.plan.conflicts.push(Conflict {
+            scope: Scope::Node,
+            kind: "Conflict",
+            message: format!(
+                "nftables table {} {} exists without kudonet's comment: it is someone else's, \
+                 so kudonet keeps its rules in iptables (rename or delete that table)",
+                crate::nftables::TABLE_FAMILY,
+                crate::nftables::TABLE_NAME
+            ),
+        });
+    }
+
+    /// kudonet's nftables table made `ruleset`.
     fn nftables(&mut self, ruleset: &crate::nftables::Ruleset) {
-        if self.observed.foreign_nftables {
-            self.plan.conflicts.push(Conflict {
-                scope: Scope::Node,
-                kind: "Conflict",
-                message: format!(
-                    "nftables table {} {} exists without kudonet's comment: it is someone \
-                     else's, so kudonet writes none of its rules (rename or delete that table)",
-                    crate::nftables::TABLE_FAMILY,
-                    crate::nftables::TABLE_NAME
-                ),
-            });
-            return;
-        }
         let current = self.observed.nftables.as_ref();
         if current != Some(ruleset) {
             self.push(Action::SyncNftables {
@@ -1426,6 +1453,45 @@ mod tests {
 
     #[test]
     fn a_foreign_table_named_like_kudonets_is_a_conflict_and_left_alone() {
+        let mut desired = Desired {
+            cluster: None,
+            node: node("a", &["10.0.0.1/24"], &[]),
+            peers: Vec::new(),
+            instances: Vec::new(),
+            firewall: FirewallBackend::Iptables,
+        };
+        let mut dataplane = MemoryDataplane::new(fresh_node());
+        converge(&mut dataplane, &desired);
+        let iptables = dataplane.state.firewall.clone();
+        // Someone else's `inet kudonet`, then a switch to nftables: kudonet's rules stay
+        // in iptables, untouched, and the table is left alone.
+        dataplane.state.foreign_nftables = true;
+        desired.firewall = FirewallBackend::Nftables;
+        let planned = plan(&desired, &dataplane.state);
+        assert!(planned.is_empty(), "{planned}");
+        assert_eq!(
+            planned.conflicts[0].message,
+            "nftables table inet kudonet exists without kudonet's comment: it is someone else's, \
+             so kudonet keeps its rules in iptables (rename or delete that table)"
+        );
+        converge(&mut dataplane, &desired);
+        assert_eq!(dataplane.state.firewall, iptables);
+        assert!(
+            !plan_teardown(&dataplane.state)
+                .actions()
+                .any(|action| matches!(action, Action::DeleteNftables))
+        );
+        // Once it is gone, the switch happens, the table first.
+        dataplane.state.foreign_nftables = false;
+        let planned = plan(&desired, &dataplane.state);
+        assert!(matches!(
+            planned.actions().next(),
+            Some(Action::SyncNftables { .. })
+        ));
+    }
+
+    #[test]
+    fn a_forward_chain_dropping_by_a_rule_also_gets_kudo_forward() {
         let desired = Desired {
             cluster: None,
             node: node("a", &["10.0.0.1/24"], &[]),
@@ -1433,24 +1499,28 @@ mod tests {
             instances: Vec::new(),
             firewall: FirewallBackend::Nftables,
         };
-        let mut observed = fresh_node();
-        observed.foreign_nftables = true;
-        let planned = plan(&desired, &observed);
-        assert!(
-            !planned
-                .actions()
-                .any(|action| matches!(action, Action::SyncNftables { .. }))
-        );
-        assert_eq!(
-            planned.conflicts[0].message,
-            "nftables table inet kudonet exists without kudonet's comment: it is someone else's, \
-             so kudonet writes none of its rules (rename or delete that table)"
-        );
-        assert!(
-            !plan_teardown(&observed)
-                .actions()
-                .any(|action| matches!(action, Action::DeleteNftables))
-        );
+        let kudo_forward = |forward: &[&str]| {
+            let mut observed = fresh_node();
+            observed.firewall.insert(
+                crate::observed::TableId::new(Family::Ipv4, "filter"),
+                Table {
+                    chains: BTreeMap::from([(
+                        "FORWARD".to_string(),
+                        forward.iter().map(|rule| rule.to_string()).collect(),
+                    )]),
+                },
+            );
+            plan(&desired, &observed).actions().any(|action| {
+                matches!(action, Action::SyncTable { chains, .. } if chains.contains_key("KUDO-FORWARD"))
+            })
+        };
+        assert!(kudo_forward(&["-i docker0 -j ACCEPT", "-j DROP"]));
+        assert!(kudo_forward(&[
+            "-j REJECT --reject-with icmp-host-prohibited"
+        ]));
+        assert!(kudo_forward(&["-s 192.0.2.7/32 -j DROP"]));
+        assert!(!kudo_forward(&["-i docker0 -j ACCEPT", "-j DOCKER-USER"]));
+        assert!(!kudo_forward(&[]));
     }
 
     #[test]

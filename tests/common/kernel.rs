@@ -83,3 +83,65 @@ pub fn link_names(netns: Option<&str>) -> Vec<String> {
         .map(|link| link["ifname"].as_str().unwrap().to_string())
         .collect()
 }
+
+/// Which firewall a test runs kudonet with (`--firewall`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firewall {
+    Iptables,
+    Nftables,
+}
+
+impl Firewall {
+    /// The value of `--firewall`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Firewall::Iptables => "iptables",
+            Firewall::Nftables => "nftables",
+        }
+    }
+
+    /// `args` followed by `--firewall NAME` (a global option: it may follow the command).
+    pub fn args<'a>(self, args: &[&'a str]) -> Vec<&'a str> {
+        let mut all = args.to_vec();
+        all.extend(["--firewall", self.name()]);
+        all
+    }
+}
+
+/// `nft list table inet kudonet`, or None when there is no such table.
+pub fn nft_kudonet() -> Option<String> {
+    nft_table("inet kudonet")
+}
+
+/// `nft list table FAMILY NAME` (`table` is "FAMILY NAME"), or None when there is no such
+/// table.
+pub fn nft_table(table: &str) -> Option<String> {
+    let mut args = vec!["list", "table"];
+    args.extend(table.split(' '));
+    let output = run("nft", &args);
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The lines of `iptables-save` (`ip6tables-save` with `ipv6`), comments left out, that name
+/// a chain of kudonet's (`KUDO-`), in their order.
+pub fn kudo_lines(ipv6: bool) -> String {
+    let save = if ipv6 {
+        "ip6tables-save"
+    } else {
+        "iptables-save"
+    };
+    sh(&format!("{save} | grep -v '^#' | grep -e KUDO- || true"))
+}
+
+/// What `kudo_lines` reads in nftables mode from a family whose FORWARD chain drops by
+/// policy (Docker's): kudonet's owned KUDO-FORWARD chain and its marked jump, nothing else.
+pub const KUDO_FORWARD_ONLY: &str = "\
+:KUDO-FORWARD - [0:0]
+-A FORWARD -m comment --comment kudonet -j KUDO-FORWARD
+-A KUDO-FORWARD -i kudo0 -j ACCEPT
+-A KUDO-FORWARD -o kudo0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A KUDO-FORWARD -o kudo0 -m conntrack --ctstate DNAT -j ACCEPT
+";

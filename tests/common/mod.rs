@@ -25,9 +25,14 @@ pub mod sandbox;
 pub mod state;
 pub mod strategies;
 
-pub use kernel::{addresses, firewall, is_up, link, link_names, namespaces};
+pub use kernel::{
+    Firewall, addresses, firewall, is_up, kudo_lines, link, link_names, namespaces, nft_kudonet,
+    nft_table,
+};
 pub use probes::{addr, netns, seen, seen_tcp};
-pub use sandbox::{inside_sandbox, run, run_ok, sandboxed, setup_outside, sh};
+pub use sandbox::{
+    inside_sandbox, run, run_ok, sandboxed, setup_outside, setup_outside_dual_stack, sh,
+};
 pub use state::StateDir;
 
 /// The kudonet binary under test.

@@ -93,3 +93,22 @@ pub fn setup_outside() {
         ip -n outside link set up0 up && ip -n outside link set lo up
         ip route add default via 203.0.113.254");
 }
+
+/// The node's uplink `eth0` to "outside", both families (192.0.2.10/24 and 2001:db8::10/64;
+/// outside is 192.0.2.254 and 2001:db8::fe), and a default route of each.
+/// Addresses skip duplicate address detection, and link-local ones are valid at once, so
+/// that the outside is reachable from the first packet.
+pub fn setup_outside_dual_stack() {
+    sh("ip netns add outside
+        ip link add eth0 type veth peer name up0 netns outside
+        sysctl -qw net.ipv6.conf.eth0.accept_dad=0
+        ip netns exec outside sysctl -qw net.ipv6.conf.up0.accept_dad=0
+        ip addr add 192.0.2.10/24 dev eth0
+        ip addr add 2001:db8::10/64 dev eth0 nodad
+        ip link set eth0 up
+        ip -n outside addr add 192.0.2.254/24 dev up0
+        ip -n outside addr add 2001:db8::fe/64 dev up0 nodad
+        ip -n outside link set up0 up && ip -n outside link set lo up
+        ip route add default via 192.0.2.254
+        ip -6 route add default via 2001:db8::fe");
+}
