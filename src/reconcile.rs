@@ -497,15 +497,23 @@ pub fn instance_status(
             } else {
                 (Phase::Ready, String::new())
             };
+            // Its own addresses, else those allocated to it.
+            let addresses = match instance.addresses.as_slice() {
+                [] => remaining
+                    .allocated
+                    .get(name)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default(),
+                named => named,
+            };
             InstanceStatus {
                 name: instance.name.clone(),
                 phase,
-                address: instance
-                    .addresses
+                address: addresses
                     .first()
                     .map(ToString::to_string)
                     .unwrap_or_default(),
-                addresses: instance.addresses.iter().map(ToString::to_string).collect(),
+                addresses: addresses.iter().map(ToString::to_string).collect(),
                 netns: netns_dir.join(&netns).display().to_string(),
                 host_interface: names::host_interface_name(&instance.name),
                 message,

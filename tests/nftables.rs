@@ -325,10 +325,12 @@ fn an_inet_kudonet_table_without_the_comment_is_someone_elses() {
                 conflicts,
                 [
                     "nftables table inet kudonet exists without kudonet's comment: it is someone \
-                  else's, so kudonet writes none of its rules (rename or delete that table)"
+                  else's, so kudonet keeps its rules in iptables (rename or delete that table)"
                 ]
             );
             assert_eq!(listed(), before);
+            // Meanwhile kudonet's rules are in iptables.
+            assert!(common::run_ok("iptables-save", &[]).contains("-A KUDO-PORTS"));
             teardown(&mut dataplane);
             assert_eq!(listed(), before);
         },

@@ -106,7 +106,9 @@ proptest! {
         }
         let held_back: Vec<&str> = first.conflicts.iter().filter_map(|c| c.scope.instance_name()).collect();
         for (instance, bridge) in ports.iter().filter(|(i, _)| !first.blocked && !held_back.contains(&i.as_str())) {
-            let address = desired.instances.iter().find(|i| &i.name == instance).unwrap().addresses[0];
+            // Its own address, else the one allocated to it.
+            let named = desired.instances.iter().find(|i| &i.name == instance).unwrap();
+            let address = named.addresses.first().or_else(|| first.allocated.get(instance)?.first()).copied().unwrap();
             let route = converged.routes.get(&cidr::IpCidr::new_host(address.address()));
             if names::segment_number(bridge).is_some() {
                 prop_assert!(
@@ -163,7 +165,11 @@ fn dual_stack(desired: Desired) -> Desired {
         .iter()
         .map(|instance| {
             let mut instance = instance.clone();
-            let std::net::IpAddr::V4(v4) = instance.addresses[0].address() else {
+            // An allocated instance gets an address of the new family too.
+            let Some(first) = instance.addresses.first() else {
+                return instance;
+            };
+            let std::net::IpAddr::V4(v4) = first.address() else {
                 unreachable!("the generators give IPv4 addresses")
             };
             let address = cidr::IpInet::new(ipv6(v4.octets()[3]).into(), 64).unwrap();

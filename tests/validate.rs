@@ -266,7 +266,6 @@ fn required_fields_are_reported_at_their_document() {
             ("i.yaml", "kind: Instance\n"),
         ],
         &[
-            "$DIR/i.yaml:1:1: Instance is missing required field `address`",
             "$DIR/i.yaml:1:1: Instance is missing required field `name`",
             "$DIR/node.yaml:1:1: Node is missing required field `cidr`",
             "$DIR/node.yaml:1:1: Node is missing required field `name`",
@@ -470,6 +469,41 @@ fn a_node_with_more_instances_than_its_subnet_has_addresses_is_refused_at_its_ci
             "$DIR/i.yaml:12:37: address 10.0.0.7 is the broadcast address of subnet 10.0.0.0/29",
             "$DIR/node.yaml:3:7: Node \"node-a\" has 6 instances, more than its subnet \
              10.0.0.0/29 has addresses for (5)",
+        ],
+    );
+}
+
+#[test]
+fn an_instance_without_address_gets_one_of_each_node_family_and_counts_for_capacity() {
+    // Allocated: no address needed, a hostIp of a family the node has is fine.
+    instance_case(
+        "kind: Instance\nname: web\nports:\n  - hostPort: 8080\n    instancePort: 80\n    hostIp: 0.0.0.0\n",
+        &[],
+    );
+    // ... but not one of a family the node lacks (NODE is IPv4 only).
+    instance_case(
+        "kind: Instance\nname: web\nports:\n  - hostPort: 8080\n    instancePort: 80\n    hostIp: \"::\"\n",
+        &["$DIR/i.yaml:6:13: hostIp :: is IPv6 and Instance \"web\" has no IPv6 address"],
+    );
+    // An empty list is still an error: leave the field out to have one allocated.
+    instance_case(
+        "kind: Instance\nname: web\naddress: []\n",
+        &["$DIR/i.yaml:3:10: `address` must not be an empty list"],
+    );
+    // A /29 has addresses for 5 instances, allocated or not.
+    let node = "kind: Node\nname: node-a\ncidr: 10.0.0.1/29\n";
+    let allocated = |count: usize| {
+        (0..count)
+            .map(|index| format!("kind: Instance\nname: a{index}\n"))
+            .collect::<Vec<_>>()
+            .join("---\n")
+    };
+    case(&[("node.yaml", node), ("i.yaml", &allocated(5))], &[]);
+    case(
+        &[("node.yaml", node), ("i.yaml", &allocated(6))],
+        &[
+            "$DIR/node.yaml:3:7: Node \"node-a\" has 6 instances, more than its subnet \
+           10.0.0.0/29 has addresses for (5)",
         ],
     );
 }

@@ -70,6 +70,7 @@ fn desired(u: &mut Unstructured) -> Result<Desired> {
             host,
             families: instance_families,
             ports,
+            allocated: u.ratio(1, 4)?,
         });
     }
     let cluster = if u.arbitrary()? {

@@ -23,6 +23,7 @@
 //! removal of what belonged to instances no longer desired).
 
 mod action;
+pub mod allocate;
 pub(crate) mod firewall;
 pub mod nftables;
 pub mod placement;
@@ -77,6 +78,9 @@ pub struct Plan {
     /// Whether a conflict stops the whole node (a foreign link holds the bridge's name):
     /// then nothing about instances was planned.
     pub blocked: bool,
+    /// The addresses given to instances that name none, by instance (see
+    /// [`allocate::allocate`]).
+    pub allocated: BTreeMap<String, Vec<IpInet>>,
 }
 
 impl Plan {
@@ -190,10 +194,22 @@ pub fn plan_with_bridge_instances(
     observed: &Observed,
     bridge_instances: usize,
 ) -> Plan {
+    // Instances that name no address get theirs first; from here on every instance has
+    // its addresses, but those left without one (a full subnet), which are not planned.
+    let allocation = allocate::allocate(desired, observed);
+    let desired = &allocation.desired;
     let placement = placement::place(desired, observed, bridge_instances);
     let wanted = Wanted::new(desired, &placement);
     let mut planner = Planner::new(observed, &wanted);
     planner.placement = placement;
+    planner.plan.allocated = allocation.allocated;
+    for (instance, message) in allocation.exhausted {
+        planner.plan.conflicts.push(Conflict {
+            scope: Scope::instance(instance),
+            kind: "Conflict",
+            message,
+        });
+    }
     let uplink = uplink(desired, observed);
     // A node subnet that overlaps the uplink's would cut the node off its own network:
     // refused before anything changes (the command line reports it at the Node's cidr).

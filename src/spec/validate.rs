@@ -527,7 +527,7 @@ impl Checker {
 
     fn instance(&mut self, context: &DocumentContext, raw: &RawDocument, doc: Origin) {
         self.require(&doc, "Instance", "name", &raw.name);
-        self.require(&doc, "Instance", "address", &raw.address);
+        // Without `address`, kudonet allocates one of each of the node's families.
         let name = self.parse(context, &raw.name, |name| {
             check_instance_name(name).map(|()| name.to_string())
         });
@@ -848,10 +848,21 @@ impl Checker {
             let node = instance.node.as_ref().map(|node| node.value.as_str());
             if let Some(node) = node.or(only_node) {
                 *counts.entry(node).or_default() += 1;
-                for address in &instance.addresses.entries {
-                    *family_counts
-                        .entry((node, Family::of(address.value.0)))
-                        .or_default() += 1;
+                let mut families: Vec<Family> = instance
+                    .addresses
+                    .entries
+                    .iter()
+                    .map(|address| Family::of(address.value.0))
+                    .collect();
+                // An instance without `address` takes one of each family of its node.
+                if instance.addresses.complete
+                    && families.is_empty()
+                    && let Some(node) = nodes.get(node)
+                {
+                    families = node.families().collect();
+                }
+                for family in families {
+                    *family_counts.entry((node, family)).or_default() += 1;
                 }
             }
         }
@@ -987,12 +998,17 @@ impl Checker {
                     ),
                 ));
             }
-            let families: Vec<Family> = instance
-                .addresses
-                .entries
-                .iter()
-                .map(|address| Family::of(address.value.0))
-                .collect();
+            // Without `address`, the instance gets an address of each of its node's families.
+            let allocated = instance.addresses.complete && instance.addresses.entries.is_empty();
+            let families: Vec<Family> = match nodes.get(node_name) {
+                Some(node) if allocated => node.families().collect(),
+                _ => instance
+                    .addresses
+                    .entries
+                    .iter()
+                    .map(|address| Family::of(address.value.0))
+                    .collect(),
+            };
             for port in &instance.ports {
                 if let Some(ip) = port.value.host_ip
                     && !families.contains(&Family::of(ip))
@@ -1072,10 +1088,7 @@ impl Checker {
                     }
                 }
             }
-            if instance.addresses.complete
-                && !valid.is_empty()
-                && valid.len() == instance.addresses.entries.len()
-            {
+            if instance.addresses.complete && valid.len() == instance.addresses.entries.len() {
                 instances.push(Instance {
                     name: name.to_string(),
                     id: id.map(str::to_string),

@@ -167,6 +167,8 @@ pub struct InstanceChoice {
     /// The instance's families, within its node's (see [`Families::within`]).
     pub families: Families,
     pub ports: Vec<PublishedPort>,
+    /// Without an address: kudonet allocates one of each of the node's families.
+    pub allocated: bool,
 }
 
 /// A desired state for node `a` (10.0.0.0/24, fd00:10::/64, or both) as drawn; `build`
@@ -212,7 +214,14 @@ impl DesiredChoice {
                 used_addresses.push(host);
                 let families: Vec<Family> = Family::ALL
                     .into_iter()
-                    .filter(|family| choice.families.within(self.families).has(*family))
+                    .filter(|family| {
+                        let families = if choice.allocated {
+                            self.families
+                        } else {
+                            choice.families.within(self.families)
+                        };
+                        families.has(*family)
+                    })
                     .collect();
                 let mut ports = choice.ports.clone();
                 ports.retain(|port| {
@@ -236,10 +245,14 @@ impl DesiredChoice {
                     name: choice.name.to_string(),
                     id: None,
                     node: "a".to_string(),
-                    addresses: families
-                        .iter()
-                        .map(|family| address(*family, 0, host))
-                        .collect(),
+                    addresses: if choice.allocated {
+                        Vec::new()
+                    } else {
+                        families
+                            .iter()
+                            .map(|family| address(*family, 0, host))
+                            .collect()
+                    },
                     ports,
                 }
             })

@@ -38,6 +38,7 @@ pub fn arb_desired() -> impl Strategy<Value = Desired> {
             proptest::collection::vec(HOSTS, names),
             proptest::collection::vec(select(Families::ALL), names),
             proptest::collection::vec(proptest::collection::vec(arb_port(), 0..=3), names),
+            proptest::collection::vec(proptest::bool::weighted(0.25), names),
         ),
         select(Families::ALL),
         select(BRIDGES),
@@ -50,7 +51,7 @@ pub fn arb_desired() -> impl Strategy<Value = Desired> {
     )
         .prop_map(
             |(
-                (chosen, hosts, instance_families, ports),
+                (chosen, hosts, instance_families, ports, allocated),
                 families,
                 bridge,
                 mtu,
@@ -74,6 +75,7 @@ pub fn arb_desired() -> impl Strategy<Value = Desired> {
                             host: hosts[index],
                             families: instance_families[index],
                             ports: ports[index].clone(),
+                            allocated: allocated[index],
                         })
                         .collect(),
                     cluster,
