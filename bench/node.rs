@@ -3,22 +3,29 @@
 //! a fresh throwaway network and mount namespace (with a private /run) that this program
 //! creates for it.
 //!
-//!   cargo bench --bench node                 # N = 10, 100, 1000, 5000 (about 30 min, 2 cores)
+//!   cargo bench --bench node                 # N = 10, 100, 1000, 5000 (about 33 min, 2 cores)
+//!   cargo bench --bench node -- --sizes 10,100,400,1000 --systems kudonet,kudonet-nft
+//!                                            # nftables against iptables (about 8 min)
 //!   cargo bench --bench node -- --quick      # N = 10, 100, 3 rounds
 //!   cargo bench --bench node -- --sizes 10,200 --rounds 5 --systems kudonet,floor
 //!
 //! Options: `--sizes N,N,...`; `--rounds R` (every system, every N; default 5, 3 at
 //! N >= 500, 1 at N >= 5000, and 3 for the peers); `--systems a,b` (default all);
-//! `--max-n system=N,...` (the largest N a system forking per container is run at; default
-//! per-step=1000,netavark=1000,cni=100: CNI takes about 15 minutes a run at 1000);
+//! `--max-n system=N,...` (the largest N a system is run at; default
+//! per-step=1000,netavark=1000,cni=100,kudonet-dual=1000,kudonet-nft=1000: CNI takes about
+//! 15 minutes a run at 1000);
 //! `--slow-large-rounds R` (their rounds at N >= 500, default 1); `--out FILE` (default
 //! bench/results.json).
 //!
 //! The node is bench/baselines/desired.sh's: N instances, one published port each. Systems:
-//! - kudonet (bench/node/kudonet_run.rs: cold apply, no-op apply, controller resyncs and
-//!   repairs, removal of half the instances, teardown, RSS);
+//! - kudonet (bench/node/kudonet_run.rs: cold apply, no-op apply, one instance added and
+//!   removed, repair of a flushed ruleset, controller resyncs and repairs, removal of half
+//!   the instances, teardown, RSS);
 //! - kudonet-dual, the same run on the same node in dual stack (every instance also has an
 //!   IPv6 address; up to N = 1000 by default, `--max-n kudonet-dual=N`): the cost of IPv6;
+//! - kudonet-nft, the same run with `--firewall nftables` (kudonet's rules in its own
+//!   nftables table instead of iptables; up to N = 1000 by default): the nftables backend
+//!   against the iptables one;
 //! - `floor.sh`, the same kernel state with `ip -batch` and one `iptables-restore`, and the
 //!   floor of removal: the namespaces unmounted in one `ip -batch` (bench/node/baselines.rs);
 //! - `per-step.sh`, one process per step as the original library did (build only);
@@ -60,9 +67,10 @@ const BASELINES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/baselines");
 const WORKER: &str = "KUDONET_BENCH_NODE_WORKER";
 const WORK: &str = "/run/kudonet-bench";
 
-const SYSTEMS: [&str; 6] = [
+const SYSTEMS: [&str; 7] = [
     "kudonet",
     "kudonet-dual",
+    "kudonet-nft",
     "floor",
     "per-step",
     "netavark",
@@ -71,8 +79,9 @@ const SYSTEMS: [&str; 6] = [
 /// Systems that fork per container (minutes a run at N = 1000), and the largest N each is
 /// run at by default.
 const SLOW: [(&str, usize); 3] = [("per-step", 1000), ("netavark", 1000), ("cni", 100)];
-/// The largest N kudonet in dual stack is run at by default.
-const DUAL_MAX_N: usize = 1000;
+/// kudonet's variants (the same run as kudonet's, in dual stack or with the nftables
+/// backend), compared with kudonet, and the largest N each is run at by default.
+const VARIANTS: [(&str, usize); 2] = [("kudonet-dual", 1000), ("kudonet-nft", 1000)];
 const PEERS: [&str; 2] = ["netavark", "cni"];
 
 struct Options {
@@ -80,10 +89,8 @@ struct Options {
     /// Rounds of every system at every N; 0 for the defaults.
     rounds: usize,
     systems: Vec<&'static str>,
-    /// The largest N of each slow system.
+    /// The largest N of each slow system and variant.
     max_n: BTreeMap<&'static str, usize>,
-    /// The largest N of kudonet-dual.
-    dual_max_n: usize,
     slow_large_rounds: usize,
     out: PathBuf,
 }
@@ -129,26 +136,20 @@ fn options() -> Options {
             })
             .collect(),
     };
-    let mut max_n: BTreeMap<&'static str, usize> = SLOW.into_iter().collect();
-    let mut dual_max_n = DUAL_MAX_N;
+    let mut max_n: BTreeMap<&'static str, usize> = SLOW.into_iter().chain(VARIANTS).collect();
     for setting in value("--max-n").iter().flat_map(|list| list.split(',')) {
         let (name, n) = setting
             .split_once('=')
             .unwrap_or_else(|| panic!("--max-n takes system=N, not {setting:?}"));
-        if name.trim() == "kudonet-dual" {
-            dual_max_n = n.trim().parse().expect("--max-n takes system=N");
-            continue;
-        }
-        let system = SLOW
+        let known: Vec<&'static str> = max_n.keys().copied().collect();
+        let system = *known
             .iter()
-            .map(|(system, _)| *system)
-            .find(|system| *system == name.trim())
-            .unwrap_or_else(|| panic!("--max-n: {name:?} is not one of {SLOW:?}"));
+            .find(|system| **system == name.trim())
+            .unwrap_or_else(|| panic!("--max-n: {name:?} is not one of {known:?}"));
         let n = n.trim().parse().expect("--max-n takes system=N");
         max_n.insert(system, n);
     }
     Options {
-        dual_max_n,
         sizes,
         rounds: number("--rounds", if quick { 3 } else { 0 }),
         systems,
@@ -162,18 +163,16 @@ fn options() -> Options {
 
 /// How many rounds `system` gets at N, or why none.
 fn rounds(options: &Options, system: &str, n: usize) -> Result<usize, String> {
-    if system == "kudonet-dual" && n > options.dual_max_n {
-        return Err(format!(
-            "run up to N = {} (--max-n kudonet-dual=N)",
-            options.dual_max_n
-        ));
-    }
     let max_n = options.max_n.get(system);
     if let Some(max_n) = max_n.filter(|max_n| n > **max_n) {
-        return Err(format!(
-            "forks per container: run up to N = {max_n} (--max-n {system}=N)"
-        ));
+        let why = if system.starts_with("kudonet") {
+            ""
+        } else {
+            "forks per container: "
+        };
+        return Err(format!("{why}run up to N = {max_n} (--max-n {system}=N)"));
     }
+    let slow = SLOW.iter().any(|(slow, _)| *slow == system);
     let rounds = match options.rounds {
         0 if n >= 5000 => 1,
         0 if n >= 500 => 3,
@@ -181,7 +180,7 @@ fn rounds(options: &Options, system: &str, n: usize) -> Result<usize, String> {
         0 => 5,
         rounds => rounds,
     };
-    Ok(if max_n.is_some() && n >= 500 {
+    Ok(if slow && n >= 500 {
         rounds.min(options.slow_large_rounds)
     } else {
         rounds
@@ -277,10 +276,12 @@ fn headline(system: &str, result: &Value) -> String {
         return format!("FAILED: {}", error.as_str().unwrap_or(""));
     }
     let mut line = match system {
-        "kudonet" | "kudonet-dual" => format!(
-            "cold {:.3}s, no-op apply {:.3}s, resync {:.3}s, repair {:.1}ms, half {:.3}s, teardown {:.3}s, rss {} kB",
+        "kudonet" | "kudonet-dual" | "kudonet-nft" => format!(
+            "cold {:.3}s, no-op apply {:.3}s, +1 {:.3}s, flushed {:.3}s, resync {:.3}s, repair {:.1}ms, half {:.3}s, teardown {:.3}s, rss {} kB",
             number("build_s"),
             number("noop_apply_s"),
+            number("add_one_s"),
+            number("flush_repair_s"),
             report::median(&report::floats(&result["resync_pass_s"])),
             report::median(&report::floats(&result["repair_1_ms"])),
             number("remove_half_s"),
@@ -370,8 +371,12 @@ fn worker(job: &str) -> Value {
     desired(n, &work.join("full"), system == "kudonet-dual");
     let mut result = Map::new();
     let outcome = match system.as_str() {
-        "kudonet" | "kudonet-dual" => {
-            kudonet_run::run(n, system == "kudonet-dual", first_round, work, &mut result)
+        "kudonet" | "kudonet-dual" | "kudonet-nft" => {
+            let mode = kudonet_run::Mode {
+                dual: system == "kudonet-dual",
+                nftables: system == "kudonet-nft",
+            };
+            kudonet_run::run(n, mode, first_round, work, &mut result)
         }
         "netavark" | "cni" => {
             let instances = kernel::instances(&work.join("full"));

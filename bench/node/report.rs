@@ -91,9 +91,12 @@ fn system_summary(system: &str, runs: &Runs) -> Value {
         for key in [
             "noop_apply_actions",
             "noop_apply_restores",
+            "noop_apply_processes",
+            "noop_apply_commits",
             "resync_actions",
             "resync_restores",
             "resync_saves",
+            "resync_processes",
         ] {
             if runs.iter().any(|run| run.get(key).is_some()) {
                 summary.insert(format!("{key}_total"), json!(total_of(runs, key)));
@@ -157,6 +160,12 @@ pub fn summarise(
             "dual_over_ipv4_remove_half": figure("kudonet-dual", "remove_half_s") / figure("kudonet", "remove_half_s"),
             "dual_over_ipv4_teardown": figure("kudonet-dual", "teardown_s") / teardown,
         });
+        // The nftables backend over the iptables one, figure by figure.
+        let mut ratios = ratios;
+        for key in NFT_FIGURES.iter().map(|(key, _)| *key) {
+            ratios[format!("nft_over_iptables_{key}")] =
+                json!(figure("kudonet-nft", key) / figure("kudonet", key));
+        }
         entries.push(json!({ "n": n, "systems": systems, "ratios": ratios, "runs": all_runs }));
     }
     json!({
@@ -200,6 +209,19 @@ fn growth(entries: &[Value]) -> Value {
     })
 }
 
+/// The figures of kudonet-nft compared with kudonet's (iptables), and their heading.
+const NFT_FIGURES: [(&str, &str); 9] = [
+    ("build_s", "cold"),
+    ("noop_apply_s", "no-op"),
+    ("flush_repair_s", "flushed"),
+    ("add_one_s", "+1"),
+    ("remove_one_s", "-1"),
+    ("remove_half_s", "half"),
+    ("teardown_s", "tdown"),
+    ("resync_pass_s", "resync"),
+    ("repair_1_ms", "repair1"),
+];
+
 /// A cell of `system`'s figure `key`: the number, "-" when the system was not run at this N,
 /// "FAIL" when it ran without producing the figure.
 fn cell(entry: &Value, system: &str, key: &str, precision: usize) -> String {
@@ -216,6 +238,72 @@ fn ratio(entry: &Value, key: &str) -> String {
     match entry["ratios"][key].as_f64() {
         Some(value) => format!("{value:.2}"),
         None => "-".into(),
+    }
+}
+
+/// kudonet with `--firewall nftables` against kudonet with iptables, run side by side:
+/// seconds of both for the first four figures, then the ratios of all.
+fn print_nftables(entries: &[Value]) {
+    let ran = |entry: &&Value| entry["systems"]["kudonet-nft"]["rounds"].is_number();
+    if !entries.iter().any(|entry| ran(&entry)) {
+        return;
+    }
+    println!(
+        "\nnftables backend (kudonet-nft) against iptables (kudonet), seconds: cold apply, no-op apply, apply after `nft flush ruleset`, apply of one instance more"
+    );
+    print!("{:>5} |", "N");
+    for (_, heading) in &NFT_FIGURES[..4] {
+        print!(
+            " {:>8} {:>8} {:>6} |",
+            format!("{heading} ipt"),
+            "nft",
+            "n/i"
+        );
+    }
+    println!();
+    for entry in entries.iter().filter(ran) {
+        print!("{:>5} |", entry["n"].as_u64().unwrap_or(0));
+        for (key, _) in &NFT_FIGURES[..4] {
+            print!(
+                " {:>8} {:>8} {:>6} |",
+                cell(entry, "kudonet", key, 3),
+                cell(entry, "kudonet-nft", key, 3),
+                ratio(entry, &format!("nft_over_iptables_{key}")),
+            );
+        }
+        println!();
+    }
+    println!("nftables / iptables, all figures (the medians' ratio):");
+    print!("{:>5} |", "N");
+    for (_, heading) in &NFT_FIGURES {
+        print!(" {heading:>7}");
+    }
+    println!();
+    for entry in entries.iter().filter(ran) {
+        print!("{:>5} |", entry["n"].as_u64().unwrap_or(0));
+        for (key, _) in &NFT_FIGURES {
+            print!(" {:>7}", ratio(entry, &format!("nft_over_iptables_{key}")));
+        }
+        println!();
+    }
+    for entry in entries.iter().filter(ran) {
+        let count = |system: &str, key: &str| cell(entry, system, key, 0);
+        println!(
+            "N={}: no-op apply, processes started and ruleset commits in all runs: iptables {} and {} ({} runs), nftables {} and {} ({} runs); controller's resyncs, processes: iptables {}, nftables {}; commits (median) of +1: iptables {}, nftables {}; of the flushed ruleset's repair: iptables {}, nftables {}",
+            entry["n"].as_u64().unwrap_or(0),
+            count("kudonet", "noop_apply_processes_total"),
+            count("kudonet", "noop_apply_commits_total"),
+            count("kudonet", "rounds"),
+            count("kudonet-nft", "noop_apply_processes_total"),
+            count("kudonet-nft", "noop_apply_commits_total"),
+            count("kudonet-nft", "rounds"),
+            count("kudonet", "resync_processes_total"),
+            count("kudonet-nft", "resync_processes_total"),
+            count("kudonet", "add_one_commits"),
+            count("kudonet-nft", "add_one_commits"),
+            count("kudonet", "flush_repair_commits"),
+            count("kudonet-nft", "flush_repair_commits"),
+        );
     }
 }
 
@@ -318,6 +406,8 @@ pub fn print_tables(report: &Value) {
             ratio(entry, "dual_over_ipv4_teardown"),
         );
     }
+
+    print_nftables(entries);
 
     println!("\nkudonet on a converged node, repairs, memory");
     println!(
