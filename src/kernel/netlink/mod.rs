@@ -22,6 +22,8 @@ use netlink_packet_core::{
 };
 use netlink_sys::{Socket, SocketAddr};
 
+pub use netfilter::NfTables;
+pub use nftables::TableState;
 pub use route::Netlink;
 
 /// A failed netlink request: what was asked, and the kernel's answer.

@@ -6,7 +6,7 @@
 //! `NFTA_GEN_ID` (include/uapi/linux/netfilter/nf_tables.h).
 //!
 //! The same socket also lists the forward base chains of every table and looks for what
-//! drops there ([`Generation::forward_blockers`]): a packet kudonet's iptables rules accept
+//! drops there ([`NfTables::forward_blockers`]): a packet kudonet's iptables rules accept
 //! still traverses every other table's chain on the same hook, and a drop anywhere wins.
 
 use std::io;
@@ -47,16 +47,16 @@ const HEADER: usize = 16;
 pub(super) const NFGENMSG: usize = 4;
 
 /// A netfilter socket of the namespace it was opened in, asking for the generation.
-pub struct Generation {
+pub struct NfTables {
     pub(super) socket: Socket,
     pub(super) sequence: u32,
 }
 
-impl Generation {
+impl NfTables {
     /// A socket in the calling thread's network namespace.
-    pub fn open() -> io::Result<Generation> {
+    pub fn open() -> io::Result<NfTables> {
         let socket = super::connected(NETLINK_NETFILTER)?;
-        Ok(Generation {
+        Ok(NfTables {
             socket,
             sequence: 0,
         })
@@ -127,7 +127,7 @@ impl ForwardChain {
     }
 }
 
-impl Generation {
+impl NfTables {
     /// What in nftables drops forwarded traffic whatever kudonet accepts: every forward base
     /// chain (inet, ip, ip6, bridge) with a drop policy or a `reject` rule, described for
     /// people. With `skip_iptables_filter`, the `ip filter` and `ip6 filter` tables are left

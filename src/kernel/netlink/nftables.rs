@@ -20,11 +20,10 @@ use cidr::IpCidr;
 
 use super::NetlinkError;
 use super::netfilter::{
-    Generation, NFGENMSG, NFNL_SUBSYS_NFTABLES, NFPROTO_INET, attributes, be_u32, put_string,
-    string,
+    NFGENMSG, NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NfTables, attributes, be_u32, put_string, string,
 };
 use crate::nftables::{
-    Chain, ChainKind, Element, Hook, HookPoint, Match, Rule, Ruleset, Set, TABLE_COMMENT,
+    Chain, ChainKind, Change, Element, Hook, HookPoint, Match, Rule, Ruleset, Set, TABLE_COMMENT,
     TABLE_NAME, Type, Value, Verdict,
 };
 use crate::spec::{Family, Protocol};
@@ -44,9 +43,16 @@ const GETSETELEM: u16 = 13;
 const DELSETELEM: u16 = 14;
 const BATCH_BEGIN: u16 = 0x10;
 const BATCH_END: u16 = 0x11;
+/// `NFNL_BATCH_GENID`, in `BATCH_BEGIN`: the generation the batch is based on.
+const NFNL_BATCH_GENID: u16 = 1;
+/// The kernel's answer to a batch based on a generation that has moved on.
+const ERESTART: i32 = nix::errno::Errno::ERESTART as i32;
+/// How many times a read of the table is tried while the generation moves under it.
+const READ_ATTEMPTS: usize = 3;
 
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_ACK: u16 = 4;
+const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_APPEND: u16 = 0x800;
 const NLA_F_NESTED: u16 = 0x8000;
@@ -1276,12 +1282,21 @@ pub(crate) fn rule_attributes(chain: &str, rule: &Rule) -> Vec<u8> {
     attributes
 }
 
-/// The batch that makes the table exactly `ruleset`, whatever is there: the old table (if
-/// any) deleted and the new one created in the same transaction, so that no packet ever
-/// sees a half-built table.
-pub(crate) fn replace_batch(ruleset: &Ruleset) -> Vec<Message> {
-    let mut messages = delete_table().to_vec();
-    messages.push(new_table());
+/// The batch that makes the table exactly `ruleset`: kudonet's old table deleted and the
+/// new one created in the same transaction, so that no packet ever sees a half-built
+/// table. When the table was read `absent`, it is created exclusively instead
+/// (`NLM_F_EXCL`): one that appeared since fails the batch with `EEXIST` rather than
+/// being deleted.
+pub(crate) fn replace_batch(ruleset: &Ruleset, absent: bool) -> Vec<Message> {
+    let mut messages = Vec::new();
+    if absent {
+        let mut create = new_table();
+        create.flags |= NLM_F_EXCL;
+        messages.push(create);
+    } else {
+        messages.extend(delete_table());
+        messages.push(new_table());
+    }
     for (index, (name, set)) in ruleset.sets.iter().enumerate() {
         let mut attributes = Vec::new();
         put_string(&mut attributes, SET_TABLE, TABLE_NAME);
@@ -1410,17 +1425,34 @@ fn fit_send_buffer(socket: &netlink_sys::Socket, length: usize) {
     }
 }
 
-impl Generation {
+impl NfTables {
     /// Sends `messages` as one batch (one transaction), reads the acknowledgement of each,
     /// and returns the generation after it. A message the kernel refused fails the whole
     /// transaction, and names the object.
-    pub(crate) fn commit(&mut self, messages: &[Message]) -> Result<u32, NetlinkError> {
+    ///
+    /// `based_on` is the generation the batch was decided at: the kernel refuses the whole
+    /// batch (`ERESTART`) when the ruleset has moved past it, so that a batch never lands
+    /// on a table that changed since it was read (someone else's `inet kudonet`, created
+    /// meanwhile, deleted by the `DELTABLE` meant for kudonet's).
+    pub(crate) fn commit(
+        &mut self,
+        messages: &[Message],
+        based_on: u32,
+    ) -> Result<u32, NetlinkError> {
         let first = self.sequence.wrapping_add(1);
         let mut batch = Vec::new();
         // nfgenmsg of the batch: AF_UNSPEC, version 0, res_id NFNL_SUBSYS_NFTABLES.
         let batch_body = [0, 0, 0, NFNL_SUBSYS_NFTABLES as u8];
-        header(&mut batch, BATCH_BEGIN, NLM_F_REQUEST, first, NFGENMSG);
-        batch.extend(batch_body);
+        let mut begin_body = batch_body.to_vec();
+        put_be32(&mut begin_body, NFNL_BATCH_GENID, based_on);
+        header(
+            &mut batch,
+            BATCH_BEGIN,
+            NLM_F_REQUEST,
+            first,
+            begin_body.len(),
+        );
+        batch.extend(begin_body);
         for (index, message) in messages.iter().enumerate() {
             let kind = (NFNL_SUBSYS_NFTABLES << 8) | message.kind;
             let flags = NLM_F_REQUEST | NLM_F_ACK | message.flags;
@@ -1458,6 +1490,18 @@ impl Generation {
                 refused = Some((sequence, -errno));
             }
         });
+        if let Some((_, errno)) = refused
+            && errno == ERESTART
+        {
+            return Err(NetlinkError::new(
+                format!(
+                    "nftables: the ruleset changed meanwhile (it is past generation {based_on}, \
+                     where kudonet read it), so the transaction was refused and nothing \
+                     written; the next pass reads it again"
+                ),
+                io::Error::from_raw_os_error(errno),
+            ));
+        }
         if let Some((sequence, errno)) = refused {
             let index = sequence.wrapping_sub(first).wrapping_sub(1) as usize;
             let object = messages
@@ -1471,20 +1515,47 @@ impl Generation {
         generation.map_err(|error| NetlinkError::new("nftables: read the generation", error))
     }
 
+    /// Makes kudonet's table `wanted` in one transaction, from `current` (`None`: no table)
+    /// as read at generation `based_on`: nothing when it is already, only elements when
+    /// only they differ, else the whole table replaced atomically. The generation after
+    /// it, `None` when nothing had to change.
+    pub fn sync_kudonet(
+        &mut self,
+        current: Option<&Ruleset>,
+        based_on: u32,
+        wanted: &Ruleset,
+    ) -> Result<Option<u32>, NetlinkError> {
+        let messages = match Change::between(current, wanted) {
+            Change::None => return Ok(None),
+            Change::Elements { add, delete } => elements_batch(&add, &delete),
+            Change::Replace => replace_batch(wanted, current.is_none()),
+        };
+        self.commit(&messages, based_on).map(Some)
+    }
+
+    /// Deletes kudonet's table, read at generation `based_on`; the generation after.
+    pub fn delete_kudonet(&mut self, based_on: u32) -> Result<u32, NetlinkError> {
+        self.commit(&delete_batch(), based_on)
+    }
+
     /// Reads the table `inet kudonet`: whether it is there and kudonet's, and its sets,
-    /// elements, chains and rules. Read again while the generation moves meanwhile.
-    pub fn read_kudonet(&mut self) -> io::Result<TableState> {
+    /// elements, chains and rules, with the generation the read is consistent with (what
+    /// a batch decided on it is [`based on`](NfTables::commit)). Read again while the
+    /// generation moves meanwhile; when it moves during each of [`READ_ATTEMPTS`] reads,
+    /// an error without errno (worth retrying) rather than a torn read.
+    pub fn read_kudonet(&mut self) -> io::Result<(TableState, u32)> {
         let mut before = self.current()?;
-        let mut attempts = 0;
-        loop {
+        for _ in 0..READ_ATTEMPTS {
             let state = self.read_kudonet_once()?;
             let after = self.current()?;
-            attempts += 1;
-            if after == before || attempts == 3 {
-                return Ok(state);
+            if after == before {
+                return Ok((state, after));
             }
             before = after;
         }
+        Err(io::Error::other(format!(
+            "the ruleset changed during each of {READ_ATTEMPTS} reads of table inet kudonet"
+        )))
     }
 
     fn read_kudonet_once(&mut self) -> io::Result<TableState> {

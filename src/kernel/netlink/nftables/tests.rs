@@ -189,7 +189,7 @@ fn sets_and_elements_read_back_as_written() {
         chains: BTreeMap::new(),
     };
     let mut read = BTreeMap::new();
-    let messages = replace_batch(&ruleset);
+    let messages = replace_batch(&ruleset, false);
     for message in &messages {
         let mut body = vec![NFPROTO_INET, 0, 0, 0];
         body.extend(&message.attributes);
