@@ -1530,7 +1530,32 @@ impl NfTables {
             Change::Elements { add, delete } => elements_batch(&add, &delete),
             Change::Replace => replace_batch(wanted, current.is_none()),
         };
-        self.commit(&messages, based_on).map(Some)
+        let after = self.commit(&messages, based_on)?;
+        if current.is_none() {
+            self.check_comment_kept(after)?;
+        }
+        Ok(Some(after))
+    }
+
+    /// After kudonet created its table (the transaction that left the ruleset at
+    /// generation `created`): fails, deleting the table again, when it reads without its
+    /// comment. Before Linux 5.10 the kernel ignores a table's comment, so kudonet would
+    /// read the table it created as someone else's, and refuse to touch it, forever.
+    /// Decided only while nobody else changed the ruleset since.
+    fn check_comment_kept(&mut self, created: u32) -> Result<(), NetlinkError> {
+        let failed = |error| NetlinkError::new("nftables: read table inet kudonet", error);
+        let tables = self
+            .dump_family(NFPROTO_INET, GETTABLE, NEWTABLE, Vec::new(), parse_table)
+            .map_err(failed)?;
+        let table = tables
+            .into_iter()
+            .flatten()
+            .find(|table| table.0 == TABLE_NAME);
+        if self.current().map_err(failed)? != created || comment_kept(table.as_ref()) {
+            return Ok(());
+        }
+        let deleted = self.commit(&delete_batch(), created);
+        Err(comments_not_kept(deleted.err()))
     }
 
     /// Deletes kudonet's table, read at generation `based_on`; the generation after.
@@ -1636,6 +1661,29 @@ fn parse_table(body: &[u8]) -> Option<(String, Option<String>, u32)> {
         }
     }
     Some((name?, comment, flags))
+}
+
+/// Whether the table kudonet has just created (as [`parse_table`] read it; `None`: it is
+/// gone) kept its comment: the kernel is one that keeps it.
+fn comment_kept(table: Option<&(String, Option<String>, u32)>) -> bool {
+    table.is_none_or(|(_, comment, _)| comment.as_deref() == Some(TABLE_COMMENT))
+}
+
+/// The error of a kernel that does not keep table comments; `not_deleted`, why the table
+/// kudonet created could not be deleted again.
+fn comments_not_kept(not_deleted: Option<NetlinkError>) -> NetlinkError {
+    let left = match not_deleted {
+        None => "the table it created was deleted again".to_string(),
+        Some(error) => format!("the table it created is left, its deletion failed ({error})"),
+    };
+    NetlinkError::new(
+        format!(
+            "nftables: this kernel does not keep table comments (Linux 5.10 or later is \
+             needed), so kudonet cannot tell its table inet {TABLE_NAME} from someone \
+             else's; {left}"
+        ),
+        io::Error::from_raw_os_error(nix::errno::Errno::EOPNOTSUPP as i32),
+    )
 }
 
 /// A set with no key type: equal to no set kudonet wants.

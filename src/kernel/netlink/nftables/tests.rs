@@ -416,3 +416,54 @@ fn what_kudonet_does_not_write_reads_as_unknown() {
     assert_eq!(read.rules.len(), 1);
     assert!(matches!(read.rules[0].verdict, Verdict::Unknown(_)));
 }
+
+#[test]
+fn a_created_table_read_without_its_comment_means_the_kernel_drops_comments() {
+    // The table as kudonet asks for it, and as a kernel before Linux 5.10 keeps it: the
+    // userdata dropped.
+    let dumped = |attributes_bytes: Vec<u8>| {
+        let mut body = vec![NFPROTO_INET, 0, 0, 0];
+        body.extend(attributes_bytes);
+        parse_table(&body)
+    };
+    let kept = dumped(table_attributes(true));
+    assert_eq!(
+        kept,
+        Some((TABLE_NAME.into(), Some(TABLE_COMMENT.into()), 0))
+    );
+    assert!(comment_kept(kept.as_ref()));
+    let dropped = dumped(table_attributes(false));
+    assert!(!comment_kept(dropped.as_ref()));
+    // Gone meanwhile: nothing to say about the kernel.
+    assert!(comment_kept(None));
+    let error = comments_not_kept(None);
+    assert_eq!(
+        error.to_string(),
+        "nftables: this kernel does not keep table comments (Linux 5.10 or later is needed), \
+         so kudonet cannot tell its table inet kudonet from someone else's; the table it \
+         created was deleted again: Operation not supported (os error 95)"
+    );
+    assert!(!error.can_retry());
+}
+
+#[test]
+fn a_table_read_absent_is_created_exclusively_and_only_then() {
+    let ruleset = Ruleset::default();
+    let created = replace_batch(&ruleset, true);
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0].kind, NEWTABLE);
+    assert_eq!(created[0].flags, NLM_F_CREATE | NLM_F_EXCL);
+    let replaced = replace_batch(&ruleset, false);
+    let kinds: Vec<_> = replaced
+        .iter()
+        .map(|message| (message.kind, message.flags))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (NEWTABLE, NLM_F_CREATE),
+            (DELTABLE, 0),
+            (NEWTABLE, NLM_F_CREATE)
+        ]
+    );
+}
