@@ -672,3 +672,31 @@ fn a_table_created_meanwhile_where_none_was_read_fails_the_creation() {
         },
     );
 }
+
+#[test]
+fn a_large_refused_transaction_still_names_the_kernels_errno() {
+    common::sandboxed(
+        "a_large_refused_transaction_still_names_the_kernels_errno",
+        || {
+            use kudonet::kernel::netlink::NfTables;
+            use kudonet::nftables::{Match, Rule, Verdict};
+
+            // Thousands of messages, the last one refused: thousands of acknowledgements.
+            let mut ruleset = accepting(5000);
+            let rules = &mut ruleset.chains.get_mut("accepting").unwrap().rules;
+            rules.push(Rule {
+                matches: vec![Match::IifnameIn("nosuch".into())],
+                verdict: Verdict::Accept,
+            });
+            let mut socket = NfTables::open().unwrap();
+            let before = generation();
+            let error = socket.sync_kudonet(None, before, &ruleset).unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                "nftables: add rule to chain accepting: No such file or directory (os error 2)"
+            );
+            assert_eq!(generation(), before, "the transaction was aborted");
+            assert_eq!(nft(&["list", "ruleset"]), "");
+        },
+    );
+}

@@ -56,6 +56,11 @@ impl NfTables {
     /// A socket in the calling thread's network namespace.
     pub fn open() -> io::Result<NfTables> {
         let socket = super::connected(NETLINK_NETFILTER)?;
+        // An error's acknowledgement without the refused message (which can be 64 KiB of
+        // elements) and with the kernel's extended message, if it has one. Kernels
+        // before 4.12 lack them: their acknowledgements are only bigger and terser.
+        let _ = socket.set_cap_ack(true);
+        let _ = socket.set_ext_ack(true);
         Ok(NfTables {
             socket,
             sequence: 0,
@@ -64,15 +69,13 @@ impl NfTables {
 
     /// The current generation of the ruleset.
     pub fn current(&mut self) -> io::Result<u32> {
-        self.current_with(|_, _, _| {})
+        self.current_with(|_| {})
     }
 
     /// The current generation, handing every other message received before its answer
-    /// to `other` (sequence, type, body): the acknowledgements of a batch sent before.
-    pub(super) fn current_with(
-        &mut self,
-        mut other: impl FnMut(u32, u16, &[u8]),
-    ) -> io::Result<u32> {
+    /// to `other` (whole, its header included): the acknowledgements of a batch sent
+    /// before.
+    pub(super) fn current_with(&mut self, mut other: impl FnMut(&[u8])) -> io::Result<u32> {
         self.sequence = self.sequence.wrapping_add(1);
         let mut request = [0u8; HEADER + NFGENMSG];
         let kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN;
@@ -95,11 +98,7 @@ impl NfTables {
                 if let Some(generation) = parse_reply(reply, self.sequence)? {
                     return Ok(generation);
                 }
-                other(
-                    u32_at(reply, 8).unwrap_or(0),
-                    u16_at(reply, 4).unwrap_or(0),
-                    &reply[HEADER..],
-                );
+                other(reply);
             }
         }
     }

@@ -1407,6 +1407,110 @@ impl TableState {
     }
 }
 
+/// `NLM_F_CAPPED`: the acknowledgement holds only the header of the refused message.
+const NLM_F_CAPPED: u16 = 0x100;
+/// `NLM_F_ACK_TLVS`: the acknowledgement has extended-ack attributes after it.
+const NLM_F_ACK_TLVS: u16 = 0x200;
+/// `NLMSGERR_ATTR_MSG`: the kernel's explanation, a string.
+const NLMSGERR_ATTR_MSG: u16 = 1;
+
+/// The kernel's acknowledgement of one message of a batch (`NLMSG_ERROR`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Ack {
+    sequence: u32,
+    /// 0 for success, else the errno (positive).
+    errno: i32,
+    /// The kernel's extended message, if it gave one.
+    message: Option<String>,
+}
+
+impl Ack {
+    /// `reply` (header included) if it is an acknowledgement.
+    fn parse(reply: &[u8]) -> Option<Ack> {
+        let u16_at = |at: usize| Some(u16::from_ne_bytes(reply.get(at..at + 2)?.try_into().ok()?));
+        let u32_at = |at: usize| Some(u32::from_ne_bytes(reply.get(at..at + 4)?.try_into().ok()?));
+        if u16_at(4)? != NLMSG_ERROR {
+            return None;
+        }
+        let flags = u16_at(6)?;
+        let errno = -(u32_at(HEADER)? as i32);
+        // After the errno, the acknowledged message: its header alone when capped (always
+        // for a success), else whole.
+        let acknowledged = HEADER + 4;
+        let after = if flags & NLM_F_CAPPED != 0 || errno == 0 {
+            acknowledged + HEADER
+        } else {
+            acknowledged + (u32_at(acknowledged)? as usize).next_multiple_of(4)
+        };
+        let message = (flags & NLM_F_ACK_TLVS != 0)
+            .then(|| reply.get(after..))
+            .flatten()
+            .and_then(|tlvs| {
+                attributes(tlvs)
+                    .find(|(kind, _)| *kind == NLMSGERR_ATTR_MSG)
+                    .map(|(_, value)| string(value))
+            });
+        Some(Ack {
+            sequence: u32_at(8)?,
+            errno,
+            message,
+        })
+    }
+
+    /// The error of a refused batch of `messages`, whose `BATCH_BEGIN` was sequence
+    /// `first` and which was based on generation `based_on`: naming the refused object.
+    fn error(&self, first: u32, messages: &[Message], based_on: u32) -> NetlinkError {
+        let source = io::Error::from_raw_os_error(self.errno);
+        if self.errno == ERESTART {
+            return NetlinkError::new(
+                format!(
+                    "nftables: the ruleset changed meanwhile (it is past generation {based_on}, \
+                     where kudonet read it), so the transaction was refused and nothing \
+                     written; the next pass reads it again"
+                ),
+                source,
+            );
+        }
+        let index = self.sequence.wrapping_sub(first).wrapping_sub(1) as usize;
+        let object = messages
+            .get(index)
+            .map_or("the transaction", |message| message.object.as_str());
+        let operation = match &self.message {
+            Some(message) => format!("nftables: {object} (the kernel says: {message})"),
+            None => format!("nftables: {object}"),
+        };
+        NetlinkError::new(operation, source)
+    }
+}
+
+/// Every message of a batch asks for an acknowledgement: fewer than `expected` means some
+/// were lost, and with them, perhaps, the refusal of one.
+fn acks_complete(received: usize, expected: usize) -> Result<(), NetlinkError> {
+    if received >= expected {
+        return Ok(());
+    }
+    Err(NetlinkError::new(
+        format!(
+            "nftables: the kernel acknowledged {received} of the transaction's {expected} \
+             messages"
+        ),
+        io::Error::new(io::ErrorKind::UnexpectedEof, "acknowledgements missing"),
+    ))
+}
+
+/// Grows the receive buffer of `socket` for the acknowledgements of a batch of
+/// `messages`: one each, and the kernel charges each some 1 KiB of buffer, so the default
+/// holds a couple of hundred; past that, the rest are dropped (`ENOBUFS`), a refusal among
+/// them.
+fn fit_receive_buffer(socket: &netlink_sys::Socket, messages: usize) {
+    const DEFAULT: usize = 200 * 1024;
+    let needed = (messages + 2) * 1024;
+    if needed > DEFAULT {
+        use nix::sys::socket::{setsockopt, sockopt::RcvBufForce};
+        let _ = setsockopt(socket, RcvBufForce, &needed);
+    }
+}
+
 fn header(buffer: &mut Vec<u8>, kind: u16, flags: u16, sequence: u32, body: usize) {
     buffer.extend(((HEADER + body) as u32).to_ne_bytes());
     buffer.extend(kind.to_ne_bytes());
@@ -1473,46 +1577,33 @@ impl NfTables {
         self.sequence = end;
         let failed = |source: io::Error| NetlinkError::new("nftables: send a transaction", source);
         fit_send_buffer(&self.socket, batch.len());
+        fit_receive_buffer(&self.socket, messages.len());
         self.socket.send(&batch, 0).map_err(failed)?;
         // The generation asked after the batch: its answer comes after every
         // acknowledgement of the batch, and says where the transaction left the ruleset.
-        let mut refused: Option<(u32, i32)> = None;
-        let generation = self.current_with(|sequence, kind, body| {
-            if kind != NLMSG_ERROR || refused.is_some() {
-                return;
-            }
-            let errno = body
-                .get(..4)
-                .and_then(|bytes| bytes.try_into().ok())
-                .map_or(0, i32::from_ne_bytes);
-            let in_batch = sequence.wrapping_sub(first) <= end.wrapping_sub(first);
-            if errno != 0 && in_batch {
-                refused = Some((sequence, -errno));
+        let mut acks = Vec::new();
+        let generation = self.current_with(|reply| {
+            if let Some(ack) = Ack::parse(reply)
+                && ack.sequence.wrapping_sub(first) <= end.wrapping_sub(first)
+            {
+                acks.push(ack);
             }
         });
-        if let Some((_, errno)) = refused
-            && errno == ERESTART
-        {
-            return Err(NetlinkError::new(
+        if let Some(refused) = acks.iter().find(|ack| ack.errno != 0) {
+            return Err(refused.error(first, messages, based_on));
+        }
+        let generation = generation.map_err(|error| {
+            NetlinkError::new(
                 format!(
-                    "nftables: the ruleset changed meanwhile (it is past generation {based_on}, \
-                     where kudonet read it), so the transaction was refused and nothing \
-                     written; the next pass reads it again"
+                    "nftables: read the acknowledgements of a transaction ({} of {} read)",
+                    acks.len(),
+                    messages.len()
                 ),
-                io::Error::from_raw_os_error(errno),
-            ));
-        }
-        if let Some((sequence, errno)) = refused {
-            let index = sequence.wrapping_sub(first).wrapping_sub(1) as usize;
-            let object = messages
-                .get(index)
-                .map_or("the transaction", |message| message.object.as_str());
-            return Err(NetlinkError::new(
-                format!("nftables: {object}"),
-                io::Error::from_raw_os_error(errno),
-            ));
-        }
-        generation.map_err(|error| NetlinkError::new("nftables: read the generation", error))
+                error,
+            )
+        })?;
+        acks_complete(acks.len(), messages.len())?;
+        Ok(generation)
     }
 
     /// Makes kudonet's table `wanted` in one transaction, from `current` (`None`: no table)

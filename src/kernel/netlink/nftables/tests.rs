@@ -467,3 +467,75 @@ fn a_table_read_absent_is_created_exclusively_and_only_then() {
         ]
     );
 }
+
+/// An `NLMSG_ERROR` acknowledgement of sequence `sequence` with `flags`, `errno` and
+/// what follows the errno (the acknowledged message, the extended-ack attributes).
+fn ack_bytes(sequence: u32, flags: u16, errno: i32, rest: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    header(&mut bytes, NLMSG_ERROR, flags, sequence, 4 + rest.len());
+    bytes.extend((-errno).to_ne_bytes());
+    bytes.extend(rest);
+    bytes
+}
+
+#[test]
+fn an_acknowledgement_gives_its_errno_and_the_kernels_message() {
+    // The acknowledged message's header (capped), then NLMSGERR_ATTR_MSG.
+    let mut acknowledged = Vec::new();
+    header(&mut acknowledged, NEWRULE, NLM_F_REQUEST, 7, 100);
+    let mut rest = acknowledged.clone();
+    put_string(&mut rest, NLMSGERR_ATTR_MSG, "no such set");
+    let reply = ack_bytes(7, NLM_F_CAPPED | NLM_F_ACK_TLVS, 2, &rest);
+    let ack = Ack::parse(&reply).unwrap();
+    assert_eq!(
+        ack,
+        Ack {
+            sequence: 7,
+            errno: 2,
+            message: Some("no such set".into())
+        }
+    );
+    let messages = replace_batch(&Ruleset::default(), true);
+    assert_eq!(
+        ack.error(6, &messages, 41).to_string(),
+        "nftables: add table inet kudonet (the kernel says: no such set): No such file or \
+         directory (os error 2)"
+    );
+    // Uncapped: the whole acknowledged message (its header and 100 bytes) comes before the
+    // attributes.
+    let mut whole = acknowledged;
+    whole.resize(HEADER + 100, 0);
+    put_string(&mut whole, NLMSGERR_ATTR_MSG, "whole");
+    let reply = ack_bytes(7, NLM_F_ACK_TLVS, 2, &whole);
+    assert_eq!(
+        Ack::parse(&reply).unwrap().message.as_deref(),
+        Some("whole")
+    );
+    // A success, and a message that is no acknowledgement.
+    let mut success = Vec::new();
+    header(&mut success, NEWRULE, NLM_F_REQUEST, 8, 0);
+    let reply = ack_bytes(8, NLM_F_CAPPED, 0, &success);
+    assert_eq!(Ack::parse(&reply).unwrap().errno, 0);
+    assert_eq!(Ack::parse(&success), None);
+    // A stale generation: the batch's own acknowledgement, ERESTART.
+    let stale = Ack::parse(&ack_bytes(5, NLM_F_CAPPED, ERESTART, &success)).unwrap();
+    let error = stale.error(5, &messages, 41);
+    assert!(
+        error
+            .to_string()
+            .starts_with("nftables: the ruleset changed meanwhile (it is past generation 41")
+    );
+    assert!(error.can_retry());
+}
+
+#[test]
+fn fewer_acknowledgements_than_messages_is_an_error() {
+    assert!(acks_complete(3, 3).is_ok());
+    let error = acks_complete(2, 3).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "nftables: the kernel acknowledged 2 of the transaction's 3 messages: \
+         acknowledgements missing"
+    );
+    assert!(error.can_retry());
+}
