@@ -141,6 +141,42 @@ const REG32_01: u32 = 9;
 const REG32_02: u32 = 10;
 const REG32_05: u32 = 13;
 
+/// The attributes of each expression kind (`NFTA_<KIND>_*`).
+const NFTA_META_DREG: u16 = 1;
+const NFTA_META_KEY: u16 = 2;
+const NFTA_CMP_SREG: u16 = 1;
+const NFTA_CMP_OP: u16 = 2;
+const NFTA_CMP_DATA: u16 = 3;
+const NFTA_PAYLOAD_DREG: u16 = 1;
+const NFTA_PAYLOAD_BASE: u16 = 2;
+const NFTA_PAYLOAD_OFFSET: u16 = 3;
+const NFTA_PAYLOAD_LEN: u16 = 4;
+const NFTA_BITWISE_SREG: u16 = 1;
+const NFTA_BITWISE_DREG: u16 = 2;
+const NFTA_BITWISE_LEN: u16 = 3;
+const NFTA_BITWISE_MASK: u16 = 4;
+const NFTA_BITWISE_XOR: u16 = 5;
+const NFTA_BITWISE_OP: u16 = 6;
+const NFTA_LOOKUP_SET: u16 = 1;
+const NFTA_LOOKUP_SREG: u16 = 2;
+const NFTA_LOOKUP_DREG: u16 = 3;
+const NFTA_LOOKUP_SET_ID: u16 = 4;
+const NFTA_LOOKUP_FLAGS: u16 = 5;
+const NFTA_IMMEDIATE_DREG: u16 = 1;
+const NFTA_IMMEDIATE_DATA: u16 = 2;
+const NFTA_NAT_TYPE: u16 = 1;
+const NFTA_NAT_FAMILY: u16 = 2;
+const NFTA_NAT_REG_ADDR_MIN: u16 = 3;
+const NFTA_NAT_REG_ADDR_MAX: u16 = 4;
+const NFTA_NAT_REG_PROTO_MIN: u16 = 5;
+const NFTA_NAT_REG_PROTO_MAX: u16 = 6;
+const NFTA_NAT_FLAGS: u16 = 7;
+const NFTA_CT_DREG: u16 = 1;
+const NFTA_CT_KEY: u16 = 2;
+const NFTA_FIB_DREG: u16 = 1;
+const NFTA_FIB_RESULT: u16 = 2;
+const NFTA_FIB_FLAGS: u16 = 3;
+
 /// One kernel expression, as kudonet writes and reads them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Expr {
@@ -328,17 +364,17 @@ impl Expr {
         let mut data = Vec::new();
         match self {
             Expr::Meta { key, dreg } => {
-                put_be32(&mut data, 2, *key);
-                put_be32(&mut data, 1, *dreg);
+                put_be32(&mut data, NFTA_META_KEY, *key);
+                put_be32(&mut data, NFTA_META_DREG, *dreg);
             }
             Expr::Cmp {
                 sreg,
                 op,
                 data: value,
             } => {
-                put_be32(&mut data, 1, *sreg);
-                put_be32(&mut data, 2, *op);
-                put_data(&mut data, 3, value);
+                put_be32(&mut data, NFTA_CMP_SREG, *sreg);
+                put_be32(&mut data, NFTA_CMP_OP, *op);
+                put_data(&mut data, NFTA_CMP_DATA, value);
             }
             Expr::Payload {
                 dreg,
@@ -346,10 +382,10 @@ impl Expr {
                 offset,
                 len,
             } => {
-                put_be32(&mut data, 1, *dreg);
-                put_be32(&mut data, 2, *base);
-                put_be32(&mut data, 3, *offset);
-                put_be32(&mut data, 4, *len);
+                put_be32(&mut data, NFTA_PAYLOAD_DREG, *dreg);
+                put_be32(&mut data, NFTA_PAYLOAD_BASE, *base);
+                put_be32(&mut data, NFTA_PAYLOAD_OFFSET, *offset);
+                put_be32(&mut data, NFTA_PAYLOAD_LEN, *len);
             }
             Expr::Bitwise {
                 sreg,
@@ -357,21 +393,21 @@ impl Expr {
                 mask,
                 xor,
             } => {
-                put_be32(&mut data, 1, *sreg);
-                put_be32(&mut data, 2, *dreg);
-                put_be32(&mut data, 3, mask.len() as u32);
-                put_data(&mut data, 4, mask);
-                put_data(&mut data, 5, xor);
+                put_be32(&mut data, NFTA_BITWISE_SREG, *sreg);
+                put_be32(&mut data, NFTA_BITWISE_DREG, *dreg);
+                put_be32(&mut data, NFTA_BITWISE_LEN, mask.len() as u32);
+                put_data(&mut data, NFTA_BITWISE_MASK, mask);
+                put_data(&mut data, NFTA_BITWISE_XOR, xor);
             }
             Expr::Lookup { set, sreg, dreg } => {
-                put_be32(&mut data, 2, *sreg);
+                put_be32(&mut data, NFTA_LOOKUP_SREG, *sreg);
                 if let Some(dreg) = dreg {
-                    put_be32(&mut data, 3, *dreg);
+                    put_be32(&mut data, NFTA_LOOKUP_DREG, *dreg);
                 }
-                put_string(&mut data, 1, set);
+                put_string(&mut data, NFTA_LOOKUP_SET, set);
             }
             Expr::Verdict { code, chain } => {
-                put_be32(&mut data, 1, REG_VERDICT);
+                put_be32(&mut data, NFTA_IMMEDIATE_DREG, REG_VERDICT);
                 let mut verdict = Vec::new();
                 put_be32(&mut verdict, VERDICT_CODE, *code as u32);
                 if let Some(chain) = chain {
@@ -379,7 +415,7 @@ impl Expr {
                 }
                 let mut value = Vec::new();
                 put_nested(&mut value, DATA_VERDICT, &verdict);
-                put_nested(&mut data, 2, &value);
+                put_nested(&mut data, NFTA_IMMEDIATE_DATA, &value);
             }
             Expr::Nat {
                 kind,
@@ -387,24 +423,24 @@ impl Expr {
                 addr,
                 proto,
             } => {
-                put_be32(&mut data, 1, *kind);
-                put_be32(&mut data, 2, *family);
-                put_be32(&mut data, 3, *addr);
-                put_be32(&mut data, 5, *proto);
+                put_be32(&mut data, NFTA_NAT_TYPE, *kind);
+                put_be32(&mut data, NFTA_NAT_FAMILY, *family);
+                put_be32(&mut data, NFTA_NAT_REG_ADDR_MIN, *addr);
+                put_be32(&mut data, NFTA_NAT_REG_PROTO_MIN, *proto);
             }
             Expr::Masq => {}
             Expr::Ct { key, dreg } => {
-                put_be32(&mut data, 2, *key);
-                put_be32(&mut data, 1, *dreg);
+                put_be32(&mut data, NFTA_CT_KEY, *key);
+                put_be32(&mut data, NFTA_CT_DREG, *dreg);
             }
             Expr::Fib {
                 flags,
                 result,
                 dreg,
             } => {
-                put_be32(&mut data, 3, *flags);
-                put_be32(&mut data, 2, *result);
-                put_be32(&mut data, 1, *dreg);
+                put_be32(&mut data, NFTA_FIB_FLAGS, *flags);
+                put_be32(&mut data, NFTA_FIB_RESULT, *result);
+                put_be32(&mut data, NFTA_FIB_DREG, *dreg);
             }
             // Never encoded: only read from the kernel.
             Expr::Other(_) => {}
@@ -440,89 +476,139 @@ impl Expr {
         };
         let only = |allowed: &[u16]| fields.keys().all(|kind| allowed.contains(kind));
         let decoded = match name.as_str() {
-            "meta" if only(&[1, 2]) => (|| {
+            "meta" if only(&[NFTA_META_DREG, NFTA_META_KEY]) => (|| {
                 Some(Expr::Meta {
-                    key: number(2)?,
-                    dreg: number(1)?,
+                    key: number(NFTA_META_KEY)?,
+                    dreg: number(NFTA_META_DREG)?,
                 })
             })(),
-            "cmp" if only(&[1, 2, 3]) => (|| {
+            "cmp" if only(&[NFTA_CMP_SREG, NFTA_CMP_OP, NFTA_CMP_DATA]) => (|| {
                 Some(Expr::Cmp {
-                    sreg: number(1)?,
-                    op: number(2)?,
-                    data: value(3)?,
+                    sreg: number(NFTA_CMP_SREG)?,
+                    op: number(NFTA_CMP_OP)?,
+                    data: value(NFTA_CMP_DATA)?,
                 })
             })(),
-            "payload" if only(&[1, 2, 3, 4]) => (|| {
-                Some(Expr::Payload {
-                    dreg: number(1)?,
-                    base: number(2)?,
-                    offset: number(3)?,
-                    len: number(4)?,
-                })
-            })(),
+            "payload"
+                if only(&[
+                    NFTA_PAYLOAD_DREG,
+                    NFTA_PAYLOAD_BASE,
+                    NFTA_PAYLOAD_OFFSET,
+                    NFTA_PAYLOAD_LEN,
+                ]) =>
+            {
+                (|| {
+                    Some(Expr::Payload {
+                        dreg: number(NFTA_PAYLOAD_DREG)?,
+                        base: number(NFTA_PAYLOAD_BASE)?,
+                        offset: number(NFTA_PAYLOAD_OFFSET)?,
+                        len: number(NFTA_PAYLOAD_LEN)?,
+                    })
+                })()
+            }
             // The kernel dumps the boolean operation (`NFTA_BITWISE_OP` 0) on new kernels.
-            "bitwise" if only(&[1, 2, 3, 4, 5, 6]) && number(6).unwrap_or(0) == 0 => (|| {
-                let mask = value(4)?;
-                (number(3)? as usize == mask.len()).then_some(())?;
-                Some(Expr::Bitwise {
-                    sreg: number(1)?,
-                    dreg: number(2)?,
-                    mask,
-                    xor: value(5)?,
-                })
-            })(
-            ),
+            "bitwise"
+                if only(&[
+                    NFTA_BITWISE_SREG,
+                    NFTA_BITWISE_DREG,
+                    NFTA_BITWISE_LEN,
+                    NFTA_BITWISE_MASK,
+                    NFTA_BITWISE_XOR,
+                    NFTA_BITWISE_OP,
+                ]) && number(NFTA_BITWISE_OP).unwrap_or(0) == 0 =>
+            {
+                (|| {
+                    let mask = value(NFTA_BITWISE_MASK)?;
+                    (number(NFTA_BITWISE_LEN)? as usize == mask.len()).then_some(())?;
+                    Some(Expr::Bitwise {
+                        sreg: number(NFTA_BITWISE_SREG)?,
+                        dreg: number(NFTA_BITWISE_DREG)?,
+                        mask,
+                        xor: value(NFTA_BITWISE_XOR)?,
+                    })
+                })()
+            }
             // Flags 0 only: an inverted lookup (`!= @set`) is not kudonet's.
-            "lookup" if only(&[1, 2, 3, 4, 5]) && number(5).unwrap_or(0) == 0 => (|| {
-                Some(Expr::Lookup {
-                    set: string(fields.get(&1)?),
-                    sreg: number(2)?,
-                    dreg: number(3),
-                })
-            })(),
-            "immediate" if only(&[1, 2]) && number(1) == Some(REG_VERDICT) => (|| {
-                let verdict = attributes(fields.get(&2)?)
-                    .find(|(kind, _)| *kind == DATA_VERDICT)?
-                    .1;
-                let mut code = None;
-                let mut chain = None;
-                for (kind, value) in attributes(verdict) {
-                    match kind {
-                        VERDICT_CODE => code = be_u32(value).map(|code| code as i32),
-                        VERDICT_CHAIN => chain = Some(string(value)),
-                        _ => return None,
+            "lookup"
+                if only(&[
+                    NFTA_LOOKUP_SET,
+                    NFTA_LOOKUP_SREG,
+                    NFTA_LOOKUP_DREG,
+                    NFTA_LOOKUP_SET_ID,
+                    NFTA_LOOKUP_FLAGS,
+                ]) && number(NFTA_LOOKUP_FLAGS).unwrap_or(0) == 0 =>
+            {
+                (|| {
+                    Some(Expr::Lookup {
+                        set: string(fields.get(&NFTA_LOOKUP_SET)?),
+                        sreg: number(NFTA_LOOKUP_SREG)?,
+                        dreg: number(NFTA_LOOKUP_DREG),
+                    })
+                })()
+            }
+            "immediate"
+                if only(&[NFTA_IMMEDIATE_DREG, NFTA_IMMEDIATE_DATA])
+                    && number(NFTA_IMMEDIATE_DREG) == Some(REG_VERDICT) =>
+            {
+                (|| {
+                    let verdict = attributes(fields.get(&NFTA_IMMEDIATE_DATA)?)
+                        .find(|(kind, _)| *kind == DATA_VERDICT)?
+                        .1;
+                    let mut code = None;
+                    let mut chain = None;
+                    for (kind, value) in attributes(verdict) {
+                        match kind {
+                            VERDICT_CODE => code = be_u32(value).map(|code| code as i32),
+                            VERDICT_CHAIN => chain = Some(string(value)),
+                            _ => return None,
+                        }
                     }
-                }
-                Some(Expr::Verdict { code: code?, chain })
-            })(),
+                    Some(Expr::Verdict { code: code?, chain })
+                })()
+            }
             // The kernel dumps the maximum registers (the same as the minimum when none
             // was given) and the range flags it derived.
-            "nat" if only(&[1, 2, 3, 4, 5, 6, 7]) => (|| {
-                let (addr, proto) = (number(3)?, number(5)?);
-                (number(4).unwrap_or(addr) == addr && number(6).unwrap_or(proto) == proto)
-                    .then_some(())?;
-                // NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED, nothing else.
-                (number(7).unwrap_or(0x3) == 0x3).then_some(())?;
-                Some(Expr::Nat {
-                    kind: number(1)?,
-                    family: number(2)?,
-                    addr,
-                    proto,
-                })
-            })(),
+            "nat"
+                if only(&[
+                    NFTA_NAT_TYPE,
+                    NFTA_NAT_FAMILY,
+                    NFTA_NAT_REG_ADDR_MIN,
+                    NFTA_NAT_REG_ADDR_MAX,
+                    NFTA_NAT_REG_PROTO_MIN,
+                    NFTA_NAT_REG_PROTO_MAX,
+                    NFTA_NAT_FLAGS,
+                ]) =>
+            {
+                (|| {
+                    let (addr, proto) = (
+                        number(NFTA_NAT_REG_ADDR_MIN)?,
+                        number(NFTA_NAT_REG_PROTO_MIN)?,
+                    );
+                    (number(NFTA_NAT_REG_ADDR_MAX).unwrap_or(addr) == addr
+                        && number(NFTA_NAT_REG_PROTO_MAX).unwrap_or(proto) == proto)
+                        .then_some(())?;
+                    // NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED, nothing else.
+                    (number(NFTA_NAT_FLAGS).unwrap_or(0x3) == 0x3).then_some(())?;
+                    Some(Expr::Nat {
+                        kind: number(NFTA_NAT_TYPE)?,
+                        family: number(NFTA_NAT_FAMILY)?,
+                        addr,
+                        proto,
+                    })
+                })()
+            }
             "masq" if fields.is_empty() => Some(Expr::Masq),
-            "ct" if only(&[1, 2]) => (|| {
+            "ct" if only(&[NFTA_CT_DREG, NFTA_CT_KEY]) => (|| {
                 Some(Expr::Ct {
-                    key: number(2)?,
-                    dreg: number(1)?,
+                    key: number(NFTA_CT_KEY)?,
+                    dreg: number(NFTA_CT_DREG)?,
                 })
             })(),
-            "fib" if only(&[1, 2, 3]) => (|| {
+            "fib" if only(&[NFTA_FIB_DREG, NFTA_FIB_RESULT, NFTA_FIB_FLAGS]) => (|| {
                 Some(Expr::Fib {
-                    flags: number(3)?,
-                    result: number(2)?,
-                    dreg: number(1)?,
+                    flags: number(NFTA_FIB_FLAGS)?,
+                    result: number(NFTA_FIB_RESULT)?,
+                    dreg: number(NFTA_FIB_DREG)?,
                 })
             })(),
             _ => None,
@@ -1100,17 +1186,31 @@ fn decode_values(types: &[Type], bytes: &[u8]) -> Option<Vec<Value>> {
             Type::Ipv4Addr => Value::Address(address_from(Family::Ipv4, field)?),
             Type::Ipv6Addr => Value::Address(address_from(Family::Ipv6, field)?),
         });
-        at += if types.len() > 1 {
-            length.next_multiple_of(4)
-        } else {
-            length
-        };
+        at += length;
+        if types.len() > 1 {
+            // A concatenation pads each field to 4 bytes with zeros: a value with anything
+            // else there is not one kudonet wrote.
+            let padded = length.next_multiple_of(4);
+            if bytes
+                .get(at..at - length + padded)?
+                .iter()
+                .any(|byte| *byte != 0)
+            {
+                return None;
+            }
+            at += padded - length;
+        }
     }
     Some(values)
 }
 
 /// The userdata nft writes on a set (byte orders, and for maps the fields' type hints),
 /// copied from nft 1.0.6 so that `nft list` prints keys and data readably.
+///
+/// A map's bytes decode as `NFTNL_UDATA_SET_*` TLVs: KEYBYTEORDER 0 and DATABYTEORDER 0
+/// (a concatenation's), KEY_TYPEOF and DATA_TYPEOF each `{TYPEOF_EXPR 13, TYPEOF_DATA
+/// empty}`, DATA_INTERVAL 0. None names a field, its type or its length (nft takes those
+/// from the set's key and data types), so one blob fits all four port maps.
 fn set_userdata(set: &Set) -> Vec<u8> {
     if set.data.is_empty() {
         // NFTNL_UDATA_SET_KEYBYTEORDER: host order for a string (an interface name).

@@ -153,6 +153,15 @@ fn every_set_type_reads_back_as_written() {
         ),
         None
     );
+    // Nor is one with anything but zeros in a concatenation's padding.
+    let types = [Type::InetProto, Type::InetService];
+    let good = [6, 0, 0, 0, 0, 80, 0, 0];
+    assert!(decode_values(&types, &good).is_some());
+    for at in [1, 2, 3, 6, 7] {
+        let mut padded = good;
+        padded[at] = 1;
+        assert_eq!(decode_values(&types, &padded), None, "padding byte {at}");
+    }
 }
 
 /// A map and a set, in replace messages, read back through the dump parsers.
