@@ -1,13 +1,15 @@
-//! The nf_tables generation: a counter the kernel moves on every change of the ruleset of
-//! a network namespace, whoever makes it (iptables-nft, nft, firewalld). While it stands
-//! still, iptables read earlier is still exact, so a pass need not run `iptables-save`.
+//! [`NfTables`], the nf_tables socket of a network namespace: its generation, a counter the
+//! kernel moves on every change of the ruleset, whoever makes it (iptables-nft, nft,
+//! firewalld); dumps of its tables, chains and rules; and (in `nftables`) kudonet's own
+//! table, read and written in batches. While the generation stands still, what was read
+//! earlier is still exact, so a pass need not run `iptables-save` or dump a table again.
 //!
-//! One request, hand-encoded: `NFT_MSG_GETGEN` answered by `NFT_MSG_NEWGEN` with
-//! `NFTA_GEN_ID` (include/uapi/linux/netfilter/nf_tables.h).
+//! Hand-encoded: `NFT_MSG_GETGEN` answered by `NFT_MSG_NEWGEN` with `NFTA_GEN_ID`
+//! (include/uapi/linux/netfilter/nf_tables.h).
 //!
 //! The same socket also lists the forward base chains of every table and looks for what
-//! drops there ([`NfTables::forward_blockers`]): a packet kudonet's iptables rules accept
-//! still traverses every other table's chain on the same hook, and a drop anywhere wins.
+//! drops there ([`NfTables::forward_blockers`]): a packet kudonet's rules accept still
+//! traverses every other table's chain on the same hook, and a drop anywhere wins.
 
 use std::io;
 
@@ -46,7 +48,7 @@ const NFPROTO_IPV6: u8 = 10;
 const HEADER: usize = 16;
 pub(super) const NFGENMSG: usize = 4;
 
-/// A netfilter socket of the namespace it was opened in, asking for the generation.
+/// The nf_tables socket of the namespace it was opened in.
 pub struct NfTables {
     pub(super) socket: Socket,
     pub(super) sequence: u32,
