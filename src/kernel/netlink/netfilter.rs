@@ -50,8 +50,8 @@ pub(super) const NFGENMSG: usize = 4;
 
 /// The nf_tables socket of the namespace it was opened in.
 pub struct NfTables {
-    pub(super) socket: Socket,
-    pub(super) sequence: u32,
+    socket: Socket,
+    sequence: u32,
 }
 
 impl NfTables {
@@ -67,6 +67,24 @@ impl NfTables {
             socket,
             sequence: 0,
         })
+    }
+
+    /// Sends one batch of `messages` messages, built by `build` from the sequence number
+    /// of its `BATCH_BEGIN` (each message one number after it, then `BATCH_END`), with
+    /// room in the socket's buffers for it and for an acknowledgement of each message.
+    /// The sequence number of its `BATCH_BEGIN`.
+    pub(super) fn send_batch(
+        &mut self,
+        messages: usize,
+        build: impl FnOnce(u32) -> Vec<u8>,
+    ) -> io::Result<u32> {
+        let first = self.sequence.wrapping_add(1);
+        let batch = build(first);
+        self.sequence = first.wrapping_add(1 + messages as u32);
+        fit_send_buffer(&self.socket, batch.len());
+        fit_receive_buffer(&self.socket, messages);
+        self.socket.send(&batch, 0)?;
+        Ok(first)
     }
 
     /// The current generation of the ruleset.
@@ -234,6 +252,29 @@ impl NfTables {
                 }
             }
         }
+    }
+}
+
+/// Grows the send buffer of `socket` to hold `length` bytes, when the default would not:
+/// a batch is one message to the kernel.
+fn fit_send_buffer(socket: &Socket, length: usize) {
+    const DEFAULT: usize = 200 * 1024;
+    if length > DEFAULT {
+        use nix::sys::socket::{setsockopt, sockopt::SndBufForce};
+        let _ = setsockopt(socket, SndBufForce, &(length * 2));
+    }
+}
+
+/// Grows the receive buffer of `socket` for the acknowledgements of a batch of
+/// `messages`: one each, and the kernel charges each some 1 KiB of buffer, so the default
+/// holds a couple of hundred; past that, the rest are dropped (`ENOBUFS`), a refusal among
+/// them.
+fn fit_receive_buffer(socket: &Socket, messages: usize) {
+    const DEFAULT: usize = 200 * 1024;
+    let needed = (messages + 2) * 1024;
+    if needed > DEFAULT {
+        use nix::sys::socket::{setsockopt, sockopt::RcvBufForce};
+        let _ = setsockopt(socket, RcvBufForce, &needed);
     }
 }
 

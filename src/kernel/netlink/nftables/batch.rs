@@ -350,19 +350,6 @@ pub(super) fn acks_complete(received: usize, expected: usize) -> Result<(), Netl
     ))
 }
 
-/// Grows the receive buffer of `socket` for the acknowledgements of a batch of
-/// `messages`: one each, and the kernel charges each some 1 KiB of buffer, so the default
-/// holds a couple of hundred; past that, the rest are dropped (`ENOBUFS`), a refusal among
-/// them.
-pub(super) fn fit_receive_buffer(socket: &netlink_sys::Socket, messages: usize) {
-    const DEFAULT: usize = 200 * 1024;
-    let needed = (messages + 2) * 1024;
-    if needed > DEFAULT {
-        use nix::sys::socket::{setsockopt, sockopt::RcvBufForce};
-        let _ = setsockopt(socket, RcvBufForce, &needed);
-    }
-}
-
 pub(super) fn header(buffer: &mut Vec<u8>, kind: u16, flags: u16, sequence: u32, body: usize) {
     buffer.extend(((HEADER + body) as u32).to_ne_bytes());
     buffer.extend(kind.to_ne_bytes());
@@ -371,14 +358,40 @@ pub(super) fn header(buffer: &mut Vec<u8>, kind: u16, flags: u16, sequence: u32,
     buffer.extend(0u32.to_ne_bytes());
 }
 
-/// Grows the send buffer of `socket` to hold `length` bytes, when the default would not:
-/// a batch is one message to the kernel.
-pub(super) fn fit_send_buffer(socket: &netlink_sys::Socket, length: usize) {
-    const DEFAULT: usize = 200 * 1024;
-    if length > DEFAULT {
-        use nix::sys::socket::{setsockopt, sockopt::SndBufForce};
-        let _ = setsockopt(socket, SndBufForce, &(length * 2));
+/// The bytes of a batch of `messages` whose `BATCH_BEGIN` is sequence number `first`,
+/// based on generation `based_on`.
+pub(super) fn batch(messages: &[Message], first: u32, based_on: u32) -> Vec<u8> {
+    let mut batch = Vec::new();
+    // nfgenmsg of the batch: AF_UNSPEC, version 0, res_id NFNL_SUBSYS_NFTABLES.
+    let batch_body = [0, 0, 0, NFNL_SUBSYS_NFTABLES as u8];
+    let mut begin_body = batch_body.to_vec();
+    put_be32(&mut begin_body, NFNL_BATCH_GENID, based_on);
+    header(
+        &mut batch,
+        BATCH_BEGIN,
+        NLM_F_REQUEST,
+        first,
+        begin_body.len(),
+    );
+    batch.extend(begin_body);
+    for (index, message) in messages.iter().enumerate() {
+        let kind = (NFNL_SUBSYS_NFTABLES << 8) | message.kind;
+        let flags = NLM_F_REQUEST | NLM_F_ACK | message.flags;
+        let sequence = first.wrapping_add(1 + index as u32);
+        header(
+            &mut batch,
+            kind,
+            flags,
+            sequence,
+            NFGENMSG + message.attributes.len(),
+        );
+        batch.extend([NFPROTO_INET, 0, 0, 0]);
+        batch.extend(&message.attributes);
     }
+    let end = first.wrapping_add(1 + messages.len() as u32);
+    header(&mut batch, BATCH_END, NLM_F_REQUEST, end, NFGENMSG);
+    batch.extend(batch_body);
+    batch
 }
 
 impl NfTables {
@@ -395,42 +408,11 @@ impl NfTables {
         messages: &[Message],
         based_on: u32,
     ) -> Result<u32, NetlinkError> {
-        let first = self.sequence.wrapping_add(1);
-        let mut batch = Vec::new();
-        // nfgenmsg of the batch: AF_UNSPEC, version 0, res_id NFNL_SUBSYS_NFTABLES.
-        let batch_body = [0, 0, 0, NFNL_SUBSYS_NFTABLES as u8];
-        let mut begin_body = batch_body.to_vec();
-        put_be32(&mut begin_body, NFNL_BATCH_GENID, based_on);
-        header(
-            &mut batch,
-            BATCH_BEGIN,
-            NLM_F_REQUEST,
-            first,
-            begin_body.len(),
-        );
-        batch.extend(begin_body);
-        for (index, message) in messages.iter().enumerate() {
-            let kind = (NFNL_SUBSYS_NFTABLES << 8) | message.kind;
-            let flags = NLM_F_REQUEST | NLM_F_ACK | message.flags;
-            let sequence = first.wrapping_add(1 + index as u32);
-            header(
-                &mut batch,
-                kind,
-                flags,
-                sequence,
-                NFGENMSG + message.attributes.len(),
-            );
-            batch.extend([NFPROTO_INET, 0, 0, 0]);
-            batch.extend(&message.attributes);
-        }
-        let end = first.wrapping_add(1 + messages.len() as u32);
-        header(&mut batch, BATCH_END, NLM_F_REQUEST, end, NFGENMSG);
-        batch.extend(batch_body);
-        self.sequence = end;
         let failed = |source: io::Error| NetlinkError::new("nftables: send a transaction", source);
-        fit_send_buffer(&self.socket, batch.len());
-        fit_receive_buffer(&self.socket, messages.len());
-        self.socket.send(&batch, 0).map_err(failed)?;
+        let first = self
+            .send_batch(messages.len(), |first| batch(messages, first, based_on))
+            .map_err(failed)?;
+        let end = first.wrapping_add(1 + messages.len() as u32);
         // The generation asked after the batch: its answer comes after every
         // acknowledgement of the batch, and says where the transaction left the ruleset.
         let mut acks = Vec::new();
