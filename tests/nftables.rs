@@ -700,3 +700,31 @@ fn a_large_refused_transaction_still_names_the_kernels_errno() {
         },
     );
 }
+
+#[test]
+fn a_dormant_table_reads_as_not_kudonets_and_says_why() {
+    common::sandboxed("a_dormant_table_reads_as_not_kudonets_and_says_why", || {
+        use kudonet::kernel::netlink::{NfTables, TableState};
+
+        let mut socket = NfTables::open().unwrap();
+        let (_, at) = socket.read_kudonet().unwrap();
+        socket.sync_kudonet(None, at, &accepting(1)).unwrap();
+        nft(&["add", "table", "inet", "kudonet", "{ flags dormant; }"]);
+        let (state, at) = socket.read_kudonet().unwrap();
+        let TableState::Ours(read) = &state else {
+            panic!("{state:?}")
+        };
+        assert_eq!(
+            kudonet::nftables::diff(Some(read), &accepting(1)),
+            ["- chain (table flags 0x1: dormant)"]
+        );
+        // Replaced: the new table is not dormant.
+        socket
+            .sync_kudonet(state.ruleset(), at, &accepting(1))
+            .unwrap();
+        assert_eq!(
+            socket.read_kudonet().unwrap().0,
+            TableState::Ours(accepting(1))
+        );
+    });
+}

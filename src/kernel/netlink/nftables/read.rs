@@ -38,12 +38,16 @@ impl NfTables {
         }
         let mut ruleset = Ruleset::default();
         if flags != 0 {
-            // A dormant table (or other flags) is not as kudonet writes it.
+            // A dormant table (or other flags) is not as kudonet writes it. A ruleset has no
+            // place for the table's own state: a chain named after it stands in, so that
+            // the table equals nothing kudonet wants, gets replaced, and the plan's diff
+            // says why (`- chain (table flags 0x1: dormant)`).
+            let text = table_flags_text(flags);
             ruleset.chains.insert(
-                "(table)".to_string(),
+                format!("(table {text})"),
                 Chain {
                     hook: None,
-                    rules: vec![unknown_rule(format!("table flags {flags:#x}"))],
+                    rules: vec![unknown_rule(format!("table {text}"))],
                 },
             );
         }
@@ -190,4 +194,18 @@ pub(super) fn parse_rule(body: &[u8]) -> Option<(String, Rule)> {
         rule = unknown_rule(format!("{rule} with a comment"));
     }
     Some((chain?, rule))
+}
+
+/// Table flags for people: `flags 0x1: dormant`.
+pub(super) fn table_flags_text(flags: u32) -> String {
+    let names: Vec<&str> = [(0x1, "dormant"), (0x2, "owner"), (0x4, "persist")]
+        .into_iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, name)| name)
+        .collect();
+    if names.is_empty() {
+        format!("flags {flags:#x}")
+    } else {
+        format!("flags {flags:#x}: {}", names.join(", "))
+    }
 }
