@@ -580,3 +580,153 @@ fn a_refused_transaction_names_the_object_and_changes_nothing() {
         },
     );
 }
+
+/// A ruleset of one regular chain with `rules` accept rules: small, and different for each
+/// count.
+fn accepting(rules: usize) -> kudonet::nftables::Ruleset {
+    use kudonet::nftables::{Chain, Rule, Ruleset, Verdict};
+    Ruleset {
+        sets: Default::default(),
+        chains: [(
+            "accepting".to_string(),
+            Chain {
+                hook: None,
+                rules: vec![
+                    Rule {
+                        matches: Vec::new(),
+                        verdict: Verdict::Accept,
+                    };
+                    rules
+                ],
+            },
+        )]
+        .into(),
+    }
+}
+
+#[test]
+fn a_transaction_based_on_a_read_the_ruleset_has_moved_past_is_refused_whole() {
+    common::sandboxed(
+        "a_transaction_based_on_a_read_the_ruleset_has_moved_past_is_refused_whole",
+        || {
+            use kudonet::kernel::netlink::{NfTables, TableState};
+
+            let mut socket = NfTables::open().unwrap();
+            let (state, at) = socket.read_kudonet().unwrap();
+            assert_eq!(state, TableState::Absent);
+            let at = socket
+                .sync_kudonet(None, at, &accepting(1))
+                .unwrap()
+                .unwrap();
+            let (state, read_at) = socket.read_kudonet().unwrap();
+            assert_eq!(read_at, at);
+            assert_eq!(state, TableState::Ours(accepting(1)));
+            // Meanwhile, someone replaces it with a table of their own of that name.
+            nft(&["delete", "table", "inet", "kudonet"]);
+            nft(&["add", "table", "inet", "kudonet"]);
+            let theirs = nft(&["list", "ruleset"]);
+            let moved = generation();
+
+            let error = socket
+                .sync_kudonet(state.ruleset(), at, &accepting(2))
+                .unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                format!(
+                    "nftables: the ruleset changed meanwhile (it is past generation {at}, where \
+                     kudonet read it), so the transaction was refused and nothing written; the \
+                     next pass reads it again: Interrupted system call should be restarted (os \
+                     error 85)"
+                )
+            );
+            assert!(error.can_retry());
+            assert_eq!(generation(), moved, "nothing was committed");
+            assert_eq!(nft(&["list", "ruleset"]), theirs);
+            let error = socket.delete_kudonet(at).unwrap_err();
+            assert_eq!(error.errno(), Some(85));
+            assert_eq!(nft(&["list", "ruleset"]), theirs);
+            // Read again, it is someone else's.
+            assert_eq!(socket.read_kudonet().unwrap(), (TableState::Foreign, moved));
+        },
+    );
+}
+
+#[test]
+fn a_table_created_meanwhile_where_none_was_read_fails_the_creation() {
+    common::sandboxed(
+        "a_table_created_meanwhile_where_none_was_read_fails_the_creation",
+        || {
+            use kudonet::kernel::netlink::NfTables;
+
+            let mut socket = NfTables::open().unwrap();
+            nft(&["add", "table", "inet", "kudonet"]);
+            let theirs = nft(&["list", "ruleset"]);
+            // Based on the current generation, as if the table had been read absent at it:
+            // the exclusive creation is what refuses it.
+            let error = socket
+                .sync_kudonet(None, generation(), &accepting(1))
+                .unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                "nftables: add table inet kudonet: File exists (os error 17)"
+            );
+            assert_eq!(nft(&["list", "ruleset"]), theirs);
+        },
+    );
+}
+
+#[test]
+fn a_large_refused_transaction_still_names_the_kernels_errno() {
+    common::sandboxed(
+        "a_large_refused_transaction_still_names_the_kernels_errno",
+        || {
+            use kudonet::kernel::netlink::NfTables;
+            use kudonet::nftables::{Match, Rule, Verdict};
+
+            // Thousands of messages, the last one refused: thousands of acknowledgements.
+            let mut ruleset = accepting(5000);
+            let rules = &mut ruleset.chains.get_mut("accepting").unwrap().rules;
+            rules.push(Rule {
+                matches: vec![Match::IifnameIn("nosuch".into())],
+                verdict: Verdict::Accept,
+            });
+            let mut socket = NfTables::open().unwrap();
+            let before = generation();
+            let error = socket.sync_kudonet(None, before, &ruleset).unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                "nftables: add rule to chain accepting: No such file or directory (os error 2)"
+            );
+            assert_eq!(generation(), before, "the transaction was aborted");
+            assert_eq!(nft(&["list", "ruleset"]), "");
+        },
+    );
+}
+
+#[test]
+fn a_dormant_table_reads_as_not_kudonets_and_says_why() {
+    common::sandboxed("a_dormant_table_reads_as_not_kudonets_and_says_why", || {
+        use kudonet::kernel::netlink::{NfTables, TableState};
+
+        let mut socket = NfTables::open().unwrap();
+        let (_, at) = socket.read_kudonet().unwrap();
+        socket.sync_kudonet(None, at, &accepting(1)).unwrap();
+        nft(&["add", "table", "inet", "kudonet", "{ flags dormant; }"]);
+        let (state, at) = socket.read_kudonet().unwrap();
+        let TableState::Ours(read) = &state else {
+            panic!("{state:?}")
+        };
+        assert_eq!(
+            kudonet::nftables::diff(Some(read), &accepting(1)),
+            ["- chain (table flags 0x1: dormant)"]
+        );
+        // Replaced: the new table is not dormant.
+        socket
+            .sync_kudonet(state.ruleset(), at, &accepting(1))
+            .unwrap();
+        assert_eq!(
+            socket.read_kudonet().unwrap().0,
+            TableState::Ours(accepting(1))
+        );
+    });
+}

@@ -23,7 +23,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kudonet::kernel::netlink::{Generation, Netlink};
+use kudonet::kernel::netlink::{Netlink, NfTables};
 use kudonet::names;
 use serde_json::{Map, Value, json};
 
@@ -91,7 +91,7 @@ pub fn run(
         .chain(firewall.iter().copied())
         .collect();
     let mut netlink = Netlink::open().map_err(|error| error.to_string())?;
-    let mut generation = Generation::open().map_err(|error| format!("nf_tables: {error}"))?;
+    let mut generation = NfTables::open().map_err(|error| format!("nf_tables: {error}"))?;
     // The nf_tables generation moves once per commit to the ruleset (a netlink transaction,
     // an iptables-nft restore): its difference counts them (null if it cannot be read).
     let mut generation_now = || generation.current().ok();

@@ -159,7 +159,9 @@ pub fn io_can_retry(error: &std::io::Error) -> bool {
 ///   kernel), `EEXIST`, `ENOENT`, `ENODEV`, `ESRCH` (a link, address, route or namespace that
 ///   came or went during the pass: the next pass observes it again and plans accordingly),
 ///   and `EROFS`: a read-only `/proc/sys` (a container's) is made writable by a remount,
-///   which raises no event, so the node keeps being retried as it always was.
+///   which raises no event, so the node keeps being retried as it always was; `ERESTART`
+///   (an nftables transaction refused because the ruleset moved past the generation it was
+///   based on: the next pass reads it again).
 pub fn errno_can_retry(errno: i32) -> bool {
     use nix::errno::Errno;
     !matches!(
@@ -185,7 +187,12 @@ mod tests {
         for errno in [libc_errno::EPERM, libc_errno::EACCES, libc_errno::EINVAL] {
             assert!(!errno_can_retry(errno), "{errno}");
         }
-        for errno in [libc_errno::EBUSY, libc_errno::EEXIST, libc_errno::ENODEV] {
+        for errno in [
+            libc_errno::EBUSY,
+            libc_errno::EEXIST,
+            libc_errno::ENODEV,
+            libc_errno::ERESTART,
+        ] {
             assert!(errno_can_retry(errno), "{errno}");
         }
         let denied = std::io::Error::from_raw_os_error(libc_errno::EACCES);
@@ -207,5 +214,6 @@ mod tests {
         pub const EBUSY: i32 = Errno::EBUSY as i32;
         pub const EEXIST: i32 = Errno::EEXIST as i32;
         pub const ENODEV: i32 = Errno::ENODEV as i32;
+        pub const ERESTART: i32 = Errno::ERESTART as i32;
     }
 }

@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use firewall::{FirewallDriver, IptablesFirewall, NftablesFirewall};
-use netlink::netfilter::Generation;
-use netlink::nftables::{self as nft, TableState};
+use netlink::TableState;
+use netlink::netfilter::NfTables;
 use netlink::route::{RawLink, parse_link};
 use netlink::{Netlink, NetlinkError};
 use netns::NamespaceSockets;
@@ -46,7 +46,7 @@ pub struct KernelDataplane {
     /// Sockets inside instance namespaces, opened when first needed and reused.
     namespaces: NamespaceSockets,
     /// The nf_tables generation of the node's namespace, if the kernel has nf_tables.
-    generation: Option<Generation>,
+    generation: Option<NfTables>,
     /// What the last observation read.
     snapshot: Snapshot,
     /// What may have changed since: reported by the owner, and touched by actions.
@@ -106,7 +106,7 @@ impl KernelDataplane {
             firewall,
             host,
             namespaces: NamespaceSockets::new(netns_dir),
-            generation: Generation::open().ok(),
+            generation: NfTables::open().ok(),
             snapshot: Snapshot::default(),
             changes: Changes::everything(),
             releasing: None,
@@ -544,9 +544,9 @@ impl KernelDataplane {
         }
     }
 
-    /// kudonet's nftables table now, and the generation it is at: as observed while the
-    /// generation has not moved since, else read.
-    fn nftables_now(&mut self) -> Result<(&mut Generation, u32, TableState), Cause> {
+    /// kudonet's nftables table now, and the generation it is at (what a batch decided on
+    /// it is based on): as observed while the generation has not moved since, else read.
+    fn nftables_now(&mut self) -> Result<(&mut NfTables, u32, TableState), Cause> {
         let generation = self.generation.as_mut().ok_or_else(|| {
             Cause::new(
                 std::io::Error::other("nftables is not available in this kernel"),
@@ -556,13 +556,13 @@ impl KernelDataplane {
         let before = generation
             .current()
             .map_err(|error| Cause::io("nftables: read the generation", error))?;
-        let state = match self.snapshot.firewall().nftables_at(before) {
-            Some(state) => state,
+        let (state, based_on) = match self.snapshot.firewall().nftables_at(before) {
+            Some(state) => (state, before),
             None => generation
                 .read_kudonet()
                 .map_err(|error| Cause::io("nftables: read table inet kudonet", error))?,
         };
-        Ok((generation, before, state))
+        Ok((generation, based_on, state))
     }
 
     /// Makes kudonet's table `ruleset` in one transaction: nothing when it is already,
@@ -574,12 +574,12 @@ impl KernelDataplane {
             TableState::Absent => None,
             TableState::Ours(current) => Some(current),
         };
-        let messages = match crate::nftables::Change::between(current, ruleset) {
-            crate::nftables::Change::None => return Ok(()),
-            crate::nftables::Change::Elements { add, delete } => nft::elements_batch(&add, &delete),
-            crate::nftables::Change::Replace => nft::replace_batch(ruleset),
+        let Some(after) = generation
+            .sync_kudonet(current, before, ruleset)
+            .map_err(Cause::from)?
+        else {
+            return Ok(());
         };
-        let after = generation.commit(&messages).map_err(Cause::from)?;
         self.snapshot.firewall_mut().wrote_nftables(
             before,
             after,
@@ -595,9 +595,7 @@ impl KernelDataplane {
             TableState::Absent => Ok(()),
             TableState::Foreign => Err(foreign_nftables("delete")),
             TableState::Ours(_) => {
-                let after = generation
-                    .commit(&nft::delete_batch())
-                    .map_err(Cause::from)?;
+                let after = generation.delete_kudonet(before).map_err(Cause::from)?;
                 self.snapshot
                     .firewall_mut()
                     .wrote_nftables(before, after, TableState::Absent);

@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use super::firewall::{FirewallCache, FirewallDriver, FirewallError};
-use super::netlink::netfilter::Generation;
+use super::netlink::netfilter::NfTables;
 use super::netlink::nftables::TableState;
 use super::netlink::route::{LinkAddresses, RawLink};
 use super::netlink::{Netlink, NetlinkError};
@@ -146,7 +146,7 @@ pub struct Sources<'a> {
     pub sockets: &'a mut NamespaceSockets,
     pub firewall: &'a dyn FirewallDriver,
     /// The nf_tables generation, when it can be read.
-    pub generation: Option<&'a mut Generation>,
+    pub generation: Option<&'a mut NfTables>,
 }
 
 /// Reads what the node has: links, addresses and routes of the node namespace and of the

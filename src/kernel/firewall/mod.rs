@@ -13,7 +13,7 @@ use std::fs;
 
 pub use iptables::Iptables;
 
-use super::netlink::netfilter::Generation;
+use super::netlink::netfilter::NfTables;
 use super::netlink::nftables::TableState;
 use crate::names::{FILTER, NAT};
 use crate::observed::{Table, TableId};
@@ -152,7 +152,7 @@ pub trait FirewallDriver {
     /// backend that moves no generation is read again only with `reread_unversioned`.
     fn read(
         &self,
-        generation: Option<&mut Generation>,
+        generation: Option<&mut NfTables>,
         cache: &mut FirewallCache,
         reread_unversioned: bool,
     ) -> Result<FirewallView, FirewallError>;
@@ -245,7 +245,7 @@ impl FirewallDriver for IptablesFirewall {
 
     fn read(
         &self,
-        generation: Option<&mut Generation>,
+        generation: Option<&mut NfTables>,
         cache: &mut FirewallCache,
         reread_unversioned: bool,
     ) -> Result<FirewallView, FirewallError> {
@@ -300,7 +300,7 @@ impl NftablesFirewall {
 
 /// Checks that the kernel answers nf_tables requests in the calling thread's namespace.
 pub fn check_nftables() -> Result<(), FirewallError> {
-    Generation::open()
+    NfTables::open()
         .and_then(|mut generation| generation.current())
         .map(drop)
         .map_err(|error| {
@@ -311,7 +311,7 @@ pub fn check_nftables() -> Result<(), FirewallError> {
 /// The nf_tables generation of the calling thread's namespace: it moves by one with every
 /// transaction (kudonet's batch, an `nft` command, an iptables-nft change).
 pub fn nftables_generation() -> std::io::Result<u32> {
-    Generation::open()?.current()
+    NfTables::open()?.current()
 }
 
 impl FirewallDriver for NftablesFirewall {
@@ -325,7 +325,7 @@ impl FirewallDriver for NftablesFirewall {
 
     fn read(
         &self,
-        generation: Option<&mut Generation>,
+        generation: Option<&mut NfTables>,
         cache: &mut FirewallCache,
         reread_unversioned: bool,
     ) -> Result<FirewallView, FirewallError> {
@@ -420,7 +420,7 @@ impl FirewallCache {
 pub(super) fn read_firewall(
     firewall: &IptablesFirewall,
     backend: FirewallBackend,
-    mut generation: Option<&mut Generation>,
+    mut generation: Option<&mut NfTables>,
     cache: &mut FirewallCache,
     reread_legacy: bool,
 ) -> Result<FirewallView, FirewallError> {
@@ -461,7 +461,9 @@ pub(super) fn read_firewall(
             let nftables = match generation.as_deref_mut() {
                 None => TableState::Absent,
                 Some(generation) => match generation.read_kudonet() {
-                    Ok(state) => state,
+                    // Consistent with a generation at or after `now`: cached at `now`, it
+                    // is used only while the generation stays there, so never torn.
+                    Ok((state, _)) => state,
                     Err(error) if backend == FirewallBackend::Nftables => {
                         return Err(FirewallError::nftables(
                             "nftables: read table inet kudonet",

@@ -22,8 +22,9 @@ use netlink_packet_core::{
 };
 use netlink_sys::{Socket, SocketAddr};
 
-/// The nf_tables generation, also for the benchmark (which counts the ruleset's commits).
-pub use netfilter::Generation;
+/// The nf_tables socket, also for the benchmark (which counts the ruleset's commits).
+pub use netfilter::NfTables;
+pub use nftables::TableState;
 pub use route::Netlink;
 
 /// A failed netlink request: what was asked, and the kernel's answer.

@@ -1,13 +1,15 @@
-//! The nf_tables generation: a counter the kernel moves on every change of the ruleset of
-//! a network namespace, whoever makes it (iptables-nft, nft, firewalld). While it stands
-//! still, iptables read earlier is still exact, so a pass need not run `iptables-save`.
+//! [`NfTables`], the nf_tables socket of a network namespace: its generation, a counter the
+//! kernel moves on every change of the ruleset, whoever makes it (iptables-nft, nft,
+//! firewalld); dumps of its tables, chains and rules; and (in `nftables`) kudonet's own
+//! table, read and written in batches. While the generation stands still, what was read
+//! earlier is still exact, so a pass need not run `iptables-save` or dump a table again.
 //!
-//! One request, hand-encoded: `NFT_MSG_GETGEN` answered by `NFT_MSG_NEWGEN` with
-//! `NFTA_GEN_ID` (include/uapi/linux/netfilter/nf_tables.h).
+//! Hand-encoded: `NFT_MSG_GETGEN` answered by `NFT_MSG_NEWGEN` with `NFTA_GEN_ID`
+//! (include/uapi/linux/netfilter/nf_tables.h).
 //!
 //! The same socket also lists the forward base chains of every table and looks for what
-//! drops there ([`Generation::forward_blockers`]): a packet kudonet's iptables rules accept
-//! still traverses every other table's chain on the same hook, and a drop anywhere wins.
+//! drops there ([`NfTables::forward_blockers`]): a packet kudonet's rules accept still
+//! traverses every other table's chain on the same hook, and a drop anywhere wins.
 
 use std::io;
 
@@ -46,33 +48,54 @@ const NFPROTO_IPV6: u8 = 10;
 const HEADER: usize = 16;
 pub(super) const NFGENMSG: usize = 4;
 
-/// A netfilter socket of the namespace it was opened in, asking for the generation.
-pub struct Generation {
-    pub(super) socket: Socket,
-    pub(super) sequence: u32,
+/// The nf_tables socket of the namespace it was opened in.
+pub struct NfTables {
+    socket: Socket,
+    sequence: u32,
 }
 
-impl Generation {
+impl NfTables {
     /// A socket in the calling thread's network namespace.
-    pub fn open() -> io::Result<Generation> {
+    pub fn open() -> io::Result<NfTables> {
         let socket = super::connected(NETLINK_NETFILTER)?;
-        Ok(Generation {
+        // An error's acknowledgement without the refused message (which can be 64 KiB of
+        // elements) and with the kernel's extended message, if it has one. Kernels
+        // before 4.12 lack them: their acknowledgements are only bigger and terser.
+        let _ = socket.set_cap_ack(true);
+        let _ = socket.set_ext_ack(true);
+        Ok(NfTables {
             socket,
             sequence: 0,
         })
     }
 
+    /// Sends one batch of `messages` messages, built by `build` from the sequence number
+    /// of its `BATCH_BEGIN` (each message one number after it, then `BATCH_END`), with
+    /// room in the socket's buffers for it and for an acknowledgement of each message.
+    /// The sequence number of its `BATCH_BEGIN`.
+    pub(super) fn send_batch(
+        &mut self,
+        messages: usize,
+        build: impl FnOnce(u32) -> Vec<u8>,
+    ) -> io::Result<u32> {
+        let first = self.sequence.wrapping_add(1);
+        let batch = build(first);
+        self.sequence = first.wrapping_add(1 + messages as u32);
+        fit_send_buffer(&self.socket, batch.len());
+        fit_receive_buffer(&self.socket, messages);
+        self.socket.send(&batch, 0)?;
+        Ok(first)
+    }
+
     /// The current generation of the ruleset.
     pub fn current(&mut self) -> io::Result<u32> {
-        self.current_with(|_, _, _| {})
+        self.current_with(|_| {})
     }
 
     /// The current generation, handing every other message received before its answer
-    /// to `other` (sequence, type, body): the acknowledgements of a batch sent before.
-    pub(super) fn current_with(
-        &mut self,
-        mut other: impl FnMut(u32, u16, &[u8]),
-    ) -> io::Result<u32> {
+    /// to `other` (whole, its header included): the acknowledgements of a batch sent
+    /// before.
+    pub(super) fn current_with(&mut self, mut other: impl FnMut(&[u8])) -> io::Result<u32> {
         self.sequence = self.sequence.wrapping_add(1);
         let mut request = [0u8; HEADER + NFGENMSG];
         let kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN;
@@ -95,11 +118,7 @@ impl Generation {
                 if let Some(generation) = parse_reply(reply, self.sequence)? {
                     return Ok(generation);
                 }
-                other(
-                    u32_at(reply, 8).unwrap_or(0),
-                    u16_at(reply, 4).unwrap_or(0),
-                    &reply[HEADER..],
-                );
+                other(reply);
             }
         }
     }
@@ -127,7 +146,7 @@ impl ForwardChain {
     }
 }
 
-impl Generation {
+impl NfTables {
     /// What in nftables drops forwarded traffic whatever kudonet accepts: every forward base
     /// chain (inet, ip, ip6, bridge) with a drop policy or a `reject` rule, described for
     /// people. With `skip_iptables_filter`, the `ip filter` and `ip6 filter` tables are left
@@ -233,6 +252,29 @@ impl Generation {
                 }
             }
         }
+    }
+}
+
+/// Grows the send buffer of `socket` to hold `length` bytes, when the default would not:
+/// a batch is one message to the kernel.
+fn fit_send_buffer(socket: &Socket, length: usize) {
+    const DEFAULT: usize = 200 * 1024;
+    if length > DEFAULT {
+        use nix::sys::socket::{setsockopt, sockopt::SndBufForce};
+        let _ = setsockopt(socket, SndBufForce, &(length * 2));
+    }
+}
+
+/// Grows the receive buffer of `socket` for the acknowledgements of a batch of
+/// `messages`: one each, and the kernel charges each some 1 KiB of buffer, so the default
+/// holds a couple of hundred; past that, the rest are dropped (`ENOBUFS`), a refusal among
+/// them.
+fn fit_receive_buffer(socket: &Socket, messages: usize) {
+    const DEFAULT: usize = 200 * 1024;
+    let needed = (messages + 2) * 1024;
+    if needed > DEFAULT {
+        use nix::sys::socket::{setsockopt, sockopt::RcvBufForce};
+        let _ = setsockopt(socket, RcvBufForce, &needed);
     }
 }
 

@@ -153,6 +153,15 @@ fn every_set_type_reads_back_as_written() {
         ),
         None
     );
+    // Nor is one with anything but zeros in a concatenation's padding.
+    let types = [Type::InetProto, Type::InetService];
+    let good = [6, 0, 0, 0, 0, 80, 0, 0];
+    assert!(decode_values(&types, &good).is_some());
+    for at in [1, 2, 3, 6, 7] {
+        let mut padded = good;
+        padded[at] = 1;
+        assert_eq!(decode_values(&types, &padded), None, "padding byte {at}");
+    }
 }
 
 /// A map and a set, in replace messages, read back through the dump parsers.
@@ -189,7 +198,7 @@ fn sets_and_elements_read_back_as_written() {
         chains: BTreeMap::new(),
     };
     let mut read = BTreeMap::new();
-    let messages = replace_batch(&ruleset);
+    let messages = replace_batch(&ruleset, false);
     for message in &messages {
         let mut body = vec![NFPROTO_INET, 0, 0, 0];
         body.extend(&message.attributes);
@@ -415,4 +424,127 @@ fn what_kudonet_does_not_write_reads_as_unknown() {
     let (_, read) = parse_chain(&chain).unwrap();
     assert_eq!(read.rules.len(), 1);
     assert!(matches!(read.rules[0].verdict, Verdict::Unknown(_)));
+}
+
+#[test]
+fn a_created_table_read_without_its_comment_means_the_kernel_drops_comments() {
+    // The table as kudonet asks for it, and as a kernel before Linux 5.10 keeps it: the
+    // userdata dropped.
+    let dumped = |attributes_bytes: Vec<u8>| {
+        let mut body = vec![NFPROTO_INET, 0, 0, 0];
+        body.extend(attributes_bytes);
+        parse_table(&body)
+    };
+    let kept = dumped(table_attributes(true));
+    assert_eq!(
+        kept,
+        Some((TABLE_NAME.into(), Some(TABLE_COMMENT.into()), 0))
+    );
+    assert!(comment_kept(kept.as_ref()));
+    let dropped = dumped(table_attributes(false));
+    assert!(!comment_kept(dropped.as_ref()));
+    // Gone meanwhile: nothing to say about the kernel.
+    assert!(comment_kept(None));
+    let error = comments_not_kept(None);
+    assert_eq!(
+        error.to_string(),
+        "nftables: this kernel does not keep table comments (Linux 5.10 or later is needed), \
+         so kudonet cannot tell its table inet kudonet from someone else's; the table it \
+         created was deleted again: Operation not supported (os error 95)"
+    );
+    assert!(!error.can_retry());
+}
+
+#[test]
+fn a_table_read_absent_is_created_exclusively_and_only_then() {
+    let ruleset = Ruleset::default();
+    let created = replace_batch(&ruleset, true);
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0].kind, NEWTABLE);
+    assert_eq!(created[0].flags, NLM_F_CREATE | NLM_F_EXCL);
+    let replaced = replace_batch(&ruleset, false);
+    let kinds: Vec<_> = replaced
+        .iter()
+        .map(|message| (message.kind, message.flags))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (NEWTABLE, NLM_F_CREATE),
+            (DELTABLE, 0),
+            (NEWTABLE, NLM_F_CREATE)
+        ]
+    );
+}
+
+/// An `NLMSG_ERROR` acknowledgement of sequence `sequence` with `flags`, `errno` and
+/// what follows the errno (the acknowledged message, the extended-ack attributes).
+fn ack_bytes(sequence: u32, flags: u16, errno: i32, rest: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    header(&mut bytes, NLMSG_ERROR, flags, sequence, 4 + rest.len());
+    bytes.extend((-errno).to_ne_bytes());
+    bytes.extend(rest);
+    bytes
+}
+
+#[test]
+fn an_acknowledgement_gives_its_errno_and_the_kernels_message() {
+    // The acknowledged message's header (capped), then NLMSGERR_ATTR_MSG.
+    let mut acknowledged = Vec::new();
+    header(&mut acknowledged, NEWRULE, NLM_F_REQUEST, 7, 100);
+    let mut rest = acknowledged.clone();
+    put_string(&mut rest, NLMSGERR_ATTR_MSG, "no such set");
+    let reply = ack_bytes(7, NLM_F_CAPPED | NLM_F_ACK_TLVS, 2, &rest);
+    let ack = Ack::parse(&reply).unwrap();
+    assert_eq!(
+        ack,
+        Ack {
+            sequence: 7,
+            errno: 2,
+            message: Some("no such set".into())
+        }
+    );
+    let messages = replace_batch(&Ruleset::default(), true);
+    assert_eq!(
+        ack.error(6, &messages, 41).to_string(),
+        "nftables: add table inet kudonet (the kernel says: no such set): No such file or \
+         directory (os error 2)"
+    );
+    // Uncapped: the whole acknowledged message (its header and 100 bytes) comes before the
+    // attributes.
+    let mut whole = acknowledged;
+    whole.resize(HEADER + 100, 0);
+    put_string(&mut whole, NLMSGERR_ATTR_MSG, "whole");
+    let reply = ack_bytes(7, NLM_F_ACK_TLVS, 2, &whole);
+    assert_eq!(
+        Ack::parse(&reply).unwrap().message.as_deref(),
+        Some("whole")
+    );
+    // A success, and a message that is no acknowledgement.
+    let mut success = Vec::new();
+    header(&mut success, NEWRULE, NLM_F_REQUEST, 8, 0);
+    let reply = ack_bytes(8, NLM_F_CAPPED, 0, &success);
+    assert_eq!(Ack::parse(&reply).unwrap().errno, 0);
+    assert_eq!(Ack::parse(&success), None);
+    // A stale generation: the batch's own acknowledgement, ERESTART.
+    let stale = Ack::parse(&ack_bytes(5, NLM_F_CAPPED, ERESTART, &success)).unwrap();
+    let error = stale.error(5, &messages, 41);
+    assert!(
+        error
+            .to_string()
+            .starts_with("nftables: the ruleset changed meanwhile (it is past generation 41")
+    );
+    assert!(error.can_retry());
+}
+
+#[test]
+fn fewer_acknowledgements_than_messages_is_an_error() {
+    assert!(acks_complete(3, 3).is_ok());
+    let error = acks_complete(2, 3).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "nftables: the kernel acknowledged 2 of the transaction's 3 messages: \
+         acknowledgements missing"
+    );
+    assert!(error.can_retry());
 }
