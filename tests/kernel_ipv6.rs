@@ -17,35 +17,17 @@ mod common;
 use common::cli::{Run, kudonet};
 use common::controller::Controller;
 use common::kernel::KUDO_FORWARD_ONLY;
+use common::probes::{seen, serve};
 use common::{Firewall, StateDir, kudo_lines, netns, nft_kudonet, setup_outside_dual_stack, sh};
 
 use std::net::SocketAddr;
 
 use kudonet::probe::{self, EchoServer, Place};
-use kudonet::spec::Protocol::{self, Tcp, Udp};
+use kudonet::spec::Protocol::{Tcp, Udp};
 use serde_json::Value;
 
-/// web publishes TCP 8080 -> 80 and UDP 5353 -> 53 on every address of each family; db
-/// publishes nothing.
-const DUAL: &str = r#"
-kind: Node
-name: node-a
-cidr: [10.0.0.1/24, "fd00:10::1/64"]
----
-kind: Instance
-name: web
-address: [10.0.0.2/24, "fd00:10::2/64"]
-ports:
-  - hostPort: 8080
-    instancePort: 80
-  - hostPort: 5353
-    instancePort: 53
-    protocol: udp
----
-kind: Instance
-name: db
-address: [10.0.0.3/24, "fd00:10::3/64"]
-"#;
+/// The dual-stack node of the kernel tests (`common::DUAL_STACK`).
+const DUAL: &str = common::DUAL_STACK;
 
 /// `DUAL` without IPv4.
 const IPV6_ONLY: &str = r#"
@@ -152,22 +134,6 @@ fn kudonet_ok(args: &[&str]) -> Run {
     let run = kudonet(args);
     run.expect_success();
     run
-}
-
-/// The source address the echo server at `target` saw, asked from `from` over `protocol`.
-#[track_caller]
-fn seen(from: &Place, protocol: Protocol, target: &str) -> String {
-    let target: SocketAddr = target.parse().unwrap();
-    match probe::ask(from, protocol, target) {
-        Ok(source) => source.ip().to_string(),
-        Err(error) => panic!("{protocol} {target} from {from:?}: {error}"),
-    }
-}
-
-/// An echo server on `[::]:port` (both families) at `place`.
-fn serve(place: &Place, protocol: Protocol, port: u16) -> EchoServer {
-    let any: SocketAddr = format!("[::]:{port}").parse().unwrap();
-    probe::serve(place, protocol, any).unwrap()
 }
 
 /// Echo servers: web TCP 80 and UDP 53, db TCP 80, the node TCP 7000, outside TCP 9000.

@@ -21,36 +21,18 @@ mod common;
 use common::cli::{Run, kudonet};
 use common::controller::Controller;
 use common::kernel::KUDO_FORWARD_ONLY;
+use common::probes::{seen, serve};
 use common::{
     Firewall, StateDir, kudo_lines, netns, nft_kudonet, nft_table, setup_outside_dual_stack, sh,
 };
 
 use std::net::SocketAddr;
 
-use kudonet::probe::{self, EchoServer, Place};
-use kudonet::spec::Protocol::{self, Tcp, Udp};
+use kudonet::probe::{self, EchoServer};
+use kudonet::spec::Protocol::{Tcp, Udp};
 
-/// web publishes TCP 8080 -> 80 and UDP 5353 -> 53 on every address of each family; db
-/// publishes nothing. (`tests/kernel_ipv6.rs`'s dual-stack node.)
-const DUAL: &str = r#"
-kind: Node
-name: node-a
-cidr: [10.0.0.1/24, "fd00:10::1/64"]
----
-kind: Instance
-name: web
-address: [10.0.0.2/24, "fd00:10::2/64"]
-ports:
-  - hostPort: 8080
-    instancePort: 80
-  - hostPort: 5353
-    instancePort: 53
-    protocol: udp
----
-kind: Instance
-name: db
-address: [10.0.0.3/24, "fd00:10::3/64"]
-"#;
+/// The dual-stack node of the kernel tests (`common::DUAL_STACK`).
+const DUAL: &str = common::DUAL_STACK;
 
 /// `nft list table inet kudonet` for `DUAL`.
 const DUAL_TABLE: &str = include_str!("nft/dual-stack.nft");
@@ -134,23 +116,12 @@ fn kudonet_ok(firewall: Firewall, args: &[&str]) -> Run {
     run
 }
 
-/// The source address the echo server at `target` saw, asked from `from` over `protocol`.
-#[track_caller]
-fn seen(from: &Place, protocol: Protocol, target: &str) -> String {
-    let target: SocketAddr = target.parse().unwrap();
-    match probe::ask(from, protocol, target) {
-        Ok(source) => source.ip().to_string(),
-        Err(error) => panic!("{protocol} {target} from {from:?}: {error}"),
-    }
-}
-
 /// Echo servers: web TCP 80 and UDP 53, outside TCP 9000 (both families).
 fn start_servers() -> Vec<EchoServer> {
-    let any = |port| format!("[::]:{port}").parse::<SocketAddr>().unwrap();
     vec![
-        probe::serve(&netns("kudo-web"), Tcp, any(80)).unwrap(),
-        probe::serve(&netns("kudo-web"), Udp, any(53)).unwrap(),
-        probe::serve(&netns("outside"), Tcp, any(9000)).unwrap(),
+        serve(&netns("kudo-web"), Tcp, 80),
+        serve(&netns("kudo-web"), Udp, 53),
+        serve(&netns("outside"), Tcp, 9000),
     ]
 }
 

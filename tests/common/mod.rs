@@ -33,7 +33,7 @@ pub use probes::{addr, netns, seen, seen_tcp};
 pub use sandbox::{
     inside_sandbox, run, run_ok, sandboxed, setup_outside, setup_outside_dual_stack, sh,
 };
-pub use state::StateDir;
+pub use state::{DUAL_STACK, StateDir};
 
 /// The kudonet binary under test.
 pub const KUDONET: &str = env!("CARGO_BIN_EXE_kudonet");

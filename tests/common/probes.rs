@@ -1,6 +1,6 @@
 //! Probes: places to send packets from, and what a server saw.
 
-use std::net::SocketAddrV4;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::path::Path;
 
 use kudonet::probe::{self, Place};
@@ -15,10 +15,12 @@ pub fn addr(text: &str) -> SocketAddrV4 {
     text.parse().unwrap()
 }
 
-/// The source address the echo server at `target` saw, asked from `from`.
+/// The source address the echo server at `target` (`10.0.0.2:80`, `[fd00::2]:80`) saw,
+/// asked from `from`.
 #[track_caller]
 pub fn seen(from: &Place, protocol: Protocol, target: &str) -> String {
-    match probe::ask(from, protocol, addr(target)) {
+    let target: SocketAddr = target.parse().unwrap();
+    match probe::ask(from, protocol, target) {
         Ok(source) => source.ip().to_string(),
         Err(error) => panic!("{protocol} {target} from {from:?}: {error}"),
     }
@@ -28,4 +30,10 @@ pub fn seen(from: &Place, protocol: Protocol, target: &str) -> String {
 #[track_caller]
 pub fn seen_tcp(from: &Place, target: &str) -> String {
     seen(from, Protocol::Tcp, target)
+}
+
+/// An echo server on `[::]:port` (both families) at `place`.
+pub fn serve(place: &Place, protocol: Protocol, port: u16) -> probe::EchoServer {
+    let any: SocketAddr = format!("[::]:{port}").parse().unwrap();
+    probe::serve(place, protocol, any).unwrap()
 }

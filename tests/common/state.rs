@@ -78,3 +78,25 @@ pub fn write_file(path: &Path, content: &str) {
     std::fs::write(path, content).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
 }
+
+/// The dual-stack node of the kernel tests: web publishes TCP 8080 -> 80 and UDP 5353 -> 53
+/// on every address of each family; db publishes nothing.
+pub const DUAL_STACK: &str = r#"
+kind: Node
+name: node-a
+cidr: [10.0.0.1/24, "fd00:10::1/64"]
+---
+kind: Instance
+name: web
+address: [10.0.0.2/24, "fd00:10::2/64"]
+ports:
+  - hostPort: 8080
+    instancePort: 80
+  - hostPort: 5353
+    instancePort: 53
+    protocol: udp
+---
+kind: Instance
+name: db
+address: [10.0.0.3/24, "fd00:10::3/64"]
+"#;
