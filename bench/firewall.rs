@@ -45,7 +45,7 @@ use kudonet::kernel::KernelDataplane;
 use kudonet::kernel::firewall::{
     FirewallCache, FirewallDriver, Iptables, IptablesFirewall, NftablesFirewall,
 };
-use kudonet::kernel::netlink::Generation;
+use kudonet::kernel::netlink::NfTables;
 use kudonet::names;
 use kudonet::observed::Observed;
 use kudonet::plan::{Action, Plan, plan};
@@ -210,7 +210,7 @@ fn worker(job: &str) -> Result<Value, String> {
     let grown = desired_state(n + 1, backend)?;
     let mut result = Map::new();
     let mut dataplane = kernel_dataplane(backend)?;
-    let mut generation = Generation::open().map_err(|error| format!("nf_tables: {error}"))?;
+    let mut generation = NfTables::open().map_err(|error| format!("nf_tables: {error}"))?;
     let mut commits = move || generation.current().unwrap_or(0);
 
     // The node without its instances (not timed).
@@ -256,14 +256,14 @@ fn worker(job: &str) -> Result<Value, String> {
                     .map_err(|error| error.to_string())?,
             ),
             FirewallBackend::Nftables => drop(
-                Generation::open()
+                NfTables::open()
                     .and_then(|mut generation| generation.read_kudonet())
                     .map_err(|error| format!("nf_tables: {error}"))?,
             ),
         }
         own_reads.push(started.elapsed().as_secs_f64());
 
-        let mut generation = Generation::open().map_err(|error| format!("nf_tables: {error}"))?;
+        let mut generation = NfTables::open().map_err(|error| format!("nf_tables: {error}"))?;
         let started = Instant::now();
         driver
             .read(Some(&mut generation), &mut FirewallCache::default(), true)
