@@ -31,7 +31,13 @@ fn the_man_page_is_kudonet_8_and_names_every_command_and_global_option() {
             "{command} missing"
         );
     }
-    for option in ["netns\\-dir", "firewall", "log\\-format", "verbose", "quiet"] {
+    for option in [
+        "netns\\-dir",
+        "firewall",
+        "log\\-format",
+        "verbose",
+        "quiet",
+    ] {
         assert!(
             man.contains(&format!("\\fB\\-\\-{option}\\fR")),
             "--{option} missing"
