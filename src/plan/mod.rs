@@ -324,12 +324,13 @@ pub fn plan_with_bridge_instances(
 /// forwarded packets: by policy (Docker sets DROP), or by a rule of its own that drops or
 /// rejects. kudonet's jump is not one.
 fn iptables_forward_drops(observed: &Observed, family: Family) -> bool {
+    // The rule's target: the word after `-j` (a comment's text is quoted, one word or
+    // more, and never follows `-j` itself).
     let drops = |rule: &str| {
-        !Table::is_owned_jump(rule)
-            && (rule == "-j DROP"
-                || rule.ends_with(" -j DROP")
-                || rule.starts_with("-j REJECT")
-                || rule.contains(" -j REJECT"))
+        let words: Vec<&str> = rule.split_whitespace().collect();
+        words
+            .windows(2)
+            .any(|pair| pair[0] == "-j" && matches!(pair[1], "DROP" | "REJECT"))
     };
     observed.iptables_forward_drops.contains(&family)
         || observed

@@ -4,7 +4,7 @@
 //! kudonet's rules live in its own `KUDO-*` chains of the `nat` and `filter` tables of each
 //! family, with one marked jump rule at the head of each built-in chain it uses; in
 //! nftables mode, in the table `inet kudonet`, and in iptables only where its FORWARD chain
-//! drops by policy. Both modes read both, so that switching removes the other's rules.
+//! drops (by policy or by a rule). Both modes read both, so that switching removes the other's rules.
 
 pub mod iptables;
 
@@ -279,8 +279,8 @@ impl FirewallDriver for IptablesFirewall {
 
 /// kudonet's own nftables table `inet kudonet`, written over netlink (by the dataplane, with
 /// its nf_tables socket), and iptables beside it: read for the rules an earlier iptables
-/// mode left (which the plan removes), written only where its FORWARD chain drops by
-/// policy. iptables need not be installed: its tables then read as empty.
+/// mode left (which the plan removes), written only where its FORWARD chain drops (by
+/// policy or by a rule). iptables need not be installed: its tables then read as empty.
 #[derive(Debug, Clone, Default)]
 pub struct NftablesFirewall {
     iptables: IptablesFirewall,
