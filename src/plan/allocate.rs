@@ -8,6 +8,7 @@
 //! elsewhere gets another. The caller holds the node's change lock across observing,
 //! planning and applying, so two allocations never race.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -21,9 +22,9 @@ use crate::spec::{Desired, Family, Instance, Node};
 /// names none, the addresses given by name, and the instances left without (the subnet is
 /// full) with why.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Allocation {
+pub struct Allocation<'a> {
     /// `desired`, every allocatable instance with its addresses.
-    pub desired: Desired,
+    pub desired: Cow<'a, Desired>,
     /// The addresses allocated, by instance name.
     pub allocated: BTreeMap<String, Vec<IpInet>>,
     /// Instances that could not get an address, with the reason.
@@ -32,7 +33,7 @@ pub struct Allocation {
 
 /// Allocates for the instances of `desired` that name no address, reading what they hold
 /// from `observed`.
-pub fn allocate(desired: &Desired, observed: &Observed) -> Allocation {
+pub fn allocate<'a>(desired: &'a Desired, observed: &Observed) -> Allocation<'a> {
     let node = &desired.node;
     let mut wanting: Vec<&Instance> = desired
         .instances
@@ -41,8 +42,9 @@ pub fn allocate(desired: &Desired, observed: &Observed) -> Allocation {
         .collect();
     wanting.sort_by(|a, b| a.name.cmp(&b.name));
     if wanting.is_empty() {
+        // Nothing to allocate: no copy of the desired state on the planner's hot path.
         return Allocation {
-            desired: desired.clone(),
+            desired: Cow::Borrowed(desired),
             allocated: BTreeMap::new(),
             exhausted: Vec::new(),
         };
@@ -141,10 +143,10 @@ pub fn allocate(desired: &Desired, observed: &Observed) -> Allocation {
         })
         .collect();
     Allocation {
-        desired: Desired {
+        desired: Cow::Owned(Desired {
             instances,
             ..desired.clone()
-        },
+        }),
         allocated,
         exhausted,
     }

@@ -197,7 +197,7 @@ pub fn plan_with_bridge_instances(
     // Instances that name no address get theirs first; from here on every instance has
     // its addresses, but those left without one (a full subnet), which are not planned.
     let allocation = allocate::allocate(desired, observed);
-    let desired = &allocation.desired;
+    let desired: &Desired = &allocation.desired;
     let placement = placement::place(desired, observed, bridge_instances);
     let wanted = Wanted::new(desired, &placement);
     let mut planner = Planner::new(observed, &wanted);
