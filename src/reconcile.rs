@@ -145,6 +145,7 @@ pub fn converge(
     progress: &mut dyn Progress,
 ) -> Result<Outcome, DataplaneError> {
     progress.stage(Stage::Observing);
+    dataplane.read_others_namespaces(desired.others_namespaces());
     let mut outcome = Outcome {
         observed: dataplane.observe()?,
         ..Outcome::default()
