@@ -429,7 +429,8 @@ pub struct InstanceStatus {
     /// Every address with prefix, as desired, IPv4 first (`["10.0.0.2/24",
     /// "fd00:10::2/64"]`).
     pub addresses: Vec<String>,
-    /// The path of its namespace in the netns directory.
+    /// The path of its namespace: in the netns directory, or the `netns` path of one
+    /// someone else owns.
     pub netns: String,
     /// The host end of its veth pair.
     pub host_interface: String,
