@@ -512,7 +512,7 @@ fn invalid_desired_state_changes_nothing() {
         let file = state.file("instances.yaml").display().to_string();
         invalid_with(&[format!(
             "{file}:3:1: unknown field `adress` in an Instance, expected one of apiVersion, \
-             kind, name, node, address, ports, id (did you mean `address`?)"
+             kind, name, node, address, ports, id, netns, interface (did you mean `address`?)"
         )]);
         // Fixed: the change is applied (web goes).
         state.replace(

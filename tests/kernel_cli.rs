@@ -669,7 +669,7 @@ fn status_reports_each_instance() {
         let errors = [
             format!(
                 "{broken}:3:1: unknown field `adress` in an Instance, expected one of apiVersion, \
-                 kind, name, node, address, ports, id (did you mean `address`?)"
+                 kind, name, node, address, ports, id, netns, interface (did you mean `address`?)"
             ),
             format!(
                 "{broken}:7:10: address 10.0.9.5 is outside Node \"node-a\"'s subnet 10.0.0.0/24"

@@ -1783,7 +1783,7 @@ fn an_alias_bomb_is_rejected_quickly() {
             ("bomb.yaml", bomb.as_bytes()),
         ],
         &[
-            "$DIR/bomb.yaml:4:1: unknown field `a`, expected one of apiVersion, kind, name, cidr, mode, externalIp, bridge, uplink, masquerade, mtu, node, address, ports, id",
+            "$DIR/bomb.yaml:4:1: unknown field `a`, expected one of apiVersion, kind, name, cidr, mode, externalIp, bridge, uplink, masquerade, mtu, node, address, ports, id, netns, interface",
         ],
     );
 }
