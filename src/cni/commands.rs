@@ -41,12 +41,14 @@ fn desired(config: &Config, code: u32, msg: &str) -> Result<Desired, CniError> {
             Ok(desired)
         }
         Err(error) => {
-            let reason = match error {
-                DesiredError::Node(reason) => reason.to_string(),
+            // Diagnostics name their files; the choice of node names none.
+            let details = match error {
+                DesiredError::Node(reason) => {
+                    format!("stateDir {}: {reason}", config.state_dir.display())
+                }
                 other => store::one_line(&other.to_string()),
             };
-            Err(CniError::new(code, msg)
-                .details(format!("stateDir {}: {reason}", config.state_dir.display())))
+            Err(CniError::new(code, msg).details(details))
         }
     }
 }

@@ -52,6 +52,8 @@ use std::io::{IsTerminal, Read, Write};
 use error::{CniError, INCOMPATIBLE_VERSION, IO_FAILURE};
 use request::{Command, Version};
 
+pub use document::instance_name;
+
 /// The environment variable that makes the binary a CNI plugin.
 pub const COMMAND_ENV: &str = request::COMMAND;
 
