@@ -330,7 +330,14 @@ fn dataplane(cli: &Cli, command: &str) -> Result<KernelDataplane, String> {
         .map_err(|error| error.to_string())
 }
 
-fn observe(dataplane: &mut KernelDataplane) -> Result<Observed, String> {
+/// What the node has, namespaces of others that `desired` names included.
+fn observe(
+    dataplane: &mut KernelDataplane,
+    desired: Option<&spec::Desired>,
+) -> Result<Observed, String> {
+    if let Some(desired) = desired {
+        dataplane.read_others_namespaces(desired.others_namespaces());
+    }
     dataplane.observe().map_err(|error| error.to_string())
 }
 
@@ -348,7 +355,7 @@ fn load(
 fn plan_command(cli: &Cli, dir: &Path, node: Option<&str>) -> CommandResult {
     let (spec, desired) = load(cli, dir, node).map_err(|error| error.to_string())?;
     let mut dataplane = dataplane(cli, "plan")?;
-    let observed = observe(&mut dataplane)?;
+    let observed = observe(&mut dataplane, Some(&desired))?;
     reconcile::check_against_node(&spec, &desired, &observed).map_err(|error| error.to_string())?;
     let planned = plan(&desired, &observed);
     print!("{planned}");
@@ -540,7 +547,10 @@ fn demo(cli: &Cli, dir: Option<&Path>, node: Option<&str>) -> CommandResult {
 fn status(cli: &Cli, dir: &Path, node: Option<&str>, output: Output) -> CommandResult {
     let desired = load(cli, dir, node);
     let mut dataplane = dataplane(cli, "status")?;
-    let observed = observe(&mut dataplane)?;
+    let observed = observe(
+        &mut dataplane,
+        desired.as_ref().ok().map(|(_, desired)| desired),
+    )?;
     let observed_at = reconcile::timestamp();
     let document = match &desired {
         Ok((spec, desired)) => {
