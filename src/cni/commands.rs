@@ -272,7 +272,10 @@ pub(super) fn check(config: &Config, attachment: &Attachment) -> Result<(), CniE
     let _lock = lock_node(&desired.node.name)?;
     let failed = |details: String| CniError::new(CHECK_FAILED, "check failed").details(details);
     let observed = KernelDataplane::for_backend(&config.netns_dir, config.firewall)
-        .and_then(|mut dataplane| dataplane.observe())
+        .and_then(|mut dataplane| {
+            dataplane.read_others_namespaces(desired.others_namespaces());
+            dataplane.observe()
+        })
         .map_err(|error| failed(format!("cannot observe the node: {error}")))?;
     let planned = plan(&desired, &observed);
     let concerns = |scope: &Scope| scope.is_node() || scope.instance_name() == Some(name.as_str());
