@@ -691,3 +691,31 @@ fn kudonet_run_repairs_an_attachment() {
         kudonet.stop();
     });
 }
+
+#[test]
+fn the_firewall_is_the_configurations_else_kudonet_firewall() {
+    sandboxed(
+        "the_firewall_is_the_configurations_else_kudonet_firewall",
+        || {
+            let state = StateDir::new(NODE);
+            let c1 = Container::new(1, "eth0");
+            let ports = r#","runtimeConfig":{"portMappings":[{"hostPort":8080,"containerPort":80}]}"#;
+            // The runtime's environment says nftables; the configuration has the last word.
+            let stdin = config(&state, "1.0.0", &format!(r#","firewall":"nftables"{ports}"#));
+            let mut env = c1.env("ADD", "/run/netns/c1");
+            env.push(("KUDONET_FIREWALL", "iptables"));
+            result(&cni(&env, &stdin));
+            let table = common::nft_kudonet().expect("kudonet's nftables table");
+            assert!(table.contains("8080"), "{table}");
+            assert_eq!(kudo_lines(false), "");
+
+            // Without the key, KUDONET_FIREWALL.
+            let mut env = c1.env("DEL", "/run/netns/c1");
+            env.push(("KUDONET_FIREWALL", "nftables"));
+            cni(&env, &config(&state, "1.0.0", "")).expect(0, "", "");
+            let table = common::nft_kudonet().expect("kudonet's nftables table");
+            assert!(!table.contains("8080"), "{table}");
+            assert_eq!(kudo_lines(false), "");
+        },
+    );
+}
