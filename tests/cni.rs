@@ -699,9 +699,14 @@ fn the_firewall_is_the_configurations_else_kudonet_firewall() {
         || {
             let state = StateDir::new(NODE);
             let c1 = Container::new(1, "eth0");
-            let ports = r#","runtimeConfig":{"portMappings":[{"hostPort":8080,"containerPort":80}]}"#;
+            let ports =
+                r#","runtimeConfig":{"portMappings":[{"hostPort":8080,"containerPort":80}]}"#;
             // The runtime's environment says nftables; the configuration has the last word.
-            let stdin = config(&state, "1.0.0", &format!(r#","firewall":"nftables"{ports}"#));
+            let stdin = config(
+                &state,
+                "1.0.0",
+                &format!(r#","firewall":"nftables"{ports}"#),
+            );
             let mut env = c1.env("ADD", "/run/netns/c1");
             env.push(("KUDONET_FIREWALL", "iptables"));
             result(&cni(&env, &stdin));
