@@ -182,6 +182,12 @@ enum Generated {
 }
 
 fn main() -> ExitCode {
+    // A runtime runs the binary as a CNI plugin: the protocol, not the command line
+    // (docs/cni.md). Checked before clap, which would answer with usage text.
+    if std::env::var_os(kudonet::cni::COMMAND_ENV).is_some() {
+        init_cni_logging();
+        return ExitCode::from(kudonet::cni::run());
+    }
     let cli = Cli::parse();
     init_logging(&cli);
     let result = match &cli.command {
@@ -242,6 +248,18 @@ fn init_logging(cli: &Cli) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// Logs of the CNI plugin: stderr only (stdout is the protocol's), warnings unless
+/// `KUDONET_LOG` says otherwise.
+fn init_cni_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KUDONET_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
 }
 
 type CommandResult = Result<ExitCode, String>;

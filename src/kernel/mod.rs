@@ -7,6 +7,7 @@
 //! node incrementally; [`events`] subscribes to the kernel's events and reports what they
 //! name.
 
+pub(crate) mod attachment;
 pub mod events;
 pub mod firewall;
 pub mod netlink;
