@@ -57,6 +57,8 @@ pub use cidr;
 // tests, the benchmarks and the fuzz crate, which all build without extra flags; hidden from
 // the documentation because it is not a supported API and may change in any release.
 #[doc(hidden)]
+pub mod cni;
+#[doc(hidden)]
 pub mod controller;
 #[doc(hidden)]
 pub mod demo;

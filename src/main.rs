@@ -182,6 +182,12 @@ enum Generated {
 }
 
 fn main() -> ExitCode {
+    // A runtime runs the binary as a CNI plugin: the protocol, not the command line
+    // (docs/cni.md). Checked before clap, which would answer with usage text.
+    if std::env::var_os(kudonet::cni::COMMAND_ENV).is_some() {
+        init_cni_logging();
+        return ExitCode::from(kudonet::cni::run());
+    }
     let cli = Cli::parse();
     init_logging(&cli);
     let result = match &cli.command {
@@ -242,6 +248,18 @@ fn init_logging(cli: &Cli) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// Logs of the CNI plugin: stderr only (stdout is the protocol's), warnings unless
+/// `KUDONET_LOG` says otherwise.
+fn init_cni_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KUDONET_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
 }
 
 type CommandResult = Result<ExitCode, String>;
@@ -312,7 +330,14 @@ fn dataplane(cli: &Cli, command: &str) -> Result<KernelDataplane, String> {
         .map_err(|error| error.to_string())
 }
 
-fn observe(dataplane: &mut KernelDataplane) -> Result<Observed, String> {
+/// What the node has, namespaces of others that `desired` names included.
+fn observe(
+    dataplane: &mut KernelDataplane,
+    desired: Option<&spec::Desired>,
+) -> Result<Observed, String> {
+    if let Some(desired) = desired {
+        dataplane.read_others_namespaces(desired.others_namespaces());
+    }
     dataplane.observe().map_err(|error| error.to_string())
 }
 
@@ -330,7 +355,7 @@ fn load(
 fn plan_command(cli: &Cli, dir: &Path, node: Option<&str>) -> CommandResult {
     let (spec, desired) = load(cli, dir, node).map_err(|error| error.to_string())?;
     let mut dataplane = dataplane(cli, "plan")?;
-    let observed = observe(&mut dataplane)?;
+    let observed = observe(&mut dataplane, Some(&desired))?;
     reconcile::check_against_node(&spec, &desired, &observed).map_err(|error| error.to_string())?;
     let planned = plan(&desired, &observed);
     print!("{planned}");
@@ -522,7 +547,10 @@ fn demo(cli: &Cli, dir: Option<&Path>, node: Option<&str>) -> CommandResult {
 fn status(cli: &Cli, dir: &Path, node: Option<&str>, output: Output) -> CommandResult {
     let desired = load(cli, dir, node);
     let mut dataplane = dataplane(cli, "status")?;
-    let observed = observe(&mut dataplane)?;
+    let observed = observe(
+        &mut dataplane,
+        desired.as_ref().ok().map(|(_, desired)| desired),
+    )?;
     let observed_at = reconcile::timestamp();
     let document = match &desired {
         Ok((spec, desired)) => {

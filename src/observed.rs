@@ -229,6 +229,37 @@ impl std::fmt::Display for LinkRef {
     }
 }
 
+impl Observed {
+    /// Whether a namespace someone else owns takes the place of the namespace kudonet would
+    /// create for `instance` (`kudo-web` made by hand). A namespace an instance names with
+    /// `netns` is someone else's by design, and in nobody's way.
+    pub fn namespace_in_the_way(&self, instance: &crate::spec::Instance) -> bool {
+        instance.owns_namespace()
+            && self
+                .namespaces
+                .get(&instance.namespace())
+                .is_some_and(|namespace| !namespace.owned)
+    }
+
+    /// The interface of `instance` inside its namespace, if it is kudonet's: in a namespace
+    /// of kudonet's, the link of that name; in one someone else owns, only the other end of
+    /// the instance's host veth (kudonet marks the host end).
+    pub fn instance_interface(&self, instance: &crate::spec::Instance) -> Option<&Link> {
+        let netns = instance.namespace();
+        let namespace = self.namespaces.get(&netns)?;
+        let link = namespace.links.get(&instance.interface)?;
+        if namespace.owned {
+            return Some(link);
+        }
+        let host = self
+            .links
+            .get(&names::host_interface_name(&instance.name))?;
+        let paired = host.alias.as_deref() == Some(names::instance_alias(&instance.name).as_str())
+            && host.peer.as_ref() == Some(&LinkRef::in_namespace(&netns, &instance.interface));
+        paired.then_some(link)
+    }
+}
+
 /// A named network namespace (an entry of the netns directory).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]

@@ -145,6 +145,7 @@ pub fn converge(
     progress: &mut dyn Progress,
 ) -> Result<Outcome, DataplaneError> {
     progress.stage(Stage::Observing);
+    dataplane.read_others_namespaces(desired.others_namespaces());
     let mut outcome = Outcome {
         observed: dataplane.observe()?,
         ..Outcome::default()
@@ -428,7 +429,8 @@ pub struct InstanceStatus {
     /// Every address with prefix, as desired, IPv4 first (`["10.0.0.2/24",
     /// "fd00:10::2/64"]`).
     pub addresses: Vec<String>,
-    /// The path of its namespace in the netns directory.
+    /// The path of its namespace: in the netns directory, or the `netns` path of one
+    /// someone else owns.
     pub netns: String,
     /// The host end of its veth pair.
     pub host_interface: String,

@@ -85,11 +85,11 @@ fn full_read() -> Observed {
 
 /// What the controller does after each pass: follow the events of kudonet's namespaces.
 fn watch(events: &KernelEvents, observed: &Observed) {
-    let owned: Vec<PathBuf> = observed
+    let owned: Vec<(String, PathBuf)> = observed
         .namespaces
         .iter()
         .filter(|(_, namespace)| namespace.owned)
-        .map(|(name, _)| Path::new(NETNS_DIR).join(name))
+        .map(|(name, _)| (name.clone(), Path::new(NETNS_DIR).join(name)))
         .collect();
     events.watch_namespaces(&owned);
 }

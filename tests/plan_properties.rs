@@ -284,6 +284,8 @@ fn a_converged_node_needs_no_write() {
                     protocol: Protocol::Tcp,
                     host_ip: None,
                 }],
+                netns: None,
+                interface: "eth0".to_string(),
             }],
         };
         let mut dataplane = MemoryDataplane::default();

@@ -169,7 +169,7 @@ fn unknown_fields_are_errors() {
         "kind: Instance\nname: web\naddress: 10.0.0.2\nadress: 10.0.0.3\n",
         &[
             "$DIR/i.yaml:4:1: unknown field `adress` in an Instance, expected one of apiVersion, \
-             kind, name, node, address, ports, id (did you mean `address`?)",
+             kind, name, node, address, ports, id, netns, interface (did you mean `address`?)",
         ],
     );
     instance_case(
@@ -504,6 +504,49 @@ fn an_instance_without_address_gets_one_of_each_node_family_and_counts_for_capac
         &[
             "$DIR/node.yaml:3:7: Node \"node-a\" has 6 instances, more than its subnet \
            10.0.0.0/29 has addresses for (5)",
+        ],
+    );
+}
+
+#[test]
+fn an_instance_in_a_namespace_of_someone_elses_names_a_plain_path_and_an_interface() {
+    instance_case(
+        "kind: Instance\nname: c1\nnetns: /run/netns/cni-1234\ninterface: eth1\n",
+        &[],
+    );
+    instance_case(
+        "kind: Instance\nname: c1\nnetns: run/netns/x\n---\nkind: Instance\nname: c2\nnetns: /run/netns/../x\n---\nkind: Instance\nname: c3\nnetns: /run/netns/x/\n",
+        &[
+            "$DIR/i.yaml:3:8: netns \"run/netns/x\" is not a plain absolute path (such as \
+             /run/netns/cni-1234: no `.` or `..` parts, no trailing `/`, at most 4095 bytes)",
+            "$DIR/i.yaml:7:8: netns \"/run/netns/../x\" is not a plain absolute path (such as \
+             /run/netns/cni-1234: no `.` or `..` parts, no trailing `/`, at most 4095 bytes)",
+            "$DIR/i.yaml:11:8: netns \"/run/netns/x/\" is not a plain absolute path (such as \
+             /run/netns/cni-1234: no `.` or `..` parts, no trailing `/`, at most 4095 bytes)",
+        ],
+    );
+    // `id` names a namespace kudonet creates.
+    instance_case(
+        "kind: Instance\nname: c1\nid: C1\nnetns: /run/netns/x\n",
+        &[
+            "$DIR/i.yaml:3:5: an Instance with `netns` has no `id` (the id names a namespace \
+           kudonet creates)",
+        ],
+    );
+    instance_case(
+        "kind: Instance\nname: c1\ninterface: lo\n---\nkind: Instance\nname: c2\ninterface: a b\n",
+        &[
+            "$DIR/i.yaml:3:12: interface \"lo\" is the namespace's loopback; choose another name",
+            "$DIR/i.yaml:7:12: interface \"a b\" is not an interface name (1..15 characters, \
+             no `/`, `:` or whitespace)",
+        ],
+    );
+    // One namespace holds one instance.
+    instance_case(
+        "kind: Instance\nname: c1\nnetns: /run/netns/x\n---\nkind: Instance\nname: c2\nnetns: /run/netns/x\n",
+        &[
+            "$DIR/i.yaml:7:8: namespace /run/netns/x of Instance \"c2\" is already the \
+           namespace of Instance \"c1\" at $DIR/i.yaml:3:8",
         ],
     );
 }

@@ -27,7 +27,7 @@ use store::Config;
 
 /// How long a call waits for another kudonet holding the node's lock (an apply or a pass
 /// of `kudonet run` finishes well within it).
-const LOCK_WAIT: Duration = Duration::from_secs(30);
+pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(30);
 
 /// Fails unless the process may change the node; `call` names the call in the message.
 pub(crate) fn require_privileges(call: &str) -> Result<(), NetworkError> {

@@ -157,7 +157,8 @@ pub(crate) struct Document {
 }
 
 impl Document {
-    fn new(header: &str) -> Document {
+    /// A document whose first line is `header` (a comment).
+    pub(crate) fn new(header: &str) -> Document {
         let mut document = Document {
             content: String::new(),
             values: Vec::new(),
@@ -166,7 +167,15 @@ impl Document {
         document
     }
 
-    fn line(&mut self, text: &str, value: Option<&str>) {
+    /// A document of `content` as it is, recording no request value (to put back what a
+    /// file held).
+    pub(crate) fn verbatim(content: String) -> Document {
+        let values = vec![None; content.lines().count()];
+        Document { content, values }
+    }
+
+    /// Appends the line `text`, which records the request value `value`, if any.
+    pub(crate) fn line(&mut self, text: &str, value: Option<&str>) {
         self.content.push_str(text);
         self.content.push('\n');
         self.values.push(value.map(str::to_string));

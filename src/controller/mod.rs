@@ -564,12 +564,15 @@ impl Controller {
         }
         self.show_node_failure(&mut statuses);
         if let Some(events) = &self.kernel_events {
-            let namespaces: Vec<PathBuf> = outcome
+            // kudonet's namespaces, and those of others its instances live in (named by
+            // their path, which joined to the netns directory is itself).
+            let others = desired.others_namespaces();
+            let namespaces: Vec<(String, PathBuf)> = outcome
                 .observed
                 .namespaces
                 .iter()
-                .filter(|(_, namespace)| namespace.owned)
-                .map(|(name, _)| self.options.netns_dir.join(name))
+                .filter(|(name, namespace)| namespace.owned || others.contains(*name))
+                .map(|(name, _)| (name.clone(), self.options.netns_dir.join(name)))
                 .collect();
             if events.watch_namespaces(&namespaces) {
                 // Read them once more, now that their events are followed.

@@ -53,8 +53,9 @@ impl MemoryDataplane {
             Some(netns) => {
                 let namespace = self.state.namespaces.get_mut(netns)?;
                 let removed = namespace.links.remove(&link.name)?;
-                // Its routes go with it; an instance namespace routes only through eth0.
-                if link.name == names::INSTANCE_INTERFACE {
+                // Its routes go with it; an instance namespace routes only through its
+                // interface.
+                if link.name != "lo" {
                     namespace.default_gateways.clear();
                     namespace.onlink_gateways.clear();
                 }
@@ -160,10 +161,11 @@ impl MemoryDataplane {
             Action::CreateVeth {
                 host,
                 namespace,
+                interface,
                 instance,
                 mtu,
             } => {
-                let eth0 = LinkRef::in_namespace(namespace, names::INSTANCE_INTERFACE);
+                let eth0 = LinkRef::in_namespace(namespace, interface);
                 let inside = self
                     .state
                     .namespaces
@@ -264,7 +266,7 @@ impl MemoryDataplane {
                 // IPv4 address (an IPv6 one stays: the plan deletes it).
                 let family_left = target.addresses.iter().any(|other| other.is_ipv4());
                 if let Some(netns) = &link.netns
-                    && link.name == names::INSTANCE_INTERFACE
+                    && link.name != "lo"
                     && address.is_ipv4()
                     && !family_left
                     && let Some(namespace) = self.state.namespaces.get_mut(netns)
@@ -282,6 +284,7 @@ impl MemoryDataplane {
                 namespace,
                 gateway,
                 onlink,
+                ..
             } => {
                 let inside = self
                     .state
@@ -291,8 +294,9 @@ impl MemoryDataplane {
                 // Through a route to an address's subnet, or declared on-link.
                 let reachable = inside
                     .links
-                    .get(names::INSTANCE_INTERFACE)
-                    .is_some_and(|eth0| {
+                    .iter()
+                    .filter(|(name, _)| name.as_str() != "lo")
+                    .any(|(_, eth0)| {
                         eth0.up
                             && (*onlink
                                 || eth0.addresses.iter().any(|address| {

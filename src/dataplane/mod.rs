@@ -66,6 +66,10 @@ pub trait Dataplane {
     /// Reports what may have changed in the node since the last observation.
     fn changed(&mut self, _changes: Changes) {}
 
+    /// The namespaces someone else owns that the desired state names (`netns` paths):
+    /// observations read them too, besides the netns directory's namespaces of kudonet's.
+    fn read_others_namespaces(&mut self, _paths: BTreeSet<String>) {}
+
     /// Carries out one action.
     fn apply(&mut self, action: &Action) -> Result<(), DataplaneError>;
 

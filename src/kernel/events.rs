@@ -139,20 +139,22 @@ impl KernelEvents {
         Ok(KernelEvents { epoll, watched })
     }
 
-    /// Listens inside exactly the namespaces of `paths` from now on. A namespace listened
-    /// to for the first time is noted as changed: what happened in it between the pass
-    /// that read it and now raised no event here. Returns whether there was any.
-    pub fn watch_namespaces(&self, paths: &[PathBuf]) -> bool {
+    /// Listens inside exactly the namespaces of `namespaces` from now on, each given as
+    /// observations name it (`kudo-web` in the netns directory, or the path of one someone
+    /// else owns) and by its path. A namespace listened to for the first time is noted as
+    /// changed: what happened in it between the pass that read it and now raised no event
+    /// here. Returns whether there was any.
+    pub fn watch_namespaces(&self, namespaces: &[(String, PathBuf)]) -> bool {
         use std::os::unix::fs::MetadataExt;
         let mut watched = lock(&self.watched);
-        let current: HashMap<&PathBuf, u64> = paths
+        let current: HashMap<&PathBuf, (u64, &String)> = namespaces
             .iter()
-            .filter_map(|path| Some((path, std::fs::metadata(path).ok()?.ino())))
+            .filter_map(|(name, path)| Some((path, (std::fs::metadata(path).ok()?.ino(), name))))
             .collect();
         let stale: Vec<(PathBuf, u64)> = watched
             .namespaces
             .iter()
-            .filter(|(path, (inode, _))| current.get(path) != Some(inode))
+            .filter(|(path, (inode, _))| current.get(path).map(|(inode, _)| inode) != Some(inode))
             .map(|(path, (_, token))| (path.clone(), *token))
             .collect();
         for (path, token) in stale {
@@ -160,7 +162,7 @@ impl KernelEvents {
             watched.remove(&self.epoll, token);
         }
         let mut added = false;
-        for (path, inode) in current {
+        for (path, (inode, name)) in current {
             if watched.namespaces.contains_key(path) {
                 continue;
             }
@@ -168,12 +170,9 @@ impl KernelEvents {
                 .and_then(|namespace| in_namespace(&namespace, subscribe)?);
             if let Ok(token) = socket.and_then(|socket| watched.add(&self.epoll, socket)) {
                 watched.namespaces.insert(path.clone(), (inode, token));
-                if let Some(name) = path.file_name() {
-                    let name = name.to_string_lossy().into_owned();
-                    watched.changes.namespaces.insert(name.clone());
-                    watched.names.insert(token, name);
-                    added = true;
-                }
+                watched.changes.namespaces.insert(name.clone());
+                watched.names.insert(token, name.clone());
+                added = true;
             }
         }
         added

@@ -7,6 +7,7 @@
 //! node incrementally; [`events`] subscribes to the kernel's events and reports what they
 //! name.
 
+pub(crate) mod attachment;
 pub mod events;
 pub mod firewall;
 pub mod netlink;
@@ -15,6 +16,7 @@ pub(crate) mod observe;
 pub(crate) mod sysctl;
 
 use crate::spec::Family;
+use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -66,6 +68,9 @@ pub struct KernelDataplane {
     ///
     /// [`changed`]: KernelDataplane::changed
     incremental: bool,
+    /// The namespaces someone else owns that instances live in, by path: read besides the
+    /// netns directory's.
+    others_namespaces: BTreeSet<String>,
 }
 
 impl KernelDataplane {
@@ -113,6 +118,7 @@ impl KernelDataplane {
             dying: Vec::new(),
             deleting: Vec::new(),
             incremental: false,
+            others_namespaces: BTreeSet::new(),
         })
     }
 
@@ -308,6 +314,7 @@ impl KernelDataplane {
             Action::CreateVeth {
                 host,
                 namespace,
+                interface,
                 instance,
                 mtu,
             } => {
@@ -316,7 +323,7 @@ impl KernelDataplane {
                 self.create_marked(host, &names::instance_alias(instance), |socket, scratch| {
                     socket.create_veth(
                         scratch,
-                        names::INSTANCE_INTERFACE,
+                        interface,
                         &peer_netns,
                         Some(names::instance_mac(instance)),
                         *mtu,
@@ -420,10 +427,11 @@ impl KernelDataplane {
             }
             Action::ReplaceDefaultRoute {
                 namespace,
+                interface,
                 gateway,
                 onlink,
             } => {
-                let eth0 = LinkRef::in_namespace(namespace, names::INSTANCE_INTERFACE);
+                let eth0 = LinkRef::in_namespace(namespace, interface);
                 let (socket, index) = self.link(&eth0)?;
                 let default = cidr::IpCidr::new(Family::of(*gateway).unspecified(), 0)
                     .expect("a /0 of any address");
@@ -666,6 +674,7 @@ impl Dataplane for KernelDataplane {
         let sources = Sources {
             host: &mut self.host,
             netns_dir: &self.netns_dir,
+            others_namespaces: &self.others_namespaces,
             sockets: &mut self.namespaces,
             firewall: self.firewall.as_ref(),
             generation: self.generation.as_mut(),
@@ -681,6 +690,16 @@ impl Dataplane for KernelDataplane {
     }
     fn changed(&mut self, changes: Changes) {
         self.changes.merge(changes);
+    }
+    fn read_others_namespaces(&mut self, paths: BTreeSet<String>) {
+        // One named for the first time was never read: read it now.
+        self.changes.namespaces.extend(
+            paths
+                .iter()
+                .filter(|path| !self.others_namespaces.contains(*path))
+                .cloned(),
+        );
+        self.others_namespaces = paths;
     }
     fn settle(&mut self) -> Result<(), DataplaneError> {
         // A bridge that could not be deleted is still there for the next observation to

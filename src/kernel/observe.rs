@@ -142,6 +142,8 @@ pub struct Sources<'a> {
     /// A socket in the node's namespace.
     pub host: &'a mut Netlink,
     pub netns_dir: &'a Path,
+    /// The namespaces someone else owns that instances live in, by path.
+    pub others_namespaces: &'a BTreeSet<String>,
     /// Sockets inside the namespaces, reused between observations.
     pub sockets: &'a mut NamespaceSockets,
     pub firewall: &'a dyn FirewallDriver,
@@ -160,6 +162,7 @@ pub fn observe(
     let Sources {
         host,
         netns_dir,
+        others_namespaces,
         sockets,
         firewall,
         generation,
@@ -167,7 +170,13 @@ pub fn observe(
     // Namespaces first: a veth end moved or replaced inside one changes its host end's
     // peer index without an event on the node, so host ends paired with a namespace read
     // again are read again too.
-    let peers = refresh_namespaces(netns_dir, sockets, &mut snapshot.namespaces, changes)?;
+    let peers = refresh_namespaces(
+        netns_dir,
+        others_namespaces,
+        sockets,
+        &mut snapshot.namespaces,
+        changes,
+    )?;
     refresh_host_links(host, &mut snapshot.host_links, changes, &peers)?;
     let raw_links = snapshot.host_links.as_ref().expect("read above");
     let names_by_index: HashMap<u32, &str> = raw_links
@@ -376,6 +385,7 @@ fn refresh_host_links(
 /// after.
 fn refresh_namespaces(
     netns_dir: &Path,
+    others_namespaces: &BTreeSet<String>,
     sockets: &mut NamespaceSockets,
     cached: &mut HashMap<String, InstanceNamespace>,
     changes: &Changes,
@@ -387,9 +397,12 @@ fn refresh_namespaces(
     let listed = netns::list(netns_dir).map_err(dir_error)?;
     // Only namespaces named like kudonet's matter (its own, or foreign ones in the way):
     // others are not entered, nor kept alive by a cached socket.
+    // Those someone else owns are named by their path (the sockets open the netns
+    // directory joined with it, which is the path itself), and read when they are there.
     let listed: Vec<String> = listed
         .into_iter()
         .filter(|name| name.starts_with(names::NAMESPACE_PREFIX))
+        .chain(others_namespaces.iter().cloned())
         .collect();
     let fresh = sockets.refresh(&listed).map_err(dir_error)?;
     cached.retain(|name, _| sockets.contains(name));
@@ -455,10 +468,15 @@ fn read_namespace(netlink: &mut Netlink) -> Result<InstanceNamespace, ObserveErr
             (raw.name.clone(), (link, raw.index, raw.peer_index))
         })
         .collect();
+    let owned = links
+        .get("lo")
+        .is_some_and(|(lo, _, _)| lo.alias.as_deref() == Some(names::NAMESPACE_MARK));
+    // In a namespace someone else owns, only kudonet's default routes are the instance's.
     let defaults: Vec<_> = netlink
         .dump_routes()?
         .into_iter()
         .filter(|route| route.destination.is_some_and(|d| d.network_length() == 0))
+        .filter(|route| owned || route.protocol == names::ROUTE_PROTOCOL)
         .collect();
     let default_gateways = defaults.iter().filter_map(|route| route.gateway).collect();
     let onlink_gateways = defaults
@@ -466,9 +484,6 @@ fn read_namespace(netlink: &mut Netlink) -> Result<InstanceNamespace, ObserveErr
         .filter(|route| route.onlink)
         .filter_map(|route| route.gateway)
         .collect();
-    let owned = links
-        .get("lo")
-        .is_some_and(|(lo, _, _)| lo.alias.as_deref() == Some(names::NAMESPACE_MARK));
     Ok(InstanceNamespace {
         owned,
         links,

@@ -89,8 +89,10 @@ pub enum Action {
     CreateVeth {
         /// The name of the end in the node namespace.
         host: String,
-        /// The instance namespace the other end (`eth0`) is created in.
+        /// The instance namespace the other end is created in.
         namespace: String,
+        /// The name of the other end (`eth0` unless the Instance says otherwise).
+        interface: String,
         /// The Instance the pair is for, recorded in the host end's mark.
         instance: String,
         /// The MTU of both ends; `None` leaves the kernel's default.
@@ -151,9 +153,11 @@ pub enum Action {
     ReplaceDefaultRoute {
         /// The instance namespace.
         namespace: String,
+        /// The instance's interface there, which the route goes through.
+        interface: String,
         /// The node's bridge address.
         gateway: IpAddr,
-        /// Whether the gateway is declared on-link on eth0: an instance on a segment has no
+        /// Whether the gateway is declared on-link on the interface: an instance on a segment has no
         /// route to its IPv6 subnet (see `AddAddress::no_prefix_route`).
         onlink: bool,
     },
@@ -409,12 +413,13 @@ impl fmt::Display for Action {
             Action::CreateVeth {
                 host,
                 namespace,
+                interface,
                 instance,
                 mtu: m,
             } => {
                 write!(
                     f,
-                    "veth {host} <-> {namespace}/eth0 for instance {instance}{}",
+                    "veth {host} <-> {namespace}/{interface} for instance {instance}{}",
                     mtu(m)
                 )
             }
@@ -442,14 +447,16 @@ impl fmt::Display for Action {
                 namespace,
                 gateway,
                 onlink: false,
+                ..
             } => write!(f, "route default via {gateway} in {namespace}"),
             Action::ReplaceDefaultRoute {
                 namespace,
+                interface,
                 gateway,
                 onlink: true,
             } => write!(
                 f,
-                "route default via {gateway} dev eth0 onlink in {namespace}"
+                "route default via {gateway} dev {interface} onlink in {namespace}"
             ),
             Action::DeleteDefaultRoute { namespace, gateway } => {
                 write!(f, "route default via {gateway} in {namespace}")

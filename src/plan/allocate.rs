@@ -14,7 +14,6 @@ use std::net::IpAddr;
 
 use cidr::{IpCidr, IpInet};
 
-use crate::names::INSTANCE_INTERFACE;
 use crate::observed::Observed;
 use crate::spec::{Desired, Family, Instance, Node};
 
@@ -49,15 +48,25 @@ pub fn allocate<'a>(desired: &'a Desired, observed: &Observed) -> Allocation<'a>
             exhausted: Vec::new(),
         };
     }
-    // Named by a document, the gateway, or still on the eth0 of one of kudonet's
+    // Named by a document, the gateway, or still on an interface of one of kudonet's
     // namespaces (an instance going away in this pass, or one whose named address just
-    // changed): never allocated.
-    let in_use = observed
+    // changed) or on an instance's interface in a namespace someone else owns: never
+    // allocated.
+    let in_own_namespaces = observed
         .namespaces
         .values()
         .filter(|namespace| namespace.owned)
-        .filter_map(|namespace| namespace.links.get(INSTANCE_INTERFACE))
-        .flat_map(|eth0| eth0.addresses.iter().map(IpInet::address));
+        .flat_map(|namespace| namespace.links.iter())
+        .filter(|(name, _)| name.as_str() != "lo")
+        .map(|(_, link)| link);
+    let in_others_namespaces = desired
+        .instances
+        .iter()
+        .filter(|instance| !instance.owns_namespace())
+        .filter_map(|instance| observed.instance_interface(instance));
+    let in_use = in_own_namespaces
+        .chain(in_others_namespaces)
+        .flat_map(|link| link.addresses.iter().map(IpInet::address));
     let mut taken: BTreeSet<IpAddr> = desired
         .instances
         .iter()
@@ -163,12 +172,8 @@ fn held(
     named: &BTreeSet<IpAddr>,
 ) -> Option<IpInet> {
     let cidr = node.cidr(family)?;
-    let namespace = observed.namespaces.get(&instance.namespace())?;
-    if !namespace.owned {
-        return None;
-    }
-    let eth0 = namespace.links.get(INSTANCE_INTERFACE)?;
-    eth0.addresses.iter().copied().find(|address| {
+    let interface = observed.instance_interface(instance)?;
+    interface.addresses.iter().copied().find(|address| {
         address.network_length() == cidr.network_length()
             && address.network() == cidr.network()
             && address.address() != cidr.address()
@@ -246,6 +251,8 @@ mod tests {
                     node: "a".to_string(),
                     addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
                     ports: Vec::new(),
+                    netns: None,
+                    interface: "eth0".to_string(),
                 })
                 .collect(),
             firewall: Default::default(),

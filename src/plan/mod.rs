@@ -28,6 +28,7 @@ pub(crate) mod firewall;
 pub mod nftables;
 pub mod placement;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -182,6 +183,41 @@ pub fn uplink_of<'a>(
         .or_else(|| uplink(desired, observed))
 }
 
+/// `desired` without the instances whose namespace, someone else's (`netns`), is not there
+/// (its owner deleted it, or the path is no network namespace), and for each of those why.
+/// Such an instance is planned as absent: what kudonet made for it on the host (its veth,
+/// its published ports) goes, and kudonet never creates a namespace someone else owns.
+fn without_gone_namespaces<'a>(
+    desired: &'a Desired,
+    observed: &Observed,
+) -> (Cow<'a, Desired>, Vec<(String, String)>) {
+    let is_gone = |instance: &Instance| {
+        !instance.owns_namespace() && !observed.namespaces.contains_key(&instance.namespace())
+    };
+    if !desired.instances.iter().any(is_gone) {
+        return (Cow::Borrowed(desired), Vec::new());
+    }
+    let mut present = desired.clone();
+    let mut gone = Vec::new();
+    present.instances.retain(|instance| {
+        if !is_gone(instance) {
+            return true;
+        }
+        gone.push((
+            instance.name.clone(),
+            format!(
+                "namespace {} of instance {:?} does not exist (or is not a network namespace): \
+                 its owner made none there or deleted it; kudonet removed what it made for the \
+                 instance on the node and waits for the namespace",
+                instance.namespace(),
+                instance.name
+            ),
+        ));
+        false
+    });
+    (Cow::Owned(present), gone)
+}
+
 /// The plan that makes `observed` match `desired`.
 pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
     plan_with_bridge_instances(desired, observed, BRIDGE_INSTANCES)
@@ -196,14 +232,15 @@ pub fn plan_with_bridge_instances(
 ) -> Plan {
     // Instances that name no address get theirs first; from here on every instance has
     // its addresses, but those left without one (a full subnet), which are not planned.
-    let allocation = allocate::allocate(desired, observed);
+    let (present, gone) = without_gone_namespaces(desired, observed);
+    let allocation = allocate::allocate(&present, observed);
     let desired: &Desired = &allocation.desired;
     let placement = placement::place(desired, observed, bridge_instances);
     let wanted = Wanted::new(desired, &placement);
     let mut planner = Planner::new(observed, &wanted);
     planner.placement = placement;
     planner.plan.allocated = allocation.allocated;
-    for (instance, message) in allocation.exhausted {
+    for (instance, message) in gone.into_iter().chain(allocation.exhausted) {
         planner.plan.conflicts.push(Conflict {
             scope: Scope::instance(instance),
             kind: "Conflict",
@@ -780,13 +817,9 @@ impl<'a> Planner<'a> {
         let netns = instance.namespace();
         let bridge = match self.placement.bridge_of(&instance.name) {
             Some(bridge) => bridge.to_string(),
-            // A namespace of someone else's is reported below; else every bridge is full.
-            None if self
-                .observed
-                .namespaces
-                .get(&netns)
-                .is_none_or(|namespace| namespace.owned) =>
-            {
+            // A namespace of someone else's in the way is reported below; else every bridge
+            // is full.
+            None if !self.observed.namespace_in_the_way(instance) => {
                 self.conflict(format!(
                     "no bridge of the node has room for instance {:?}: a bridge holds {} instances \
                      and a node at most {MAX_BRIDGES} bridges; links of others on its bridges, or \
@@ -799,10 +832,12 @@ impl<'a> Planner<'a> {
         };
         let host = names::host_interface_name(&instance.name);
         let alias = names::instance_alias(&instance.name);
-        let eth0 = names::INSTANCE_INTERFACE;
+        let eth0 = instance.interface.as_str();
+        let foreign = !instance.owns_namespace();
 
         let namespace = match self.observed.namespaces.get(&netns) {
-            Some(namespace) if namespace.owned => Some(namespace),
+            // Someone else's namespace that the instance names is where it lives.
+            Some(namespace) if namespace.owned || foreign => Some(namespace),
             Some(_) => {
                 self.conflict(
                     format!(
@@ -812,6 +847,8 @@ impl<'a> Planner<'a> {
                 );
                 return;
             }
+            // Never created: `without_gone_namespaces` plans such an instance as absent.
+            None if foreign => return,
             None => {
                 self.push(Action::CreateNamespace {
                     name: netns.clone(),
@@ -856,6 +893,17 @@ impl<'a> Planner<'a> {
                 .map(|namespace| namespace.onlink_gateways.clone())
                 .unwrap_or_default();
         } else {
+            if foreign && let Some(existing) = peer {
+                // In a namespace someone else owns, a link of that name that is not the
+                // other end of the instance's veth is theirs.
+                self.conflict(format!(
+                    "interface {eth0} exists in namespace {netns} and is not kudonet's ({}): \
+                     kudonet leaves it alone; give instance {:?} another `interface`",
+                    describe(existing),
+                    instance.name
+                ));
+                return;
+            }
             // Half built or broken: rebuild the pair (deleting an end that is still there;
             // `delete_link` knows that deleting one end of a veth takes the other with it).
             self.delete_link(host_ref.clone());
@@ -863,6 +911,7 @@ impl<'a> Planner<'a> {
             self.push(Action::CreateVeth {
                 host: host.clone(),
                 namespace: netns.clone(),
+                interface: eth0.to_string(),
                 instance: instance.name.clone(),
                 mtu: self.creation_mtu(),
             });
@@ -890,10 +939,12 @@ impl<'a> Planner<'a> {
             &BTreeSet::new(),
         );
 
-        // Inside: lo up, eth0 with the instance address, default route via the bridge.
-        if !self
-            .link(&LinkRef::in_namespace(&netns, "lo"))
-            .is_some_and(|lo| lo.up)
+        // Inside: lo up, eth0 with the instance address, default route via the bridge. The
+        // loopback of a namespace someone else owns is theirs (runtimes bring it up).
+        if !foreign
+            && !self
+                .link(&LinkRef::in_namespace(&netns, "lo"))
+                .is_some_and(|lo| lo.up)
         {
             self.push(Action::SetUp {
                 link: LinkRef::in_namespace(&netns, "lo"),
@@ -925,6 +976,7 @@ impl<'a> Planner<'a> {
             {
                 self.push(Action::ReplaceDefaultRoute {
                     namespace: netns.clone(),
+                    interface: eth0.to_string(),
                     gateway,
                     onlink,
                 });
@@ -1399,6 +1451,120 @@ mod tests {
             }
             plans.push(plan);
         }
+    }
+
+    #[test]
+    fn a_namespace_of_someone_elses_is_entered_never_made_nor_deleted_and_its_absence_undoes_the_instance()
+     {
+        let netns = "/run/netns/cni-1";
+        let desired = Desired {
+            cluster: None,
+            node: node("a", &["10.0.0.1/24"], &[]),
+            peers: Vec::new(),
+            instances: vec![Instance {
+                name: "c1".to_string(),
+                id: None,
+                node: "a".to_string(),
+                addresses: Vec::new(),
+                ports: vec![crate::spec::PublishedPort {
+                    host_port: 8080,
+                    instance_port: 80,
+                    protocol: crate::spec::Protocol::Tcp,
+                    host_ip: None,
+                }],
+                netns: Some(netns.to_string()),
+                interface: "eth1".to_string(),
+            }],
+            firewall: FirewallBackend::Iptables,
+        };
+        let publishes = |observed: &Observed| {
+            observed
+                .firewall
+                .values()
+                .flat_map(|table| table.chains.values().flatten())
+                .any(|rule| rule.contains("8080"))
+        };
+        let instance_steps = |plan: &Plan| {
+            plan.steps
+                .iter()
+                .filter(|step| step.scope == Scope::instance("c1"))
+                .count()
+        };
+
+        // Not there (yet, or any more): reported, never created, nothing published.
+        let planned = plan(&desired, &fresh_node());
+        assert_eq!(instance_steps(&planned), 0, "{planned}");
+        assert_eq!(
+            planned
+                .conflicts
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>(),
+            [format!(
+                "namespace {netns} of instance \"c1\" does not exist (or is not a network \
+                 namespace): its owner made none there or deleted it; kudonet removed what it \
+                 made for the instance on the node and waits for the namespace"
+            )]
+        );
+        let mut dataplane = MemoryDataplane::new(fresh_node());
+        converge(&mut dataplane, &desired);
+        assert!(!publishes(&dataplane.observe().unwrap()));
+
+        // There, someone else's (its loopback carries no mark of kudonet's): the veth goes
+        // in as eth1 with the allocated address; their loopback is left as it is.
+        let mut theirs = fresh_node();
+        let lo = Link::new(LinkKind::Loopback);
+        let namespace = crate::observed::Namespace {
+            owned: false,
+            links: [("lo".to_string(), lo.clone())].into(),
+            ..Default::default()
+        };
+        theirs
+            .namespaces
+            .insert(netns.to_string(), namespace.clone());
+        let mut dataplane = MemoryDataplane::new(theirs.clone());
+        converge(&mut dataplane, &desired);
+        let built = dataplane.observe().unwrap();
+        let inside = &built.namespaces[netns];
+        assert_eq!(inside.links["lo"], lo);
+        assert_eq!(
+            inside.links["eth1"].addresses,
+            BTreeSet::from(["10.0.0.2/24".parse().unwrap()])
+        );
+        assert!(publishes(&built));
+
+        // Gone again (the host end kept alive a moment by a socket): the host veth and the
+        // published port go; the namespace is nobody's business of kudonet's.
+        let mut gone = built.clone();
+        gone.namespaces.remove(netns);
+        let planned = plan(&desired, &gone);
+        assert!(
+            planned.actions().all(|action| !matches!(
+                action,
+                Action::CreateNamespace { .. } | Action::DeleteNamespace { .. }
+            )),
+            "{planned}"
+        );
+        let mut dataplane = MemoryDataplane::new(gone);
+        converge(&mut dataplane, &desired);
+        let after = dataplane.observe().unwrap();
+        assert!(!after.links.contains_key(&names::host_interface_name("c1")));
+        assert!(!publishes(&after));
+
+        // A link of theirs under the interface's name is theirs: reported, not replaced.
+        let mut taken = theirs;
+        let mut their_eth1 = Link::new(LinkKind::Veth);
+        their_eth1.up = true;
+        let namespace = taken.namespaces.get_mut(netns).unwrap();
+        namespace.links.insert("eth1".to_string(), their_eth1);
+        let planned = plan(&desired, &taken);
+        assert_eq!(instance_steps(&planned), 0, "{planned}");
+        assert!(
+            planned.conflicts[0].message.starts_with(
+                "interface eth1 exists in namespace /run/netns/cni-1 and is not kudonet's"
+            ),
+            "{planned}"
+        );
     }
 
     #[test]

@@ -87,8 +87,7 @@ pub fn place(desired: &Desired, observed: &Observed, bridge_instances: usize) ->
     let mut on: Vec<Vec<&str>> = vec![Vec::new(); bridges.len()];
     let mut unplaced = Vec::new();
     for instance in &desired.instances {
-        let namespace = observed.namespaces.get(&instance.namespace());
-        if namespace.is_some_and(|namespace| !namespace.owned) {
+        if observed.namespace_in_the_way(instance) {
             continue;
         }
         match current(&instance.name) {

@@ -291,12 +291,29 @@ pub struct Instance {
     pub addresses: Vec<IpInet>,
     /// The node ports forwarded to the instance.
     pub ports: Vec<PublishedPort>,
+    /// The path of a network namespace someone else owns (a container runtime's), when the
+    /// instance lives there rather than in a namespace of kudonet's: kudonet puts the
+    /// instance's interface inside but never creates, renames or deletes the namespace.
+    pub netns: Option<String>,
+    /// The name of the instance's interface inside its namespace (`eth0` unless a document
+    /// says otherwise: a runtime may ask for `eth1`).
+    pub interface: String,
 }
 
 impl Instance {
-    /// The instance's namespace: `kudo-<id>` when it has an id, else `kudo-<name>`.
+    /// The instance's namespace, as observations and actions name it: `kudo-<id>` when it
+    /// has an id, else `kudo-<name>`, both in the netns directory; or the path of the
+    /// namespace someone else owns (`netns`), which is absolute.
     pub fn namespace(&self) -> String {
-        crate::names::namespace_name(self.id.as_deref().unwrap_or(&self.name))
+        match &self.netns {
+            Some(path) => path.clone(),
+            None => crate::names::namespace_name(self.id.as_deref().unwrap_or(&self.name)),
+        }
+    }
+
+    /// Whether kudonet creates and deletes the instance's namespace (it has no `netns`).
+    pub fn owns_namespace(&self) -> bool {
+        self.netns.is_none()
     }
 
     /// The instance's address of `family`, if it has one.
@@ -380,6 +397,16 @@ pub struct Desired {
     pub instances: Vec<Instance>,
     /// Which firewall holds kudonet's rules (`--firewall`; not part of the files).
     pub firewall: FirewallBackend,
+}
+
+impl Desired {
+    /// The paths of the namespaces someone else owns that instances live in (`netns`).
+    pub fn others_namespaces(&self) -> std::collections::BTreeSet<String> {
+        self.instances
+            .iter()
+            .filter_map(|instance| instance.netns.clone())
+            .collect()
+    }
 }
 
 /// Which firewall holds kudonet's rules; the other one is kept free of them.

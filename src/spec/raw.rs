@@ -23,6 +23,8 @@ pub(super) struct RawDocument {
     pub address: Option<Spanned<OneOrMore>>,
     pub ports: Option<Spanned<Vec<Spanned<RawPort>>>>,
     pub id: Option<Spanned<String>>,
+    pub netns: Option<Spanned<String>>,
+    pub interface: Option<Spanned<String>>,
 }
 
 /// A field that takes a string or a list of strings (`cidr: 10.0.0.1/24` or `cidr:
@@ -150,7 +152,7 @@ pub(super) struct FieldPresence {
 
 impl RawDocument {
     /// Every field with its camelCase name and, when present, where its value is.
-    pub fn fields(&self) -> [FieldPresence; 14] {
+    pub fn fields(&self) -> [FieldPresence; 16] {
         fn at<T>(name: &'static str, field: &Option<Spanned<T>>) -> FieldPresence {
             FieldPresence {
                 name,
@@ -172,6 +174,8 @@ impl RawDocument {
             at("address", &self.address),
             at("ports", &self.ports),
             at("id", &self.id),
+            at("netns", &self.netns),
+            at("interface", &self.interface),
         ]
     }
 }

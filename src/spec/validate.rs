@@ -42,6 +42,8 @@ const INSTANCE_FIELDS: &[&str] = &[
     "address",
     "ports",
     "id",
+    "netns",
+    "interface",
 ];
 
 /// The fields a document of `kind` may have.
@@ -127,6 +129,8 @@ struct InstanceDecl {
     /// Each address and, when written, its prefix length; at most one per family.
     addresses: Listed<(IpAddr, Option<u8>)>,
     ports: Vec<PortDecl>,
+    netns: Option<At<String>>,
+    interface: Option<String>,
     doc: Origin,
 }
 
@@ -537,6 +541,20 @@ impl Checker {
         let id = self.parse(context, &raw.id, |id| {
             check_instance_id(id).map(|()| id.to_string())
         });
+        let netns = self.parse(context, &raw.netns, |path| {
+            check_netns_path(path).map(|()| path.to_string())
+        });
+        if let (Some(id), Some(_)) = (&raw.id, &netns) {
+            // `id` names a namespace of kudonet's; `netns` is someone else's.
+            self.error(
+                context.origin(id.referenced),
+                "an Instance with `netns` has no `id` (the id names a namespace kudonet creates)"
+                    .to_string(),
+            );
+        }
+        let interface = self.parse(context, &raw.interface, |interface| {
+            check_instance_interface(interface).map(|()| interface.to_string())
+        });
         let addresses = self.parse_list(
             context,
             &raw.address,
@@ -557,6 +575,8 @@ impl Checker {
             node,
             addresses,
             ports,
+            netns,
+            interface: interface.map(|interface| interface.value),
             doc,
         });
     }
@@ -966,12 +986,17 @@ impl Checker {
                 }
             };
             let id = instance.id.as_ref().map(|id| id.value.as_str());
-            let namespace = names::namespace_name(id.unwrap_or(name));
-            // Equal names are reported as duplicates; an id can take another's namespace.
+            let namespace = match &instance.netns {
+                Some(path) => path.value.clone(),
+                None => names::namespace_name(id.unwrap_or(name)),
+            };
+            // Equal names are reported as duplicates; an id or a netns can take another's
+            // namespace.
             let this = instance
-                .id
+                .netns
                 .as_ref()
-                .map_or(&instance.name.origin, |id| &id.origin);
+                .or(instance.id.as_ref())
+                .map_or(&instance.name.origin, |at| &at.origin);
             if let Some((other, previous)) = namespaces.insert(namespace.clone(), (name, this))
                 && other != name
             {
@@ -1095,6 +1120,11 @@ impl Checker {
                     node: node_name.to_string(),
                     addresses: valid,
                     ports: instance.ports.iter().map(|port| port.value).collect(),
+                    netns: instance.netns.as_ref().map(|path| path.value.clone()),
+                    interface: instance
+                        .interface
+                        .clone()
+                        .unwrap_or_else(|| names::INSTANCE_INTERFACE.to_string()),
                 });
             }
         }
@@ -1385,6 +1415,47 @@ fn check_bridge_name(name: &str) -> Result<(), Invalid> {
         ))),
         None => Ok(()),
     }
+}
+
+/// The path of a namespace someone else owns: absolute, and plain (no `.` or `..`
+/// component, no doubled or trailing `/`), so that one namespace has one spelling.
+fn check_netns_path(path: &str) -> Result<(), Invalid> {
+    let plain = path.starts_with('/')
+        && path.len() > 1
+        && path.len() <= MAX_NETNS_PATH
+        && !path.ends_with('/')
+        && path[1..]
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+        && !path.chars().any(|c| c.is_control());
+    if plain {
+        Ok(())
+    } else {
+        Err(Invalid(format!(
+            "netns {} is not a plain absolute path (such as /run/netns/cni-1234: no `.` or `..` \
+             parts, no trailing `/`, at most {MAX_NETNS_PATH} bytes)",
+            quoted(path)
+        )))
+    }
+}
+
+/// The longest `netns` path (PATH_MAX less the terminating NUL).
+const MAX_NETNS_PATH: usize = 4095;
+
+/// The name of an instance's interface inside its namespace: a name the kernel accepts,
+/// and not the loopback's.
+fn check_instance_interface(name: &str) -> Result<(), Invalid> {
+    if name == "lo" {
+        return Err(Invalid(
+            "interface \"lo\" is the namespace's loopback; choose another name".to_string(),
+        ));
+    }
+    check_interface_name(name).map_err(|_| {
+        Invalid(format!(
+            "interface {} is not an interface name (1..15 characters, no `/`, `:` or whitespace)",
+            quoted(name)
+        ))
+    })
 }
 
 /// Any name the kernel accepts for an existing interface.

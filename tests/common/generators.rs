@@ -254,6 +254,8 @@ impl DesiredChoice {
                             .collect()
                     },
                     ports,
+                    netns: None,
+                    interface: "eth0".to_string(),
                 }
             })
             .collect();

@@ -214,6 +214,25 @@ impl Netlink {
         Ok(address)
     }
 
+    /// The name of the bridge (or other master) link `name` is a port of, or `None` when
+    /// it has none or there is no such link.
+    pub fn link_master_name(&mut self, name: &str) -> Result<Option<String>> {
+        let master = self.get_link(name)?.and_then(|link| {
+            link.attributes
+                .iter()
+                .find_map(|attribute| match attribute {
+                    LinkAttribute::Controller(master) => Some(*master),
+                    _ => None,
+                })
+        });
+        match master {
+            Some(index) => Ok(self
+                .get_link_by_index(index)?
+                .and_then(|link| self::name(&link))),
+            None => Ok(None),
+        }
+    }
+
     /// The link with interface index `index`, or `None` when there is none.
     pub fn get_link_by_index(&mut self, index: u32) -> Result<Option<LinkMessage>> {
         let mut request = link_request();
