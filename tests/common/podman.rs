@@ -124,7 +124,12 @@ tmp_dir = "{state}/tmp"
             // conmon fails in a working directory that no longer exists.
             .current_dir("/")
             .output()
-            .unwrap_or_else(|error| panic!("cannot run podman: {error}"))
+            .unwrap_or_else(|error| {
+                panic!(
+                    "cannot run podman: {error} (on Debian: apt-get install \
+                     --no-install-recommends podman runc busybox-static, as .ci/run does)"
+                )
+            })
     }
 
     /// `podman ARGS...`, which must succeed; its stdout.
