@@ -273,6 +273,9 @@ pub struct Namespace {
     pub default_gateways: BTreeSet<IpAddr>,
     /// Those of `default_gateways` whose route declares them on-link (`onlink`).
     pub onlink_gateways: BTreeSet<IpAddr>,
+    /// In a namespace someone else owns, the gateways of default routes that are not
+    /// kudonet's (another network's of the runtime): `default_gateways` are kudonet's only.
+    pub others_default_gateways: BTreeSet<IpAddr>,
 }
 
 /// A route of the node namespace's main table.

@@ -47,8 +47,9 @@ fn an_instance_lives_in_a_namespace_someone_else_owns_and_kudonet_never_makes_or
                 1,
                 "",
                 "conflict: namespace /run/netns/c1 of instance \"c1\" does not exist (or is not a \
-                 network namespace): its owner made none there or deleted it; kudonet removed \
-                 what it made for the instance on the node and waits for the namespace\n\
+                 network namespace other than the node's): its owner made none there or deleted \
+                 it; kudonet removed what it made for the instance on the node and waits for the \
+                 namespace\n\
                  Apply incomplete: 5 added, 11 changed, 0 destroyed; the node does not match the \
                  desired state.\n",
             );
@@ -112,6 +113,25 @@ fn an_instance_lives_in_a_namespace_someone_else_owns_and_kudonet_never_makes_or
                         .is_some_and(|c1| c1["phase"] == "Ready")
             });
             controller.stop();
+
+            // The node's own namespace is never an instance's: its routes would be the
+            // instance's.
+            state.write(
+                "c2.yaml",
+                "kind: Instance\nname: c2\nnetns: /proc/self/ns/net\ninterface: c2eth\n",
+            );
+            let run = kudonet(&["apply", state.path()]);
+            assert_eq!(run.code, 1);
+            assert!(
+                run.stderr.starts_with(
+                    "conflict: namespace /proc/self/ns/net of instance \"c2\" does not exist (or \
+                     is not a network namespace other than the node's)"
+                ),
+                "{}",
+                run.stderr
+            );
+            assert!(link(None, "c2eth").is_none());
+            std::fs::remove_file(state.file("c2.yaml")).unwrap();
 
             // Teardown takes kudonet's interface out, and leaves the namespace to its owner.
             kudonet(&["teardown"]).expect_success();

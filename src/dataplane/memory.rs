@@ -133,8 +133,7 @@ impl MemoryDataplane {
                 let namespace = Namespace {
                     owned: true,
                     links: [("lo".to_string(), lo)].into(),
-                    default_gateways: Default::default(),
-                    onlink_gateways: Default::default(),
+                    ..Namespace::default()
                 };
                 self.state.namespaces.insert(name.clone(), namespace);
             }

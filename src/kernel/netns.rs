@@ -245,6 +245,17 @@ pub fn on_every_core<T: Send, R: Send>(
 }
 
 /// Opens namespace `name` of `dir`, for `setns` or as the target of a new veth's peer.
+/// The network namespace of the process: the node's.
+pub const OWN_NAMESPACE: &str = "/proc/self/ns/net";
+
+/// The nsfs inode of the namespace at `path` (a bind mount of it, or a `/proc` link):
+/// equal inodes are one namespace.
+pub fn inode(path: &Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = fs::metadata(path)?;
+    Ok((metadata.dev(), metadata.ino()))
+}
+
 pub fn open(dir: &Path, name: &str) -> io::Result<File> {
     File::open(dir.join(name))
 }

@@ -273,6 +273,7 @@ pub fn observe(
             links: BTreeMap::new(),
             default_gateways: read.default_gateways.clone(),
             onlink_gateways: read.onlink_gateways.clone(),
+            others_default_gateways: read.others_default_gateways.clone(),
         };
         for (inner_name, (inner_link, inner_index, peer_index)) in &read.links {
             let mut inner_link = inner_link.clone();
@@ -399,10 +400,18 @@ fn refresh_namespaces(
     // others are not entered, nor kept alive by a cached socket.
     // Those someone else owns are named by their path (the sockets open the netns
     // directory joined with it, which is the path itself), and read when they are there.
+    // The node's own namespace is never an instance's (a `netns: /proc/1/ns/net` would
+    // hand the node's routes to an instance): it reads as no namespace there.
+    let node_namespace = netns::inode(Path::new(netns::OWN_NAMESPACE)).ok();
     let listed: Vec<String> = listed
         .into_iter()
         .filter(|name| name.starts_with(names::NAMESPACE_PREFIX))
-        .chain(others_namespaces.iter().cloned())
+        .chain(
+            others_namespaces
+                .iter()
+                .filter(|path| netns::inode(Path::new(path)).ok() != node_namespace)
+                .cloned(),
+        )
         .collect();
     let fresh = sockets.refresh(&listed).map_err(dir_error)?;
     cached.retain(|name, _| sockets.contains(name));
@@ -452,6 +461,7 @@ struct InstanceNamespace {
     links: BTreeMap<String, (Link, u32, Option<u32>)>,
     default_gateways: BTreeSet<IpAddr>,
     onlink_gateways: BTreeSet<IpAddr>,
+    others_default_gateways: BTreeSet<IpAddr>,
 }
 
 fn read_namespace(netlink: &mut Netlink) -> Result<InstanceNamespace, ObserveError> {
@@ -472,11 +482,14 @@ fn read_namespace(netlink: &mut Netlink) -> Result<InstanceNamespace, ObserveErr
         .get("lo")
         .is_some_and(|(lo, _, _)| lo.alias.as_deref() == Some(names::NAMESPACE_MARK));
     // In a namespace someone else owns, only kudonet's default routes are the instance's.
-    let defaults: Vec<_> = netlink
+    let (defaults, others_defaults): (Vec<_>, Vec<_>) = netlink
         .dump_routes()?
         .into_iter()
         .filter(|route| route.destination.is_some_and(|d| d.network_length() == 0))
-        .filter(|route| owned || route.protocol == names::ROUTE_PROTOCOL)
+        .partition(|route| owned || route.protocol == names::ROUTE_PROTOCOL);
+    let others_default_gateways = others_defaults
+        .iter()
+        .filter_map(|route| route.gateway)
         .collect();
     let default_gateways = defaults.iter().filter_map(|route| route.gateway).collect();
     let onlink_gateways = defaults
@@ -489,6 +502,7 @@ fn read_namespace(netlink: &mut Netlink) -> Result<InstanceNamespace, ObserveErr
         links,
         default_gateways,
         onlink_gateways,
+        others_default_gateways,
     })
 }
 

@@ -206,9 +206,9 @@ fn without_gone_namespaces<'a>(
         gone.push((
             instance.name.clone(),
             format!(
-                "namespace {} of instance {:?} does not exist (or is not a network namespace): \
-                 its owner made none there or deleted it; kudonet removed what it made for the \
-                 instance on the node and waits for the namespace",
+                "namespace {} of instance {:?} does not exist (or is not a network namespace \
+                 other than the node's): its owner made none there or deleted it; kudonet \
+                 removed what it made for the instance on the node and waits for the namespace",
                 instance.namespace(),
                 instance.name
             ),
@@ -966,6 +966,21 @@ impl<'a> Planner<'a> {
             let Some(gateway) = node.gateway(family) else {
                 continue;
             };
+            // Someone else's default route of this family (another network of the runtime)
+            // is theirs: the instance reaches its own subnet, not beyond.
+            if let Some(theirs) = namespace.and_then(|namespace| {
+                namespace
+                    .others_default_gateways
+                    .iter()
+                    .find(|theirs| Family::of(**theirs) == family)
+            }) {
+                self.conflict(format!(
+                    "namespace {netns} has a default route of someone else's via {theirs}: \
+                     kudonet leaves it alone, so instance {:?} reaches its own subnet only",
+                    instance.name
+                ));
+                continue;
+            }
             let onlink = no_prefix_route.contains(address);
             // The kernel drops routes through an address that goes away: re-assert it then
             // too.
@@ -1502,8 +1517,9 @@ mod tests {
                 .collect::<Vec<_>>(),
             [format!(
                 "namespace {netns} of instance \"c1\" does not exist (or is not a network \
-                 namespace): its owner made none there or deleted it; kudonet removed what it \
-                 made for the instance on the node and waits for the namespace"
+                 namespace other than the node's): its owner made none there or deleted it; \
+                 kudonet removed what it made for the instance on the node and waits for the \
+                 namespace"
             )]
         );
         let mut dataplane = MemoryDataplane::new(fresh_node());
@@ -1550,6 +1566,29 @@ mod tests {
         let after = dataplane.observe().unwrap();
         assert!(!after.links.contains_key(&names::host_interface_name("c1")));
         assert!(!publishes(&after));
+
+        // A default route of theirs (another network of the runtime) is theirs: reported,
+        // and the instance gets everything but a default route.
+        let mut routed = theirs.clone();
+        let namespace = routed.namespaces.get_mut(netns).unwrap();
+        namespace.others_default_gateways.insert(ip("192.168.1.1"));
+        let planned = plan(&desired, &routed);
+        assert!(
+            planned
+                .actions()
+                .all(|action| !matches!(action, Action::ReplaceDefaultRoute { .. })),
+            "{planned}"
+        );
+        assert!(
+            planned
+                .actions()
+                .any(|action| matches!(action, Action::AddAddress { .. }))
+        );
+        assert_eq!(
+            planned.conflicts[0].message,
+            "namespace /run/netns/cni-1 has a default route of someone else's via 192.168.1.1: \
+             kudonet leaves it alone, so instance \"c1\" reaches its own subnet only"
+        );
 
         // A link of theirs under the interface's name is theirs: reported, not replaced.
         let mut taken = theirs;
