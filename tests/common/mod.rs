@@ -9,6 +9,8 @@
 //! - `state`: desired-state directories as a root-run kudonet accepts them (`StateDir`);
 //! - `controller`: a `kudonet run` child process: start, wait, status document, metrics,
 //!   HTTP, stop;
+//! - `podman`: Podman 4 with its CNI backend and kudonet as a network's plugin, in a sandbox
+//!   with a PID namespace (`sandboxed_with_pids`): run, exec, inspect and remove containers;
 //! - `generators` (the domain, shared with the fuzz target) and `strategies` (its proptest
 //!   front end): desired states and observed nodes for the convergence properties.
 //!
@@ -20,6 +22,7 @@ pub mod cli;
 pub mod controller;
 pub mod generators;
 pub mod kernel;
+pub mod podman;
 pub mod probes;
 pub mod sandbox;
 pub mod state;
@@ -31,7 +34,8 @@ pub use kernel::{
 };
 pub use probes::{addr, netns, seen, seen_tcp};
 pub use sandbox::{
-    inside_sandbox, run, run_ok, sandboxed, setup_outside, setup_outside_dual_stack, sh,
+    inside_sandbox, run, run_ok, sandboxed, sandboxed_with_pids, setup_outside,
+    setup_outside_dual_stack, sh,
 };
 pub use state::{DUAL_STACK, StateDir};
 

@@ -5,6 +5,7 @@
 //! under `unshare --net --mount --propagation private`; there it mounts a private tmpfs on
 //! `/run` (the netns directory lives there) and runs `body`. Without root the test is skipped
 //! with a printed reason, except in CI (`CI=true`), where missing privileges fail the run.
+//! `sandboxed_with_pids` adds a PID namespace, for tests whose programs leave daemons behind.
 
 use std::process::{Command, Output};
 
@@ -18,6 +19,19 @@ pub fn inside_sandbox() -> bool {
 
 /// Runs `body` inside a fresh sandbox. `name` must be the test function's name.
 pub fn sandboxed(name: &str, body: impl FnOnce()) {
+    sandbox(name, &[], body);
+}
+
+/// `sandboxed`, in a PID namespace of its own too (`--pid --fork --mount-proc`): every
+/// process the test starts, daemons that detach from it included (podman's conmon and the
+/// containers under it), is killed by the kernel when the test ends, passed or failed.
+/// The test binary is the namespace's init there, and `/proc` shows its processes only.
+pub fn sandboxed_with_pids(name: &str, body: impl FnOnce()) {
+    sandbox(name, &["--pid", "--fork", "--mount-proc"], body);
+}
+
+/// `unshare --net --mount --propagation private` with `more` namespaces, running `body`.
+fn sandbox(name: &str, more: &[&str], body: impl FnOnce()) {
     if std::env::var(SANDBOX_ENV).as_deref() == Ok(name) {
         prepare_sandbox();
         body();
@@ -33,7 +47,9 @@ pub fn sandboxed(name: &str, body: impl FnOnce()) {
     }
     let exe = std::env::current_exe().expect("test binary path");
     let output = Command::new("unshare")
-        .args(["--net", "--mount", "--propagation", "private", "--"])
+        .args(["--net", "--mount", "--propagation", "private"])
+        .args(more)
+        .arg("--")
         .arg(exe)
         .args(["--exact", name, "--nocapture", "--test-threads=1"])
         .env(SANDBOX_ENV, name)
