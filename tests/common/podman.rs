@@ -127,7 +127,7 @@ tmp_dir = "{state}/tmp"
             .unwrap_or_else(|error| {
                 panic!(
                     "cannot run podman: {error} (on Debian: apt-get install \
-                     --no-install-recommends podman runc busybox-static, as .ci/run does)"
+                     --no-install-recommends podman runc busybox-static, as scripts/install-deps does)"
                 )
             })
     }
