@@ -236,7 +236,16 @@ pub(super) fn del(config: &Config, attachment: &Attachment) -> Result<(), CniErr
             return remove(&path);
         }
     };
-    let _lock = lock_node(&node.name)?;
+    let _lock = match lock_node(&node.name) {
+        Ok(lock) => lock,
+        Err(error) => {
+            // A runtime may never call DEL again (Podman ignores a failed one): the document
+            // goes now, and whoever holds the lock, or the next pass of `kudonet run`,
+            // removes the rest.
+            remove(&path)?;
+            return Err(error);
+        }
+    };
     remove(&path)?;
     compat::converge(&store, &node.name, Scope::instance(&name)).map_err(CniError::from)
 }
