@@ -673,6 +673,44 @@ fn concurrent_adds_all_succeed_with_distinct_addresses() {
 }
 
 #[test]
+fn a_lock_held_too_long_is_try_again_later_and_del_still_removes_the_document() {
+    sandboxed(
+        "a_lock_held_too_long_is_try_again_later_and_del_still_removes_the_document",
+        || {
+            let state = StateDir::new(NODE);
+            let c1 = Container::new(1, "eth0");
+            let c2 = Container::new(2, "eth0");
+            c1.add(&state, "1.0.0", "");
+            // Another kudonet (this test) changes the node for longer than a call waits.
+            let lock_dir = std::path::Path::new(kudonet::lock::LOCK_DIR);
+            let held = kudonet::lock::try_lock(lock_dir, "node-a").unwrap();
+            let stdin = config(&state, "1.0.0", "");
+            let add = c2.spawn("ADD", &stdin);
+            let del = c1.spawn("DEL", &stdin);
+            let busy = format!(
+                r#"{{"cniVersion":"1.0.0","code":11,"msg":"try again later","details":"another kudonet is changing node node-a (pid {}, lock {})"}}"#,
+                std::process::id(),
+                kudonet::lock::lock_path(lock_dir).display()
+            );
+            let add = finish(add);
+            assert_eq!((add.code, add.stdout.trim()), (1, busy.as_str()));
+            assert!(!c2.document(&state).exists(), "nothing recorded");
+            assert!(link(Some("c2"), "eth0").is_none());
+            let del = finish(del);
+            assert_eq!((del.code, del.stdout.trim()), (1, busy.as_str()));
+            // The runtime may never call DEL again: the document went all the same...
+            assert!(!c1.document(&state).exists());
+            // ... and the next change of the node removes the rest.
+            drop(held);
+            assert!(link(None, &c1.host()).is_some());
+            c2.add(&state, "1.0.0", "");
+            assert!(link(None, &c1.host()).is_none());
+            assert_eq!(container_addresses(&c2), "10.0.0.2/24");
+        },
+    );
+}
+
+#[test]
 fn kudonet_run_repairs_an_attachment() {
     sandboxed("kudonet_run_repairs_an_attachment", || {
         let state = StateDir::new(NODE);
