@@ -390,6 +390,9 @@ name: \"{}\"
 node: \"node-a\"
 netns: \"/run/netns/c3\"
 interface: \"net1\"
+address:
+  - \"10.0.0.4/24\"
+  - \"fd00:10::4/64\"
 ",
                     c3.id,
                     c3.instance()
@@ -406,9 +409,13 @@ interface: \"net1\"
                 "192.0.2.254"
             );
 
-            // The same ADD again changes nothing and reports the same.
+            // The same ADD again: the interface exists, which the spec makes an error.
             let again = c1.call("ADD", &config(&state, "1.0.0", ports));
-            assert_eq!(result(&again), first);
+            expect_error(
+                &again,
+                r#"{"cniVersion":"1.0.0","code":4,"msg":"invalid CNI_IFNAME","details":"interface \"eth0\" already exists in /run/netns/c1"}"#,
+            );
+            assert_eq!(container_addresses(&c1), "10.0.0.2/24,fd00:10::2/64");
             kudonet_status_lists(&state, &[&c1, &c2, &c3]);
         },
     );
@@ -611,25 +618,42 @@ fn an_add_that_cannot_converge_is_rolled_back() {
     sandboxed("an_add_that_cannot_converge_is_rolled_back", || {
         let state = StateDir::new(NODE);
         let c1 = Container::new(1, "eth0");
-        // The runtime's namespace already has an eth0.
+        // The runtime's namespace already has an eth0: refused before anything is written.
         sh("ip -n c1 link add eth0 type veth peer name peer0");
         let run = c1.call("ADD", &config(&state, "1.0.0", ""));
         expect_error(
             &run,
+            r#"{"cniVersion":"1.0.0","code":4,"msg":"invalid CNI_IFNAME","details":"interface \"eth0\" already exists in /run/netns/c1"}"#,
+        );
+        assert!(!c1.document(&state).exists());
+        assert!(link(None, &c1.host()).is_none());
+        assert_eq!(common::link_names(Some("c1")), ["lo", "peer0", "eth0"]);
+        sh("ip -n c1 link del eth0");
+
+        // It routes through another network of the runtime's: kudonet cannot give the
+        // attachment its default route, and takes back what it made.
+        sh("ip -n c1 link add x0 type veth peer name x1
+            ip -n c1 link set x0 up
+            ip -n c1 link set x1 up
+            ip -n c1 addr add 192.168.9.2/24 dev x0
+            ip -n c1 route add default via 192.168.9.1");
+        let run = c1.call("ADD", &config(&state, "1.0.0", ""));
+        expect_error(
+            &run,
             &format!(
-                r#"{{"cniVersion":"1.0.0","code":102,"msg":"not converged","details":"node node-a did not converge: conflict: interface eth0 exists in namespace /run/netns/c1 and is not kudonet's (a veth without kudonet's mark): kudonet leaves it alone; give instance \"{}\" another `interface`"}}"#,
+                r#"{{"cniVersion":"1.0.0","code":102,"msg":"not converged","details":"node node-a did not converge: conflict: namespace /run/netns/c1 has a default route of someone else's via 192.168.9.1: kudonet leaves it alone, so instance \"{}\" reaches its own subnet only"}}"#,
                 c1.instance()
             ),
         );
         assert!(!c1.document(&state).exists());
         assert!(link(None, &c1.host()).is_none());
+        assert!(link(Some("c1"), "eth0").is_none());
         assert_eq!(
-            link(Some("c1"), "eth0").unwrap()["linkinfo"]["info_kind"],
-            "veth"
+            sh("ip -n c1 route show default").trim(),
+            "default via 192.168.9.1 dev x0"
         );
-        assert_eq!(common::link_names(Some("c1")), ["lo", "peer0", "eth0"]);
-        // Once the runtime's interface is gone, the attachment is made.
-        sh("ip -n c1 link del eth0");
+        // Once the runtime's route is gone, the attachment is made.
+        sh("ip -n c1 route del default");
         c1.add(&state, "1.0.0", "");
         assert_eq!(container_addresses(&c1), "10.0.0.2/24");
     });
@@ -649,9 +673,13 @@ fn concurrent_adds_all_succeed_with_distinct_addresses() {
                 .collect();
             let mut addresses: Vec<String> = children
                 .into_iter()
-                .map(|child| {
+                .zip(&containers)
+                .map(|(child, container)| {
                     let result = result(&finish(child));
-                    result["ips"][0]["address"].as_str().unwrap().to_string()
+                    let address = result["ips"][0]["address"].as_str().unwrap().to_string();
+                    // What each ADD reports is what its own container has.
+                    assert_eq!(container_addresses(container), address);
+                    address
                 })
                 .collect();
             addresses.sort_by_key(|address| {
@@ -664,10 +692,55 @@ fn concurrent_adds_all_succeed_with_distinct_addresses() {
             });
             let expected: Vec<String> = (2..=9).map(|n| format!("10.0.0.{n}/24")).collect();
             assert_eq!(addresses, expected);
-            for container in &containers {
-                let address = container_addresses(container);
-                assert!(expected.contains(&address), "{address}");
-            }
+        },
+    );
+}
+
+#[test]
+fn a_container_can_neither_take_nor_deny_another_ones_address() {
+    sandboxed(
+        "a_container_can_neither_take_nor_deny_another_ones_address",
+        || {
+            let state = StateDir::new("kind: Node\nname: node-a\ncidr: 10.0.0.1/29\n");
+            let victim = Container::new(1, "eth0");
+            victim.add(&state, "1.0.0", "");
+            assert_eq!(container_addresses(&victim), "10.0.0.2/29");
+
+            // Asked for by another attachment: refused, nothing written.
+            let thief = Container::new(2, "eth0");
+            let asks = r#","runtimeConfig":{"ips":["10.0.0.2"]}"#;
+            let run = thief.call("ADD", &config(&state, "1.0.0", asks));
+            expect_error(
+                &run,
+                &format!(
+                    r#"{{"cniVersion":"1.0.0","code":101,"msg":"request refused","details":"invalid request: runtimeConfig.ips[0] \"10.0.0.2\": address 10.0.0.2 is already used by instance \"{}\""}}"#,
+                    victim.instance()
+                ),
+            );
+            assert!(!thief.document(&state).exists());
+
+            // A container with CAP_NET_ADMIN claims the address on its own interface, and
+            // marks its loopback as kudonet's marks its namespaces, with more addresses on a
+            // link of its own: the next attachment still gets the lowest free address, and
+            // the victim keeps its own.
+            let tenant = Container::new(3, "eth0");
+            tenant.add(&state, "1.0.0", "");
+            assert_eq!(container_addresses(&tenant), "10.0.0.3/29");
+            sh("ip -n c3 addr add 10.0.0.2/29 dev eth0
+                ip -n c3 link set lo alias kudonet
+                ip -n c3 link add x0 type veth peer name x1
+                ip -n c3 addr add 10.0.0.4/29 dev x0
+                ip -n c3 addr add 10.0.0.5/29 dev x0");
+            let next = Container::new(4, "eth0");
+            next.add(&state, "1.0.0", "");
+            assert_eq!(container_addresses(&next), "10.0.0.4/29");
+            assert_eq!(container_addresses(&victim), "10.0.0.2/29");
+            // The converge put the tenant's interface back as recorded; its own link is its own.
+            assert_eq!(container_addresses(&tenant), "10.0.0.3/29");
+            assert_eq!(
+                common::addresses(Some("c3"), "x0"),
+                ["10.0.0.4/29", "10.0.0.5/29"]
+            );
         },
     );
 }

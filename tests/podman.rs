@@ -127,7 +127,8 @@ impl Attachment {
     }
 
     /// Its document, as the plugin records it, ending with `ports` (YAML lines).
-    fn document(&self, ports: &str) -> String {
+    /// Its document: the address kudonet allocated, recorded, and `ports`.
+    fn document(&self, address: &str, ports: &str) -> String {
         format!(
             "# Recorded by the kudonet CNI plugin; DEL, CHECK and GC read the next three lines.\n\
              # network: \"kudonet\"\n\
@@ -136,7 +137,8 @@ impl Attachment {
              kind: Instance\n\
              name: \"{name}\"\n\
              node: \"node\"\n\
-             netns: \"{netns}\"\n{ports}",
+             netns: \"{netns}\"\n\
+             address:\n  - \"{address}\"\n{ports}",
             id = self.id,
             name = self.name,
             netns = self.netns,
@@ -181,8 +183,8 @@ fn podman_containers_on_a_kudonet_network() {
         // the kernel has their veths on the bridge and kudonet's DNAT rule for web.
         let web_ports = "ports:\n  - hostPort: 8080\n    instancePort: 80\n    protocol: tcp\n";
         let mut documents = [
-            (&web.name, web.document(web_ports)),
-            (&client.name, client.document("")),
+            (&web.name, web.document("10.77.0.2/24", web_ports)),
+            (&client.name, client.document("10.77.0.3/24", "")),
         ];
         documents.sort();
         assert_eq!(
@@ -229,7 +231,7 @@ fn podman_containers_on_a_kudonet_network() {
 
         // podman rm: the plugin's DEL takes everything of web, podman its namespace.
         podman.rm(&["web"]);
-        assert_eq!(cni_documents(&state), [client.document("")]);
+        assert_eq!(cni_documents(&state), [client.document("10.77.0.3/24", "")]);
         assert_eq!(instances(&state), [client.ready("10.77.0.3/24")]);
         assert!(link(None, &web.veth).is_none(), "web's host veth is gone");
         assert!(

@@ -12,7 +12,7 @@ use super::error::{
     NODE_NOT_SET_UP, NOT_AVAILABLE, NOT_CONVERGED, REQUEST_REFUSED, TRY_AGAIN_LATER,
     UNKNOWN_CONTAINER,
 };
-use super::request::{Attachment, Config, quote};
+use super::request::{AddressText, Attachment, Config, RequestedAddress, quote};
 use super::result::{self, Attached, Interface, mac_text};
 use crate::compat::{self, store};
 use crate::dataplane::Dataplane;
@@ -21,7 +21,7 @@ use crate::kernel::attachment::{check_network_namespace, read_attachment};
 use crate::lock::{self, LockError, NodeLock};
 use crate::plan::{Scope, plan};
 use crate::reconcile::{DesiredError, load_desired};
-use crate::spec::{Desired, Family, Node};
+use crate::spec::{Desired, Family, Instance, Node};
 use crate::{names, privileges};
 
 /// The library's view of the state directory, as this configuration names it.
@@ -123,6 +123,21 @@ pub(super) fn add(
             )),
         );
     }
+    // The spec: an interface of that name in the namespace is an error, a repeated ADD
+    // included (the runtime calls DEL first).
+    if interface_exists(Path::new(&attachment.netns), &attachment.ifname)? {
+        return Err(
+            CniError::new(INVALID_ENVIRONMENT, "invalid CNI_IFNAME").details(format!(
+                "interface {} already exists in {}",
+                quote(&attachment.ifname),
+                attachment.netns
+            )),
+        );
+    }
+    let mut request = request;
+    if request.addresses.is_empty() {
+        request.addresses = allocate(config, attachment, &name)?;
+    }
     let document =
         document::instance_document(&config.network, attachment, &name, &node.name, &request);
     store::commit(
@@ -144,6 +159,62 @@ pub(super) fn add(
     }
     let attached = attached(&node, attachment, &name)?;
     result::add_result(config.version, &attached, config.prev_result.as_ref())
+}
+
+/// Whether the namespace at `netns` has an interface named `ifname`.
+fn interface_exists(netns: &Path, ifname: &str) -> Result<bool, CniError> {
+    crate::kernel::attachment::has_interface(netns, ifname).map_err(|error| {
+        CniError::new(IO_FAILURE, "I/O failure").details(format!(
+            "cannot read the interfaces of {}: {error}",
+            netns.display()
+        ))
+    })
+}
+
+/// The addresses kudonet gives an attachment that asks for none: the lowest free one of
+/// each of the node's families, as the planner allocates, decided here under the node's
+/// lock and recorded in the document. Recorded, an attachment's address is its own: a
+/// later request for it is refused, and what a container does to its own interface (add
+/// another container's address, say) never moves anyone.
+fn allocate(
+    config: &Config,
+    attachment: &Attachment,
+    name: &str,
+) -> Result<Vec<RequestedAddress>, CniError> {
+    let mut desired = desired(config, NODE_NOT_SET_UP, "node not set up")?;
+    desired.instances.retain(|instance| instance.name != name);
+    desired.instances.push(Instance {
+        name: name.to_string(),
+        id: None,
+        node: desired.node.name.clone(),
+        addresses: Vec::new(),
+        ports: Vec::new(),
+        netns: Some(attachment.netns.clone()),
+        interface: attachment.ifname.clone(),
+    });
+    let observed = KernelDataplane::for_backend(&config.netns_dir, config.firewall)
+        .and_then(|mut dataplane| {
+            dataplane.read_others_namespaces(desired.others_namespaces());
+            dataplane.observe()
+        })
+        .map_err(|error| {
+            CniError::new(NOT_CONVERGED, "not converged")
+                .details(format!("cannot observe the node: {error}"))
+        })?;
+    let allocation = crate::plan::allocate::allocate(&desired, &observed);
+    if let Some((_, why)) = allocation.exhausted.iter().find(|(of, _)| of == name) {
+        return Err(CniError::new(REQUEST_REFUSED, "request refused").details(why.clone()));
+    }
+    Ok(allocation
+        .allocated
+        .get(name)
+        .into_iter()
+        .flatten()
+        .map(|address| RequestedAddress {
+            address: AddressText::WithPrefix(*address),
+            source: "the address kudonet allocated".to_string(),
+        })
+        .collect())
 }
 
 /// Puts the attachment's document back as it was before a failed ADD (none, or the one

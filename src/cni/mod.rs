@@ -28,7 +28,7 @@
 //! | 3 | `container unknown` | CHECK of an attachment kudonet has no document of |
 //! | 4 | `required env variables [NAMES] missing` | a variable the command needs is unset or empty |
 //! | 4 | `unknown CNI_COMMAND: FOO` | |
-//! | 4 | `invalid CNI_CONTAINERID`, `invalid CNI_IFNAME`, `invalid CNI_NETNS`, `invalid CNI_ARGS`, `invalid KUDONET_FIREWALL` | a variable kudonet cannot use (CNI_NETNS: missing, or not a network namespace); the details say why |
+//! | 4 | `invalid characters in CNI_CONTAINERID`, `invalid CNI_IFNAME` (also: that interface exists in the namespace), `invalid CNI_NETNS`, `invalid CNI_ARGS`, `invalid KUDONET_FIREWALL` | a variable kudonet cannot use (CNI_NETNS: missing, or not a network namespace); the details say why |
 //! | 5 | `cannot read stdin`, `I/O failure` | reading stdin, the state directory or the lock folder failed |
 //! | 6 | `cannot decode the network configuration`, `cannot decode prevResult` | stdin is not JSON, or a key kudonet reads has the wrong type |
 //! | 7 | `missing network name`, `invalid characters in network name`, `invalid stateDir`, `invalid firewall`, `invalid runtimeConfig...`, `required prevResult missing`, `invalid prevResult`, `missing cni.dev/valid-attachments` | the configuration is unusable |

@@ -22,6 +22,15 @@ pub(crate) fn check_network_namespace(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether the namespace at `netns` has an interface named `name`.
+pub(crate) fn has_interface(netns: &Path, name: &str) -> io::Result<bool> {
+    let mut inside = Netlink::open_in(netns)?;
+    inside
+        .get_link(name)
+        .map(|link| link.is_some())
+        .map_err(|error| io::Error::other(error.to_string()))
+}
+
 /// The interfaces of an attachment, as the kernel has them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct AttachmentLinks {

@@ -427,7 +427,8 @@ fn refresh_namespaces(
     // Reading a namespace is a few netlink round trips; with hundreds of them, reading on
     // every core shortens a pass (and so a repair) accordingly.
     let read = netns::on_every_core(stale, |(name, netlink)| {
-        (name.clone(), read_namespace(netlink))
+        // A namespace someone else owns is named by its path.
+        (name.clone(), read_namespace(netlink, name.starts_with('/')))
     })
     .map_err(dir_error)?;
     let mut peers = BTreeSet::new();
@@ -464,7 +465,10 @@ struct InstanceNamespace {
     others_default_gateways: BTreeSet<IpAddr>,
 }
 
-fn read_namespace(netlink: &mut Netlink) -> Result<InstanceNamespace, ObserveError> {
+/// Reads a namespace; `theirs` when it is one someone else owns (named by `netns`): then,
+/// whatever marks are in it (anyone with CAP_NET_ADMIN there can set its loopback's
+/// alias), it is never kudonet's.
+fn read_namespace(netlink: &mut Netlink, theirs: bool) -> Result<InstanceNamespace, ObserveError> {
     let raw: Vec<RawLink> = netlink.dump_links(RawLink::parse)?;
     let names_by_index: HashMap<u32, &str> = raw
         .iter()
@@ -478,9 +482,10 @@ fn read_namespace(netlink: &mut Netlink) -> Result<InstanceNamespace, ObserveErr
             (raw.name.clone(), (link, raw.index, raw.peer_index))
         })
         .collect();
-    let owned = links
-        .get("lo")
-        .is_some_and(|(lo, _, _)| lo.alias.as_deref() == Some(names::NAMESPACE_MARK));
+    let owned = !theirs
+        && links
+            .get("lo")
+            .is_some_and(|(lo, _, _)| lo.alias.as_deref() == Some(names::NAMESPACE_MARK));
     // In a namespace someone else owns, only kudonet's default routes are the instance's.
     let (defaults, others_defaults): (Vec<_>, Vec<_>) = netlink
         .dump_routes()?
