@@ -325,6 +325,12 @@ fn requests_kudonet_cannot_serve_are_error_documents_and_change_nothing() {
                     file.display()
                 ),
             );
+            // The node's own namespace, however named.
+            let own = cni(&c1.env("ADD", "/proc/self/ns/net"), &add);
+            expect_error(
+                &own,
+                r#"{"cniVersion":"1.0.0","code":4,"msg":"invalid CNI_NETNS","details":"/proc/self/ns/net is the node's own network namespace"}"#,
+            );
             // An address outside the node's subnet: refused before anything is written.
             expect_error(
                 &c1.call(

@@ -116,15 +116,16 @@ fn an_instance_lives_in_a_namespace_someone_else_owns_and_kudonet_never_makes_or
 
             // The node's own namespace is never an instance's: its routes would be the
             // instance's.
+            sh("touch /run/netns/node && mount --bind /proc/self/ns/net /run/netns/node");
             state.write(
                 "c2.yaml",
-                "kind: Instance\nname: c2\nnetns: /proc/self/ns/net\ninterface: c2eth\n",
+                "kind: Instance\nname: c2\nnetns: /run/netns/node\ninterface: c2eth\n",
             );
             let run = kudonet(&["apply", state.path()]);
             assert_eq!(run.code, 1);
             assert!(
                 run.stderr.starts_with(
-                    "conflict: namespace /proc/self/ns/net of instance \"c2\" does not exist (or \
+                    "conflict: namespace /run/netns/node of instance \"c2\" does not exist (or \
                      is not a network namespace other than the node's)"
                 ),
                 "{}",
@@ -132,6 +133,7 @@ fn an_instance_lives_in_a_namespace_someone_else_owns_and_kudonet_never_makes_or
             );
             assert!(link(None, "c2eth").is_none());
             std::fs::remove_file(state.file("c2.yaml")).unwrap();
+            sh("umount /run/netns/node && rm /run/netns/node");
 
             // Teardown takes kudonet's interface out, and leaves the namespace to its owner.
             kudonet(&["teardown"]).expect_success();

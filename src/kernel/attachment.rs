@@ -19,6 +19,10 @@ pub(crate) fn check_network_namespace(path: &Path) -> Result<(), String> {
     if !super::netns::is_namespace(path) || Netlink::open_in(path).is_err() {
         return Err(format!("{} is not a network namespace", path.display()));
     }
+    let own = super::netns::inode(Path::new(super::netns::OWN_NAMESPACE)).ok();
+    if super::netns::inode(path).ok() == own {
+        return Err(format!("{} is the node's own network namespace", path.display()));
+    }
     Ok(())
 }
 

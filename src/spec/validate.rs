@@ -1428,6 +1428,14 @@ fn check_netns_path(path: &str) -> Result<(), Invalid> {
             .split('/')
             .all(|part| !part.is_empty() && part != "." && part != "..")
         && !path.chars().any(|c| c.is_control());
+    if plain && (path == "/proc" || path.starts_with("/proc/")) {
+        return Err(Invalid(format!(
+            "netns {} names a process's namespace, which another process's becomes once the \
+             process ends and its id is reused: name a bind mount of it instead (ip netns \
+             attach, or the runtime's /run/netns/...)",
+            quoted(path)
+        )));
+    }
     if plain {
         Ok(())
     } else {
