@@ -527,9 +527,11 @@ fn an_instance_in_a_namespace_of_someone_elses_names_a_plain_path_and_an_interfa
     );
     instance_case(
         "kind: Instance\nname: c1\nnetns: /proc/1234/ns/net\n",
-        &["$DIR/i.yaml:3:8: netns \"/proc/1234/ns/net\" names a process's namespace, which \
+        &[
+            "$DIR/i.yaml:3:8: netns \"/proc/1234/ns/net\" names a process's namespace, which \
            another process's becomes once the process ends and its id is reused: name a bind \
-           mount of it instead (ip netns attach, or the runtime's /run/netns/...)"],
+           mount of it instead (ip netns attach, or the runtime's /run/netns/...)",
+        ],
     );
     // `id` names a namespace kudonet creates.
     instance_case(

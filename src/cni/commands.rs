@@ -318,7 +318,18 @@ pub(super) fn del(config: &Config, attachment: &Attachment) -> Result<(), CniErr
         }
     };
     remove(&path)?;
-    compat::converge(&store, &node.name, Scope::instance(&name)).map_err(CniError::from)
+    // A DEL fails on a kernel failure removing what was the attachment's (its veth and
+    // port rules go in the node's scope once its document is gone), not on a conflict or a
+    // difference of the node's: a runtime retries a failed DEL (the kubelet forever), and
+    // the node's troubles are not the attachment's.
+    let own = Scope::instance(&name);
+    compat::converge_reporting(
+        &store,
+        &node.name,
+        &|scope| scope.is_node() || *scope == own,
+        &|scope| *scope == own,
+    )
+    .map_err(CniError::from)
 }
 
 /// CHECK: whether the attachment is as it should be, changing nothing: nothing left to do

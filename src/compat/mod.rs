@@ -107,6 +107,26 @@ pub(crate) fn instance_name(instance_id: &str) -> Result<String, NetworkError> {
 /// state; with [`Scope::Instance`], everything but what is for the other instances: the
 /// node itself and this instance (present or, once cleaned, gone).
 pub(crate) fn converge(config: &Config, node: &str, scope: Scope) -> Result<(), NetworkError> {
+    let reported = |other: &Scope| !is_of_another(&scope, other);
+    converge_reporting(config, node, &reported, &reported)
+}
+
+/// Whether `other` is about another instance than `scope` is.
+fn is_of_another(scope: &Scope, other: &Scope) -> bool {
+    match (scope, other) {
+        (Scope::Instance(this), Scope::Instance(other)) => this != other,
+        _ => false,
+    }
+}
+
+/// [`converge`], failing on the failures of the scopes `failures` keeps, and on the
+/// conflicts and remaining differences of those `rest` keeps.
+pub(crate) fn converge_reporting(
+    config: &Config,
+    node: &str,
+    failures: &dyn Fn(&Scope) -> bool,
+    rest: &dyn Fn(&Scope) -> bool,
+) -> Result<(), NetworkError> {
     let firewall = config.firewall()?;
     let (_, mut desired) = load_desired(&config.state_dir, Some(node)).map_err(|error| {
         NetworkError::InvalidState {
@@ -125,7 +145,7 @@ pub(crate) fn converge(config: &Config, node: &str, scope: Scope) -> Result<(), 
         &BTreeSet::new(),
         &mut |action: &Action| tracing::info!(node, "{}", action.summary()),
     )?;
-    let problems = problems(&outcome, &scope);
+    let problems = problems(&outcome, failures, rest);
     if problems.is_empty() {
         Ok(())
     } else {
@@ -136,18 +156,17 @@ pub(crate) fn converge(config: &Config, node: &str, scope: Scope) -> Result<(), 
     }
 }
 
-/// What keeps the call from succeeding: failures, conflicts and remaining differences,
-/// except those of other instances when the call is about one instance.
-fn problems(outcome: &Outcome, scope: &Scope) -> Vec<String> {
-    let of_another = |other: &Scope| match (scope, other) {
-        (Scope::Instance(this), Scope::Instance(other)) => this != other,
-        _ => false,
-    };
-
+/// What keeps the call from succeeding: the failures of the scopes `failures` keeps, the
+/// conflicts and remaining differences of those `rest` keeps.
+fn problems(
+    outcome: &Outcome,
+    failures: &dyn Fn(&Scope) -> bool,
+    rest: &dyn Fn(&Scope) -> bool,
+) -> Vec<String> {
     let mut problems: Vec<String> = outcome
         .failures
         .iter()
-        .filter(|failure| !of_another(&failure.scope))
+        .filter(|failure| failures(&failure.scope))
         .map(Failure::to_string)
         .collect();
     let failed: Vec<String> = outcome
@@ -160,7 +179,7 @@ fn problems(outcome: &Outcome, scope: &Scope) -> Vec<String> {
             .remaining
             .conflicts
             .iter()
-            .filter(|conflict| !of_another(&conflict.scope))
+            .filter(|conflict| rest(&conflict.scope))
             .map(|conflict| format!("conflict: {conflict}")),
     );
     problems.extend(
@@ -168,7 +187,7 @@ fn problems(outcome: &Outcome, scope: &Scope) -> Vec<String> {
             .remaining
             .steps
             .iter()
-            .filter(|step| !of_another(&step.scope))
+            .filter(|step| rest(&step.scope))
             .map(|Step { action, .. }| action.summary())
             .filter(|action| !failed.contains(action))
             .map(|action| format!("still differs: {action}")),
@@ -201,6 +220,37 @@ pub(crate) fn teardown(config: &Config, node: &str) -> Result<(), NetworkError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_fails_on_the_problems_of_the_scopes_it_reports() {
+        let mut outcome = Outcome::default();
+        for scope in [Scope::Node, Scope::instance("a"), Scope::instance("b")] {
+            outcome.remaining.conflicts.push(crate::plan::Conflict {
+                message: format!("{scope:?} is in the way"),
+                scope,
+                kind: "Conflict",
+            });
+        }
+        let a = Scope::instance("a");
+        // A call about instance a (setup_instance, a CNI ADD): the node's and a's.
+        let reported = |scope: &Scope| !is_of_another(&a, scope);
+        assert_eq!(
+            problems(&outcome, &reported, &reported),
+            [
+                "conflict: Node is in the way",
+                "conflict: Instance(\"a\") is in the way"
+            ]
+        );
+        // A CNI DEL of a: a's conflicts only (the node's failures would count too).
+        assert_eq!(
+            problems(
+                &outcome,
+                &|scope| scope.is_node() || *scope == a,
+                &|scope| *scope == a
+            ),
+            ["conflict: Instance(\"a\") is in the way"]
+        );
+    }
 
     #[test]
     fn ids_follow_the_rules_of_names_and_map_to_stable_distinct_dns_labels() {

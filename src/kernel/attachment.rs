@@ -21,7 +21,10 @@ pub(crate) fn check_network_namespace(path: &Path) -> Result<(), String> {
     }
     let own = super::netns::inode(Path::new(super::netns::OWN_NAMESPACE)).ok();
     if super::netns::inode(path).ok() == own {
-        return Err(format!("{} is the node's own network namespace", path.display()));
+        return Err(format!(
+            "{} is the node's own network namespace",
+            path.display()
+        ));
     }
     Ok(())
 }
