@@ -237,7 +237,8 @@ fn version_lists_the_versions_kudonet_speaks() {
         "{\"cniVersion\":\"1.0.0\",\"supportedVersions\":[\"0.4.0\",\"1.0.0\",\"1.1.0\"]}\n",
         "",
     );
-    // What the configuration says does not matter; without one, kudonet's newest.
+    // The answer is in the version the request states; without one, kudonet's newest.
+    // The other variables (runtimes pass dummies) do not matter.
     cni(&[("CNI_COMMAND", "VERSION"), ("CNI_NETNS", "dummy")], "").expect(
         0,
         "{\"cniVersion\":\"1.1.0\",\"supportedVersions\":[\"0.4.0\",\"1.0.0\",\"1.1.0\"]}\n",
