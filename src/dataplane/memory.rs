@@ -5,6 +5,8 @@
 //! deletes the other, deleting a link its routes). Property tests use it to prove that
 //! plans converge.
 
+use std::net::IpAddr;
+
 use super::{Cause, Dataplane, DataplaneError};
 use crate::names;
 use crate::observed::{Link, LinkKind, LinkRef, Namespace, Observed, Route, Vxlan};
@@ -53,11 +55,24 @@ impl MemoryDataplane {
             Some(netns) => {
                 let namespace = self.state.namespaces.get_mut(netns)?;
                 let removed = namespace.links.remove(&link.name)?;
-                // Its routes go with it; an instance namespace routes only through its
-                // interface.
+                // Its routes go with it. The model records no route's device: a default
+                // route goes unless a link left has an address in its gateway's subnet
+                // (which a namespace someone else owns may hold: a link of theirs, or the
+                // one of another instance that lived there before).
                 if link.name != "lo" {
-                    namespace.default_gateways.clear();
-                    namespace.onlink_gateways.clear();
+                    let links = &namespace.links;
+                    let carried = |gateway: &IpAddr| {
+                        links
+                            .iter()
+                            .filter(|(name, _)| name.as_str() != "lo")
+                            .any(|(_, link)| {
+                                link.addresses
+                                    .iter()
+                                    .any(|address| address.network().contains(gateway))
+                            })
+                    };
+                    namespace.default_gateways.retain(carried);
+                    namespace.onlink_gateways.retain(carried);
                 }
                 Some(removed)
             }
@@ -281,28 +296,27 @@ impl MemoryDataplane {
             }
             Action::ReplaceDefaultRoute {
                 namespace,
+                interface,
                 gateway,
                 onlink,
-                ..
             } => {
                 let inside = self
                     .state
                     .namespaces
                     .get_mut(namespace)
                     .ok_or("no such namespace")?;
-                // Through a route to an address's subnet, or declared on-link.
-                let reachable = inside
+                let eth0 = inside
                     .links
-                    .iter()
-                    .filter(|(name, _)| name.as_str() != "lo")
-                    .any(|(_, eth0)| {
-                        eth0.up
-                            && (*onlink
-                                || eth0.addresses.iter().any(|address| {
-                                    address.network().contains(gateway)
-                                        && !eth0.no_prefix_route.contains(address)
-                                }))
-                    });
+                    .get(interface)
+                    .ok_or_else(|| no_such_link(&LinkRef::in_namespace(namespace, interface)))?;
+                // Through a route to an address's subnet on the interface, or declared
+                // on-link there.
+                let reachable = eth0.up
+                    && (*onlink
+                        || eth0.addresses.iter().any(|address| {
+                            address.network().contains(gateway)
+                                && !eth0.no_prefix_route.contains(address)
+                        }));
                 if !reachable {
                     return Err(Rejected("network is unreachable".into()));
                 }
