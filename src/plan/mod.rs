@@ -1606,6 +1606,82 @@ mod tests {
         );
     }
 
+    /// An instance named `name` of node a (10.0.0.0/24) at `10.0.0.<host>`, in namespace
+    /// `netns` of someone else's when given.
+    fn instance_at(name: &str, host: u8, netns: Option<&str>) -> Instance {
+        Instance {
+            name: name.to_string(),
+            id: None,
+            node: "a".to_string(),
+            addresses: vec![format!("10.0.0.{host}/24").parse().unwrap()],
+            ports: Vec::new(),
+            netns: netns.map(str::to_string),
+            interface: "eth0".to_string(),
+        }
+    }
+
+    /// A namespace someone else owns, with its loopback alone.
+    fn their_namespace() -> crate::observed::Namespace {
+        crate::observed::Namespace {
+            owned: false,
+            links: [("lo".to_string(), Link::new(LinkKind::Loopback))].into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_blocked_node_drops_the_segment_of_an_instance_that_left_its_namespace_in_one_pass() {
+        let mut desired = Desired {
+            cluster: None,
+            node: Node {
+                bridge: "br-kudo".to_string(),
+                ..node("a", &["10.0.0.1/24"], &[])
+            },
+            peers: Vec::new(),
+            instances: ["a", "b", "c", "d", "e"]
+                .into_iter()
+                .zip(2..)
+                .map(|(name, host)| instance_at(name, host, None))
+                .collect(),
+            firewall: FirewallBackend::Iptables,
+        };
+        // Two instances a bridge: a and b on br-kudo, c and d on kudo-seg1, e on kudo-seg2.
+        let mut dataplane = MemoryDataplane::new(fresh_node());
+        let built = plan_with_bridge_instances(&desired, &dataplane.state, 2);
+        dataplane.apply_all(&built.to_actions()).unwrap();
+        assert_eq!(
+            dataplane.state.links[&names::host_interface_name("e")]
+                .master
+                .as_deref(),
+            Some("kudo-seg2")
+        );
+
+        // The node's bridge is now a name someone else's bridge holds (the node is blocked),
+        // c stays, e moves to a runtime's namespace: its veth goes with kudo-e, so nothing
+        // is left on kudo-seg2, which goes in the same pass.
+        let netns = "/run/netns/cni-1";
+        dataplane
+            .state
+            .links
+            .insert("kudo0".to_string(), Link::new(LinkKind::Bridge));
+        dataplane
+            .state
+            .namespaces
+            .insert(netns.to_string(), their_namespace());
+        desired.node.bridge = "kudo0".to_string();
+        desired.instances = vec![instance_at("c", 4, None), instance_at("e", 6, Some(netns))];
+        let planned = plan_with_bridge_instances(&desired, &dataplane.state, 2);
+        assert!(planned.blocked, "{planned}");
+        assert!(
+            planned.to_string().contains("- link kudo-seg2\n"),
+            "{planned}"
+        );
+        dataplane.apply_all(&planned.to_actions()).unwrap();
+        let again = plan_with_bridge_instances(&desired, &dataplane.state, 2);
+        assert!(again.is_empty(), "{again}");
+        assert!(dataplane.state.links.contains_key("kudo-seg1"));
+    }
+
     #[test]
     fn switching_the_firewall_backend_moves_every_rule_and_teardown_clears_both() {
         let mut desired = Desired {

@@ -46,8 +46,9 @@ impl Placement {
 ///
 /// The bridges, in order, are the node's own and its segments `kudo-seg1` to
 /// `kudo-seg99`; a segment's name held by a link that is not kudonet's is skipped. An
-/// instance whose host veth is a port of one of them stays there, the first by name up to
-/// the bridge's room (more are only found on a node built with a larger room). The others,
+/// instance whose host veth is a port of one of them stays there (unless that veth goes
+/// with a namespace of kudonet's the instance left), the first by name up to the bridge's
+/// room (more are only found on a node built with a larger room). The others,
 /// in name order, take the first bridge with room; ports of others on a bridge take room
 /// too. An instance whose namespace is someone else's is not placed: a conflict holds it
 /// back.
@@ -66,11 +67,31 @@ pub fn place(desired: &Desired, observed: &Observed, bridge_instances: usize) ->
         .enumerate()
         .map(|(index, name)| (name.as_str(), index))
         .collect();
+    // The namespaces that stay: a host veth whose other end is in one of kudonet's that no
+    // instance has any more (the instance moved to another namespace) goes with that
+    // namespace before anything is placed, and holds no place (else the bridge it was on
+    // would be kept for a port that is gone, while a blocked node builds no new one).
+    let staying: BTreeSet<String> = desired.instances.iter().map(|i| i.namespace()).collect();
+    let goes_with_its_namespace = |netns: &String| {
+        !staying.contains(netns)
+            && observed
+                .namespaces
+                .get(netns)
+                .is_some_and(|namespace| namespace.owned)
+    };
     // Where an instance is now, if that counts: a port of one of the node's bridges.
     let current = |name: &str| {
         let alias = names::instance_alias(name);
         let port = observed.links.get(&names::host_interface_name(name))?;
         if port.kind != LinkKind::Veth || port.alias.as_ref() != Some(&alias) {
+            return None;
+        }
+        if port
+            .peer
+            .as_ref()
+            .and_then(|peer| peer.netns.as_ref())
+            .is_some_and(goes_with_its_namespace)
+        {
             return None;
         }
         let bridge = port.master.as_ref()?;
