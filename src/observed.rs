@@ -241,6 +241,33 @@ impl Observed {
                 .is_some_and(|namespace| !namespace.owned)
     }
 
+    /// Whether link `name` of namespace `netns` is the other end of a host veth that
+    /// carries kudonet's mark of an instance (of whichever instance): in a namespace someone
+    /// else owns, only such a link is kudonet's.
+    pub fn is_instance_interface(&self, netns: &str, name: &str) -> bool {
+        let inside = LinkRef::in_namespace(netns, name);
+        let Some(link) = self
+            .namespaces
+            .get(netns)
+            .and_then(|namespace| namespace.links.get(name))
+        else {
+            return false;
+        };
+        let host = link
+            .peer
+            .as_ref()
+            .filter(|peer| peer.netns.is_none())
+            .and_then(|peer| self.links.get(&peer.name));
+        host.is_some_and(|host| {
+            host.kind == LinkKind::Veth
+                && host
+                    .alias
+                    .as_deref()
+                    .is_some_and(|alias| alias.starts_with(&names::instance_alias("")))
+                && host.peer.as_ref() == Some(&inside)
+        })
+    }
+
     /// The interface of `instance` inside its namespace, if it is kudonet's: in a namespace
     /// of kudonet's, the link of that name; in one someone else owns, only the other end of
     /// the instance's host veth (kudonet marks the host end).

@@ -879,6 +879,25 @@ impl<'a> Planner<'a> {
         let paired = matches!((host_link, peer), (Some(h), Some(p))
             if p.kind == LinkKind::Veth && h.peer.as_ref() == Some(&eth0_ref) && p.peer.as_ref() == Some(&host_ref));
 
+        if foreign
+            && !paired
+            && let Some(existing) = peer
+            && !self.observed.is_instance_interface(&netns, eth0)
+        {
+            // In a namespace someone else owns, a link of that name that is not the other
+            // end of a veth of kudonet's is theirs.
+            self.conflict(format!(
+                "interface {eth0} exists in namespace {netns} and is not kudonet's ({}): \
+                 kudonet leaves it alone; give instance {:?} another `interface`",
+                describe(existing),
+                instance.name
+            ));
+            return;
+        }
+        // There, the interface of another instance of kudonet's (one that lived in the
+        // namespace before) goes, with its host end and the default routes through it.
+        let others_left = foreign && self.delete_others_interfaces(&netns, &host_ref);
+
         let (host_now, peer_now, gateways_now, onlink_now);
         let created = Link {
             mtu: self.mtu,
@@ -893,17 +912,6 @@ impl<'a> Planner<'a> {
                 .map(|namespace| namespace.onlink_gateways.clone())
                 .unwrap_or_default();
         } else {
-            if foreign && let Some(existing) = peer {
-                // In a namespace someone else owns, a link of that name that is not the
-                // other end of the instance's veth is theirs.
-                self.conflict(format!(
-                    "interface {eth0} exists in namespace {netns} and is not kudonet's ({}): \
-                     kudonet leaves it alone; give instance {:?} another `interface`",
-                    describe(existing),
-                    instance.name
-                ));
-                return;
-            }
             // Half built or broken: rebuild the pair (deleting an end that is still there;
             // `delete_link` knows that deleting one end of a veth takes the other with it).
             self.delete_link(host_ref.clone());
@@ -983,11 +991,13 @@ impl<'a> Planner<'a> {
             }
             let onlink = no_prefix_route.contains(address);
             // The kernel drops routes through an address that goes away: re-assert it then
-            // too.
+            // too. An observation does not say which interface a default route goes
+            // through: one of another instance's interface that goes is re-asserted too.
             let readdressed = !peer_now.has_address(address, onlink);
             if !gateways_now.contains(&gateway)
                 || onlink_now.contains(&gateway) != onlink
                 || readdressed
+                || others_left
             {
                 self.push(Action::ReplaceDefaultRoute {
                     namespace: netns.clone(),
@@ -1011,6 +1021,27 @@ impl<'a> Planner<'a> {
             self.link_route(instance, &bridge);
             self.proxy_neighbours(instance, &node.bridge);
         }
+    }
+
+    /// Deletes the interfaces of other instances in namespace `netns`, someone else's: those
+    /// that are the other end of a host veth of kudonet's that is not `host` (an instance
+    /// that lived there before, and lives elsewhere now or no more). Returns whether there
+    /// were any.
+    fn delete_others_interfaces(&mut self, netns: &str, host: &LinkRef) -> bool {
+        let Some(namespace) = self.observed.namespaces.get(netns) else {
+            return false;
+        };
+        let others: Vec<LinkRef> = namespace
+            .links
+            .iter()
+            .filter(|(name, _)| self.observed.is_instance_interface(netns, name))
+            .filter(|(_, link)| link.peer.as_ref() != Some(host))
+            .map(|(name, _)| LinkRef::in_namespace(netns, name))
+            .collect();
+        for link in &others {
+            self.delete_link(link.clone());
+        }
+        !others.is_empty()
     }
 
     /// The node's proxy neighbour entries on its bridge for the IPv6 address of an
@@ -1627,6 +1658,96 @@ mod tests {
             links: [("lo".to_string(), Link::new(LinkKind::Loopback))].into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_interface_another_instance_left_in_someone_elses_namespace_is_kudonets_and_makes_way() {
+        let netns = "/run/netns/cni-1";
+        let mut desired = Desired {
+            cluster: None,
+            node: node("a", &["10.0.0.1/24"], &[]),
+            peers: Vec::new(),
+            instances: vec![instance_at("b", 3, Some(netns))],
+            firewall: FirewallBackend::Iptables,
+        };
+        let mut theirs = fresh_node();
+        theirs
+            .namespaces
+            .insert(netns.to_string(), their_namespace());
+        let mut dataplane = MemoryDataplane::new(theirs);
+        converge(&mut dataplane, &desired);
+
+        // b moves to a namespace of kudonet's, a takes b's place in the runtime's namespace,
+        // under the same interface name; a is planned first. b's old interface there is
+        // kudonet's, not theirs: it goes (with b's host veth, which b then builds anew) and
+        // a gets its own, in one pass.
+        desired.instances = vec![instance_at("a", 2, Some(netns)), instance_at("b", 3, None)];
+        let planned = plan(&desired, &dataplane.observe().unwrap());
+        assert_eq!(planned.conflicts, [], "{planned}");
+        assert!(
+            planned
+                .to_string()
+                .contains(&format!("- link {netns}/eth0\n")),
+            "{planned}"
+        );
+        dataplane.apply_all(&planned.to_actions()).unwrap();
+        let built = dataplane.observe().unwrap();
+        assert!(
+            plan(&desired, &built).is_empty(),
+            "{}",
+            plan(&desired, &built)
+        );
+        assert!(built.is_instance_interface(netns, "eth0"));
+        assert_eq!(
+            built.links[&names::host_interface_name("a")].peer,
+            Some(LinkRef::in_namespace(netns, "eth0"))
+        );
+        assert_eq!(
+            built.namespaces[netns].links["lo"],
+            Link::new(LinkKind::Loopback)
+        );
+
+        // An IPv6 instance comes with another interface name, and a moves to another
+        // runtime's namespace where a link of theirs has a's interface name (a is held
+        // back, its veth as it was): a's interface goes all the same, with the IPv4
+        // default route through it, in one pass.
+        desired.node = node("a", &["10.0.0.1/24", "fd00:10::1/64"], &[]);
+        let mut c = instance_at("c", 4, Some(netns));
+        c.addresses = vec!["fd00:10::4/64".parse().unwrap()];
+        c.interface = "eth1".to_string();
+        let other = "/run/netns/cni-2";
+        desired.instances = vec![
+            instance_at("a", 2, Some(other)),
+            instance_at("b", 3, None),
+            c,
+        ];
+        let mut taken = their_namespace();
+        taken
+            .links
+            .insert("eth0".to_string(), Link::new(LinkKind::Other));
+        dataplane.state.namespaces.insert(other.to_string(), taken);
+        let planned = plan(&desired, &dataplane.observe().unwrap());
+        assert!(
+            planned
+                .to_string()
+                .contains(&format!("- link {netns}/eth0\n")),
+            "{planned}"
+        );
+        dataplane.apply_all(&planned.to_actions()).unwrap();
+        let built = dataplane.observe().unwrap();
+        assert!(
+            plan(&desired, &built).is_empty(),
+            "{}",
+            plan(&desired, &built)
+        );
+        assert_eq!(
+            built.namespaces[netns].default_gateways,
+            BTreeSet::from([ip("fd00:10::1")])
+        );
+        assert_eq!(
+            built.namespaces[netns].links.keys().collect::<Vec<_>>(),
+            ["eth1", "lo"]
+        );
     }
 
     #[test]
