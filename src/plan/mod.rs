@@ -845,6 +845,17 @@ impl<'a> Planner<'a> {
                          delete it (ip netns delete {netns}) if nothing uses it"
                     ),
                 );
+                // The instance's veth from before leads to a namespace it left (someone
+                // else's, as a runtime's): it goes, so that nothing leads to the instance's
+                // address meanwhile, and it takes no place on a bridge.
+                let host = LinkRef::host(&names::host_interface_name(&instance.name));
+                if self.link(&host).is_some_and(|link| {
+                    link.kind == LinkKind::Veth
+                        && link.alias.as_deref()
+                            == Some(names::instance_alias(&instance.name).as_str())
+                }) {
+                    self.delete_link(host);
+                }
                 return;
             }
             // Never created: `without_gone_namespaces` plans such an instance as absent.
@@ -1747,6 +1758,65 @@ mod tests {
         assert_eq!(
             built.namespaces[netns].links.keys().collect::<Vec<_>>(),
             ["eth1", "lo"]
+        );
+    }
+
+    #[test]
+    fn an_instance_leaving_someone_elses_namespace_for_a_squatted_one_takes_its_veth_along() {
+        let netns = "/run/netns/cni-1";
+        let mut desired = Desired {
+            cluster: None,
+            node: node("a", &["10.0.0.1/24"], &[]),
+            peers: Vec::new(),
+            instances: vec![
+                instance_at("web", 2, Some(netns)),
+                instance_at("db", 3, None),
+            ],
+            firewall: FirewallBackend::Iptables,
+        };
+        let mut theirs = fresh_node();
+        theirs
+            .namespaces
+            .insert(netns.to_string(), their_namespace());
+        let mut dataplane = MemoryDataplane::new(theirs);
+        converge(&mut dataplane, &desired);
+
+        // web moves to kudo-web, which someone else's namespace squats: web is held back,
+        // and its interface in the runtime's namespace goes with its host veth (it is no
+        // port of the bridge any more, and takes no bridge's room).
+        dataplane
+            .state
+            .namespaces
+            .insert("kudo-web".to_string(), their_namespace());
+        desired.instances[0].netns = None;
+        let host = names::host_interface_name("web");
+        let planned = plan(&desired, &dataplane.observe().unwrap());
+        assert_eq!(
+            planned
+                .steps
+                .iter()
+                .filter(|step| step.scope == Scope::instance("web"))
+                .map(|step| step.action.to_string())
+                .collect::<Vec<_>>(),
+            [format!("- link {host}")]
+        );
+        assert!(
+            planned.conflicts[0]
+                .message
+                .starts_with("namespace kudo-web exists and was not created by kudonet"),
+            "{planned}"
+        );
+        dataplane.apply_all(&planned.to_actions()).unwrap();
+        let after = dataplane.observe().unwrap();
+        assert!(
+            plan(&desired, &after).is_empty(),
+            "{}",
+            plan(&desired, &after)
+        );
+        assert!(!after.links.contains_key(&host));
+        assert_eq!(
+            after.namespaces[netns].links.keys().collect::<Vec<_>>(),
+            ["lo"]
         );
     }
 
