@@ -241,6 +241,19 @@ impl Observed {
                 .is_some_and(|namespace| !namespace.owned)
     }
 
+    /// Whether a link of someone else's has the name of `instance`'s interface in the
+    /// namespace someone else owns that the instance lives in (`netns`): the instance is
+    /// held back, as by a namespace in the way.
+    pub fn interface_in_the_way(&self, instance: &crate::spec::Instance) -> bool {
+        let netns = instance.namespace();
+        !instance.owns_namespace()
+            && self
+                .namespaces
+                .get(&netns)
+                .is_some_and(|namespace| namespace.links.contains_key(&instance.interface))
+            && !self.is_instance_interface(&netns, &instance.interface)
+    }
+
     /// Whether link `name` of namespace `netns` is the other end of a host veth that
     /// carries kudonet's mark of an instance (of whichever instance): in a namespace someone
     /// else owns, only such a link is kudonet's.
