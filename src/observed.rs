@@ -254,6 +254,23 @@ impl Observed {
             && !self.is_instance_interface(&netns, &instance.interface)
     }
 
+    /// Whether a link of someone else's has the name of `instance`'s host interface.
+    pub fn host_interface_in_the_way(&self, instance: &crate::spec::Instance) -> bool {
+        self.links
+            .get(&names::host_interface_name(&instance.name))
+            .is_some_and(|link| !link.is_owned())
+    }
+
+    /// Whether something of someone else's holds `instance` back (a conflict reports it,
+    /// and nothing is built for it): a namespace in the way, or a link of theirs named like
+    /// its host interface or like its interface in their namespace. Such an instance is
+    /// placed on no bridge, so that nothing is kept for it there (a segment, routes).
+    pub fn held_back(&self, instance: &crate::spec::Instance) -> bool {
+        self.namespace_in_the_way(instance)
+            || self.host_interface_in_the_way(instance)
+            || self.interface_in_the_way(instance)
+    }
+
     /// Whether link `name` of namespace `netns` is the other end of a host veth that
     /// carries kudonet's mark of an instance (of whichever instance): in a namespace someone
     /// else owns, only such a link is kudonet's.

@@ -817,11 +817,9 @@ impl<'a> Planner<'a> {
         let netns = instance.namespace();
         let bridge = match self.placement.bridge_of(&instance.name) {
             Some(bridge) => bridge.to_string(),
-            // A namespace of someone else's in the way, or a link of theirs with the
-            // interface's name, is reported below; else every bridge is full.
-            None if !self.observed.namespace_in_the_way(instance)
-                && !self.observed.interface_in_the_way(instance) =>
-            {
+            // What of someone else's holds it back is reported below; else every bridge is
+            // full.
+            None if !self.observed.held_back(instance) => {
                 self.conflict(format!(
                     "no bridge of the node has room for instance {:?}: a bridge holds {} instances \
                      and a node at most {MAX_BRIDGES} bridges; links of others on its bridges, or \
@@ -1879,6 +1877,57 @@ mod tests {
                 theirs.namespaces[netns].links["eth1"]
             );
         }
+    }
+
+    #[test]
+    fn an_instance_a_squatter_holds_back_is_placed_nowhere_so_nothing_is_kept_for_it() {
+        // One instance a bridge: a on kudo0, b on kudo-seg1.
+        let mut desired = Desired {
+            cluster: None,
+            node: node("a", &["10.0.0.1/24"], &[]),
+            peers: Vec::new(),
+            instances: vec![instance_at("a", 2, None), instance_at("b", 3, None)],
+            firewall: FirewallBackend::Iptables,
+        };
+        let mut dataplane = MemoryDataplane::new(fresh_node());
+        let built = plan_with_bridge_instances(&desired, &dataplane.state, 1);
+        dataplane.apply_all(&built.to_actions()).unwrap();
+
+        // b goes; c, allocated, comes, but a link of someone else's has its host
+        // interface's name. A route of kudonet's to 10.0.0.4 on kudo-seg1 is left over (what
+        // c would get while b's address is still in use). c is held back, and placed on no
+        // bridge: kudo-seg1 goes with that route at once, although c's address moves to
+        // 10.0.0.3 once b's is free.
+        dataplane
+            .state
+            .links
+            .insert(names::host_interface_name("c"), Link::new(LinkKind::Other));
+        dataplane.state.routes.insert(
+            "10.0.0.4/32".parse().unwrap(),
+            crate::observed::Route {
+                gateway: None,
+                device: Some("kudo-seg1".to_string()),
+                owned: true,
+            },
+        );
+        desired.instances = vec![
+            instance_at("a", 2, None),
+            Instance {
+                addresses: Vec::new(),
+                ..instance_at("c", 0, None)
+            },
+        ];
+        let planned = plan_with_bridge_instances(&desired, &dataplane.state, 1);
+        assert_eq!(planned.allocated["c"], ["10.0.0.4/24".parse().unwrap()]);
+        assert!(
+            planned.to_string().contains("- link kudo-seg1\n"),
+            "{planned}"
+        );
+        dataplane.apply_all(&planned.to_actions()).unwrap();
+        let again = plan_with_bridge_instances(&desired, &dataplane.state, 1);
+        assert!(again.is_empty(), "{again}");
+        assert_eq!(again.allocated["c"], ["10.0.0.3/24".parse().unwrap()]);
+        assert!(dataplane.state.routes.is_empty());
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub use crate::spec::BRIDGE_INSTANCES;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Placement {
     /// Instance name -> its bridge. Missing: no room left (or a conflict holds it back
-    /// anyway: its namespace or its interface name is someone else's).
+    /// anyway, see [`Observed::held_back`]).
     bridges: BTreeMap<String, String>,
     /// How many instances a bridge holds.
     pub bridge_instances: usize,
@@ -50,8 +50,9 @@ impl Placement {
 /// with a namespace of kudonet's the instance left), the first by name up to the bridge's
 /// room (more are only found on a node built with a larger room). The others,
 /// in name order, take the first bridge with room; ports of others on a bridge take room
-/// too. An instance whose namespace is someone else's, or whose interface a link of
-/// someone else's has, is not placed: a conflict holds it back.
+/// too. An instance that something of someone else's holds back (its namespace, a link
+/// with the name of its host interface or of its interface) is not placed: a conflict
+/// holds it back ([`Observed::held_back`]).
 pub fn place(desired: &Desired, observed: &Observed, bridge_instances: usize) -> Placement {
     let node_bridge = &desired.node.bridge;
     // The bridges an instance may be on, in order of filling.
@@ -108,7 +109,7 @@ pub fn place(desired: &Desired, observed: &Observed, bridge_instances: usize) ->
     let mut on: Vec<Vec<&str>> = vec![Vec::new(); bridges.len()];
     let mut unplaced = Vec::new();
     for instance in &desired.instances {
-        if observed.namespace_in_the_way(instance) || observed.interface_in_the_way(instance) {
+        if observed.held_back(instance) {
             continue;
         }
         match current(&instance.name) {
