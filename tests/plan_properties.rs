@@ -3,7 +3,8 @@
 //! the in-memory dataplane succeeds, the next plan is empty, and nothing foreign changed.
 //! The nodes and desired states are drawn from `common::generators`, which the fuzz target
 //! fuzz/fuzz_targets/plan_converges.rs shares: IPv4-only, dual-stack and IPv6-only nodes,
-//! foreign objects and drift of both families.
+//! foreign objects and drift of both families, instances in namespaces someone else owns
+//! (there or missing, with links of theirs inside).
 
 mod common;
 
@@ -11,8 +12,11 @@ use proptest::prelude::*;
 
 use std::collections::BTreeMap;
 
-use common::generators::{Families, address, foreign_view, node, owned_objects};
-use common::strategies::{arb_desired, arb_observed, arb_observed_with_bridges};
+use common::generators::{
+    Families, MAX_DRIFTS, address, check_missing_namespaces, check_others_namespaces_stay, drift,
+    foreign_view, is_kudonets_inside, node, owned_objects, without_namespace,
+};
+use common::strategies::{arb_desired, arb_drift, arb_observed, arb_observed_with_bridges};
 use kudonet::dataplane::Dataplane;
 use kudonet::dataplane::memory::MemoryDataplane;
 use kudonet::names;
@@ -40,8 +44,45 @@ proptest! {
         prop_assert!(second.is_empty(), "second plan not empty:\n{}\nafter:\n{}", second, first);
         prop_assert_eq!(&second.conflicts, &first.conflicts, "conflicts are stable");
         prop_assert_eq!(foreign_view(&converged), foreign_view(&observed));
+        if let Err(problem) = check_others_namespaces_stay(&first, &observed, Some(&desired)) {
+            prop_assert!(false, "{}", problem);
+        }
         // Stale rules in the other iptables backend would keep forwarding removed ports.
         prop_assert!(converged.other_backend.values().all(|table| !table.has_kudonet_rules()));
+    }
+
+    /// From a node converged to a desired state, whatever happens behind kudonet's back
+    /// (in namespaces someone else owns too: their owner deletes one, their links or
+    /// kudonet's interface in there go down or away), one pass converges again.
+    #[test]
+    fn after_drift_one_pass_converges_again(
+        desired in arb_desired(),
+        (observed, _) in arb_observed(),
+        drifts in proptest::collection::vec(arb_drift(), 1..=MAX_DRIFTS),
+    ) {
+        let mut dataplane = MemoryDataplane::new(observed);
+        let built = plan(&desired, &dataplane.state);
+        if let Err(error) = dataplane.apply_all(&built.to_actions()) {
+            panic!("plan failed: {error}\nplan:\n{built}");
+        }
+        for change in &drifts {
+            drift(&mut dataplane, change);
+        }
+        let drifted = dataplane.observe().unwrap();
+        let first = plan(&desired, &drifted);
+        if let Err(error) = dataplane.apply_all(&first.to_actions()) {
+            panic!("plan failed: {error}\nplan:\n{first}");
+        }
+        let converged = dataplane.observe().unwrap();
+        let second = plan(&desired, &converged);
+        prop_assert!(second.is_empty(), "second plan not empty:\n{}\nafter:\n{}", second, first);
+        prop_assert_eq!(&second.conflicts, &first.conflicts, "conflicts are stable");
+        prop_assert_eq!(foreign_view(&converged), foreign_view(&drifted));
+        if let Err(problem) = check_others_namespaces_stay(&first, &drifted, Some(&desired))
+            .and_then(|()| check_missing_namespaces(&first, &desired, &drifted, kudonet::plan::BRIDGE_INSTANCES))
+        {
+            prop_assert!(false, "{}", problem);
+        }
     }
 
     #[test]
@@ -55,6 +96,16 @@ proptest! {
         prop_assert_eq!(owned_objects(&after), Vec::<String>::new());
         prop_assert_eq!(foreign_view(&after), foreign_view(&observed));
         prop_assert!(plan_teardown(&after).is_empty());
+        // Namespaces someone else owns stay, without kudonet's interfaces inside.
+        if let Err(problem) = check_others_namespaces_stay(&teardown, &observed, None) {
+            prop_assert!(false, "{}", problem);
+        }
+        for (netns, namespace) in observed.namespaces.iter().filter(|(_, ns)| !ns.owned) {
+            prop_assert!(after.namespaces.contains_key(netns), "{} went", netns);
+            for name in namespace.links.keys().filter(|name| is_kudonets_inside(&observed, netns, name)) {
+                prop_assert!(!after.namespaces[netns].links.contains_key(name), "{}/{} stays", netns, name);
+            }
+        }
     }
 
     #[test]
@@ -66,12 +117,15 @@ proptest! {
                 prop_assert!(instances.contains(&name), "{} is for {name}, not in the desired state", step.action);
             }
             // The scope is what the action's names say it is about.
-            prop_assert_eq!(step.scope.clone(), scope_by_names(&step.action, &desired), "{}", step.action);
+            prop_assert_eq!(step.scope.clone(), scope_by_names(&step.action, &desired, &observed), "{}", step.action);
         }
         for conflict in &planned.conflicts {
             if let Some(name) = conflict.scope.instance_name() {
                 prop_assert!(instances.contains(&name), "{} is for {name}, not in the desired state", conflict);
             }
+        }
+        if let Err(problem) = check_missing_namespaces(&planned, &desired, &observed, kudonet::plan::BRIDGE_INSTANCES) {
+            prop_assert!(false, "{}", problem);
         }
         // Removing everything is the node's business.
         prop_assert!(plan_teardown(&observed).steps.iter().all(|step| step.scope.is_node()));
@@ -91,6 +145,11 @@ proptest! {
         (observed, _) in arb_observed_with_bridges(&[1, SMALL_BRIDGES, 500]),
     ) {
         let first = plan_with_bridge_instances(&desired, &observed, SMALL_BRIDGES);
+        if let Err(problem) = check_missing_namespaces(&first, &desired, &observed, SMALL_BRIDGES)
+            .and_then(|()| check_others_namespaces_stay(&first, &observed, Some(&desired)))
+        {
+            prop_assert!(false, "{}", problem);
+        }
         let mut dataplane = MemoryDataplane::new(observed.clone());
         if let Err(error) = dataplane.apply_all(&first.to_actions()) {
             panic!("plan failed: {error}\nplan:\n{first}");
@@ -135,8 +194,15 @@ proptest! {
         let before = instance_ports(&dataplane.state);
         converge_small(&mut dataplane, &second);
         let after = instance_ports(&dataplane.state);
+        // One that left its namespace of kudonet's (for someone else's) is built anew.
+        let left_its_namespace = |name: &str| {
+            let namespace = |desired: &Desired| {
+                desired.instances.iter().find(|i| i.name == name).map(|i| (i.namespace(), i.owns_namespace()))
+            };
+            matches!((namespace(&first), namespace(&second)), (Some((was, true)), Some((is, _))) if was != is)
+        };
         for (instance, bridge) in &after {
-            if let Some(previous) = before.get(instance) {
+            if let Some(previous) = before.get(instance).filter(|_| !left_its_namespace(instance)) {
                 prop_assert_eq!(bridge, previous, "{} moved", instance);
             }
         }
@@ -210,7 +276,7 @@ proptest! {
                 continue;
             };
             let namespace = &state.namespaces[&instance.namespace()];
-            let eth0 = &namespace.links["eth0"];
+            let eth0 = &namespace.links[&instance.interface];
             let gateway = desired.node.gateway(kudonet::spec::Family::Ipv6).unwrap();
             let on_segment = on != *bridge;
             prop_assert!(eth0.has_address(&address, on_segment), "{name} on {on}: {eth0:?}");
@@ -329,12 +395,19 @@ fn a_converged_node_needs_no_write() {
 }
 
 /// The instance of `desired` an action names (its namespace, or its host interface, by
-/// name), else the node: what the planner's scope must agree with.
-fn scope_by_names(action: &Action, desired: &Desired) -> Scope {
-    let by_namespace = |netns: &str| desired.instances.iter().find(|i| i.namespace() == netns);
+/// name), else the node: what the planner's scope must agree with. An instance whose
+/// namespace, someone else's, is missing is planned as absent: what kudonet removes of it is
+/// the node's business.
+fn scope_by_names(action: &Action, desired: &Desired, observed: &Observed) -> Scope {
+    let missing = without_namespace(desired, observed);
+    let present: Vec<&Instance> = desired
+        .instances
+        .iter()
+        .filter(|i| !missing.iter().any(|gone| gone.name == i.name))
+        .collect();
+    let by_namespace = |netns: &str| present.iter().find(|i| i.namespace() == netns);
     let by_host_link = |link: &str| {
-        desired
-            .instances
+        present
             .iter()
             .find(|i| names::host_interface_name(&i.name) == link)
     };
@@ -353,13 +426,12 @@ fn scope_by_names(action: &Action, desired: &Desired) -> Scope {
         | Action::DeleteAddress { link, .. } => by_link(link),
         Action::ReplaceDefaultRoute { namespace, .. }
         | Action::DeleteDefaultRoute { namespace, .. } => by_namespace(namespace),
-        Action::ReplaceLinkRoute { destination, .. } => desired.instances.iter().find(|i| {
+        Action::ReplaceLinkRoute { destination, .. } => present.iter().find(|i| {
             i.addresses
                 .iter()
                 .any(|address| cidr::IpCidr::new_host(address.address()) == *destination)
         }),
-        Action::AddProxyNeighbour { address, .. } => desired
-            .instances
+        Action::AddProxyNeighbour { address, .. } => present
             .iter()
             .find(|i| i.addresses.iter().any(|a| a.address() == *address)),
         _ => None,

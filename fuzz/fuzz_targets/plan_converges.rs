@@ -1,8 +1,11 @@
-//! Convergence from any node: the bytes pick a valid desired state and an observed node
-//! (foreign links, namespaces, routes and rules, some squatting on kudonet's names; part of
-//! an earlier desired state's plan, as a crash mid-apply leaves it; then drift). One plan
-//! applied on the in-memory dataplane must succeed, the next plan must be empty, conflicts
-//! must be stable and nothing foreign may change. The libFuzzer twin of
+//! Convergence from any node: the bytes pick a valid desired state (some instances in
+//! namespaces someone else owns) and an observed node (foreign links, namespaces, routes and
+//! rules, some squatting on kudonet's names; namespaces someone else owns with links of
+//! theirs inside, or not there; part of an earlier desired state's plan, as a crash
+//! mid-apply leaves it; then drift). One plan applied on the in-memory dataplane must
+//! succeed, the next plan must be empty, conflicts must be stable and nothing foreign may
+//! change; no namespace someone else owns is created or deleted, and an instance whose
+//! namespace is missing is planned as absent. The libFuzzer twin of
 //! tests/plan_properties.rs (proptest): both draw from the same domain,
 //! tests/common/generators.rs; this file is only its front end for libFuzzer's bytes.
 
@@ -14,7 +17,7 @@ use libfuzzer_sys::fuzz_target;
 use kudonet::dataplane::Dataplane;
 use kudonet::dataplane::memory::MemoryDataplane;
 use kudonet::observed::Observed;
-use kudonet::plan::plan;
+use kudonet::plan::{BRIDGE_INSTANCES, plan};
 use kudonet::spec::{Desired, PublishedPort};
 
 #[path = "../../tests/common/generators.rs"]
@@ -23,7 +26,8 @@ mod generators;
 use generators::{
     BRIDGES, CONTESTED_HOST_PORTS, DesiredChoice, Drift, FOREIGN_FORWARD_RULES, FOREIGN_LINK_KINDS,
     FOREIGN_ROUTE_OCTETS, Families, Foreign, ForeignLink, HOST_IPS, HOSTS, INSTANCE_NAMES,
-    InstanceChoice, MAX_DRIFTS, MAX_PEERS, MTUS, PORTS, foreign_link_names,
+    INTERFACES, InstanceChoice, MAX_DRIFTS, MAX_PEERS, MTUS, PORTS, TheirLink, TheirNamespace,
+    check_missing_namespaces, check_others_namespaces_stay, foreign_link_names,
     foreign_namespace_names, foreign_view,
 };
 
@@ -65,12 +69,31 @@ fn desired(u: &mut Unstructured) -> Result<Desired> {
         for _ in 0..u.int_in_range(0..=3)? {
             ports.push(port(u)?);
         }
+        let allocated = u.ratio(1, 4)?;
+        // Mostly in a namespace of kudonet's; else in someone else's, mostly the one named
+        // after the instance.
+        let netns = if u.ratio(3, 10)? {
+            Some(if u.ratio(3, 4)? {
+                *name
+            } else {
+                *u.choose(INSTANCE_NAMES)?
+            })
+        } else {
+            None
+        };
+        let interface = if u.ratio(1, 4)? {
+            *u.choose(INTERFACES)?
+        } else {
+            INTERFACES[0]
+        };
         instances.push(InstanceChoice {
             name,
             host,
             families: instance_families,
             ports,
-            allocated: u.ratio(1, 4)?,
+            allocated,
+            netns,
+            interface,
         });
     }
     let cluster = if u.arbitrary()? {
@@ -113,6 +136,26 @@ fn foreign(u: &mut Unstructured) -> Result<Foreign> {
     for _ in 0..u.int_in_range(0..=2)? {
         namespaces.push(u.choose(&namespace_names)?.clone());
     }
+    // Each namespace someone else owns as often there as not.
+    let mut their_namespaces = Vec::new();
+    for name in INSTANCE_NAMES {
+        if !u.arbitrary::<bool>()? {
+            continue;
+        }
+        let mut links = Vec::new();
+        for _ in 0..u.int_in_range(0..=2)? {
+            links.push(TheirLink {
+                name: u.choose(INTERFACES)?,
+                veth: u.arbitrary()?,
+                up: u.arbitrary()?,
+            });
+        }
+        their_namespaces.push(TheirNamespace {
+            name,
+            lo_up: u.arbitrary()?,
+            links,
+        });
+    }
     let mut routes = Vec::new();
     for _ in 0..u.int_in_range(0..=2)? {
         routes.push(u.int_in_range(FOREIGN_ROUTE_OCTETS)?);
@@ -132,6 +175,7 @@ fn foreign(u: &mut Unstructured) -> Result<Foreign> {
     Ok(Foreign {
         links,
         namespaces,
+        their_namespaces,
         routes,
         routes6,
         forward_rules,
@@ -185,6 +229,11 @@ fuzz_target!(|data: &[u8]| {
                 "{conflict} is for {name}, not desired"
             );
         }
+    }
+    if let Err(problem) = check_others_namespaces_stay(&first, &observed, Some(&desired))
+        .and_then(|()| check_missing_namespaces(&first, &desired, &observed, BRIDGE_INSTANCES))
+    {
+        panic!("{problem}");
     }
     let mut dataplane = MemoryDataplane::new(observed.clone());
     if let Err(error) = dataplane.apply_all(&first.to_actions()) {

@@ -21,7 +21,7 @@ use kudonet::dataplane::memory::MemoryDataplane;
 use kudonet::names;
 use kudonet::names::JUMP_MARK;
 use kudonet::observed::{Link, LinkKind, LinkRef, Namespace, Observed, Route, Table, TableId};
-use kudonet::plan::{Action, BRIDGE_INSTANCES, plan_with_bridge_instances};
+use kudonet::plan::{Action, BRIDGE_INSTANCES, Plan, Scope, plan_with_bridge_instances};
 use kudonet::spec::{
     Cluster, ClusterMode, Desired, Family, FirewallBackend, Instance, Node, Protocol, PublishedPort,
 };
@@ -45,6 +45,16 @@ pub const PORTS: RangeInclusive<u16> = 1..=65535;
 pub const MAX_PEERS: u8 = 2;
 /// How many drifts happen to a node at most.
 pub const MAX_DRIFTS: usize = 6;
+/// The names an instance's interface inside its namespace may have (`eth0` is the default),
+/// which links of others in their namespaces may have too.
+pub const INTERFACES: &[&str] = &["eth0", "eth1"];
+
+/// The path of the namespace someone else owns (a container runtime's) named after `name`,
+/// one of `INSTANCE_NAMES`: `/run/netns/cni-<name>`. Instances live in them (`netns`), and
+/// observed nodes hold some of them.
+pub fn others_namespace(name: &str) -> String {
+    format!("/run/netns/cni-{name}")
+}
 
 /// The families of a node or an instance: IPv4 only, both, or IPv6 only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,6 +179,12 @@ pub struct InstanceChoice {
     pub ports: Vec<PublishedPort>,
     /// Without an address: kudonet allocates one of each of the node's families.
     pub allocated: bool,
+    /// In the namespace someone else owns named after this one of `INSTANCE_NAMES`
+    /// ([`others_namespace`]; mostly the instance's own name, so that an observed node holds
+    /// it as often as not), else in a namespace of kudonet's.
+    pub netns: Option<&'static str>,
+    /// Its interface inside its namespace, one of `INTERFACES`.
+    pub interface: &'static str,
 }
 
 /// A desired state for node `a` (10.0.0.0/24, fd00:10::/64, or both) as drawn; `build`
@@ -193,11 +209,13 @@ pub struct DesiredChoice {
 
 impl DesiredChoice {
     /// The desired state, as validation guarantees it: distinct instance addresses (a clash
-    /// probes upwards from the drawn one), a hostIp of a family the instance has (else the
-    /// port is dropped) and one (protocol, host port) per node and family (a later port on
-    /// a taken one is dropped: an IPv4-only and an IPv6-only one share a host port).
+    /// probes upwards from the drawn one), one instance a namespace (a `netns` an earlier
+    /// instance has gives the next free one), a hostIp of a family the instance has (else
+    /// the port is dropped) and one (protocol, host port) per node and family (a later port
+    /// on a taken one is dropped: an IPv4-only and an IPv6-only one share a host port).
     pub fn build(&self) -> Desired {
         let mut used_addresses = Vec::new();
+        let mut used_namespaces = Vec::new();
         let mut used_ports = Vec::new();
         let instances = self
             .instances
@@ -212,6 +230,15 @@ impl DesiredChoice {
                     };
                 }
                 used_addresses.push(host);
+                let netns = choice.netns.map(|name| {
+                    let start = INSTANCE_NAMES.iter().position(|n| *n == name).unwrap_or(0);
+                    let free = (0..INSTANCE_NAMES.len())
+                        .map(|offset| INSTANCE_NAMES[(start + offset) % INSTANCE_NAMES.len()])
+                        .find(|name| !used_namespaces.contains(name))
+                        .expect("no more instances than names");
+                    used_namespaces.push(free);
+                    others_namespace(free)
+                });
                 let families: Vec<Family> = Family::ALL
                     .into_iter()
                     .filter(|family| {
@@ -254,8 +281,8 @@ impl DesiredChoice {
                             .collect()
                     },
                     ports,
-                    netns: None,
-                    interface: "eth0".to_string(),
+                    netns,
+                    interface: choice.interface.to_string(),
                 }
             })
             .collect();
@@ -393,11 +420,35 @@ pub struct ForeignLink {
     pub alias: bool,
 }
 
+/// A link of theirs in a namespace someone else owns.
+#[derive(Debug, Clone)]
+pub struct TheirLink {
+    /// One of `INTERFACES`: it may take the name an instance asks for.
+    pub name: &'static str,
+    /// A veth whose other end is on the node (as a runtime's bridge plugin makes it), else
+    /// a link of another kind.
+    pub veth: bool,
+    pub up: bool,
+}
+
+/// A namespace someone else owns (a container runtime's), at [`others_namespace`]`(name)`.
+#[derive(Debug, Clone)]
+pub struct TheirNamespace {
+    /// Which of `INSTANCE_NAMES` its path is named after.
+    pub name: &'static str,
+    /// Whether its loopback is up (runtimes bring it up; kudonet never does).
+    pub lo_up: bool,
+    /// Their links besides the loopback, with addresses outside kudonet's subnets.
+    pub links: Vec<TheirLink>,
+}
+
 /// Objects that are not kudonet's, some squatting on names kudonet wants.
 #[derive(Debug, Clone)]
 pub struct Foreign {
     pub links: Vec<ForeignLink>,
     pub namespaces: Vec<String>,
+    /// Namespaces someone else owns, where instances may live.
+    pub their_namespaces: Vec<TheirNamespace>,
     /// IPv4 routes, to 10.0.N.0/24 for N in `FOREIGN_ROUTE_OCTETS`.
     pub routes: Vec<u8>,
     /// IPv6 routes, to fd00:10:0:N::/64 for N in `FOREIGN_ROUTE_OCTETS`.
@@ -432,6 +483,9 @@ pub fn add_foreign(state: &mut Observed, foreign: &Foreign) {
     }
     for name in &foreign.namespaces {
         state.namespaces.entry(name.clone()).or_default();
+    }
+    for theirs in &foreign.their_namespaces {
+        add_their_namespace(state, theirs);
     }
     for third_octet in &foreign.routes {
         let destination = Ipv4Cidr::new(Ipv4Addr::new(10, 0, *third_octet, 0), 24).unwrap();
@@ -545,6 +599,61 @@ pub fn add_foreign(state: &mut Observed, foreign: &Foreign) {
     state
         .sysctls
         .insert("net.ipv6.conf.all.forwarding".to_string(), "0".to_string());
+}
+
+/// Adds the namespace someone else owns that `theirs` describes (nothing when its path is
+/// taken): its loopback, and its links, a veth's other end on the node.
+fn add_their_namespace(state: &mut Observed, theirs: &TheirNamespace) {
+    let path = others_namespace(theirs.name);
+    if state.namespaces.contains_key(&path) {
+        return;
+    }
+    let lo = Link {
+        up: theirs.lo_up,
+        mtu: 65536,
+        ..Link::new(LinkKind::Loopback)
+    };
+    let mut namespace = Namespace {
+        owned: false,
+        links: [("lo".to_string(), lo)].into(),
+        ..Namespace::default()
+    };
+    let position = INSTANCE_NAMES
+        .iter()
+        .position(|name| *name == theirs.name)
+        .unwrap_or(0);
+    for their_link in &theirs.links {
+        if namespace.links.contains_key(their_link.name) {
+            continue;
+        }
+        let kind = if their_link.veth {
+            LinkKind::Veth
+        } else {
+            LinkKind::Other
+        };
+        let mut link = Link {
+            up: their_link.up,
+            ..Link::new(kind)
+        };
+        link.addresses.insert("10.88.0.2/16".parse().unwrap());
+        link.addresses.insert("fd00:88::2/64".parse().unwrap());
+        if their_link.veth {
+            // Their end on the node: `veth<namespace><interface>`, as a runtime names it.
+            let host = format!("veth{position}{}", their_link.name);
+            let host_end = Link {
+                up: true,
+                peer: Some(LinkRef::in_namespace(&path, their_link.name)),
+                ..Link::new(LinkKind::Veth)
+            };
+            if state.links.contains_key(&host) {
+                continue;
+            }
+            state.links.insert(host.clone(), host_end);
+            link.peer = Some(LinkRef::host(&host));
+        }
+        namespace.links.insert(their_link.name.to_string(), link);
+    }
+    state.namespaces.insert(path, namespace);
 }
 
 // Drift.
@@ -778,13 +887,146 @@ pub fn observed_with_bridges(
 
 // What the properties compare.
 
+/// The instances of `desired` whose namespace, someone else's, `observed` does not hold.
+pub fn without_namespace<'a>(desired: &'a Desired, observed: &Observed) -> Vec<&'a Instance> {
+    desired
+        .instances
+        .iter()
+        .filter(|instance| {
+            !instance.owns_namespace() && !observed.namespaces.contains_key(&instance.namespace())
+        })
+        .collect()
+}
+
+/// What `planned` (for `desired`, or a teardown) must never do to namespaces someone else
+/// owns: create or delete one, whether `observed` holds it (and kudonet does not own it) or
+/// an instance names it with `netns`.
+pub fn check_others_namespaces_stay(
+    planned: &Plan,
+    observed: &Observed,
+    desired: Option<&Desired>,
+) -> Result<(), String> {
+    let others = desired.map(Desired::others_namespaces).unwrap_or_default();
+    for action in planned.actions() {
+        if let Action::CreateNamespace { name } | Action::DeleteNamespace { name } = action {
+            let theirs = observed
+                .namespaces
+                .get(name)
+                .is_some_and(|namespace| !namespace.owned);
+            if theirs || others.contains(name) {
+                return Err(format!(
+                    "`{action}` is about a namespace someone else owns:\n{planned}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An instance whose namespace, someone else's, is missing is planned as absent: no action
+/// in its scope, exactly one conflict (that the namespace does not exist), and the plan is
+/// the one for the desired state without it but for those conflicts.
+pub fn check_missing_namespaces(
+    planned: &Plan,
+    desired: &Desired,
+    observed: &Observed,
+    bridge_instances: usize,
+) -> Result<(), String> {
+    let missing = without_namespace(desired, observed);
+    for instance in &missing {
+        let scope = Scope::instance(&instance.name);
+        if let Some(step) = planned.steps.iter().find(|step| step.scope == scope) {
+            return Err(format!(
+                "`{}` is for {}, whose namespace is missing:\n{planned}",
+                step.action, instance.name
+            ));
+        }
+        let conflicts: Vec<String> = planned
+            .conflicts
+            .iter()
+            .filter(|conflict| conflict.scope == scope)
+            .map(|conflict| conflict.message.clone())
+            .collect();
+        let expected = format!(
+            "namespace {} of instance {:?} does not exist",
+            instance.namespace(),
+            instance.name
+        );
+        if conflicts.len() != 1 || !conflicts[0].starts_with(&expected) {
+            return Err(format!(
+                "{} has the conflicts {conflicts:?}, not one that its namespace does not exist",
+                instance.name
+            ));
+        }
+    }
+    let present = Desired {
+        instances: desired
+            .instances
+            .iter()
+            .filter(|instance| !missing.iter().any(|gone| gone.name == instance.name))
+            .cloned()
+            .collect(),
+        ..desired.clone()
+    };
+    let without = plan_with_bridge_instances(&present, observed, bridge_instances);
+    let others_conflicts: Vec<_> = planned
+        .conflicts
+        .iter()
+        .filter(|conflict| {
+            !missing
+                .iter()
+                .any(|gone| conflict.scope == Scope::instance(&gone.name))
+        })
+        .cloned()
+        .collect();
+    if planned.steps != without.steps
+        || planned.allocated != without.allocated
+        || others_conflicts != without.conflicts
+    {
+        return Err(format!(
+            "not planned as absent:\n{planned}\nwithout the instances whose namespace is missing:\n{without}"
+        ));
+    }
+    Ok(())
+}
+
 /// Everything on the node that kudonet does not own, as it must stay.
 #[derive(Debug, PartialEq)]
 pub struct ForeignView {
     pub links: BTreeMap<String, Link>,
-    pub namespaces: BTreeMap<String, Namespace>,
+    /// The namespaces kudonet does not own (someone else's, where instances may live, and
+    /// those squatting on kudonet's names), with what is theirs inside.
+    pub namespaces: BTreeMap<String, TheirsInside>,
     pub routes: BTreeMap<IpCidr, Route>,
     pub rules: BTreeMap<(String, String), Vec<String>>,
+}
+
+/// What is theirs in a namespace kudonet does not own: every link (the loopback
+/// included) but kudonet's.
+#[derive(Debug, PartialEq)]
+pub struct TheirsInside {
+    pub links: BTreeMap<String, Link>,
+}
+
+/// Whether link `name` of namespace `netns` is kudonet's: in a namespace someone else owns,
+/// only the other end of a host veth that carries kudonet's mark is (as
+/// `Observed::instance_interface` tells for an instance).
+pub fn is_kudonets_inside(state: &Observed, netns: &str, name: &str) -> bool {
+    let inside = LinkRef::in_namespace(netns, name);
+    let Some(Some(LinkRef {
+        netns: None,
+        name: host,
+    })) = state
+        .namespaces
+        .get(netns)
+        .and_then(|namespace| namespace.links.get(name))
+        .map(|link| link.peer.clone())
+    else {
+        return false;
+    };
+    state.links.get(&host).is_some_and(|host| {
+        host.kind == LinkKind::Veth && host.is_owned() && host.peer.as_ref() == Some(&inside)
+    })
 }
 
 /// The foreign objects of `state`, in both iptables backends.
@@ -800,7 +1042,15 @@ pub fn foreign_view(state: &Observed) -> ForeignView {
             .namespaces
             .iter()
             .filter(|(_, ns)| !ns.owned)
-            .map(|(n, ns)| (n.clone(), ns.clone()))
+            .map(|(netns, namespace)| {
+                let links = namespace
+                    .links
+                    .iter()
+                    .filter(|(name, _)| !is_kudonets_inside(state, netns, name))
+                    .map(|(name, link)| (name.clone(), link.clone()))
+                    .collect();
+                (netns.clone(), TheirsInside { links })
+            })
             .collect(),
         routes: state
             .routes
@@ -853,6 +1103,23 @@ pub fn owned_objects(state: &Observed) -> Vec<String> {
             .filter(|(_, ns)| ns.owned)
             .map(|(n, _)| format!("namespace {n}")),
     );
+    // In namespaces someone else owns: kudonet's interfaces, and the default routes through
+    // them (the only ones an observation reads there).
+    for (netns, namespace) in state.namespaces.iter().filter(|(_, ns)| !ns.owned) {
+        owned.extend(
+            namespace
+                .links
+                .keys()
+                .filter(|name| is_kudonets_inside(state, netns, name))
+                .map(|name| format!("link {netns}/{name}")),
+        );
+        owned.extend(
+            namespace
+                .default_gateways
+                .iter()
+                .map(|gateway| format!("route default via {gateway} in {netns}")),
+        );
+    }
     owned.extend(
         state
             .routes

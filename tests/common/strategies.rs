@@ -10,8 +10,8 @@ use proptest::sample::{select, subsequence};
 use super::generators::{
     BRIDGES, CONTESTED_HOST_PORTS, DesiredChoice, Drift, FOREIGN_FORWARD_RULES, FOREIGN_LINK_KINDS,
     FOREIGN_ROUTE_OCTETS, Families, Foreign, ForeignLink, HOST_IPS, HOSTS, INSTANCE_NAMES,
-    MAX_DRIFTS, MAX_PEERS, MTUS, PORTS, foreign_link_names, foreign_namespace_names, observed,
-    observed_with_bridges, port,
+    INTERFACES, MAX_DRIFTS, MAX_PEERS, MTUS, PORTS, TheirLink, TheirNamespace, foreign_link_names,
+    foreign_namespace_names, observed, observed_with_bridges, port,
 };
 
 /// A published port, mostly on one of a few contested host ports, with any of the
@@ -28,8 +28,17 @@ pub fn arb_port() -> impl Strategy<Value = PublishedPort> {
         })
 }
 
+/// Where an instance lives: `None` in a namespace of kudonet's, else in the namespace
+/// someone else owns named after its own name (`true`) or after the given one.
+fn arb_home() -> impl Strategy<Value = Option<(bool, &'static str)>> {
+    proptest::option::weighted(
+        0.3,
+        (proptest::bool::weighted(0.75), select(INSTANCE_NAMES)),
+    )
+}
+
 /// A valid desired state for node `a` (IPv4-only, dual-stack or IPv6-only), with up to two
-/// peers of any families.
+/// peers of any families; some instances live in namespaces someone else owns.
 pub fn arb_desired() -> impl Strategy<Value = Desired> {
     let names = INSTANCE_NAMES.len();
     (
@@ -39,6 +48,11 @@ pub fn arb_desired() -> impl Strategy<Value = Desired> {
             proptest::collection::vec(select(Families::ALL), names),
             proptest::collection::vec(proptest::collection::vec(arb_port(), 0..=3), names),
             proptest::collection::vec(proptest::bool::weighted(0.25), names),
+            proptest::collection::vec(arb_home(), names),
+            proptest::collection::vec(
+                prop_oneof![3 => Just(INTERFACES[0]), 1 => select(INTERFACES)],
+                names,
+            ),
         ),
         select(Families::ALL),
         select(BRIDGES),
@@ -51,7 +65,7 @@ pub fn arb_desired() -> impl Strategy<Value = Desired> {
     )
         .prop_map(
             |(
-                (chosen, hosts, instance_families, ports, allocated),
+                (chosen, hosts, instance_families, ports, allocated, homes, interfaces),
                 families,
                 bridge,
                 mtu,
@@ -76,6 +90,8 @@ pub fn arb_desired() -> impl Strategy<Value = Desired> {
                             families: instance_families[index],
                             ports: ports[index].clone(),
                             allocated: allocated[index],
+                            netns: homes[index].map(|(own, other)| if own { name } else { other }),
+                            interface: interfaces[index],
                         })
                         .collect(),
                     cluster,
@@ -90,6 +106,14 @@ pub fn arb_desired() -> impl Strategy<Value = Desired> {
 /// Something that happens to a node behind kudonet's back.
 pub fn arb_drift() -> impl Strategy<Value = Drift> {
     (0..Drift::KINDS, any::<usize>()).prop_map(|(kind, index)| Drift::of_kind(kind, index))
+}
+
+/// A namespace someone else owns, with its loopback and maybe links of theirs.
+pub fn arb_their_namespace(name: &'static str) -> impl Strategy<Value = TheirNamespace> {
+    let link = (select(INTERFACES), any::<bool>(), any::<bool>())
+        .prop_map(|(name, veth, up)| TheirLink { name, veth, up });
+    (any::<bool>(), proptest::collection::vec(link, 0..=2))
+        .prop_map(move |(lo_up, links)| TheirNamespace { name, lo_up, links })
 }
 
 /// Objects that are not kudonet's, some squatting on names kudonet wants.
@@ -109,6 +133,11 @@ pub fn arb_foreign() -> impl Strategy<Value = Foreign> {
     (
         proptest::collection::vec(link, 0..=3),
         proptest::collection::vec(select(foreign_namespace_names()), 0..=2),
+        // Each namespace someone else owns as often there as not.
+        INSTANCE_NAMES
+            .iter()
+            .map(|name| proptest::option::of(arb_their_namespace(name)))
+            .collect::<Vec<_>>(),
         proptest::collection::vec(FOREIGN_ROUTE_OCTETS, 0..=2),
         proptest::collection::vec(FOREIGN_ROUTE_OCTETS, 0..=2),
         proptest::collection::vec(select(FOREIGN_FORWARD_RULES), 0..=3),
@@ -119,6 +148,7 @@ pub fn arb_foreign() -> impl Strategy<Value = Foreign> {
             |(
                 links,
                 namespaces,
+                their_namespaces,
                 routes,
                 routes6,
                 forward_rules,
@@ -128,6 +158,7 @@ pub fn arb_foreign() -> impl Strategy<Value = Foreign> {
                 Foreign {
                     links,
                     namespaces,
+                    their_namespaces: their_namespaces.into_iter().flatten().collect(),
                     routes,
                     routes6,
                     forward_rules,
