@@ -154,6 +154,7 @@ fn foreign(u: &mut Unstructured) -> Result<Foreign> {
             name,
             lo_up: u.arbitrary()?,
             links,
+            default_routes: u.arbitrary()?,
         });
     }
     let mut routes = Vec::new();

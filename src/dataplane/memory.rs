@@ -50,15 +50,33 @@ impl MemoryDataplane {
 
     /// Removes a link and what the kernel removes with it.
     fn remove_link(&mut self, link: &LinkRef) -> Option<Link> {
+        self.remove_link_of(link, None)
+    }
+
+    /// [`Self::remove_link`], `kudonets` telling whether a link inside a namespace is
+    /// kudonet's when the caller knows (the host end it just removed was).
+    fn remove_link_of(&mut self, link: &LinkRef, kudonets: Option<bool>) -> Option<Link> {
         let removed = match &link.netns {
             None => self.state.links.remove(&link.name),
             Some(netns) => {
+                // kudonet's: in a namespace of kudonet's, any; in someone else's, the other
+                // end of a host veth of kudonet's.
+                let kudonets = kudonets.unwrap_or_else(|| {
+                    let namespace = self.state.namespaces.get(netns);
+                    let host = namespace
+                        .and_then(|namespace| namespace.links.get(&link.name))
+                        .and_then(|inside| inside.peer.as_ref())
+                        .filter(|peer| peer.netns.is_none())
+                        .and_then(|peer| self.state.links.get(&peer.name));
+                    namespace.is_some_and(|namespace| namespace.owned)
+                        || host.is_some_and(Link::is_owned)
+                });
                 let namespace = self.state.namespaces.get_mut(netns)?;
                 let removed = namespace.links.remove(&link.name)?;
-                // Its routes go with it. The model records no route's device: a default
-                // route goes unless a link left has an address in its gateway's subnet
-                // (which a namespace someone else owns may hold: a link of theirs, or the
-                // one of another instance that lived there before).
+                // Its routes go with it: kudonet's go through its interfaces, those of a
+                // namespace's owner through theirs. The model records no route's device: a
+                // default route goes unless a link left has an address in its gateway's
+                // subnet (the interface another instance left there, say).
                 if link.name != "lo" {
                     let links = &namespace.links;
                     let carried = |gateway: &IpAddr| {
@@ -71,14 +89,18 @@ impl MemoryDataplane {
                                     .any(|address| address.network().contains(gateway))
                             })
                     };
-                    namespace.default_gateways.retain(carried);
-                    namespace.onlink_gateways.retain(carried);
+                    if kudonets {
+                        namespace.default_gateways.retain(carried);
+                        namespace.onlink_gateways.retain(carried);
+                    } else {
+                        namespace.others_default_gateways.retain(carried);
+                    }
                 }
                 Some(removed)
             }
         }?;
         if let Some(peer) = &removed.peer {
-            self.remove_link(peer);
+            self.remove_link_of(peer, Some(removed.is_owned()));
         }
         if link.netns.is_none() {
             for port in self.state.links.values_mut() {
@@ -320,9 +342,13 @@ impl MemoryDataplane {
                 if !reachable {
                     return Err(Rejected("network is unreachable".into()));
                 }
-                // One default route per family: it replaces that family's.
+                // One default route per family (and metric: the kernel's default for all,
+                // the model's owners' included): it replaces that family's, whoever's.
                 let family = Family::of(*gateway);
                 drop_default_route(inside, family);
+                inside
+                    .others_default_gateways
+                    .retain(|theirs| Family::of(*theirs) != family);
                 inside.default_gateways.insert(*gateway);
                 if *onlink {
                     inside.onlink_gateways.insert(*gateway);

@@ -10,7 +10,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::RangeInclusive;
 
@@ -440,6 +440,9 @@ pub struct TheirNamespace {
     pub lo_up: bool,
     /// Their links besides the loopback, with addresses outside kudonet's subnets.
     pub links: Vec<TheirLink>,
+    /// Their default routes, IPv4 and IPv6, via a gateway in their links' subnets (only
+    /// when one of those is up: the kernel refuses a gateway it cannot reach).
+    pub default_routes: [bool; 2],
 }
 
 /// Objects that are not kudonet's, some squatting on names kudonet wants.
@@ -652,6 +655,16 @@ fn add_their_namespace(state: &mut Observed, theirs: &TheirNamespace) {
             link.peer = Some(LinkRef::host(&host));
         }
         namespace.links.insert(their_link.name.to_string(), link);
+    }
+    let reachable = namespace
+        .links
+        .values()
+        .any(|link| link.kind != LinkKind::Loopback && link.up);
+    let gateways: [IpAddr; 2] = ["10.88.0.1".parse().unwrap(), "fd00:88::1".parse().unwrap()];
+    for (wanted, gateway) in theirs.default_routes.iter().zip(gateways) {
+        if *wanted && reachable {
+            namespace.others_default_gateways.insert(gateway);
+        }
     }
     state.namespaces.insert(path, namespace);
 }
@@ -1002,10 +1015,11 @@ pub struct ForeignView {
 }
 
 /// What is theirs in a namespace kudonet does not own: every link (the loopback
-/// included) but kudonet's.
+/// included) but kudonet's, and their default routes.
 #[derive(Debug, PartialEq)]
 pub struct TheirsInside {
     pub links: BTreeMap<String, Link>,
+    pub default_gateways: BTreeSet<IpAddr>,
 }
 
 /// Whether link `name` of namespace `netns` is kudonet's: in a namespace someone else owns,
@@ -1049,7 +1063,14 @@ pub fn foreign_view(state: &Observed) -> ForeignView {
                     .filter(|(name, _)| !is_kudonets_inside(state, netns, name))
                     .map(|(name, link)| (name.clone(), link.clone()))
                     .collect();
-                (netns.clone(), TheirsInside { links })
+                let default_gateways = namespace.others_default_gateways.clone();
+                (
+                    netns.clone(),
+                    TheirsInside {
+                        links,
+                        default_gateways,
+                    },
+                )
             })
             .collect(),
         routes: state

@@ -112,8 +112,17 @@ pub fn arb_drift() -> impl Strategy<Value = Drift> {
 pub fn arb_their_namespace(name: &'static str) -> impl Strategy<Value = TheirNamespace> {
     let link = (select(INTERFACES), any::<bool>(), any::<bool>())
         .prop_map(|(name, veth, up)| TheirLink { name, veth, up });
-    (any::<bool>(), proptest::collection::vec(link, 0..=2))
-        .prop_map(move |(lo_up, links)| TheirNamespace { name, lo_up, links })
+    (
+        any::<bool>(),
+        proptest::collection::vec(link, 0..=2),
+        any::<[bool; 2]>(),
+    )
+        .prop_map(move |(lo_up, links, default_routes)| TheirNamespace {
+            name,
+            lo_up,
+            links,
+            default_routes,
+        })
 }
 
 /// Objects that are not kudonet's, some squatting on names kudonet wants.
