@@ -533,6 +533,14 @@ fn an_instance_in_a_namespace_of_someone_elses_names_a_plain_path_and_an_interfa
            mount of it instead (ip netns attach, or the runtime's /run/netns/...)",
         ],
     );
+    instance_case(
+        "kind: Instance\nname: c1\nnetns: /run/netns/kudo-c1\n",
+        &[
+            "$DIR/i.yaml:3:8: netns \"/run/netns/kudo-c1\": names starting with kudo- are those \
+           of kudonet's own namespaces, which it creates and deletes; name the namespace \
+           otherwise",
+        ],
+    );
     // `id` names a namespace kudonet creates.
     instance_case(
         "kind: Instance\nname: c1\nid: C1\nnetns: /run/netns/x\n",

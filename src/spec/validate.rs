@@ -1428,6 +1428,15 @@ fn check_netns_path(path: &str) -> Result<(), Invalid> {
             .split('/')
             .all(|part| !part.is_empty() && part != "." && part != "..")
         && !path.chars().any(|c| c.is_control());
+    let file_name = path.rsplit('/').next().unwrap_or_default();
+    if plain && file_name.starts_with(names::NAMESPACE_PREFIX) {
+        return Err(Invalid(format!(
+            "netns {}: names starting with {} are those of kudonet's own namespaces, which it \
+             creates and deletes; name the namespace otherwise",
+            quoted(path),
+            names::NAMESPACE_PREFIX
+        )));
+    }
     if plain && (path == "/proc" || path.starts_with("/proc/")) {
         return Err(Invalid(format!(
             "netns {} names a process's namespace, which another process's becomes once the \
