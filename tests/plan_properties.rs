@@ -25,6 +25,31 @@ use kudonet::observed::{LinkKind, Observed};
 use kudonet::plan::{Action, Scope, plan, plan_teardown, plan_with_bridge_instances};
 use kudonet::spec::{Desired, Family, FirewallBackend, Instance, Protocol, PublishedPort};
 
+/// Applies the plan for `desired` to `dataplane`, which holds `observed`, and checks that
+/// the next plan is empty, that conflicts are stable and that nothing foreign changed;
+/// returns the plan applied and the node after it.
+fn one_pass_converges(
+    dataplane: &mut MemoryDataplane,
+    desired: &Desired,
+    observed: &Observed,
+) -> Result<(kudonet::plan::Plan, Observed), TestCaseError> {
+    let first = plan(desired, observed);
+    if let Err(error) = dataplane.apply_all(&first.to_actions()) {
+        panic!("plan failed: {error}\nplan:\n{first}");
+    }
+    let converged = dataplane.observe().unwrap();
+    let second = plan(desired, &converged);
+    prop_assert!(
+        second.is_empty(),
+        "second plan not empty:\n{}\nafter:\n{}",
+        second,
+        first
+    );
+    prop_assert_eq!(&second.conflicts, &first.conflicts, "conflicts are stable");
+    prop_assert_eq!(foreign_view(&converged), foreign_view(observed));
+    Ok((first, converged))
+}
+
 /// Bridges of two instances: the up to six instances of a desired state spread over the
 /// node's bridge and segments.
 const SMALL_BRIDGES: usize = 2;
@@ -34,16 +59,8 @@ proptest! {
 
     #[test]
     fn one_pass_converges_and_leaves_foreign_objects_alone(desired in arb_desired(), (observed, _) in arb_observed()) {
-        let first = plan(&desired, &observed);
         let mut dataplane = MemoryDataplane::new(observed.clone());
-        if let Err(error) = dataplane.apply_all(&first.to_actions()) {
-            panic!("plan failed: {error}\nplan:\n{first}");
-        }
-        let converged = dataplane.observe().unwrap();
-        let second = plan(&desired, &converged);
-        prop_assert!(second.is_empty(), "second plan not empty:\n{}\nafter:\n{}", second, first);
-        prop_assert_eq!(&second.conflicts, &first.conflicts, "conflicts are stable");
-        prop_assert_eq!(foreign_view(&converged), foreign_view(&observed));
+        let (first, converged) = one_pass_converges(&mut dataplane, &desired, &observed)?;
         if let Err(problem) = check_others_namespaces_stay(&first, &observed, Some(&desired)) {
             prop_assert!(false, "{}", problem);
         }
@@ -69,15 +86,7 @@ proptest! {
             drift(&mut dataplane, change);
         }
         let drifted = dataplane.observe().unwrap();
-        let first = plan(&desired, &drifted);
-        if let Err(error) = dataplane.apply_all(&first.to_actions()) {
-            panic!("plan failed: {error}\nplan:\n{first}");
-        }
-        let converged = dataplane.observe().unwrap();
-        let second = plan(&desired, &converged);
-        prop_assert!(second.is_empty(), "second plan not empty:\n{}\nafter:\n{}", second, first);
-        prop_assert_eq!(&second.conflicts, &first.conflicts, "conflicts are stable");
-        prop_assert_eq!(foreign_view(&converged), foreign_view(&drifted));
+        let (first, _) = one_pass_converges(&mut dataplane, &desired, &drifted)?;
         if let Err(problem) = check_others_namespaces_stay(&first, &drifted, Some(&desired))
             .and_then(|()| check_missing_namespaces(&first, &desired, &drifted, kudonet::plan::BRIDGE_INSTANCES))
         {
