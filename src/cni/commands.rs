@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use super::document::{self, Recorded, instance_name, read_recorded};
 use super::error::{
@@ -18,7 +17,7 @@ use crate::compat::{self, store};
 use crate::dataplane::Dataplane;
 use crate::kernel::KernelDataplane;
 use crate::kernel::attachment::{check_network_namespace, read_attachment};
-use crate::lock::{self, LockError, NodeLock};
+use crate::lock::{LockError, NodeLock};
 use crate::plan::{Scope, plan};
 use crate::reconcile::{DesiredError, load_desired};
 use crate::spec::{Desired, Family, Instance, Node};
@@ -67,18 +66,13 @@ fn require_privileges(command: &str) -> Result<(), CniError> {
 
 /// Takes the node's change lock, waiting for its holder as the library does.
 fn lock_node(node: &str) -> Result<NodeLock, CniError> {
-    let wait = lock::Wait {
-        until: Some(Instant::now() + compat::LOCK_WAIT),
-        stop: &|| false,
-    };
-    lock::wait_lock(Path::new(lock::LOCK_DIR), node, wait, |held| {
-        tracing::info!("waiting: {held}")
-    })
-    .map_err(|error| match error {
-        LockError::Held { .. } | LockError::Interrupted { .. } => {
-            CniError::new(TRY_AGAIN_LATER, "try again later").details(error.to_string())
+    compat::wait_for_node(node, |held| tracing::info!("waiting: {held}")).map_err(|error| {
+        match error {
+            LockError::Held { .. } | LockError::Interrupted { .. } => {
+                CniError::new(TRY_AGAIN_LATER, "try again later").details(error.to_string())
+            }
+            other => CniError::new(IO_FAILURE, "I/O failure").details(other.to_string()),
         }
-        other => CniError::new(IO_FAILURE, "I/O failure").details(other.to_string()),
     })
 }
 
@@ -192,15 +186,8 @@ fn allocate(
         netns: Some(attachment.netns.clone()),
         interface: attachment.ifname.clone(),
     });
-    let observed = KernelDataplane::for_backend(&config.netns_dir, config.firewall)
-        .and_then(|mut dataplane| {
-            dataplane.read_others_namespaces(desired.others_namespaces());
-            dataplane.observe()
-        })
-        .map_err(|error| {
-            CniError::new(NOT_CONVERGED, "not converged")
-                .details(format!("cannot observe the node: {error}"))
-        })?;
+    let observed = observe(config, &desired)
+        .map_err(|details| CniError::new(NOT_CONVERGED, "not converged").details(details))?;
     let allocation = crate::plan::allocate::allocate(&desired, &observed);
     if let Some((_, why)) = allocation.exhausted.iter().find(|(of, _)| of == name) {
         return Err(CniError::new(REQUEST_REFUSED, "request refused").details(why.clone()));
@@ -215,6 +202,16 @@ fn allocate(
             source: "the address kudonet allocated".to_string(),
         })
         .collect())
+}
+
+/// The node as it is, the namespaces `desired`'s instances live in included; else why not.
+fn observe(config: &Config, desired: &Desired) -> Result<crate::observed::Observed, String> {
+    KernelDataplane::for_backend(&config.netns_dir, config.firewall)
+        .and_then(|mut dataplane| {
+            dataplane.read_others_namespaces(desired.others_namespaces());
+            dataplane.observe()
+        })
+        .map_err(|error| format!("cannot observe the node: {error}"))
 }
 
 /// Puts the attachment's document back as it was before a failed ADD (none, or the one
@@ -362,12 +359,7 @@ pub(super) fn check(config: &Config, attachment: &Attachment) -> Result<(), CniE
     // Under the lock: a converge going on would show as differences.
     let _lock = lock_node(&desired.node.name)?;
     let failed = |details: String| CniError::new(CHECK_FAILED, "check failed").details(details);
-    let observed = KernelDataplane::for_backend(&config.netns_dir, config.firewall)
-        .and_then(|mut dataplane| {
-            dataplane.read_others_namespaces(desired.others_namespaces());
-            dataplane.observe()
-        })
-        .map_err(|error| failed(format!("cannot observe the node: {error}")))?;
+    let observed = observe(config, &desired).map_err(failed)?;
     let planned = plan(&desired, &observed);
     let concerns = |scope: &Scope| scope.is_node() || scope.instance_name() == Some(name.as_str());
     let mut problems: Vec<String> = planned

@@ -27,7 +27,7 @@ use store::Config;
 
 /// How long a call waits for another kudonet holding the node's lock (an apply or a pass
 /// of `kudonet run` finishes well within it).
-pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(30);
+const LOCK_WAIT: Duration = Duration::from_secs(30);
 
 /// Fails unless the process may change the node; `call` names the call in the message.
 pub(crate) fn require_privileges(call: &str) -> Result<(), NetworkError> {
@@ -41,16 +41,24 @@ pub(crate) fn require_privileges(call: &str) -> Result<(), NetworkError> {
 /// Takes the node's change lock (the one `kudonet apply` and each pass of `kudonet run`
 /// take), waiting at most [`LOCK_WAIT`] for its holder.
 pub(crate) fn lock_node(node: &str) -> Result<NodeLock, NetworkError> {
+    wait_for_node(node, |_| {}).map_err(|error| NetworkError::Busy {
+        reason: error.to_string(),
+    })
+}
+
+/// Takes the node's change lock, waiting at most [`LOCK_WAIT`] for its holder; `waiting`
+/// is told who holds it when it is not free at once. The library's calls and the CNI
+/// plugin's commands wait alike.
+pub(crate) fn wait_for_node(
+    node: &str,
+    waiting: impl FnMut(&lock::LockError),
+) -> Result<NodeLock, lock::LockError> {
     let wait = lock::Wait {
         until: Some(Instant::now() + LOCK_WAIT),
         // A library cannot own the caller's signals: the deadline bounds the wait.
         stop: &|| false,
     };
-    lock::wait_lock(Path::new(lock::LOCK_DIR), node, wait, |_| {}).map_err(|error| {
-        NetworkError::Busy {
-            reason: error.to_string(),
-        }
-    })
+    lock::wait_lock(Path::new(lock::LOCK_DIR), node, wait, waiting)
 }
 
 /// A node id is the name of the recorded Node: the rules of Node names, checked before
