@@ -266,10 +266,14 @@ pub fn open(dir: &Path, name: &str) -> io::Result<File> {
 /// A socket is only reused while the name still leads to the same namespace (same nsfs
 /// inode): a namespace deleted and made anew under the same name gets a fresh socket. A
 /// cached socket keeps its namespace alive, so sockets of names that left the directory
-/// must be let go: [`NamespaceSockets::refresh`] does.
+/// must be let go: [`NamespaceSockets::refresh`] does. The node's own namespace, under
+/// whatever name (a bind mount of it someone names as an instance's `netns`), is never
+/// an instance's: it reads as no namespace there.
 pub struct NamespaceSockets {
     dir: PathBuf,
     sockets: std::collections::HashMap<String, (u64, Netlink)>,
+    /// The node's own namespace (the process's), by device and inode.
+    node: Option<(u64, u64)>,
 }
 
 impl NamespaceSockets {
@@ -277,6 +281,7 @@ impl NamespaceSockets {
         NamespaceSockets {
             dir: dir.to_path_buf(),
             sockets: Default::default(),
+            node: inode(Path::new(OWN_NAMESPACE)).ok(),
         }
     }
 
@@ -305,10 +310,15 @@ impl NamespaceSockets {
         let mut to_open = Vec::new();
         for name in names {
             let path = self.dir.join(name);
-            let Ok(inode) = fs::metadata(&path).map(|meta| meta.ino()) else {
+            let Ok(metadata) = fs::metadata(&path) else {
                 self.sockets.remove(name);
                 continue;
             };
+            if Some((metadata.dev(), metadata.ino())) == self.node {
+                self.sockets.remove(name);
+                continue;
+            }
+            let inode = metadata.ino();
             if !matches!(self.sockets.get(name), Some((cached, _)) if *cached == inode) {
                 self.sockets.remove(name);
                 to_open.push((name.clone(), path, inode));

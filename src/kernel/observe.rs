@@ -400,18 +400,11 @@ fn refresh_namespaces(
     // others are not entered, nor kept alive by a cached socket.
     // Those someone else owns are named by their path (the sockets open the netns
     // directory joined with it, which is the path itself), and read when they are there.
-    // The node's own namespace is never an instance's (a `netns: /proc/1/ns/net` would
-    // hand the node's routes to an instance): it reads as no namespace there.
-    let node_namespace = netns::inode(Path::new(netns::OWN_NAMESPACE)).ok();
+    // (The node's own namespace under such a path reads as none: `NamespaceSockets`.)
     let listed: Vec<String> = listed
         .into_iter()
         .filter(|name| name.starts_with(names::NAMESPACE_PREFIX))
-        .chain(
-            others_namespaces
-                .iter()
-                .filter(|path| netns::inode(Path::new(path)).ok() != node_namespace)
-                .cloned(),
-        )
+        .chain(others_namespaces.iter().cloned())
         .collect();
     let fresh = sockets.refresh(&listed).map_err(dir_error)?;
     cached.retain(|name, _| sockets.contains(name));
