@@ -53,6 +53,9 @@ use kudonet::reconcile::load_desired;
 use kudonet::spec::{Desired, FirewallBackend};
 use serde_json::{Map, Value, json};
 
+mod shared;
+use shared::{bench_state, median};
+
 const WORKER: &str = "KUDONET_BENCH_FIREWALL_WORKER";
 const WORK: &str = "/run/kudonet-bench";
 const NETNS_DIR: &str = "/run/netns";
@@ -390,17 +393,7 @@ fn add_uplink() -> Result<(), String> {
 fn desired_state(n: usize, backend: FirewallBackend) -> Result<Desired, String> {
     let dir = Path::new(WORK).join(format!("n{n}"));
     std::fs::create_dir_all(&dir).map_err(|error| format!("{}: {error}", dir.display()))?;
-    let mut state = String::from("kind: Node\nname: bench\ncidr: 10.200.0.1/16\n");
-    for index in 0..n {
-        let host = index + 2;
-        state.push_str(&format!(
-            "---\nkind: Instance\nname: i{index}\naddress: 10.200.{}.{}/16\nports:\n  - hostPort: {}\n    instancePort: 80\n",
-            host / 256,
-            host % 256,
-            20_000 + index
-        ));
-    }
-    std::fs::write(dir.join("node.yaml"), state).map_err(|error| error.to_string())?;
+    std::fs::write(dir.join("node.yaml"), bench_state(n)).map_err(|error| error.to_string())?;
     let (_, mut desired) = load_desired(&dir, None).map_err(|error| error.to_string())?;
     desired.firewall = backend;
     Ok(desired)
@@ -473,20 +466,6 @@ fn apply<'a>(
 
 // ---------------------------------------------------------------------------------------
 // The summary.
-
-fn median(values: &[f64]) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let middle = sorted.len() / 2;
-    if sorted.len() % 2 == 1 {
-        sorted[middle]
-    } else {
-        (sorted[middle - 1] + sorted[middle]) / 2.0
-    }
-}
 
 /// Per N and backend, the median over its runs of every figure; ratios nftables / iptables.
 fn summarise(

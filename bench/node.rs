@@ -58,6 +58,7 @@ mod kudonet_run;
 mod peers;
 #[path = "node/report.rs"]
 mod report;
+mod shared;
 
 use common::KUDONET;
 use kernel::first_lines;

@@ -7,7 +7,6 @@
 //!   cargo bench --bench planner
 
 use std::hint::black_box;
-use std::path::Path;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use kudonet::dataplane::Dataplane;
@@ -16,27 +15,14 @@ use kudonet::observed::Observed;
 use kudonet::plan::plan;
 use kudonet::reconcile::load_desired;
 
-const INSTANCES: usize = 10_000;
+mod shared;
+use shared::bench_state;
 
-/// The desired state of bench/baselines/desired.sh: Node "bench" (10.200.0.1/16) and
-/// instances i0.. at 10.200.x.y, each publishing 20000+i -> 80/tcp.
-fn write_state(dir: &Path, instances: usize) {
-    let mut state = String::from("kind: Node\nname: bench\ncidr: 10.200.0.1/16\n");
-    for index in 0..instances {
-        let host = index + 2;
-        state.push_str(&format!(
-            "---\nkind: Instance\nname: i{index}\naddress: 10.200.{}.{}/16\nports:\n  - hostPort: {}\n    instancePort: 80\n",
-            host / 256,
-            host % 256,
-            20_000 + index
-        ));
-    }
-    std::fs::write(dir.join("node.yaml"), state).unwrap();
-}
+const INSTANCES: usize = 10_000;
 
 fn planner(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    write_state(dir.path(), INSTANCES);
+    std::fs::write(dir.path().join("node.yaml"), bench_state(INSTANCES)).unwrap();
     let (_, desired) = load_desired(dir.path(), None).expect("a valid desired state");
 
     let empty = Observed::default();

@@ -22,19 +22,7 @@ pub fn floats(value: &Value) -> Vec<f64> {
     }
 }
 
-pub fn median(values: &[f64]) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let middle = sorted.len() / 2;
-    if sorted.len() % 2 == 1 {
-        sorted[middle]
-    } else {
-        (sorted[middle - 1] + sorted[middle]) / 2.0
-    }
-}
+pub use crate::shared::median;
 
 /// The median over runs of `key` (each run's value, or the median of its list).
 fn median_of(runs: &[Value], key: &str) -> f64 {
